@@ -1,0 +1,287 @@
+"""The study's typed configuration: an optional TOML file, overridden by CLI flags, validated
+as a whole before any data is decoded or any model trained.
+
+The file has top-level keys for what the study compares (models, fractions, seeds) and where it
+runs, and one section per stage: ``[data]``, ``[train]``. ``python -m study init`` writes a
+commented example (``EXAMPLE_TOML``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.errors import UserError
+
+DEFAULT_MODELS = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]
+AUGMENT_POLICIES = ("none", "light", "standard", "strong", "trivial")
+NORMALIZATIONS = ("model", "imagenet", "half")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, at what size, and how they are split."""
+
+    dataset: str = "digits"
+    root: str = ""  # folder of the data, for datasets read from disk
+    test_root: str = ""  # imagefolder only: a separate folder of test images
+    image_size: int = 32  # images are decoded and cached at this size (square)
+    test_fraction: float = 0.2  # used when the dataset has no official test split
+    val_fraction: float = 0.2  # of the training pool, fixed for all seeds
+    min_per_class: int = 2  # every subset keeps at least this many images of each class
+    cache_dir: str = ""  # decoded arrays; default <out>/cache
+
+    def validate(self) -> None:
+        _check(self.image_size >= 8, f"data.image_size={self.image_size} is too small; use 8 or more")
+        for key in ("test_fraction", "val_fraction"):
+            value = getattr(self, key)
+            _check(0 < value < 1, f"data.{key}={value} must lie strictly between 0 and 1")
+        _check(self.min_per_class >= 1, f"data.min_per_class={self.min_per_class} must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one run trains: the defaults of the hyper-parameters and the budget policy."""
+
+    epochs: int = 8
+    min_steps: int = 60  # floor on optimiser steps, so that tiny fractions are not starved
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    augment: str = "standard"
+    augment_strength: float = 1.0
+    normalization: str = "model"  # the model's pretrained config, ImageNet's, or 0.5/0.5
+    patience: int = 0  # epochs without validation improvement before stopping; 0 = never stop
+    input_size: int = 0  # model input; 0 = data.image_size
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs={self.epochs} must be at least 1")
+        _check(self.min_steps >= 0, f"train.min_steps={self.min_steps} must be 0 or more")
+        _check(self.batch_size >= 2, f"train.batch_size={self.batch_size} must be at least 2")
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer={self.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+        _check(0 < self.lr < 10, f"train.lr={self.lr} must be a positive learning rate below 10")
+        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
+        _check(self.augment in AUGMENT_POLICIES, f"train.augment={self.augment!r} is unknown; valid: {', '.join(AUGMENT_POLICIES)}")
+        _check(0 <= self.augment_strength <= 3, f"train.augment_strength={self.augment_strength} must lie in [0, 3]")
+        _check(self.normalization in NORMALIZATIONS, f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}")
+        _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
+        _check(self.input_size == 0 or self.input_size >= 8, f"train.input_size={self.input_size} must be 0 (= data.image_size) or at least 8")
+        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs. Cells are models x sizes x seeds."""
+
+    name: str = "default"  # study name in the store; results of different settings never mix
+    out: str = "study-out"
+    storage: str = ""  # SQLAlchemy URL; default sqlite:///<out>/study.db
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
+    seeds: int = 3
+    device: str = "auto"
+    jobs: int = 0  # parallel runs; 0 = sized to the machine
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).absolute() / 'study.db'}"
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.data.cache_dir) if self.data.cache_dir else Path(self.out) / "cache"
+
+    @property
+    def sizes(self) -> list[tuple[str, float]]:
+        """The subset sizes of the study as (kind, value): ('fraction', 0.25) or ('per_class', 10)."""
+        if self.per_class:
+            return [("per_class", float(k)) for k in self.per_class]
+        return [("fraction", f) for f in self.fractions]
+
+    def validate(self) -> "StudyConfig":
+        """Check every value; raise UserError naming the first bad one. Returns self."""
+        _check(bool(self.name.strip()), "name must not be empty")
+        _check(bool(self.models), "models must name at least one model")
+        _check(len(set(self.models)) == len(self.models), f"models={self.models} lists a model twice")
+        _check(bool(self.fractions) or bool(self.per_class), "fractions or per_class must name at least one size")
+        for f in self.fractions:
+            _check(
+                isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1,
+                f"fraction {f} is invalid; fractions must lie in (0, 1], e.g. 0.1,0.25,0.5,1.0",
+            )
+        for k in self.per_class:
+            _check(isinstance(k, int) and k >= 1, f"per_class value {k} is invalid; use whole numbers of images per class >= 1")
+        _check(self.seeds >= 1, f"seeds={self.seeds} is invalid; use 1 or more seeds")
+        _check(self.device in DEVICES, f"device={self.device!r} is unknown; valid: {', '.join(DEVICES)}")
+        _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
+        self.data.validate()
+        self.train.validate()
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read the TOML file at ``path`` (if any), apply ``overrides`` and validate.
+
+    ``overrides`` uses dotted keys for sections (``{"train.epochs": 3, "seeds": 2}``);
+    values that are None are ignored, so argparse namespaces can be passed through.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {str(p)!r} does not exist; create one with `python -m study init`")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *sections, key = dotted.split(".")
+        target = raw
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = value
+    return from_dict(StudyConfig, raw, "").validate()
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a plain dict, refusing unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a table of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + k for k in fields)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a simple type hint (str, int, float, bool, list[...])."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                pass
+        raise UserError(f"{key}={value!r} has the wrong type; expected {hint}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):  # "0.1,0.25" from the CLI or a hand-written file
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}={value!r} must be a list")
+        return [_coerce(v, item, key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Any:
+        return value
+    kind = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+    hint_text = _HINTS.get(key, "")
+    raise UserError(f"{key}={value!r} is not {kind}" + (f"; {hint_text}" if hint_text else ""))
+
+
+_HINTS = {
+    "fractions": "fractions must be numbers in (0, 1], e.g. 0.1,0.25,0.5,1.0",
+    "per_class": "per_class must be whole numbers of images per class, e.g. 5,10,50",
+    "seeds": "use a whole number of seeds >= 1",
+}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for the store and for fingerprints)."""
+    return dataclasses.asdict(cfg)
+
+
+EXAMPLE_TOML = '''\
+# study.toml: configuration of a data-efficiency study.
+# Run it with:  python -m study run --config study.toml
+# Any value can also be given on the command line, which wins over this file.
+
+name = "default"          # study name in the store; change it to start a separate study
+out = "study-out"          # results, cache and report go here
+# storage = "sqlite:///study-out/study.db"   # or postgresql+psycopg://user@host/db
+
+models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
+fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
+# per_class = [5, 10, 50]           # images per class instead of fractions
+seeds = 3                           # each seed draws its own subsets, init and augmentation
+device = "auto"                     # auto | cpu | cuda
+jobs = 0                            # parallel runs; 0 = sized to the machine
+
+[data]
+dataset = "digits"        # digits (bundled) | imagefolder
+# root = "path/to/images" # imagefolder: one subfolder per class
+# test_root = ""          # imagefolder: optional separate folder of test images
+image_size = 32           # images are decoded once at this size and cached
+test_fraction = 0.2       # held-out test split when the dataset has none of its own
+val_fraction = 0.2        # validation part of the training pool (tuning, early stopping)
+min_per_class = 2         # every subset keeps at least this many images per class
+
+[train]
+epochs = 8                # epochs at full data
+min_steps = 60            # floor on optimiser steps for small fractions
+batch_size = 64
+optimizer = "adamw"       # adamw | adam | sgd
+lr = 1e-4
+weight_decay = 0.05
+augment = "standard"      # none | light | standard | strong | trivial
+augment_strength = 1.0    # 0 = off, 1 = default magnitudes, up to 3
+normalization = "model"   # model (its pretrained config) | imagenet | half (0.5/0.5)
+patience = 0              # early stopping after this many epochs without improvement; 0 = off
+input_size = 0            # model input size; 0 = data.image_size
+label_smoothing = 0.0
+'''

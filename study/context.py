@@ -1,0 +1,139 @@
+"""Everything a study's workers share, prepared and checked before any training starts:
+the decoded dataset, the fixed splits, the planned cells and the study's row in the store."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from study import splits as splitting
+from study.config import StudyConfig, to_dict
+from study.datasets import Dataset, check_name, load_dataset
+from study.store import Cell, Store, settings_fingerprint
+
+
+@dataclass
+class StudyContext:
+    cfg: StudyConfig
+    dataset: Dataset
+    splits: splitting.Splits
+    store: Store
+    study_id: int
+    cells: list[Cell]
+    warnings: list[str] = field(default_factory=list)
+
+    def train_indices(self, cell: Cell) -> np.ndarray:
+        """Dataset indices of the training subset of ``cell``."""
+        return splitting.training_subset(
+            self.splits, self.dataset.labels, cell.size_kind, cell.size_value, cell.seed, self.cfg.data.min_per_class, self.dataset.class_names
+        )
+
+
+def plan_cells(cfg: StudyConfig) -> list[Cell]:
+    """The study's cells: every model x size x seed, smallest sizes first."""
+    return [Cell(model, kind, value, seed) for kind, value in cfg.sizes for model in cfg.models for seed in range(cfg.seeds)]
+
+
+def check_models(cfg: StudyConfig) -> None:
+    """Refuse unknown model names before any data is decoded (imports timm, not the models)."""
+    from study.models import check_model_name
+
+    for name in cfg.models:
+        check_model_name(name)
+
+
+def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
+    """Decode (or memory-map) the dataset and make its fixed, leak-checked splits."""
+    check_name(cfg.data.dataset)
+    dataset = load_dataset(cfg.data, cfg.cache_path)
+    hashes = splitting.content_hashes(dataset.images)
+    splits = splitting.make_splits(
+        dataset.labels, dataset.class_names, cfg.data.test_fraction, cfg.data.val_fraction, cfg.data.min_per_class, dataset.test_mask, hashes
+    )
+    return dataset, splits, hashes
+
+
+def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
+    """The settings every run of one study must share: results under other settings would not
+    be comparable. Models, sizes and seeds are not among them: they only add cells."""
+    data = to_dict(cfg.data)
+    for local_only in ("root", "test_root", "cache_dir"):  # where the data lies is not what it is
+        data.pop(local_only)
+    return {"data": data, "content": content_digest, "train": to_dict(cfg.train)}
+
+
+def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
+    """Load and check everything; with ``register``, record the study and its cells in the store."""
+    check_models(cfg)
+    dataset, splits, hashes = load_data(cfg)
+    warnings = list(splits.warnings)
+    if dataset.skipped:
+        warnings.insert(0, f"{len(dataset.skipped)} file(s) could not be decoded and were skipped, e.g. {dataset.skipped[0]}")
+    cells = plan_cells(cfg)
+    store = Store(cfg.storage_url)
+    ctx = StudyContext(cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings)
+    # Sizes do not depend on the seed; computing seed 0's subsets checks every size up front.
+    sizes = {}
+    for kind, value in cfg.sizes:
+        n_train = len(ctx.train_indices(Cell(cfg.models[0], kind, value, 0)))
+        sizes[(kind, value)] = (n_train, n_train / len(splits.pool))
+    if register:
+        digest = hashlib.sha256(hashes.tobytes() + dataset.labels.astype(np.int64).tobytes()).hexdigest()[:32]
+        settings = study_settings(cfg, digest)
+        ctx.study_id = store.open_study(
+            cfg.name,
+            settings_fingerprint(settings),
+            settings,
+            to_dict(cfg),
+            dataset_summary(dataset),
+            {**splits.summary(), "warnings": warnings},
+            dataset.labels[splits.test],
+        )
+        store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
+    return ctx
+
+
+def dataset_summary(dataset: Dataset) -> dict:
+    counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+    return {
+        "name": dataset.name,
+        "class_names": dataset.class_names,
+        "n_images": int(len(dataset)),
+        "image_shape": list(dataset.images.shape[1:]),
+        "class_counts": [int(c) for c in counts],
+        "official_test_split": dataset.test_mask is not None,
+        "skipped_files": len(dataset.skipped),
+        "skipped_examples": dataset.skipped[:20],
+        "cache_key": dataset.key,
+    }
+
+
+def environment(device: str = "cpu") -> dict:
+    """Versions, device and host of the process running a run, so results can be reproduced."""
+    import numpy
+    import timm
+    import torch
+
+    import study
+
+    env = {
+        "python": sys.version.split()[0],
+        "study": study.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env

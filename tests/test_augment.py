@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from study.augment import POLICIES, BatchAugment, to_model_input
+
+
+def _batch(n=6, size=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, size, size, 3), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_shapes_dtype_and_range_are_kept(policy):
+    x = _batch().permute(0, 3, 1, 2).float() / 255
+    out = BatchAugment(policy, 1.0)(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
+def test_augmentation_changes_images_and_is_deterministic_under_a_seed(policy):
+    x = _batch().permute(0, 3, 1, 2).float() / 255
+    aug = BatchAugment(policy, 1.0)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, x)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("aug", [BatchAugment("none", 1.0), BatchAugment("strong", 0.0)])
+def test_off_leaves_images_unchanged(aug):
+    x = _batch().permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(aug(x, torch.Generator().manual_seed(0)), x)
+
+
+def test_flip_only_when_allowed():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, :, :2] = 1  # bright left edge
+    flipped = BatchAugment("light", 0.0001, hflip=True)(x, torch.Generator().manual_seed(0))
+    kept = BatchAugment("light", 0.0001, hflip=False)(x, torch.Generator().manual_seed(0))
+    right_bright = lambda t: (t[:, 0, :, -2:].mean(dim=(1, 2)) > 0.5)  # noqa: E731
+    assert right_bright(flipped).any() and not right_bright(kept).any()
+
+
+def test_model_input_is_resized_and_normalised():
+    x = _batch(size=16)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    out = to_model_input(x, 32, mean, std)
+    assert out.shape == (6, 3, 32, 32)
+    same = to_model_input(x, 16, mean, std)
+    expected = (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(same, expected)

@@ -1,0 +1,142 @@
+"""The command line: bad input refused in one line with status 2; a real study end to end."""
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import FAST_MODEL, ROOT, run_subprocess, write_imagefolder
+
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--quiet"]
+
+
+def _refused(result, fragment):
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("study: error: ") and fragment in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--fractions", "0"], "fraction 0.0 is invalid; fractions must lie in (0, 1]"),
+        (["--fractions", "1.5"], "fraction 1.5 is invalid"),
+        (["--fractions", "0.1,half"], "fractions='half' is not a number"),
+        (["--seeds", "0"], "seeds=0 is invalid"),
+        (["--models", "resnet_18"], "model 'resnet_18' is not a timm model; closest valid names: resnet18"),
+        (["--dataset", "imagefolder"], "needs data.root"),
+        (["--dataset", "imagefolder", "--data-root", "/nonexistent/x"], "'/nonexistent/x' does not exist"),
+        (["--per-class", "500"], "per_class 500 is more than class"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(cli, tmp_path, args, fragment):
+    _refused(cli("run", "--out", tmp_path, *SMALL, *args), fragment)
+    assert not (tmp_path / "study.db").exists() or args[0] in ("--per-class",)
+
+
+def test_empty_folder_and_unreadable_class_are_refused(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", tmp_path / "empty"), "has no class folders")
+    root = write_imagefolder(tmp_path / "data", {"a": 8})
+    (root / "b").mkdir()
+    (root / "b" / "x.jpg").write_bytes(b"garbage")
+    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root), "class folder")
+
+
+def test_class_too_small_to_split_is_refused(cli, tmp_path):
+    root = write_imagefolder(tmp_path / "data", {"big": 12, "tiny": 3})
+    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root), "class 'tiny' has 3 image(s)")
+
+
+def test_a_changed_setting_is_refused_without_touching_stored_results(cli, tmp_path):
+    code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--no-report")
+    assert code == 0
+    before = (tmp_path / "study.db").read_bytes()
+    _refused(cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01"), "was run with train.lr=0.0001")
+    code, out, _ = cli("status", "--out", tmp_path)
+    assert code == 0 and "done     1" in out
+    code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01", "--name", "other", "--no-report")
+    assert code == 0
+    assert len(before) > 0
+
+
+def test_init_writes_a_config_that_runs(cli, tmp_path):
+    path = tmp_path / "study.toml"
+    code, out, _ = cli("init", path)
+    assert code == 0 and path.exists()
+    _refused(cli("init", path), "already exists")
+
+
+def test_imagefolder_study_end_to_end_skips_a_corrupt_file(cli, tmp_path):
+    root = write_imagefolder(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
+    (root / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out, err = cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root, "--fractions", "0.5,1", "--seeds", "2")
+    assert code == 0, err
+    assert "1 file(s) could not be decoded and were skipped" in err
+    rows = list(csv.DictReader(open(tmp_path / "o" / "results.csv")))
+    assert len(rows) == 4
+
+
+def test_digits_study_end_to_end(tmp_path):
+    """A real `python -m study run` in its own process: every run stored, CSV and report written."""
+    out = tmp_path / "o"
+    proc = run_subprocess("run", "--out", out, *SMALL, "--fractions", "0.25,1.0", "--seeds", "2", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4
+    for column in ("dataset", "model", "fraction", "n_train", "seed", "test_acc", "test_loss", "train_seconds", "images_per_second"):
+        assert rows[0][column] != ""
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert (out / "report" / "index.html").exists() and (out / "report" / "figures" / "learning_curves.png").exists()
+    db = sqlite3.connect(out / "study.db")
+    (n_epochs,) = db.execute("select count(*) from epochs").fetchone()
+    (n_preds,) = db.execute("select count(*) from predictions").fetchone()
+    assert n_epochs == 4 * 2 and n_preds == 4
+    # the same command again trains nothing more
+    again = run_subprocess("run", "--out", out, *SMALL, "--fractions", "0.25,1.0", "--seeds", "2", "--jobs", "2")
+    assert again.returncode == 0 and "4 done" in again.stdout
+    assert db.execute("select count(*) from runs").fetchone()[0] == 4
+
+
+def test_killed_study_resumes_without_losing_or_repeating_runs(tmp_path):
+    out = tmp_path / "o"
+    args = ["run", "--out", out, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "3", "--min-steps", "30",
+            "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--quiet", "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db_path = out / "study.db"
+    deadline = time.time() + 300
+    done_before = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if db_path.exists():
+            try:
+                done_before = sqlite3.connect(db_path).execute("select id, finished_at from runs where status='done'").fetchall()
+            except sqlite3.OperationalError:
+                continue
+            if len(done_before) >= 2:
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(done_before) < 6, "the kill should land midway"
+    resumed = run_subprocess(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    db = sqlite3.connect(db_path)
+    rows = db.execute("select id, status, cell_key, finished_at from runs").fetchall()
+    assert len(rows) == 6 and {r[1] for r in rows} == {"done"}
+    assert len({r[2] for r in rows}) == 6
+    finished = {r[0]: r[3] for r in rows}
+    for run_id, finished_at in done_before:
+        assert finished[run_id] == finished_at  # runs finished before the kill were kept, not redone
+    per_run = db.execute("select run_id, count(*) from epochs group by run_id").fetchall()
+    assert len(per_run) == 6 and all(n == 3 for _, n in per_run)  # nothing duplicated
