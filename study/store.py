@@ -127,6 +127,39 @@ class PredictionRow(Base):
     y_pred: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ModelCostRow(Base):
+    """What a model costs, measured once per (study, model) by the study side (it needs torch)
+    and read by the analysis side. Latencies are CPU inference at batch 1, in milliseconds."""
+
+    __tablename__ = "model_costs"
+    __table_args__ = (UniqueConstraint("study_id", "model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    input_size: Mapped[int] = mapped_column(Integer)
+    n_params: Mapped[int] = mapped_column(Integer)
+    macs: Mapped[float | None] = mapped_column(Float, nullable=True)  # multiply-accumulates per image
+    size_mb: Mapped[float] = mapped_column(Float)
+    latency_p50_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p50_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # device, repetitions, versions
+    measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
+    """Name of the Optuna study that tunes one (dataset study, model, size), in the same database.
+
+    Convention shared by the tuner (study/) and the analysis: the Optuna study carries user
+    attributes ``study``, ``model``, ``size_kind``, ``size_value``; each trial carries
+    ``epochs_run``; tuned runs record ``hparams_source = "tuned:<optuna study>#<trial number>"``.
+    """
+    size = f"{size_value:g}" if size_kind == "fraction" else str(int(size_value))
+    return f"{study}|tune|{model}|{size_kind}={size}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One unit of work: a model trained on one subset size with one seed."""
