@@ -8,8 +8,8 @@ work, so the data path costs little next to the model (the airbench approach).
 Policies, from none to strong, each scaled by a strength (0 = off, 1 = default magnitudes):
 
 - none: identity.
-- light: random translation up to 1/8 of the side (a random crop with zero padding), flip.
-- standard: light + rotation up to 10 degrees and scale 0.9-1.1.
+- light: random translation up to 1/16 of the side (a random crop with zero padding), flip.
+- standard: translation up to 1/8 of the side, rotation up to 10 degrees, scale 0.9-1.1, flip.
 - strong: translation 1/8, rotation 20 degrees, scale 0.8-1.2, brightness and contrast +-30%,
   and a cut-out square of 1/4 the side.
 - trivial: TrivialAugment-like: per image, one operation chosen uniformly (identity, translate
@@ -30,7 +30,7 @@ POLICIES = ("none", "light", "standard", "strong", "trivial")
 # policy -> (translate as fraction of side, rotation degrees, scale spread, colour spread, cut-out fraction)
 _MAGNITUDES = {
     "none": (0.0, 0.0, 0.0, 0.0, 0.0),
-    "light": (0.125, 0.0, 0.0, 0.0, 0.0),
+    "light": (0.0625, 0.0, 0.0, 0.0, 0.0),
     "standard": (0.125, 10.0, 0.1, 0.0, 0.0),
     "strong": (0.125, 20.0, 0.2, 0.3, 0.25),
 }
@@ -41,7 +41,7 @@ _TRIVIAL_OPS = ("identity", "translate_x", "translate_y", "rotate", "shear_x", "
 class BatchAugment:
     """Augments float batches (B, C, H, W) with values in [0, 1]; output stays in [0, 1]."""
 
-    policy: str = "standard"
+    policy: str = "light"
     strength: float = 1.0
     hflip: bool = True
 

@@ -61,7 +61,7 @@ def test_a_changed_setting_is_refused_without_touching_stored_results(cli, tmp_p
     code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--no-report")
     assert code == 0
     before = (tmp_path / "study.db").read_bytes()
-    _refused(cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01"), "was run with train.lr=0.0001")
+    _refused(cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01"), "was run with train.lr=0.0, this config has train.lr=0.01")
     code, out, _ = cli("status", "--out", tmp_path)
     assert code == 0 and "done     1" in out
     code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01", "--name", "other", "--no-report")
