@@ -104,9 +104,13 @@ def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
     return cfg.train.resolved(), "config"
 
 
-def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False) -> dict | None:
+def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_queue=None) -> dict | None:
     """Claim one pending run of the study, train it and record it. Returns a summary of the
-    run, or None when no run was left to claim."""
+    run, or None when no run was left to claim.
+
+    Progress: ``show_epochs`` draws an epoch bar here (one worker in the main process);
+    ``epoch_queue`` (a multiprocessing queue) sends each round to the main process instead.
+    """
     import torch
 
     from study.context import environment
@@ -126,6 +130,8 @@ def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False) -> dict 
     def on_epoch(stats) -> None:
         bar.update(1)
         bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
+        if epoch_queue is not None:
+            epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
 
     try:
         with Heartbeat(ctx.store, run.id, me):
@@ -177,11 +183,13 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     done_before = total - pending
     bar = tqdm(total=total, initial=done_before, desc="runs", unit="run", disable=not progress)
     failures = 0
+    epochs = _EpochProgress(pending * cfg.train.epochs) if progress and workers > 1 else None
     try:
         if workers == 1:
             results = (run_next(cfg, threads, show_epochs=progress) for _ in range(pending))
         else:
-            results = Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(run_next)(cfg, threads) for _ in range(pending))
+            queue = epochs.queue if epochs else None
+            results = Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(run_next)(cfg, threads, False, queue) for _ in range(pending))
         for summary in results:
             if summary is None:
                 continue
@@ -192,5 +200,33 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
                 failures += 1
                 tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
     finally:
+        if epochs:
+            epochs.close()
         bar.close()
     return store.counts(study_id)
+
+
+class _EpochProgress:
+    """An epoch bar in the main process fed by worker processes through a queue: parallel
+    workers cannot share a terminal line, but each round they finish shows here."""
+
+    def __init__(self, total: int):
+        import multiprocessing
+
+        self._manager = multiprocessing.Manager()
+        self.queue = self._manager.Queue()
+        self._bar = tqdm(total=total, desc="epochs", unit="epoch", position=1, leave=False)
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self.queue.get()) is not None:
+            cell, epoch, val_acc = item
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"{cell} round {epoch} val_acc={val_acc:.3f}")
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout=5)
+        self._bar.close()
+        self._manager.shutdown()
