@@ -86,11 +86,16 @@ def from_hub(model_name: str, num_classes: int, location: str) -> nn.Module:
 def _hub_failure(model_name: str, location: str, exc: Exception) -> str:
     from huggingface_hub import constants
 
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    offline = "HF_HUB_OFFLINE=1 is set and " if constants.HF_HUB_OFFLINE else ""
+    on_hub = "://" not in location
+    cache = constants.HF_HUB_CACHE if on_hub else torch.hub.get_dir()
+    if constants.HF_HUB_OFFLINE and on_hub:
+        reason = f"HF_HUB_OFFLINE=1 is set and they are not in the cache {cache}"
+    else:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    fetch = f"python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\""
     return (
-        f"cannot get timm's pretrained weights for {model_name!r} ({location}): {offline}{reason}; "
-        f"run once online to fill the cache ({constants.HF_HUB_CACHE}), or copy a filled cache there and set HF_HUB_OFFLINE=1, "
+        f"cannot get timm's pretrained weights for {model_name!r} ({location}): {reason}; "
+        f"fetch them once online ({fetch}; copy the cache {cache} to offline machines and set HF_HUB_OFFLINE=1), "
         f"or pass --weights {model_name}=FILE with a .safetensors/.pth state dict"
     )
 

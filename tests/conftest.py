@@ -173,7 +173,7 @@ def cli(capsys):
     return run
 
 
-def run_subprocess(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m study ARGS`` as a real process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_subprocess(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m study ARGS`` as a real process (``env`` adds environment variables)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "study", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
