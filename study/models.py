@@ -83,7 +83,10 @@ def preflight(models: list[str], hp: TrainConfig, image_size: int) -> list[str]:
 
 def _skeleton(name: str) -> nn.Module:
     """The model on the meta device: its structure and shapes, built in milliseconds."""
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, num_classes=2).eval()
+    except Exception:  # a model whose constructor needs real tensors: build it for real
         return timm.create_model(name, pretrained=False, num_classes=2).eval()
 
 
