@@ -126,7 +126,8 @@ def _captured_training(tmp_path, hp: TrainConfig):
 
     state = _source_state()
     path = _write(state, tmp_path / "w.safetensors")
-    hp = dataclasses.replace(hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none")
+    hp = dataclasses.replace(hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none").resolved(FAST_MODEL)
+    assert hp.lr == 1e-4  # 'auto' learning rate: fine-tuning, since the model starts from a file
     ds = load_dataset(DataConfig(dataset="imagefolder", root=str(write_imagefolder(tmp_path / "d", {"a": 8, "b": 8})), image_size=16), tmp_path / "c")
     data = TrainData.from_arrays(np.array(ds.images), ds.labels, ds.num_classes, torch.device("cpu"), ds.hflip)
     built = []
@@ -194,6 +195,13 @@ def test_bad_transfer_settings_are_refused(overrides, fragment):
     with pytest.raises(UserError) as info:
         config.load(None, {"models": FAST_MODEL, **overrides})
     assert fragment in str(info.value)
+
+
+def test_auto_learning_rate_fine_tunes_models_that_start_from_weights():
+    hp = TrainConfig(weights=["a=w.pth"])
+    assert hp.resolved("a").lr == 1e-4 and hp.resolved("b").lr == 2e-3  # b trains from scratch
+    assert TrainConfig(pretrained=True).resolved("b").lr == 1e-4
+    assert TrainConfig(pretrained=True, lr=0.01).resolved("b").lr == 0.01
 
 
 def test_weights_count_in_the_study_fingerprint_by_content_not_location(tmp_path):
