@@ -35,9 +35,6 @@ class WeightsSource:
     kind: str
     location: str  # the hub id or URL, or the file path
 
-    def describe(self) -> str:
-        return f"timm pretrained ({self.location})" if self.kind == "hub" else f"file {self.location}"
-
 
 def weights_source(model_name: str, pretrained: bool, files: dict[str, str]) -> WeightsSource | None:
     """The source a study's settings choose for ``model_name``; None means random initialisation.

@@ -38,7 +38,7 @@ def cifar10(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar100(tmp_path_factory) -> Path:
-    return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", n_train=4, n_test=1)
+    return write_cifar(tmp_path_factory.mktemp("cifar100"), "cifar100", n_train=3, n_test=1)
 
 
 @pytest.fixture(scope="session")
@@ -218,6 +218,10 @@ def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
     _refused(cli(*args, "--out", tmp_path / "a"), "already exists and is not empty; pass --force")
     _refused(cli(*args, "--out", tmp_path / "d", "--per-class", "40"), "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32")
     _refused(cli("datasets", "build-text-recognition", "--msra", flickr, "--flickr", flickr, "--out", tmp_path / "e"), "has no train/ folder")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    _refused(cli(*args, "--out", tmp_path / "notes", "--force"), "exists and is not an earlier build (no manifest.csv)")
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
     code, _, _ = cli(*args, "--out", tmp_path / "a", "--per-class", "4", "--size", "20", "--force")
     assert code == 0 and len(_manifest(tmp_path / "a")) == 8
 

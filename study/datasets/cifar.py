@@ -54,7 +54,7 @@ def load(cfg: DataConfig, cache_dir: Path, name: str) -> Dataset:
     """CIFAR-10 (``name='cifar10'``) or CIFAR-100 at ``cfg.image_size``."""
     cls = _torchvision_class(name)
     root = _locate(cls, name, cfg.root, Path(cache_dir))
-    files = [root / cls.base_folder / f for f, _ in cls.train_list + cls.test_list] + [root / cls.base_folder / cls.meta["filename"]]
+    files = [root / cls.base_folder / f for f in _file_names(cls)]
     key = cache_key({"dataset": name, "root": str(root.resolve()), "files": source_fingerprint({"": files}, root), "image_size": cfg.image_size})
     return load_or_decode(cache_dir, name, key, lambda: _decode(cls, name, root, cfg.image_size))
 
@@ -66,7 +66,7 @@ def _locate(cls, name: str, data_root: str, cache_dir: Path) -> Path:
         root = Path(data_root)
         if root.name == cls.base_folder:  # the batches folder itself was given
             root = root.parent
-        missing = [f for f, _ in cls.train_list + cls.test_list if not (root / cls.base_folder / f).is_file()]
+        missing = _missing(cls, root)
         if missing:
             raise UserError(
                 f"data.root {data_root!r} holds no {TITLES[name]} copy ({cls.base_folder}/{missing[0]} is missing); "
@@ -74,15 +74,25 @@ def _locate(cls, name: str, data_root: str, cache_dir: Path) -> Path:
             )
         return root
     root = cache_dir / "downloads"
-    try:
-        cls(root=str(root), train=True, download=True)  # no-op when already downloaded and intact
-    except (URLError, OSError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"could not download {TITLES[name]} from {cls.url} into {root} ({reason}); "
-            f"download and unpack it by hand and pass --data-root DIR ({layout})"
-        ) from None
+    if _missing(cls, root):
+        try:
+            cls(root=str(root), train=True, download=True)  # torchvision downloads, checks and unpacks
+        except (URLError, OSError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"could not download {TITLES[name]} from {cls.url} into {root} ({reason}); "
+                f"download and unpack it by hand and pass --data-root DIR ({layout})"
+            ) from None
     return root
+
+
+def _file_names(cls) -> list[str]:
+    """The files of torchvision's layout: the batches, then the meta file."""
+    return [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+
+def _missing(cls, root: Path) -> list[str]:
+    return [f for f in _file_names(cls) if not (root / cls.base_folder / f).is_file()]
 
 
 def _decode(cls, name: str, root: Path, size: int) -> Dataset:
@@ -111,8 +121,8 @@ def _decode(cls, name: str, root: Path, size: int) -> Dataset:
 def _checksum_warnings(cls, name: str, root: Path) -> list[str]:
     from torchvision.datasets.utils import check_integrity
 
-    entries = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
-    differ = [f for f, md5 in entries if not check_integrity(os.path.join(root, cls.base_folder, f), md5)]
+    published = dict(cls.train_list + cls.test_list) | {cls.meta["filename"]: cls.meta["md5"]}
+    differ = [f for f in _file_names(cls) if not check_integrity(os.path.join(root, cls.base_folder, f), published[f])]
     if not differ:
         return []
     return [

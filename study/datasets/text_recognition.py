@@ -123,8 +123,11 @@ def build(msra: Path, flickr: Path, out: Path, per_class: int = 200, size: int =
         raise UserError(f"--size {size} is invalid; use a side between 8 and 4096 px")
     if not 0 < test_fraction < 1:
         raise UserError(f"--test-fraction {test_fraction} must lie strictly between 0 and 1")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not out.is_dir() or not (out / MANIFEST).is_file():  # --force never deletes what it did not write
+            raise UserError(f"--out {str(out)!r} exists and is not an earlier build (no {MANIFEST}); choose another folder")
+        if not force:
+            raise UserError(f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another folder")
     msra_train, msra_test = msra_splits(msra)
     photos = flickr_images(flickr)
     n_test = min(per_class - 1, max(1, round(per_class * test_fraction)))
