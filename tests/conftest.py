@@ -149,12 +149,13 @@ def write_msra(root: Path, n_train: int = 8, n_test: int = 5, seed: int = 1) -> 
     return root
 
 
-def write_flickr(root: Path, n: int = 16, seed: int = 2) -> Path:
-    """Flickr8k's layout: Flicker8k_Dataset/ of .jpg photos (one grayscale, one corrupt), and the
-    caption text folder beside it."""
+def write_flickr(root: Path, n: int = 8, seed: int = 2) -> Path:
+    """Flickr8k's layout: Flicker8k_Dataset/ of .jpg photos (one grayscale, one corrupt, and an
+    RGBA PNG among them), and the caption text folder beside it."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         save_image(root / "Flicker8k_Dataset" / f"{1000 + i}_{i:04x}.jpg", class_image(rng, 0, (40, 60)), "L" if i == 2 else "RGB")
+    save_image(root / "Flicker8k_Dataset" / "1998_rgba.png", class_image(rng, 0, (40, 60)), "RGBA")
     (root / "Flicker8k_Dataset" / "1999_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (root / "Flickr8k_text").mkdir()
     (root / "Flickr8k_text" / "Flickr8k.token.txt").write_text("1000_0000.jpg#0\tA dog runs .\n")

@@ -50,7 +50,9 @@ def sources(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def text_build(tmp_path_factory, sources) -> Path:
     out = tmp_path_factory.mktemp("text") / "text-recognition"
-    build(*sources, out, per_class=8, size=24, seed=0, test_fraction=0.25)
+    # 9 per class: 7 for training, which takes every readable MSRA-TD500 training image, and all
+    # readable Flickr8k photos, so both unreadable source files are met and replaced.
+    build(*sources, out, per_class=9, size=24, seed=0, test_fraction=0.25)
     return out
 
 
@@ -186,7 +188,7 @@ def test_text_build_is_balanced_resized_and_leak_free(text_build, sources):
     counts = {(r["split"], r["class"]): 0 for r in rows}
     for r in rows:
         counts[(r["split"], r["class"])] += 1
-    assert counts == {("train", "text"): 6, ("train", "no_text"): 6, ("test", "text"): 2, ("test", "no_text"): 2}
+    assert counts == {("train", "text"): 7, ("train", "no_text"): 7, ("test", "text"): 2, ("test", "no_text"): 2}
     for r in rows:
         with Image.open(text_build / r["file"]) as img:
             assert img.size == (24, 24) and img.mode == "RGB"
@@ -197,13 +199,14 @@ def test_text_build_is_balanced_resized_and_leak_free(text_build, sources):
         else:
             assert r["class"] == "no_text" and (sources[1] / r["source_file"]).is_file()
     by_split = {s: {r["source_file"] for r in rows if r["split"] == s} for s in ("train", "test")}
-    assert not by_split["train"] & by_split["test"] and len(by_split["train"]) == 12 and len(by_split["test"]) == 4
+    assert not by_split["train"] & by_split["test"] and len(by_split["train"]) == 14 and len(by_split["test"]) == 4
     pixels = {s: {hashlib.sha1((np.asarray(Image.open(text_build / r["file"]))).tobytes()).hexdigest() for r in rows if r["split"] == s} for s in ("train", "test")}
     assert not pixels["train"] & pixels["test"]
     assert sorted(p.name for p in text_build.rglob("*.png")) == sorted(Path(r["file"]).name for r in rows)  # manifest = files
     summary = json.loads((text_build / "build.json").read_text())
     assert len(summary["skipped"]) == 2  # the truncated MSRA photo and the corrupt Flickr8k file, replaced
     assert not any(r["source_file"].endswith(("IMG_0100.JPG", "corrupt.jpg")) for r in rows)
+    assert any(r["source_file"].endswith("rgba.png") for r in rows)  # an RGBA PNG among the photos, flattened to RGB
 
 
 def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
@@ -216,7 +219,7 @@ def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
     assert _manifest(tmp_path / "a") == _manifest(tmp_path / "b") != _manifest(tmp_path / "c")
     args = ["datasets", "build-text-recognition", "--msra", msra, "--flickr", flickr]
     _refused(cli(*args, "--out", tmp_path / "a"), "already exists and is not empty; pass --force")
-    _refused(cli(*args, "--out", tmp_path / "d", "--per-class", "40"), "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32")
+    _refused(cli(*args, "--out", tmp_path / "d", "--per-class", "40"), "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32; lower --per-class")
     _refused(cli("datasets", "build-text-recognition", "--msra", flickr, "--flickr", flickr, "--out", tmp_path / "e"), "has no train/ folder")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
@@ -229,7 +232,7 @@ def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
 def test_text_recognition_dataset_reads_the_build(text_build, tmp_path):
     ds = load_dataset(DataConfig(dataset="text-recognition", root=str(text_build), image_size=24), tmp_path)
     assert ds.class_names == ["no_text", "text"] and not ds.hflip
-    assert ds.test_mask.sum() == 4 and len(ds) == 16
+    assert ds.test_mask.sum() == 4 and len(ds) == 18
     with pytest.raises(UserError, match="is not a text-recognition build"):
         load_dataset(DataConfig(dataset="text-recognition", root=str(text_build / "train"), image_size=24), tmp_path)
 
@@ -241,4 +244,4 @@ def test_text_study_end_to_end(cli, text_build, tmp_path, how):
     assert code == 0, err
     dataset, splits = _study_row(tmp_path / "o")
     assert dataset["class_names"] == ["no_text", "text"] and dataset["official_test_split"]
-    assert splits["n_test"] == 4 and dataset["class_counts"] == [8, 8]
+    assert splits["n_test"] == 4 and dataset["class_counts"] == [9, 9]
