@@ -56,11 +56,8 @@ def weights_source(model_name: str, pretrained: bool, files: dict[str, str]) -> 
 def file_digest(path: str) -> str:
     """SHA-256 of a weights file: what the study's settings record, so a moved file is the same
     weights and a changed one is not."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # -- loading --------------------------------------------------------------------------------
