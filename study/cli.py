@@ -1,4 +1,4 @@
-"""The command line: ``python -m study {run,status,report,init}``.
+"""The command line: ``python -m study {run,status,report,init,datasets}``.
 
 Errors a user can cause end with exit status 2 and one line on stderr, never a traceback.
 Modules that need torch are imported inside the commands that train, so ``status`` and
@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see `python -m study {self.prog.split()[-1]} --help`)")
+        raise UserError(f"{message} (see `python -m {self.prog} --help`)")
 
 
 def _study_flags(p: argparse.ArgumentParser) -> None:
@@ -31,8 +31,8 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (default) | imagefolder")
-    p.add_argument("--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class)")
+    p.add_argument("--dataset", help="digits (default) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition")
+    p.add_argument("--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)")
     p.add_argument("--test-root", metavar="DIR", help="imagefolder: a separate folder of test images")
     p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
@@ -44,6 +44,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")
+    p.add_argument("--input-size", metavar="PX|native", help="model input side (0 = --image-size, native = each model's pretrained size)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from timm's pretrained weights")
+    p.add_argument("--weights", metavar="MODEL=PATH", action="append", help="local .safetensors/.pth weights for MODEL (repeatable)")
+    p.add_argument("--finetune", metavar="MODE", help="full (default) | head (linear probe: only the classifier trains)")
+    p.add_argument("--freeze-stages", metavar="K", help="with --finetune full: keep the stem and the first K stages frozen")
     p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda")
     p.add_argument("--jobs", metavar="N", help="parallel runs (0 = sized to the machine)")
 
@@ -54,6 +59,8 @@ _OVERRIDES = {
     "test_root": "data.test_root", "models": "models", "fractions": "fractions", "per_class": "per_class",
     "seeds": "seeds", "epochs": "train.epochs", "min_steps": "train.min_steps", "batch_size": "train.batch_size",
     "lr": "train.lr", "augment": "train.augment", "image_size": "data.image_size", "device": "device", "jobs": "jobs",
+    "input_size": "train.input_size", "pretrained": "train.pretrained", "weights": "train.weights", "finetune": "train.finetune",
+    "freeze_stages": "train.freeze_stages",
 }
 
 
@@ -77,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="study.toml")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    datasets = sub.add_parser("datasets", help="prepare datasets")
+    dsub = datasets.add_subparsers(dest="datasets_command", required=True, parser_class=_Parser)
+    text = dsub.add_parser("build-text-recognition", help="sample a text / no-text image folder from MSRA-TD500 and Flickr8k")
+    text.add_argument("--msra", metavar="DIR", type=Path, required=True, help="MSRA-TD500 folder with train/ and test/")
+    text.add_argument("--flickr", metavar="DIR", type=Path, required=True, help="Flickr8k folder (Flicker8k_Dataset/ or Images/ of .jpg)")
+    text.add_argument("--out", metavar="DIR", type=Path, required=True, help="output folder: train/, test/, manifest.csv")
+    text.add_argument("--per-class", metavar="N", type=int, default=200, help="images per class, both splits together (default 200)")
+    text.add_argument("--size", metavar="PX", type=int, default=224, help="side the images are resized to (default 224)")
+    text.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the sampling (default 0)")
+    text.add_argument("--test-fraction", metavar="F", type=float, default=0.2, help="share of each class in the test split (default 0.2)")
+    text.add_argument("--force", action="store_true", help="replace an existing output folder")
     return parser
 
 
@@ -170,7 +189,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "init": cmd_init}
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from study.datasets import text_recognition
+
+    summary = text_recognition.build(args.msra, args.flickr, args.out, args.per_class, args.size, args.seed, args.test_fraction, args.force)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"wrote {args.out}: {counts} images of {args.size}x{args.size} px; sources in {args.out / text_recognition.MANIFEST}")
+    if summary["skipped"]:
+        print(f"warning: {len(summary['skipped'])} unreadable source file(s) skipped, e.g. {summary['skipped'][0]}", file=sys.stderr)
+    print(f"use it with: python -m study run --dataset text-recognition --data-root {args.out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "init": cmd_init, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

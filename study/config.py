@@ -30,6 +30,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # stays near chance after 6 epochs at 1e-4 and reaches 60-80% at 2e-3).
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 2e-3
+FINETUNE_MODES = ("full", "head")
+NATIVE = "native"  # train.input_size: the size the model was pretrained at
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,13 @@ class TrainConfig:
     augment_strength: float = 1.0
     normalization: str = "model"  # the model's pretrained config, ImageNet's, or 0.5/0.5
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never stop
-    input_size: int = 0  # model input; 0 = data.image_size
+    input_size: int | str = 0  # model input; 0 = data.image_size, "native" = the model's pretrained size
     label_smoothing: float = 0.0
+    # Transfer learning (see study/transfer.py): where initial weights come from, what trains.
+    pretrained: bool = False  # timm's pretrained weights for every model without a weights file
+    weights: list[str] = field(default_factory=list)  # "MODEL=PATH" local .safetensors / .pth files
+    finetune: str = "full"  # full: every layer trains; head: only the new classifier (linear probe)
+    freeze_stages: int = 0  # with finetune=full: keep the stem and the first K stages frozen
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"train.epochs={self.epochs} must be at least 1")
@@ -81,12 +88,35 @@ class TrainConfig:
         _check(0 <= self.augment_strength <= 3, f"train.augment_strength={self.augment_strength} must lie in [0, 3]")
         _check(self.normalization in NORMALIZATIONS, f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}")
         _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
-        _check(self.input_size == 0 or self.input_size >= 8, f"train.input_size={self.input_size} must be 0 (= data.image_size) or at least 8")
+        _check(
+            self.input_size == NATIVE or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
+            f"train.input_size={self.input_size!r} is invalid; use 0 (= data.image_size), '{NATIVE}' (the model's pretrained size) or a size of 8 px or more",
+        )
         _check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing} must lie in [0, 1)")
+        _check(self.finetune in FINETUNE_MODES, f"train.finetune={self.finetune!r} is unknown; valid: {', '.join(FINETUNE_MODES)}")
+        _check(self.freeze_stages >= 0, f"train.freeze_stages={self.freeze_stages} must be 0 (none frozen) or more")
+        _check(
+            self.finetune == "full" or self.freeze_stages == 0,
+            f"train.freeze_stages={self.freeze_stages} only applies to train.finetune='full'; finetune='head' already freezes every stage",
+        )
+        _ = self.weight_files  # parsing refuses malformed entries
 
-    def resolved(self) -> "TrainConfig":
-        """These hyper-parameters with 'auto' values made concrete, as a run uses them."""
-        pretrained = bool(getattr(self, "pretrained", False))
+    @property
+    def weight_files(self) -> dict[str, str]:
+        """``weights`` as {model name: file path}; refuses entries that are not MODEL=PATH."""
+        files: dict[str, str] = {}
+        for entry in self.weights:
+            model, sep, path = entry.partition("=")
+            model, path = model.strip(), path.strip()
+            _check(bool(sep and model and path), f"train.weights entry {entry!r} is invalid; use MODEL=PATH, e.g. mobilevit_xxs=weights/mobilevit_xxs.safetensors")
+            _check(model not in files, f"train.weights names model {model!r} twice; give one file per model")
+            files[model] = path
+        return files
+
+    def resolved(self, model: str | None = None) -> "TrainConfig":
+        """These hyper-parameters with 'auto' values made concrete, as a run of ``model`` uses
+        them: it fine-tunes when it starts from timm's weights or from a weights file of its own."""
+        pretrained = self.pretrained or (model in self.weight_files if model else bool(self.weights))
         return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else SCRATCH_LR))
 
 
@@ -140,6 +170,8 @@ class StudyConfig:
         _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
         self.data.validate()
         self.train.validate()
+        for model in self.train.weight_files:
+            _check(model in self.models, f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give weights only for models of the study")
         return self
 
 
@@ -273,8 +305,10 @@ device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine
 
 [data]
-dataset = "digits"        # digits (bundled) | imagefolder
-# root = "path/to/images" # imagefolder: one subfolder per class
+dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition
+# root = "path/to/images" # imagefolder: one subfolder per class; tiny-imagenet: tiny-imagenet-200/;
+                          # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
+                          # text-recognition: the output of `study datasets build-text-recognition`
 # test_root = ""          # imagefolder: optional separate folder of test images
 image_size = 32           # images are decoded once at this size and cached
 test_fraction = 0.2       # held-out test split when the dataset has none of its own
@@ -292,6 +326,10 @@ augment = "light"         # none | light | standard | strong | trivial
 augment_strength = 1.0    # 0 = off, 1 = default magnitudes, up to 3
 normalization = "model"   # model (its pretrained config) | imagenet | half (0.5/0.5)
 patience = 0              # early stopping after this many epochs without improvement; 0 = off
-input_size = 0            # model input size; 0 = data.image_size
+input_size = 0            # model input size; 0 = data.image_size, "native" = the size the model was pretrained at
 label_smoothing = 0.0
+pretrained = false        # start from timm's pretrained weights (hub cache; HF_HUB_OFFLINE=1 works with a filled cache)
+weights = []              # local weight files, e.g. ["mobilevit_xxs=weights/mobilevit_xxs.safetensors"]
+finetune = "full"         # full | head (linear probe: only the new classifier trains)
+freeze_stages = 0         # finetune = "full": keep the stem and the first K stages frozen
 '''

@@ -46,6 +46,14 @@ def check_models(cfg: StudyConfig) -> None:
         check_model_name(name)
 
 
+def check_transfer(cfg: StudyConfig) -> list[str]:
+    """Make sure every model can start from the weights the settings ask for (fetching timm's
+    into its cache when online), before any data is decoded; returns warnings."""
+    from study.models import preflight
+
+    return preflight(cfg.models, cfg.train, cfg.data.image_size)
+
+
 def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
     """Decode (or memory-map) the dataset and make its fixed, leak-checked splits."""
     check_name(cfg.data.dataset)
@@ -63,14 +71,20 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     data = to_dict(cfg.data)
     for local_only in ("root", "test_root", "cache_dir"):  # where the data lies is not what it is
         data.pop(local_only)
-    return {"data": data, "content": content_digest, "train": to_dict(cfg.train)}
+    from study.transfer import file_digest
+
+    train = to_dict(cfg.train)
+    # A weights file counts by its content, not by where it lies.
+    train["weights"] = {model: file_digest(path) for model, path in sorted(cfg.train.weight_files.items())}
+    return {"data": data, "content": content_digest, "train": train}
 
 
 def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
     """Load and check everything; with ``register``, record the study and its cells in the store."""
     check_models(cfg)
+    model_warnings = check_transfer(cfg) if register else []  # workers reuse what the first check fetched
     dataset, splits, hashes = load_data(cfg)
-    warnings = list(splits.warnings)
+    warnings = model_warnings + list(dataset.warnings) + list(splits.warnings)
     if dataset.skipped:
         warnings.insert(0, f"{len(dataset.skipped)} file(s) could not be decoded and were skipped, e.g. {dataset.skipped[0]}")
     cells = plan_cells(cfg)

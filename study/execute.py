@@ -101,7 +101,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
 
 def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
     """The hyper-parameters a run uses and where they came from."""
-    return cfg.train.resolved(), "config"
+    return cfg.train.resolved(run.model), "config"
 
 
 def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_queue=None) -> dict | None:

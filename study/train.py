@@ -29,7 +29,7 @@ from sklearn.metrics import f1_score
 from study.augment import BatchAugment, to_model_input
 from study.config import TrainConfig
 from study.errors import DivergedError
-from study.models import count_parameters, create_model, normalization, to_device
+from study.models import count_parameters, create_model, input_size_for, normalization, to_device
 
 EVAL_BATCH = 256
 
@@ -187,10 +187,10 @@ def train_run(
     to stop the run). Raises DivergedError when the training loss becomes non-finite.
     """
     torch.manual_seed(seed)
-    model = (model_factory or create_model)(model_name, data.num_classes)
+    model = model_factory(model_name, data.num_classes) if model_factory else create_model(model_name, data.num_classes, hp)
     model = to_device(model, device)
     mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(model, hp.normalization))
-    input_size = hp.input_size or data.image_size
+    input_size = input_size_for(model_name, hp.input_size, data.image_size)
     augment = BatchAugment(hp.augment, hp.augment_strength, hflip=data.hflip)
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed)

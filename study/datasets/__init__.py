@@ -29,9 +29,37 @@ def _imagefolder(cfg: DataConfig, cache_dir: Path) -> Dataset:
     return load(cfg, cache_dir)
 
 
+def _tiny_imagenet(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    from study.datasets.tiny_imagenet import load
+
+    return load(cfg, cache_dir)
+
+
+def _cifar10(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    from study.datasets.cifar import load
+
+    return load(cfg, cache_dir, "cifar10")
+
+
+def _cifar100(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    from study.datasets.cifar import load
+
+    return load(cfg, cache_dir, "cifar100")
+
+
+def _text_recognition(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    from study.datasets.text_recognition import load
+
+    return load(cfg, cache_dir)
+
+
 LOADERS: dict[str, Loader] = {
     "digits": _digits,
     "imagefolder": _imagefolder,
+    "tiny-imagenet": _tiny_imagenet,
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "text-recognition": _text_recognition,
 }
 
 

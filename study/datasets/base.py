@@ -17,6 +17,8 @@ class Dataset:
         has none (then the harness draws a fixed stratified test split).
     hflip: whether a horizontal flip keeps an image's label (False for digits and text).
     skipped: source files that could not be decoded, with the reason, reported as a warning.
+    warnings: other things about the source a researcher should know (e.g. a file whose
+        checksum differs from the published one), reported before training.
     key: the cache key: it changes whenever the source files or the decode settings change.
     """
 
@@ -28,6 +30,7 @@ class Dataset:
     hflip: bool = True
     skipped: list[str] = field(default_factory=list)
     key: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -49,7 +49,13 @@ def _write(folder: Path, dataset: Dataset) -> None:
         np.save(tmp / "labels.npy", np.asarray(dataset.labels, dtype=np.int64))
         if dataset.test_mask is not None:
             np.save(tmp / "test_mask.npy", np.asarray(dataset.test_mask, dtype=bool))
-        meta = {"name": dataset.name, "class_names": dataset.class_names, "hflip": dataset.hflip, "skipped": dataset.skipped}
+        meta = {
+            "name": dataset.name,
+            "class_names": dataset.class_names,
+            "hflip": dataset.hflip,
+            "skipped": dataset.skipped,
+            "warnings": dataset.warnings,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, folder)
@@ -72,4 +78,5 @@ def _read(folder: Path, key: str) -> Dataset:
         hflip=bool(meta["hflip"]),
         skipped=list(meta["skipped"]),
         key=key,
+        warnings=list(meta.get("warnings", [])),
     )

@@ -69,39 +69,43 @@ def load(cfg: DataConfig, cache_dir: Path) -> Dataset:
     official test split and must use the same class names."""
     if not cfg.root:
         raise UserError("dataset 'imagefolder' needs data.root (--data-root DIR): a folder with one subfolder per class")
-    root = Path(cfg.root)
+    return load_folders("imagefolder", Path(cfg.root), Path(cfg.test_root) if cfg.test_root else None, cfg.image_size, cache_dir)
+
+
+def load_folders(name: str, root: Path, test_root: Path | None, size: int, cache_dir: Path, hflip: bool = True) -> Dataset:
+    """A class-folder tree at ``root`` and optionally a test tree of the same classes, decoded
+    once into the cache as dataset ``name``."""
     train_files = list_class_files(root)
     class_names = list(train_files)
     test_files: dict[str, list[Path]] = {}
-    if cfg.test_root:
-        test_root = Path(cfg.test_root)
+    if test_root is not None:
         test_files = list_class_files(test_root, "data.test_root")
         extra = sorted(set(test_files) - set(class_names))
         if extra:
             raise UserError(f"data.test_root has class folder {extra[0]!r} that data.root lacks; classes: {', '.join(class_names)}")
     key = cache_key(
         {
-            "dataset": "imagefolder",
+            "dataset": name,
             "root": str(root.resolve()),
             "files": source_fingerprint(train_files, root),
-            "test_root": str(Path(cfg.test_root).resolve()) if cfg.test_root else "",
-            "test_files": source_fingerprint(test_files, Path(cfg.test_root)) if test_files else [],
-            "image_size": cfg.image_size,
+            "test_root": str(test_root.resolve()) if test_root else "",
+            "test_files": source_fingerprint(test_files, test_root) if test_files else [],
+            "image_size": size,
         }
     )
 
     def decode() -> Dataset:
-        images, labels, skipped = decode_class_files(train_files, class_names, cfg.image_size, str(root))
+        images, labels, skipped = decode_class_files(train_files, class_names, size, str(root))
         test_mask = None
         if test_files:
-            t_images, t_labels, t_skipped = _decode_test(test_files, class_names, cfg.image_size)
+            t_images, t_labels, t_skipped = _decode_test(test_files, class_names, size)
             test_mask = np.r_[np.zeros(len(labels), bool), np.ones(len(t_labels), bool)]
             images = np.concatenate([images, t_images])
             labels = np.concatenate([labels, t_labels])
             skipped += t_skipped
-        return Dataset("imagefolder", images, labels, class_names, test_mask=test_mask, skipped=skipped)
+        return Dataset(name, images, labels, class_names, test_mask=test_mask, hflip=hflip, skipped=skipped)
 
-    return load_or_decode(cache_dir, "imagefolder", key, decode)
+    return load_or_decode(cache_dir, name, key, decode)
 
 
 def _decode_test(files: dict[str, list[Path]], class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
