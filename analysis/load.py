@@ -6,15 +6,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from study.errors import UserError
-from study.store import DONE, EpochRow, PredictionRow, RunRow, Store, StudyRow
+from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
 
 RUN_COLUMNS = [
     "run_id", "dataset", "model", "size_kind", "size_value", "fraction", "n_train", "seed", "status",
     "test_acc", "test_loss", "test_f1", "val_acc", "best_epoch", "epochs_run", "train_seconds",
     "images_per_second", "n_params", "peak_memory_mb", "device", "hparams_source", "hparams", "error", "attempts",
+    "environment",
+]
+COST_COLUMNS = [
+    "model", "input_size", "n_params", "macs", "size_mb", "latency_p50_ms_1t", "latency_p95_ms_1t",
+    "latency_p50_ms_all", "latency_p95_ms_all", "threads_all", "details",
 ]
 RESULTS_CSV_COLUMNS = [
     "dataset", "model", "fraction", "n_train", "seed", "test_acc", "test_loss", "test_f1", "train_seconds",
@@ -32,6 +37,9 @@ class StudyData:
         val_loss, val_acc, lr, seconds, images_seen.
     predictions: run_id -> predicted class per test image (int32), for finished runs.
     y_test: the true test labels, in the predictions' order.
+    costs: one row per model whose costs were measured (``COST_COLUMNS``, from the
+        ``model_costs`` table); no rows when none were.
+    storage_url: where the study was read from (the tuning tables live in the same database).
     """
 
     name: str
@@ -43,11 +51,23 @@ class StudyData:
     epochs: pd.DataFrame
     y_test: np.ndarray
     predictions: dict[int, np.ndarray] = field(default_factory=dict)
+    costs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COST_COLUMNS))
+    storage_url: str = ""
 
     @property
     def done(self) -> pd.DataFrame:
         """The finished runs."""
         return self.runs[self.runs["status"] == DONE].reset_index(drop=True)
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """The runs that raised (diverged, out of memory, ...), with their error."""
+        return self.runs[self.runs["status"] == FAILED].reset_index(drop=True)
+
+    @property
+    def unfinished(self) -> pd.DataFrame:
+        """Planned runs with no result yet (pending, or running when the store was read)."""
+        return self.runs[~self.runs["status"].isin([DONE, FAILED])].reset_index(drop=True)
 
     @property
     def class_names(self) -> list[str]:
@@ -70,6 +90,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         run_ids = [r.id for r in runs if r.status == DONE]
         epochs = list(s.scalars(select(EpochRow).where(EpochRow.run_id.in_(run_ids)))) if run_ids else []
         preds = list(s.scalars(select(PredictionRow).where(PredictionRow.run_id.in_(run_ids)))) if run_ids else []
+    costs = _cost_rows(store, study.id)
     dataset_name = study.dataset.get("name", "")
     run_frame = pd.DataFrame(
         [{**{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")}, "run_id": r.id, "dataset": dataset_name} for r in runs],
@@ -87,7 +108,18 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         epochs=epoch_frame.sort_values(["run_id", "epoch"]).reset_index(drop=True),
         y_test=np.frombuffer(study.y_test, dtype=np.int32),
         predictions={p.run_id: np.frombuffer(p.y_pred, dtype=np.int32) for p in preds},
+        costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
+        storage_url=url,
     )
+
+
+def _cost_rows(store: Store, study_id: int) -> list[dict]:
+    """The study's ``model_costs`` rows; none from a database made before that table existed."""
+    if ModelCostRow.__tablename__ not in inspect(store.engine).get_table_names():
+        return []
+    with store.session() as s:
+        rows = list(s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id)))
+        return [{c: getattr(r, c) for c in COST_COLUMNS} for r in rows]
 
 
 def _names(store: Store) -> list[str]:

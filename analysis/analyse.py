@@ -1,0 +1,126 @@
+"""The whole analysis of one study in one call: every table the report shows, as DataFrames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.confusion import confusion_matrices
+from analysis.costs import model_costs, time_to_target, training_costs
+from analysis.curves import LearningCurves, curve_bands, fit_learning_curves
+from analysis.efficiency import data_needed, data_ratios, efficiency_scores, targets_table
+from analysis.load import StudyData, results_table
+from analysis.sanity import sanity_checks
+from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
+
+ANSWER_COLUMNS = [
+    "model", "n_smallest", "acc_smallest", "acc_smallest_ci_low", "acc_smallest_ci_high", "n_largest", "acc_largest",
+    "acc_largest_ci_low", "acc_largest_ci_high", "score", "score_ci_low", "score_ci_high", "train_seconds_largest",
+    "n_params", "macs", "latency_p50_ms_1t",
+]
+
+
+@dataclass
+class StudyAnalysis:
+    """Every answer about one study. Each table is a DataFrame whose columns are documented by
+    the function that makes it: summary (``curves.summarize``), fits and bands (``curves``),
+    targets, needed, ratios, scores (``efficiency``), comparisons and ranks (``stats``),
+    model_costs, training_costs, time_to_target (``costs``), confusion (``confusion``),
+    warnings (``sanity``) and answer (``answer_table``)."""
+
+    data: StudyData
+    curves: LearningCurves
+    bands: pd.DataFrame
+    targets: pd.DataFrame
+    needed: pd.DataFrame
+    ratios: pd.DataFrame
+    scores: pd.DataFrame
+    comparisons: Comparisons
+    ranks: RankTests
+    model_costs: pd.DataFrame
+    training_costs: pd.DataFrame
+    time_to_target: pd.DataFrame
+    confusion: pd.DataFrame
+    warnings: pd.DataFrame
+    answer: pd.DataFrame
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.curves.summary
+
+    @property
+    def fits(self) -> pd.DataFrame:
+        return self.curves.fits
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """name -> table, the CSV files of the report."""
+        return {
+            "answer": self.answer, "results": results_table(self.data), "learning_curve": self.summary, "curve_fits": self.fits,
+            "curve_bands": self.bands, "targets": self.targets, "data_needed": self.needed, "data_ratios": self.ratios,
+            "efficiency_scores": self.scores, "pairwise": self.comparisons.pairwise, "mcnemar_by_seed": self.comparisons.mcnemar,
+            "average_ranks": self.ranks.ranks, "friedman": self.ranks.friedman, "nemenyi": self.ranks.posthoc,
+            "model_costs": self.model_costs, "training_costs": self.training_costs, "time_to_target": self.time_to_target,
+            "confusion_full_data": self.confusion, "warnings": self.warnings,
+        }
+
+
+def analyse(
+    data: StudyData,
+    targets: list[float] | None = None,
+    select: str = "aicc",
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    n_boot_curves: int = 200,
+    n_boot_stats: int = 2000,
+    seed: int = 0,
+) -> StudyAnalysis:
+    """Analyse every finished run of ``data``. ``targets``: absolute test accuracies for the
+    images-needed estimates (default: 90% and 95% of the best full-data accuracy). Bootstraps
+    are seeded by ``seed``, so the same store always gives the same numbers."""
+    done = data.done
+    done = done[done["test_acc"].notna()]
+    curves = fit_learning_curves(done, select=select, n_boot=n_boot_curves, seed=seed, confidence=confidence)
+    target_frame = targets_table(curves.summary, targets)
+    comparisons = paired_comparisons(done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_boot=n_boot_stats, seed=seed)
+    training = training_costs(done)
+    costs = model_costs(data.costs, data.runs)
+    scores = efficiency_scores(curves)
+    analysis = StudyAnalysis(
+        data=data, curves=curves, bands=curve_bands(curves), targets=target_frame, needed=data_needed(curves, target_frame),
+        ratios=data_ratios(curves, target_frame), scores=scores, comparisons=comparisons, ranks=rank_tests(done, alpha),
+        model_costs=costs, training_costs=training, time_to_target=time_to_target(curves.summary, training, target_frame),
+        confusion=confusion_matrices(data), warnings=sanity_checks(data, curves, comparisons), answer=pd.DataFrame(),
+    )
+    analysis.answer = answer_table(analysis)
+    return analysis
+
+
+def answer_table(analysis: StudyAnalysis) -> pd.DataFrame:
+    """One row per model (ANSWER_COLUMNS): mean test accuracy with its CI at the smallest and the
+    largest measured size, the data-efficiency score with its CI, mean training seconds of a
+    run at the largest size, parameters, MACs and CPU latency (p50, one thread). The images
+    needed per target are in ``analysis.needed``."""
+    s = analysis.summary
+    rows = []
+    for model in sorted(analysis.data.runs["model"].unique()):
+        m = s[s["model"] == model].sort_values("n_train")
+        row = {"model": model}
+        for end, pick in (("smallest", m.head(1)), ("largest", m.tail(1))):
+            r = pick.iloc[0] if len(pick) else None
+            row.update({f"n_{end}": r["n_train"] if r is not None else pd.NA, f"acc_{end}": r["mean"] if r is not None else np.nan,
+                        f"acc_{end}_ci_low": r["ci_low"] if r is not None else np.nan, f"acc_{end}_ci_high": r["ci_high"] if r is not None else np.nan})
+        sc = analysis.scores[analysis.scores["model"] == model]
+        row.update(score=sc["score"].iloc[0] if len(sc) else np.nan, score_ci_low=sc["ci_low"].iloc[0] if len(sc) else np.nan,
+                   score_ci_high=sc["ci_high"].iloc[0] if len(sc) else np.nan)
+        tc = analysis.training_costs[analysis.training_costs["model"] == model]
+        row["train_seconds_largest"] = tc.sort_values("n_train")["train_seconds"].iloc[-1] if len(tc) else np.nan
+        mc = analysis.model_costs[analysis.model_costs["model"] == model]
+        for col in ("n_params", "macs", "latency_p50_ms_1t"):
+            row[col] = mc[col].iloc[0] if len(mc) else np.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+    for col in ("n_smallest", "n_largest", "n_params"):
+        frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+    return frame

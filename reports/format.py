@@ -1,0 +1,89 @@
+"""How numbers are written in the report: one place, so the HTML, the Markdown and the tests
+agree. Missing values are written as an em dash, an unreachable target as ∞."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+MISSING = "—"
+
+
+def is_missing(v) -> bool:
+    """None, NaN or pandas' NA."""
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # a list or other non-scalar is a value
+        return False
+
+
+def pct(v, digits: int = 1) -> str:
+    """0.8531 -> '85.3%'."""
+    return MISSING if is_missing(v) else f"{100 * float(v):.{digits}f}%"
+
+
+def pp(v, digits: int = 1) -> str:
+    """A difference of accuracies in percentage points, signed: 0.021 -> '+2.1 pp'."""
+    return MISSING if is_missing(v) else f"{100 * float(v):+.{digits}f} pp"
+
+
+def count(v) -> str:
+    """A number of images (rounded, thousands separated); inf -> '∞'."""
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    return "∞" if math.isinf(v) else f"{round(v):,}"
+
+
+def num(v, digits: int = 3) -> str:
+    """A general number with ``digits`` significant digits; inf -> '∞'."""
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    return f"{v:.{digits}g}"
+
+
+def pvalue(v) -> str:
+    """'<0.001' below a thousandth, else three decimals."""
+    if is_missing(v):
+        return MISSING
+    return "<0.001" if float(v) < 0.001 else f"{float(v):.3f}"
+
+
+def seconds(v) -> str:
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    return f"{v:.2f} s" if v < 10 else (f"{v:.1f} s" if v < 600 else f"{v / 60:.1f} min")
+
+
+def millions(v) -> str:
+    """Parameters or MACs: 3_504_872 -> '3.50 M'; small counts in thousands."""
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    if v >= 1e9:
+        return f"{v / 1e9:.2f} G"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    return f"{v / 1e3:.1f} k"
+
+
+def interval(lo, hi, fmt=pct) -> str:
+    """'[lo, hi]' with the given formatter, or the missing mark."""
+    if is_missing(lo) or is_missing(hi):
+        return MISSING
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def md_cell(v) -> str:
+    """Text made safe for a GitHub Markdown table cell (pipes escaped, one line)."""
+    return str(v).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+FILTERS = {"pct": pct, "pp": pp, "count": count, "num": num, "pvalue": pvalue, "seconds": seconds, "millions": millions, "md": md_cell}

@@ -1,0 +1,134 @@
+"""The report's answer in words: sentences built from the analysis tables, so the reader gets
+the conclusion before the evidence. Plain text; the templates escape it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.analyse import StudyAnalysis
+from reports.format import count, interval, num, pct, pp, pvalue
+
+
+def study_sentence(a: StudyAnalysis) -> str:
+    """What was run: models, sizes, seeds, and how much of it finished."""
+    runs, done = a.data.runs, a.data.done
+    models = sorted(runs["model"].unique())
+    sizes = sorted(runs["n_train"].unique())
+    seeds = runs["seed"].nunique()
+    name = a.data.dataset.get("name", "the dataset")
+    text = (f"{len(models)} model(s) ({', '.join(models)}) were trained on {len(sizes)} nested subset size(s) of {name} "
+            f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images), with {seeds} seed(s) each")
+    text += f"; {len(done)} of {len(runs)} planned runs finished"
+    missing = len(runs) - len(done)
+    if missing:
+        failed = len(a.data.failed)
+        text += f" ({failed} failed, {missing - failed} not run yet)" if failed else f" ({missing} not run yet)"
+    return text + "."
+
+
+def best_sentence(a: StudyAnalysis) -> str:
+    """Which model is most accurate at the largest size, and by how much."""
+    s = a.summary
+    if s.empty:
+        return "No run has finished yet, so there is no answer to give."
+    largest = s[s["n_train"] == s["n_train"].max()].sort_values(["mean", "model"], ascending=[False, True])
+    top = largest.iloc[0]
+    text = f"With all {count(top['n_train'])} training images, {top['model']} is the most accurate: {pct(top['mean'])} {interval(top['ci_low'], top['ci_high'])}"
+    if len(largest) > 1:
+        second = largest.iloc[1]
+        text += f", ahead of {second['model']} at {pct(second['mean'])}"
+    return text + "."
+
+
+def needed_sentences(a: StudyAnalysis) -> list[str]:
+    """Images needed per target, and how models compare in those terms."""
+    out = []
+    for _, t in a.targets.iterrows():
+        rows = a.needed[a.needed["target"] == t["target"]]
+        parts = []
+        for _, r in rows.iterrows():
+            if r["status"] == "no fit":
+                parts.append(f"{r['model']}: no fitted curve")
+            elif np.isinf(r["n_star"]):
+                parts.append(f"{r['model']}: not reached on its fitted curve")
+            else:
+                flag = " (extrapolated)" if r["extrapolated"] else ""
+                parts.append(f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}")
+        if parts:
+            out.append(f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI).")
+        ratios = a.ratios[a.ratios["target"] == t["target"]]
+        out.extend(r["sentence"] + "." for _, r in ratios.iterrows() if np.isfinite(r["ratio"]) and r["ratio"] > 0)
+    return out
+
+
+def efficiency_sentence(a: StudyAnalysis) -> str:
+    sc = a.scores.dropna(subset=["score"]).sort_values(["score", "model"], ascending=[False, True])
+    if sc.empty:
+        return ""
+    top = sc.iloc[0]
+    text = (f"Over the measured range, the most data-efficient model is {top['model']} (score {num(top['score'])} "
+            f"{interval(top['ci_low'], top['ci_high'], num)}: its mean accuracy averaged over log training-set size)")
+    others = [f"{r['model']} {num(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
+    return text + (f"; then {', '.join(others)}." if others else ".")
+
+
+def significance_sentences(a: StudyAnalysis) -> list[str]:
+    """Which differences are significant, by the paired t-test after Holm's correction, and
+    what McNemar's test on the test predictions says."""
+    pw = a.comparisons.pairwise
+    alpha = a.comparisons.alpha
+    if pw.empty:
+        return ["With a single model (or no paired runs) there is nothing to compare."]
+    out = []
+    sig = pw[pw["significant"]]
+    if len(sig):
+        items = [f"{r['model_a']} vs {r['model_b']} at {count(r['n_train'])} images ({pp(r['diff'])}, Holm p = {pvalue(r['p_t_holm'])})" for _, r in sig.iterrows()]
+        out.append(f"Significant differences (paired t-test over seeds, Holm-adjusted p < {alpha:g}): " + "; ".join(items) + ".")
+    else:
+        tested = int(pw["p_t"].notna().sum())
+        out.append(f"No difference between models is significant by the paired t-test over seeds after Holm's correction "
+                   f"({tested} of {len(pw)} comparisons could be tested).")
+    mc = pw[pw["p_mcnemar_holm"] < alpha]
+    if len(mc):
+        out.append(f"McNemar's exact test on the test predictions (pooled over seeds, Holm-adjusted) separates {len(mc)} of {len(pw)} pairs; "
+                   "it measures the test set's sampling noise for these trained models, not the variation between training runs.")
+    return out
+
+
+def cost_sentence(a: StudyAnalysis) -> str:
+    mc = a.model_costs
+    if not mc["measured"].any():
+        return "Inference costs (MACs, latency, size) were not measured for this study."
+    lat = mc.dropna(subset=["latency_p50_ms_1t"]).sort_values(["latency_p50_ms_1t", "model"])
+    if lat.empty:
+        return ""
+    fastest = lat.iloc[0]
+    return (f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} ms p50)"
+            + (f"; {', '.join(f'{r.model} {num(r.latency_p50_ms_1t)} ms' for r in lat.iloc[1:].itertuples())}." if len(lat) > 1 else "."))
+
+
+def answer_paragraphs(a: StudyAnalysis) -> list[str]:
+    """The answer, first in the report: a few short paragraphs of plain text."""
+    paragraphs = [study_sentence(a) + " " + best_sentence(a)]
+    needed = needed_sentences(a)
+    if needed:
+        paragraphs.append(" ".join(needed))
+    eff = efficiency_sentence(a)
+    if eff:
+        paragraphs.append(eff)
+    paragraphs.append(" ".join(significance_sentences(a)))
+    cost = cost_sentence(a)
+    if cost:
+        paragraphs.append(cost)
+    return paragraphs
+
+
+def missing_summary(a: StudyAnalysis) -> pd.DataFrame:
+    """Planned cells without a finished run, per model and size: what the report cannot show."""
+    runs = a.data.runs
+    missing = runs[runs["status"] != "done"]
+    if missing.empty:
+        return pd.DataFrame(columns=["model", "n_train", "status", "seeds"])
+    return (missing.groupby(["model", "n_train", "status"], sort=True)["seed"]
+            .apply(lambda s: ", ".join(str(v) for v in sorted(s))).reset_index().rename(columns={"seed": "seeds"}))
