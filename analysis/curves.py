@@ -25,6 +25,8 @@ import pandas as pd
 from scipy import stats
 from scipy.optimize import least_squares
 
+from analysis.stats import expanded_level
+
 SUMMARY_COLUMNS = ["model", "n_train", "fraction", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 FIT_COLUMNS = [
     "model", "family", "formula", "status", "selected", "n_points", "n_sizes", "n_seeds", "n_scale",
@@ -233,7 +235,8 @@ class LearningCurves:
         model has no fit.
     curves: model -> its chosen ``Curve`` (models with no usable fit are absent).
     seeds: the seeds of the study; draws: (n_boot, n_seeds) indices into ``seeds``, the seed
-        resamples shared by every bootstrap (so estimates of different models stay paired).
+        resamples shared by every bootstrap (so estimates of different models stay paired);
+        intervals read their percentiles at ``level``.
     points: the finished runs the fits used (model, seed, n_train, acc).
     """
 
@@ -246,6 +249,12 @@ class LearningCurves:
     confidence: float = 0.95
     selection: str = "aicc"
     notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def level(self) -> float:
+        """The percentile level at which bootstrap intervals over these seeds are read (Hesterberg's
+        expanded percentile interval: a plain one from a handful of seeds is too narrow)."""
+        return expanded_level(self.confidence, len(self.seeds)) if len(self.seeds) > 1 else self.confidence
 
 
 def monotonicity_problem(summary_of_model: pd.DataFrame) -> str:
@@ -393,7 +402,7 @@ def curve_bands(curves: LearningCurves, extend: float = 4.0, points: int = 120) 
     for model, curve in sorted(curves.curves.items()):
         grid = np.unique(np.concatenate([np.geomspace(curve.n_min, curve.n_max * extend, points), [curve.n_max]]))
         boot = curve.predict_boot(grid)
-        lo, hi = percentile_interval(boot, curves.confidence) if len(boot) else (np.full(len(grid), np.nan),) * 2
+        lo, hi = percentile_interval(boot, curves.level) if len(boot) else (np.full(len(grid), np.nan),) * 2
         frames.append(pd.DataFrame({
             "model": model, "family": curve.family.name, "n_train": grid, "fit": curve.predict(grid),
             "ci_low": lo, "ci_high": hi, "extrapolated": grid > curve.n_max,

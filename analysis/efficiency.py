@@ -77,7 +77,7 @@ def data_needed(curves: LearningCurves, targets: pd.DataFrame) -> pd.DataFrame:
                 continue
             n_star = curve.images_needed(target)
             boot = _boot_needed(curves, model, target)
-            lo, hi = percentile_interval(boot, curves.confidence) if (~np.isnan(boot)).any() else (np.nan, np.nan)
+            lo, hi = percentile_interval(boot, curves.level) if (~np.isnan(boot)).any() else (np.nan, np.nan)
             if np.isinf(n_star):
                 status = "not reached"
             elif n_star > EXTRAPOLATION_LIMIT * n_max:
@@ -103,7 +103,7 @@ def data_ratios(curves: LearningCurves, targets: pd.DataFrame) -> pd.DataFrame:
             with np.errstate(all="ignore"):
                 samples = np.array([_ratio(x, y) for x, y in zip(boots[a], boots[b])])
             valid = int((~np.isnan(samples)).sum())
-            lo, hi = percentile_interval(samples, curves.confidence) if valid else (np.nan, np.nan)
+            lo, hi = percentile_interval(samples, curves.level) if valid else (np.nan, np.nan)
             rows.append({"target": target, "model_a": a, "model_b": b, "ratio": ratio, "ci_low": float(lo), "ci_high": float(hi),
                          "n_boot_valid": valid, "sentence": _ratio_sentence(a, b, ratio, lo, hi)})
     return pd.DataFrame(rows, columns=RATIO_COLUMNS)
@@ -149,20 +149,18 @@ def efficiency_scores(curves: LearningCurves) -> pd.DataFrame:
             continue
         # (seed, size) table of accuracies, so that a resample's means are one weighted average
         table = pts.pivot_table(index="seed", columns="n_train", values="acc", aggfunc="mean").reindex(index=seeds, columns=sizes)
-        score = _area(sizes, table.mean(axis=0).to_numpy())
-        boot = []
-        values = table.to_numpy()
-        for draw in draws:
-            with warnings.catch_warnings():  # a size none of the drawn seeds has gives NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                means = np.nanmean(values[draw], axis=0)
-            boot.append(_area(sizes, means) if np.all(np.isfinite(means)) else np.nan)
-        lo, hi = percentile_interval(np.array(boot), curves.confidence) if len(boot) else (np.nan, np.nan)
+        score = float(_area(sizes, table.mean(axis=0).to_numpy()))
+        with warnings.catch_warnings():  # a size none of a draw's seeds has gives NaN: no score
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(table.to_numpy()[draws], axis=1)  # (n_boot, n_sizes)
+        boot = _area(sizes, means)
+        lo, hi = percentile_interval(boot, curves.level) if len(draws) else (np.nan, np.nan)
         rows.append({"model": model, "score": score, "ci_low": float(lo), "ci_high": float(hi), "n_sizes": len(sizes),
                      "n_min": float(sizes.min()), "n_max": float(sizes.max()), "note": note})
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def _area(sizes: np.ndarray, means: np.ndarray) -> float:
+def _area(sizes: np.ndarray, means: np.ndarray):
+    """Normalised trapezoid area of ``means`` (last axis: sizes) over log(sizes)."""
     log_n = np.log(sizes.astype(float))
-    return float(np.trapezoid(means, log_n) / (log_n[-1] - log_n[0]))
+    return np.trapezoid(means, log_n, axis=-1) / (log_n[-1] - log_n[0])

@@ -94,21 +94,27 @@ def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8,
     return np.inf
 
 
+def expanded_level(confidence: float, n: int) -> float:
+    """The confidence level at which to read percentiles so that a bootstrap interval of a mean
+    of ``n`` values covers at about ``confidence``: Hesterberg's (2015) expanded percentile
+    interval, which widens by sqrt(n / (n - 1)) and swaps z for Student's t. Plain percentile
+    and BCa intervals of a mean from 5-15 seeds cover only 82-89% at a nominal 95%."""
+    alpha = 1 - confidence
+    return float(1 - 2 * stats.norm.sf(np.sqrt(n / (n - 1)) * stats.t.ppf(1 - alpha / 2, n - 1)))
+
+
 def bootstrap_mean_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """BCa bootstrap interval of the mean of ``values`` (scipy.stats.bootstrap, seeded);
-    the point itself when all values are equal, NaN with fewer than two values."""
+    """Bootstrap interval of the mean of ``values``: percentiles of ``n_boot`` seeded resample
+    means (scipy.stats.bootstrap) read at the expanded level (``expanded_level``). The point
+    itself when all values are equal; NaN with fewer than two values."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return np.nan, np.nan
     if np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BCa warns on tiny, lumpy samples and falls back itself
-        res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed))
+    res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=expanded_level(confidence, len(values)),
+                          method="percentile", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # degenerate jackknife: use percentiles
-        res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-        lo, hi = res.confidence_interval
     return float(lo), float(hi)
 
 
@@ -118,7 +124,7 @@ def bootstrap_mean_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int 
 @dataclass
 class Comparisons:
     """pairwise: one row per (size, pair of models) (PAIRWISE_COLUMNS): diff = mean_a - mean_b
-    over paired seeds, its BCa bootstrap CI, the paired t-test, the Wilcoxon signed-rank test,
+    over paired seeds, its bootstrap CI (``bootstrap_mean_ci``), the paired t-test, the Wilcoxon signed-rank test,
     McNemar's exact test on the test predictions pooled over the paired seeds (b: A right and B
     wrong), P(A > B) over paired seeds (ties count half), Holm-adjusted p-values (each test's
     family is the whole table), ``significant`` (Holm-adjusted paired t below alpha),

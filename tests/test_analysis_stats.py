@@ -1,0 +1,163 @@
+"""Significance tests against reference computations on fixed data, and the coverage of the
+bootstrap intervals in a small simulation."""
+
+from math import comb
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.stats import (
+    bootstrap_mean_ci,
+    holm,
+    mcnemar_exact,
+    min_p_wilcoxon,
+    paired_comparisons,
+    paired_t_power,
+    rank_tests,
+    seeds_for_power,
+    seeds_needed_wilcoxon,
+)
+
+# Test accuracies of three models, six seeds, two sizes (fixed data for reference checks)
+ACC = {
+    ("a", 0.5): [0.71, 0.74, 0.69, 0.73, 0.70, 0.72],
+    ("b", 0.5): [0.75, 0.76, 0.74, 0.78, 0.73, 0.77],
+    ("c", 0.5): [0.70, 0.75, 0.70, 0.72, 0.71, 0.74],
+    ("a", 1.0): [0.80, 0.82, 0.79, 0.81, 0.83, 0.80],
+    ("b", 1.0): [0.84, 0.85, 0.83, 0.86, 0.82, 0.87],
+    ("c", 1.0): [0.81, 0.80, 0.82, 0.80, 0.81, 0.83],
+}
+
+
+def _runs() -> pd.DataFrame:
+    rows, run_id = [], 0
+    for (model, frac), values in ACC.items():
+        for seed, acc in enumerate(values):
+            run_id += 1
+            rows.append({"run_id": run_id, "model": model, "size_kind": "fraction", "size_value": frac, "fraction": frac,
+                         "n_train": int(1000 * frac), "seed": seed, "test_acc": acc})
+    return pd.DataFrame(rows)
+
+
+def _predictions(runs: pd.DataFrame, n_test: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n_test)
+    preds = {}
+    for r in runs.itertuples():
+        correct = rng.random(n_test) < r.test_acc
+        preds[r.run_id] = np.where(correct, y, (y + 1) % 4).astype(np.int32)
+    return preds, y
+
+
+def test_holm_matches_a_hand_computed_example():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, np.nan, 0.01]) == pytest.approx([0.5, np.nan, 0.02], nan_ok=True)  # NaN neither counts nor changes
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs():
+    a = np.array([1] * 30 + [0] * 8 + [1] * 50 + [0] * 12, bool)
+    b = np.array([0] * 30 + [1] * 8 + [1] * 50 + [0] * 12, bool)
+    b_count, c_count, p = mcnemar_exact(a, b)
+    assert (b_count, c_count) == (30, 8)
+    n, k = 38, 8
+    reference = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)  # exact two-sided binomial, by hand
+    assert p == pytest.approx(reference, rel=1e-12)
+    assert mcnemar_exact(a, a)[2] == 1.0
+
+
+def test_paired_tests_agree_with_scipy_on_fixed_data():
+    runs = _runs()
+    preds, y = _predictions(runs)
+    comp = paired_comparisons(runs, preds, y, n_boot=500)
+    pw = comp.pairwise.set_index(["size_value", "model_a", "model_b"])
+    assert len(pw) == 6
+    for frac in (0.5, 1.0):
+        for a, b in (("a", "b"), ("a", "c"), ("b", "c")):
+            xa, xb = np.array(ACC[(a, frac)]), np.array(ACC[(b, frac)])
+            row = pw.loc[(frac, a, b)]
+            t = stats.ttest_rel(xa, xb)
+            w = stats.wilcoxon(xa - xb)
+            assert row["diff"] == pytest.approx(np.mean(xa - xb))
+            assert row["t_stat"] == pytest.approx(t.statistic) and row["p_t"] == pytest.approx(t.pvalue)
+            assert row["p_wilcoxon"] == pytest.approx(w.pvalue)
+            assert row["p_a_better"] == pytest.approx(np.mean(xa > xb) + 0.5 * np.mean(xa == xb))
+            assert row["ci_low"] <= row["diff"] <= row["ci_high"]
+            # McNemar pooled over seeds equals the exact test on the summed discordant counts
+            bb = cc = 0
+            for seed in range(6):
+                ra = runs[(runs.model == a) & (runs.size_value == frac) & (runs.seed == seed)].run_id.iloc[0]
+                rb = runs[(runs.model == b) & (runs.size_value == frac) & (runs.seed == seed)].run_id.iloc[0]
+                bb += int(((preds[ra] == y) & (preds[rb] != y)).sum())
+                cc += int(((preds[ra] != y) & (preds[rb] == y)).sum())
+            assert (row["mcnemar_b"], row["mcnemar_c"]) == (bb, cc)
+            assert row["p_mcnemar"] == pytest.approx(stats.binomtest(bb, bb + cc, 0.5).pvalue)
+    frame = comp.pairwise
+    for test in ("t", "wilcoxon", "mcnemar"):
+        assert frame[f"p_{test}_holm"].to_numpy() == pytest.approx(holm(frame[f"p_{test}"]))
+    assert (frame["significant"] == (frame["p_t_holm"] < 0.05)).all()
+    assert len(comp.mcnemar) == 6 * 6  # one per pair, size and seed
+
+
+def test_bootstrap_interval_is_deterministic():
+    runs = _runs()
+    one = paired_comparisons(runs, n_boot=300, seed=3).pairwise
+    two = paired_comparisons(runs, n_boot=300, seed=3).pairwise
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_too_few_seeds_is_said_plainly():
+    assert min_p_wilcoxon(5) == 0.0625  # the issue's example
+    assert seeds_needed_wilcoxon(0.05) == 6
+    assert seeds_needed_wilcoxon(0.05, n_comparisons=6) == 8  # 2/2^8 = 0.0078 <= 0.05/6
+    runs = _runs()
+    few = runs[runs["seed"] < 3]
+    pw = paired_comparisons(few, n_boot=200).pairwise
+    assert (pw["min_p_wilcoxon"] == 0.25).all()
+    assert pw["note"].str.contains("the smallest possible Wilcoxon p is 0.25").all()
+    assert pw["note"].str.contains("it needs 8 seeds").all()
+    one = paired_comparisons(runs[runs["seed"] == 0], n_boot=200).pairwise
+    assert one["p_t"].isna().all() and one["note"].str.contains("1 paired seed").all()
+
+
+def test_power_matches_reference_values():
+    # Reference values of the paired (one-sample) t-test, as given by G*Power: d = 1 with 10
+    # pairs has power 0.803; d = 0.5 needs 34 pairs for 80%.
+    assert paired_t_power(1.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert seeds_for_power(0.5) == 34
+    assert np.isnan(seeds_for_power(0.0))
+
+
+def test_friedman_and_average_ranks_agree_with_scipy():
+    runs = _runs()
+    r = rank_tests(runs)
+    blocks = runs.pivot_table(index=["size_value", "seed"], columns="model", values="test_acc")
+    ref = stats.friedmanchisquare(*(blocks[m] for m in ("a", "b", "c")))
+    f = r.friedman.iloc[0]
+    assert f["statistic"] == pytest.approx(ref.statistic) and f["p_value"] == pytest.approx(ref.pvalue)
+    expected_ranks = stats.rankdata(-blocks.to_numpy(), axis=1).mean(axis=0)
+    ranks = r.ranks.set_index("model")["average_rank"]
+    assert [ranks[m] for m in ("a", "b", "c")] == pytest.approx(expected_ranks)
+    assert r.ranks["model"].iloc[0] == "b"  # the best model has rank 1-ish
+    # Nemenyi critical difference: q(0.05, k=3) = 2.343 (Demsar 2006, table 5)
+    assert f["critical_difference"] == pytest.approx(2.3437 * np.sqrt(3 * 4 / (6 * 12)), rel=1e-3)
+    two = rank_tests(runs[runs["model"] != "c"])
+    assert np.isnan(two.friedman.iloc[0]["p_value"]) and "three or more" in two.friedman.iloc[0]["note"]
+
+
+@pytest.mark.parametrize("n_seeds", [6, 12])
+def test_bootstrap_intervals_cover_the_true_mean_at_close_to_the_nominal_rate(n_seeds):
+    """300 simulated studies of paired differences: the 95% interval should hold the true mean
+    in about 95% of them (binomial sd 1.3%); a plain percentile interval gives ~88% here."""
+    rng = np.random.default_rng(12345)
+    true_mean, hits, trials = 0.02, 0, 300
+    for i in range(trials):
+        diffs = rng.normal(true_mean, 0.03, size=n_seeds)
+        lo, hi = bootstrap_mean_ci(diffs, 0.95, n_boot=999, seed=i)
+        hits += lo <= true_mean <= hi
+    coverage = hits / trials
+    assert 0.91 <= coverage <= 0.985, coverage
