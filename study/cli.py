@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)write the report from the store alone")
     _study_flags(report)
+    report.add_argument("--targets", metavar="ACC,ACC", help="test accuracies for the images-needed estimates, e.g. 0.8,0.9 "
+                        "(default: 90%% and 95%% of the best full-data accuracy)")
 
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="study.toml")
@@ -124,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
-def _write_outputs(url: str, name: str, out: Path, report: bool = True) -> None:
+def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
     from analysis.load import load_study, results_table
 
     data = load_study(url, name)
@@ -133,7 +135,7 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True) -> None:
     if report:
         from reports import write_report
 
-        folder = write_report(data, out)
+        folder = write_report(data, out, targets=targets)
         print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
     print(f"results: {out / 'results.csv'}")
 
@@ -170,11 +172,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(text: str | None) -> list[float] | None:
+    """Target accuracies from ``--targets 0.8,0.9``, each in (0, 1]."""
+    if text is None:
+        return None
+    targets = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(f"--targets value {item!r} is not a number; give accuracies in (0, 1], e.g. --targets 0.8,0.9") from None
+        if not 0 < value <= 1:
+            raise UserError(f"--targets value {value:g} is invalid; target accuracies lie in (0, 1], e.g. --targets 0.8,0.9")
+        targets.append(value)
+    return targets
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    targets = _targets(args.targets)
     url, name, out = _located(args)
     from analysis.load import load_study
 
-    _write_outputs(url, name or load_study(url).name, out)
+    _write_outputs(url, name or load_study(url).name, out, targets=targets)
     return 0
 
 

@@ -384,3 +384,15 @@ def test_headless_chromium_renders_every_image(synthetic, tmp_path):
         status, size = line.split()
         width, height = map(int, size.split("x"))
         assert status == "ok" and width > 100 and height > 50, line
+
+
+def test_report_command_takes_targets_and_refuses_bad_ones(real_study, tmp_path, cli):
+    code, out, err = cli("report", "--storage", f"sqlite:///{real_study / 'study.db'}", "--out", tmp_path, "--targets", "0.3,0.5")
+    assert code == 0, err
+    targets = pd.read_csv(tmp_path / "report" / "targets.csv")
+    assert targets["target"].tolist() == [0.3, 0.5]
+    assert "30.0% accuracy" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    for bad, fragment in (("1.5", "--targets value 1.5 is invalid"), ("0.8,x", "--targets value 'x' is not a number")):
+        code, out, err = cli("report", "--out", real_study, "--targets", bad)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("study: error: ") and fragment in lines[0]
