@@ -38,10 +38,10 @@ def sanity_checks(data: StudyData, curves: LearningCurves | None = None, compari
     for _, r in data.failed.iterrows():
         first = (r["error"] or "no error recorded").splitlines()[0]
         check = "diverged_run" if "DivergedError" in first or "non-finite" in first else "failed_run"
-        add("error", check, f"{r['model']} with {r['n_train']} images, seed {r['seed']} failed: {first}", r["model"], r["n_train"], r["seed"])
+        add("error", check, f"{r['model']} with {r['n_train']:,} images, seed {r['seed']} failed: {first}", r["model"], r["n_train"], r["seed"])
     unfinished = data.unfinished
     for (model, n_train), g in unfinished.groupby(["model", "n_train"], sort=True):
-        add("warning", "missing_runs", f"{model} with {n_train} images: {len(g)} planned run(s) have no result yet "
+        add("warning", "missing_runs", f"{model} with {n_train:,} images: {len(g)} planned run(s) have no result yet "
             f"(seeds {', '.join(str(s) for s in sorted(g['seed']))}; status {', '.join(sorted(g['status'].unique()))})", model, n_train)
 
     done = data.done
@@ -50,11 +50,11 @@ def sanity_checks(data: StudyData, curves: LearningCurves | None = None, compari
         cells = done.groupby(["model", "n_train"], sort=True)["test_acc"]
         for (model, n_train), acc in cells:
             if acc.mean() <= chance:
-                add("warning", "below_chance", f"{model} with {n_train} images: mean test accuracy {acc.mean():.3f} is at or below chance "
+                add("warning", "below_chance", f"{model} with {n_train:,} images: mean test accuracy {acc.mean():.3f} is at or below chance "
                     f"({chance:.3f}, always predicting the most frequent class): the model learned nothing usable", model, n_train)
             perfect = int((acc >= 1.0).sum())
             if perfect:
-                add("warning", "perfect_accuracy", f"{model} with {n_train} images: {perfect} of {len(acc)} run(s) scored 100% test accuracy; "
+                add("warning", "perfect_accuracy", f"{model} with {n_train:,} images: {perfect} of {len(acc)} run(s) scored 100% test accuracy; "
                     "check for leakage or a test set that is too easy", model, n_train)
 
     dropped = int(data.splits.get("dropped_duplicates", 0) or 0)

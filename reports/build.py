@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.analyse import StudyAnalysis, analyse
 from analysis.load import StudyData
@@ -29,12 +29,17 @@ ENVIRONMENT_KEYS = ["python", "study", "torch", "timm", "numpy", "device", "gpu"
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"]),
+    # HTML is autoescaped; Markdown is not (GitHub would show &#39; as typed in the raw file),
+    # its text goes through the ``md`` filter, which escapes what Markdown would misread.
+    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=lambda name: bool(name) and ".html" in name,
                       trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined, keep_trailing_newline=True)
     env.filters.update(fmt.FILTERS)
+    env.filters["p_is"] = fmt.p_is
     env.tests["missing"] = fmt.is_missing
     env.tests["infinite"] = lambda v: not fmt.is_missing(v) and isinstance(v, (int, float)) and abs(float(v)) == float("inf")
     env.globals["interval"] = fmt.interval
+    env.globals["pp_interval"] = fmt.pp_interval
+    env.globals["p_with_holm"] = fmt.p_with_holm
     env.globals["fmt"] = fmt
     return env
 

@@ -102,7 +102,7 @@ def learning_curves(
     if targets is not None and len(targets):
         shown += [targets["target"].min(), targets["target"].max()]
     if fitted:
-        shown += [bands["fit"].min(), bands["fit"].max()]
+        shown += [bands["fit"].min(), bands["fit"].max(), bands["ci_high"].max()]
     _accuracy_axis(ax, float(np.nanmin(shown)), float(np.nanmax(shown)))
     _log_axis(ax)
     ax.set_xlabel("training images (log scale)")
@@ -223,9 +223,13 @@ def accuracy_vs_cost(answer: pd.DataFrame, model_costs: pd.DataFrame, path: Path
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy, largest size")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.9))
-    fig.suptitle("Accuracy against cost (upper left is best)", fontsize=11)
+    handles = {}
+    for ax in axes[0]:  # a model missing from one panel (cost not measured) is still in the legend
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles)
+    fig.legend([handles[k] for k in labels], labels, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.9))
+    fig.suptitle("Accuracy against cost (upper left is best)", fontsize=11, y=1.03)
     return save(fig, path)
 
 
@@ -249,7 +253,7 @@ def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | N
             complete = t["state"] == "COMPLETE"
             ax.plot(t.loc[complete, "trial"], t.loc[complete, "value"], "o", color=c, markersize=4, label=model)
             ax.plot(t.loc[~complete, "trial"], t.loc[~complete, "value"], "o", color=c, markersize=4, markerfacecolor="white")
-            best = t["value"].where(complete).cummax()
+            best = t["value"].where(complete).cummax().ffill()  # pruned trials keep the best so far
             ax.step(t["trial"], best, where="post", color=c, linewidth=1.5)
         ax.set_title(f"{kind} = {value:g}", fontsize=10)
         ax.set_xlabel("trial")
@@ -258,7 +262,7 @@ def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | N
         ax.axis("off")
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].legend(frameon=False, fontsize=8)
-    fig.suptitle("Tuning history (filled: complete, hollow: pruned; line: best so far)", fontsize=11)
+    fig.suptitle("Tuning history (filled: complete, hollow: pruned; line: best so far)", fontsize=11, y=1.03)
     return save(fig, path)
 
 
@@ -285,7 +289,7 @@ def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame, model: str, path: 
             axes[i][j].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     axes[0][0].set_ylabel("loss")
     axes[1][0].set_ylabel("accuracy")
-    fig.suptitle(f"{model}: training (solid) and validation (dashed), one line per seed", fontsize=10)
+    fig.suptitle(f"{model}: training (solid) and validation (dashed), one line per seed", fontsize=10, y=1.02)
     return save(fig, path)
 
 

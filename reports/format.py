@@ -4,6 +4,7 @@ agree. Missing values are written as an em dash, an unreachable target as ∞.""
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -81,9 +82,29 @@ def interval(lo, hi, fmt=pct) -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
+def pp_interval(lo, hi) -> str:
+    """An interval of differences in percentage points, the unit written once: '[+0.2, +1.8] pp'."""
+    if is_missing(lo) or is_missing(hi):
+        return MISSING
+    return f"[{100 * float(lo):+.1f}, {100 * float(hi):+.1f}] pp"
+
+
+def p_is(v) -> str:
+    """A p-value in a sentence: 'p = 0.034' or 'p < 0.001'."""
+    text = pvalue(v)
+    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def p_with_holm(p, p_holm) -> str:
+    """A table cell holding a p-value and its Holm-adjusted value: '0.012 (0.047)'."""
+    return MISSING if is_missing(p) else f"{pvalue(p)} ({pvalue(p_holm)})"
+
+
 def md_cell(v) -> str:
-    """Text made safe for a GitHub Markdown table cell (pipes escaped, one line)."""
-    return str(v).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """Text made safe for GitHub Markdown, in a table cell or a paragraph: one line, pipes
+    escaped, and a '<' that could open an HTML tag written as an entity."""
+    text = str(v).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
 FILTERS = {"pct": pct, "pp": pp, "count": count, "num": num, "pvalue": pvalue, "seconds": seconds, "millions": millions, "md": md_cell}

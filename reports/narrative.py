@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.analyse import StudyAnalysis
-from reports.format import count, interval, num, pct, pp, pvalue
+from reports.format import count, interval, num, p_is as fmt_p, pct, pp
 
 
 def study_sentence(a: StudyAnalysis) -> str:
@@ -42,7 +42,8 @@ def best_sentence(a: StudyAnalysis) -> str:
 
 
 def needed_sentences(a: StudyAnalysis) -> list[str]:
-    """Images needed per target, and how models compare in those terms."""
+    """Images needed per target, and how many times more the other models need than the most
+    data-efficient one (from the paired ratio table)."""
     out = []
     for _, t in a.targets.iterrows():
         rows = a.needed[a.needed["target"] == t["target"]]
@@ -55,11 +56,29 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
             else:
                 flag = " (extrapolated)" if r["extrapolated"] else ""
                 parts.append(f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}")
-        if parts:
-            out.append(f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI).")
-        ratios = a.ratios[a.ratios["target"] == t["target"]]
-        out.extend(r["sentence"] + "." for _, r in ratios.iterrows() if np.isfinite(r["ratio"]) and r["ratio"] > 0)
+        if not parts:
+            continue
+        text = f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI)."
+        reached = rows[np.isfinite(rows["n_star"].astype(float))].sort_values(["n_star", "model"])
+        if len(reached) > 1:
+            best = reached.iloc[0]["model"]
+            ratios = [_ratio_to(a.ratios, t["target"], m, best) for m in reached["model"].iloc[1:]]
+            ratios = [f"{m} {num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}" for m, (r, lo, hi) in zip(reached["model"].iloc[1:], ratios)]
+            text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
+        out.append(text)
     return out
+
+
+def _ratio_to(ratios: pd.DataFrame, target: float, model: str, reference: str) -> tuple[float, float, float]:
+    """n*_model / n*_reference with its interval, from whichever order the ratio table holds."""
+    rows = ratios[ratios["target"] == target]
+    direct = rows[(rows["model_a"] == model) & (rows["model_b"] == reference)]
+    if len(direct):
+        r = direct.iloc[0]
+        return r["ratio"], r["ci_low"], r["ci_high"]
+    r = rows[(rows["model_a"] == reference) & (rows["model_b"] == model)].iloc[0]
+    with np.errstate(divide="ignore"):
+        return 1 / r["ratio"], 1 / r["ci_high"], 1 / r["ci_low"]
 
 
 def efficiency_sentence(a: StudyAnalysis) -> str:
@@ -74,25 +93,26 @@ def efficiency_sentence(a: StudyAnalysis) -> str:
 
 
 def significance_sentences(a: StudyAnalysis) -> list[str]:
-    """Which differences are significant, by the paired t-test after Holm's correction, and
-    what McNemar's test on the test predictions says."""
+    """How many differences are significant (paired t-test over seeds, Holm), which ones at the
+    largest size, and what McNemar's test on the test predictions adds."""
     pw = a.comparisons.pairwise
     alpha = a.comparisons.alpha
     if pw.empty:
         return ["With a single model (or no paired runs) there is nothing to compare."]
-    out = []
+    tested = int(pw["p_t"].notna().sum())
     sig = pw[pw["significant"]]
-    if len(sig):
-        items = [f"{r['model_a']} vs {r['model_b']} at {count(r['n_train'])} images ({pp(r['diff'])}, Holm p = {pvalue(r['p_t_holm'])})" for _, r in sig.iterrows()]
-        out.append(f"Significant differences (paired t-test over seeds, Holm-adjusted p < {alpha:g}): " + "; ".join(items) + ".")
-    else:
-        tested = int(pw["p_t"].notna().sum())
-        out.append(f"No difference between models is significant by the paired t-test over seeds after Holm's correction "
-                   f"({tested} of {len(pw)} comparisons could be tested).")
+    out = [f"{len(sig)} of {len(pw)} pairwise differences are significant (paired t-test over seeds, Holm-adjusted p < {alpha:g}; "
+           f"{tested} could be tested)."]
+    largest = pw[pw["n_train"] == pw["n_train"].max()]
+    items = [f"{r['model_a']} vs {r['model_b']} {pp(r['diff'])} ({fmt_p(r['p_t_holm'])})" for _, r in largest[largest["significant"]].iterrows()]
+    if items:
+        out.append(f"With {count(largest['n_train'].iloc[0])} training images: " + "; ".join(items) + ".")
+    elif len(largest):
+        out.append(f"With {count(largest['n_train'].iloc[0])} training images no difference is significant.")
     mc = pw[pw["p_mcnemar_holm"] < alpha]
     if len(mc):
-        out.append(f"McNemar's exact test on the test predictions (pooled over seeds, Holm-adjusted) separates {len(mc)} of {len(pw)} pairs; "
-                   "it measures the test set's sampling noise for these trained models, not the variation between training runs.")
+        out.append(f"McNemar's exact test on the test predictions separates {len(mc)} of {len(pw)} pairs (Holm-adjusted); it measures "
+                   "the test set's sampling noise for these trained models, not the variation between training runs.")
     return out
 
 

@@ -188,6 +188,9 @@ def test_text_is_escaped(tmp_path):
     html = (folder / "index.html").read_text(encoding="utf-8")
     assert "<b>evil</b>" not in html and "&lt;b&gt;evil&lt;/b&gt;" in html
     assert parse_page(folder / "index.html").errors == []
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert "<b>" not in md and "&lt;b>evil&lt;/b>" in md  # no raw HTML reaches GitHub's renderer
+    assert "&#39;" not in md and "Holm's correction" in md  # Markdown is not HTML-escaped
 
 
 def _html_table(synthetic, table_id):
@@ -212,8 +215,8 @@ def test_per_size_and_pairwise_tables_match_the_analysis(synthetic):
         r = pw.loc[(int(first_number(row[0])), row[1], row[2])]
         assert int(row[3]) == r["n_pairs"]
         assert abs(first_number(row[4]) / 100 - r["diff"]) <= HALF_UNIT and row[4] == pp(r["diff"])
-        assert row[6:12] == [pvalue(r[c]) for c in ("p_t", "p_t_holm", "p_wilcoxon", "p_wilcoxon_holm", "p_mcnemar", "p_mcnemar_holm")]
-        assert row[13] == ("yes" if r["significant"] else "no")
+        assert row[6:9] == [f"{pvalue(r[f'p_{t}'])} ({pvalue(r[f'p_{t}_holm'])})" for t in ("t", "wilcoxon", "mcnemar")]
+        assert row[9] == f"{r['p_a_better']:.2g}" and row[10] == ("yes" if r["significant"] else "no")
 
 
 def test_answer_needed_and_cost_tables_match_the_analysis(synthetic):
@@ -259,7 +262,7 @@ def test_failed_and_missing_runs_are_said(synthetic):
     header, rows = _html_table(synthetic, "warnings-table")
     by_check = {r[1]: r for r in rows}
     assert by_check["diverged_run"][0] == "error" and "resnet18 with 200 images, seed 4 failed: DivergedError" in by_check["diverged_run"][2]
-    assert "mobilevit_xxs with 2,000 images" in by_check["missing_runs"][2] or "mobilevit_xxs with 2000 images" in by_check["missing_runs"][2]
+    assert "mobilevit_xxs with 2,000 images: 1 planned run(s) have no result yet (seeds 3; status pending)" == by_check["missing_runs"][2]
     header, rows = _html_table(synthetic, "missing-table")
     assert ["mobilevit_xxs", "2,000", "pending", "3"] in rows and ["resnet18", "200", "failed", "4"] in rows
     assert "58 of 60 planned runs finished (1 failed, 1 not run yet)" in synthetic.md
