@@ -249,6 +249,7 @@ class LearningCurves:
     confidence: float = 0.95
     selection: str = "aicc"
     notes: dict[str, str] = field(default_factory=dict)
+    families: tuple[str, ...] = DEFAULT_FAMILIES
 
     @property
     def level(self) -> float:
@@ -336,8 +337,8 @@ def fit_learning_curves(
         fam = FAMILIES[chosen]
         boot = _bootstrap(fam, fitted[chosen], pts, seeds, draws, n_scale)
         curves[model] = Curve(model, fam, fitted[chosen], n_scale, float(x_n.min()), n_scale, boot)
-    fits = pd.DataFrame(rows, columns=FIT_COLUMNS)
-    return LearningCurves(summary, fits, curves, seeds, draws, points, confidence, select, notes)
+    fits = pd.DataFrame(rows, columns=FIT_COLUMNS).astype({"selected": bool})
+    return LearningCurves(summary, fits, curves, seeds, draws, points, confidence, select, notes, tuple(families))
 
 
 def _leave_last_out(fam: Family, x: np.ndarray, y: np.ndarray) -> float:

@@ -252,5 +252,5 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "devices": sorted(data.done["device"].dropna().unique()),
         "n_boot_curves": len(a.curves.draws),
         "confidence": a.curves.confidence,
-        "families": sorted(a.fits["family"].unique()),
+        "families": list(a.curves.families),
     }

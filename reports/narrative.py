@@ -17,8 +17,8 @@ def study_sentence(a: StudyAnalysis) -> str:
     sizes = sorted(runs["n_train"].unique())
     seeds = runs["seed"].nunique()
     name = a.data.dataset.get("name", "the dataset")
-    text = (f"{len(models)} model(s) ({', '.join(models)}) were trained on {len(sizes)} nested subset size(s) of {name} "
-            f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images), with {seeds} seed(s) each")
+    text = (f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of {name} "
+            f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} seed(s) each")
     text += f"; {len(done)} of {len(runs)} planned runs finished"
     missing = len(runs) - len(done)
     if missing:

@@ -269,6 +269,20 @@ def test_failed_and_missing_runs_are_said(synthetic):
     assert "> [!WARNING]" in synthetic.md
 
 
+def test_a_study_with_nothing_finished_still_reports_what_is_missing(tmp_path):
+    cells = tuple((m, f, s) for m in ("a", "b") for f in (0.5, 1.0) for s in range(2))
+    made = make_study(tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.8, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2,
+                      pending=cells[:5], failed=cells[5:])
+    folder = write_report(load_study(made.url), tmp_path)
+    page = parse_page(folder / "index.html")
+    assert page.errors == [] and [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
+    assert page.images == [] and not list((folder / "figures").glob("*.png"))
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert "0 of 8 planned runs finished (3 failed, 5 not run yet)" in md and "No run has finished yet" in md
+    assert len(page.tables["missing-table"]) == 1 + 5  # header, then one row per (model, size, status)
+    assert sum(r[0] == "error" for r in page.tables["warnings-table"][1:]) == 3
+
+
 def test_costs_and_tuning_sections(synthetic):
     html = (synthetic.folder / "index.html").read_text(encoding="utf-8")
     assert "Costs were not measured for: mobilevit_xxs." in html
