@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from analysis.analyse import StudyAnalysis, analyse
+from analysis.study_analysis import StudyAnalysis, analyse
 from analysis.load import StudyData
 from reports import figures, format as fmt
 from reports.narrative import answer_paragraphs, missing_summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.analyse import StudyAnalysis
+from analysis.study_analysis import StudyAnalysis
 from reports.format import count, interval, num, p_is as fmt_p, pct, pp
 
 

@@ -30,7 +30,7 @@ def analysed(study):
 
 
 def test_import_without_torch():
-    code = "import analysis, reports, analysis.analyse, reports.build; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import analysis, reports, analysis.study_analysis, reports.build; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
