@@ -413,3 +413,34 @@ def test_report_command_takes_targets_and_refuses_bad_ones(real_study, tmp_path,
         code, out, err = cli("report", "--out", real_study, "--targets", bad)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("study: error: ") and fragment in lines[0]
+
+
+def test_tuning_read_from_a_real_optuna_study_in_the_store(tmp_path):
+    """With issue 3's analysis.tuning on the branch, write_report reads the study's Optuna
+    studies from its own database (the convention of study.store.tuning_study_name)."""
+    pytest.importorskip("analysis.tuning", reason="analysis.tuning (issue 3) is not on this branch yet")
+    import optuna
+
+    from study.store import tuning_study_name
+
+    made = make_study(tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.85, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for model in ("a", "b"):
+        study = optuna.create_study(storage=made.url, study_name=tuning_study_name(made.name, model, "fraction", 0.5), direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        for key, value in {"study": made.name, "model": model, "size_kind": "fraction", "size_value": 0.5}.items():
+            study.set_user_attr(key, value)
+
+        def objective(trial):
+            trial.set_user_attr("epochs_run", 3)
+            lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+            return 0.9 - abs(np.log10(lr) + 3) / 10 + (0.02 if trial.suggest_categorical("augment", ["none", "light"]) == "light" else 0)
+
+        study.optimize(objective, n_trials=6)
+    data = load_study(made.url)
+    folder = write_report(data, tmp_path, analysis=analyse(data, n_boot_curves=10, n_boot_stats=100))
+    page = parse_page(folder / "index.html")
+    header, *rows = page.tables["tuning-best-table"]
+    assert [r[0] for r in rows] == ["a", "b"] and {"augment", "lr"} <= set(header)
+    assert (folder / "figures" / "tuning_history.png").is_file() and (folder / "tuning_trials.csv").is_file()
+    assert len(pd.read_csv(folder / "tuning_trials.csv")) == 12
