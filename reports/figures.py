@@ -282,7 +282,7 @@ def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame, model: str, path: 
             for i, (train, val) in enumerate((("train_loss", "val_loss"), ("train_acc", "val_acc"))):
                 axes[i][j].plot(s["epoch"], s[train], color=colour, alpha=shade, linewidth=1.3, label="train" if seed == s["seed"].min() else None)
                 axes[i][j].plot(s["epoch"], s[val], color=colour, alpha=shade, linewidth=1.3, linestyle="--")
-        axes[0][j].set_title(f"{n} images", fontsize=9)
+        axes[0][j].set_title(f"{n:,} images", fontsize=9)
         axes[1][j].set_xlabel("epoch")
         for i in range(2):
             axes[i][j].grid(True, alpha=0.3)
@@ -317,6 +317,6 @@ def confusion_matrix(confusion: pd.DataFrame, model: str, path: Path) -> Path | 
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     n_runs, n_train = int(c["n_runs"].iloc[0]), int(c["n_train"].iloc[0])
-    ax.set_title(f"{model}: {n_train} images, {n_runs} run(s); share of each true class", fontsize=9)
+    ax.set_title(f"{model}: {n_train:,} images, {n_runs} run(s); share of each true class", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return save(fig, path)
