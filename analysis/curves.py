@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.optimize import least_squares
+from scipy.optimize import brentq, least_squares
 
 from analysis.stats import expanded_level
 
@@ -209,8 +209,6 @@ class Curve:
     def images_needed(self, target: float, theta: np.ndarray | None = None) -> float:
         """The n at which the fitted curve reaches ``target``: inf when it never does (the
         plateau lies below), 1 when even one image would."""
-        from scipy.optimize import brentq
-
         theta = self.theta if theta is None else theta
         if not np.all(np.isfinite(theta)):
             return np.nan
