@@ -55,16 +55,22 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
                 parts.append(f"{r['model']}: not reached on its fitted curve")
             else:
                 flag = " (extrapolated)" if r["extrapolated"] else ""
-                parts.append(f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}")
+                if r["upper_bound"]:
+                    parts.append(f"{r['model']} at most {count(r['n_star'])} (reached at the smallest measured size)")
+                else:
+                    parts.append(f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}")
         if not parts:
             continue
         text = f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI)."
         reached = rows[np.isfinite(rows["n_star"].astype(float))].sort_values(["n_star", "model"])
         if len(reached) > 1:
             best = reached.iloc[0]["model"]
-            ratios = [_ratio_to(a.ratios, t["target"], m, best) for m in reached["model"].iloc[1:]]
-            ratios = [f"{m} {num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}" for m, (r, lo, hi) in zip(reached["model"].iloc[1:], ratios)]
-            text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
+            others = [m for m, bounded in zip(reached["model"].iloc[1:], reached["upper_bound"].iloc[1:]) if not bounded]
+            ratios = [_ratio_to(a.ratios, t["target"], m, best) for m in others]
+            at_least = "at least " if reached.iloc[0]["upper_bound"] else ""
+            ratios = [f"{m} {at_least}{num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}" for m, (r, lo, hi) in zip(others, ratios)]
+            if ratios:
+                text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
         out.append(text)
     return out
 

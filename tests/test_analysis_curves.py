@@ -68,7 +68,18 @@ def test_unreachable_and_extrapolated_targets_are_flagged(known):
     far = needed.loc[("power", 0.9)]  # true n* = 22,500: far beyond twice the largest size (1,600)
     assert far["status"] == "extrapolated" and far["extrapolated"] and far["n_star"] > 3200
     assert needed.loc[("power", 0.99), "status"] == "not reached"  # above the asymptote
-    assert needed.loc[("power", 0.4), "status"] == "below measured range"  # true n* = 33 < 50
+    below = needed.loc[("power", 0.4)]  # true n* = 33, below the smallest measured size (50)
+    assert below["status"] == "below measured range" and below["upper_bound"]
+    assert below["n_star"] == 50 and below["ci_low"] >= 50  # censored: "at most 50", never "1 image"
+
+
+def test_ratio_against_a_model_censored_at_its_smallest_size_is_a_bound(known):
+    _, curves = known
+    ratios = data_ratios(curves, targets_table(curves.summary, [0.4]))
+    row = ratios[(ratios["model_a"] == "power") & (ratios["model_b"] == "saturating")].iloc[0]
+    # power reaches 0.4 below its smallest size (50), saturating at about 67 images
+    assert row["bound"] == "<=" and "needs at most" in row["sentence"]
+    assert row["ratio"] == pytest.approx(50 / curves.curves["saturating"].images_needed(0.4))
 
 
 def test_ratio_between_models_is_paired_and_phrased(known):
