@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "light", "standard", "strong", "trivial")
+from study.config import AUGMENT_POLICIES as POLICIES  # one list for config checks, tuning and here
 
 # policy -> (translate as fraction of side, rotation degrees, scale spread, colour spread, cut-out fraction)
 _MAGNITUDES = {

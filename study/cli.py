@@ -51,6 +51,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-stages", metavar="K", help="with --finetune full: keep the stem and the first K stages frozen")
     p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda")
     p.add_argument("--jobs", metavar="N", help="parallel runs (0 = sized to the machine)")
+    p.add_argument("--trials", metavar="N", help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])")
+    p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
+    p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
 
 
 # CLI flag -> dotted config key
@@ -61,6 +64,7 @@ _OVERRIDES = {
     "lr": "train.lr", "augment": "train.augment", "image_size": "data.image_size", "device": "device", "jobs": "jobs",
     "input_size": "train.input_size", "pretrained": "train.pretrained", "weights": "train.weights", "finetune": "train.finetune",
     "freeze_stages": "train.freeze_stages",
+    "trials": "tune.trials", "tune_timeout": "tune.timeout", "pruner": "tune.pruner",
 }
 
 
@@ -122,8 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         ctx.store.retry_failed(ctx.study_id)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
     print(f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
+    if counts["tuning_failed"]:
+        print(f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then --retry-failed)")
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
-    return 0 if counts["failed"] == 0 else 1
+    return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
@@ -169,7 +175,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         for _, r in runs[runs["status"] == status].iterrows():
             detail = (r["error"] or "").splitlines()[0] if status == "failed" else f"attempt {r['attempts']}"
             print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
+    _print_tuning_status(url, data)
     return 0
+
+
+def _print_tuning_status(url: str, data) -> None:
+    """Per tuned cell: its job's state, trials finished of the budget, and the best so far."""
+    from analysis.tuning import tuning_tables
+    from study.store import Store
+
+    store = Store(url, create=False)
+    jobs = store.tuning_jobs(store.study(data.name).id)
+    if not jobs:
+        return
+    budget = int(data.config.get("tune", {}).get("trials", 0))
+    best = tuning_tables(url, data.name).best.set_index("optuna_study")
+    print(f"tuning: {sum(j.status == 'done' for j in jobs)} of {len(jobs)} cells tuned ({budget} trials each)")
+    for job in jobs:
+        size = f"{job.size_value:g}" if job.size_kind == "fraction" else str(int(job.size_value))
+        line = f"  {job.status:8s} {job.model} {job.size_kind}={size}:"
+        if job.optuna_study in best.index:
+            b = best.loc[job.optuna_study]
+            line += f" {b['n_complete']} complete, {b['n_pruned']} pruned, {b['n_failed']} failed of {budget}"
+            if b["n_complete"]:
+                line += f"; best val_acc {b['best_value']:.3f} (trial #{b['best_trial']})"
+        else:
+            line += f" 0 of {budget} trials"
+        if job.status == "failed" and job.error:
+            line += f"; error: {job.error.splitlines()[0]}"
+        print(line)
 
 
 def _targets(text: str | None) -> list[float] | None:

@@ -2,7 +2,7 @@
 as a whole before any data is decoded or any model trained.
 
 The file has top-level keys for what the study compares (models, fractions, seeds) and where it
-runs, and one section per stage: ``[data]``, ``[train]``. ``python -m study init`` writes a
+runs, and one section per stage: ``[data]``, ``[train]``, ``[tune]``. ``python -m study init`` writes a
 commented example (``EXAMPLE_TOML``).
 """
 
@@ -32,6 +32,7 @@ FINETUNE_LR = 1e-4
 SCRATCH_LR = 2e-3
 FINETUNE_MODES = ("full", "head")
 NATIVE = "native"  # train.input_size: the size the model was pretrained at
+PRUNERS = ("median", "hyperband", "none")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,56 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Optuna tuning of each (model, size) on the validation split before its final runs.
+
+    The search space names ``[train]`` keys. A range ``[low, high]`` or a list of choices is
+    searched; an empty one leaves that key at its ``[train]`` value; ``[x, x]`` or one choice
+    fixes it. Learning rate and weight decay are drawn log-uniformly, the strength uniformly.
+    """
+
+    trials: int = 0  # finished (complete or pruned) trials per (model, size); 0 = no tuning
+    timeout: float = 0.0  # seconds of finished trials per (model, size); 0 = no limit
+    epochs: int = 0  # rounds per trial; 0 = train.epochs
+    pruner: str = "median"  # median | hyperband | none
+    startup_trials: int = 5  # random trials before TPE models the space and pruning starts
+    warmup_epochs: int = 2  # rounds a trial always runs before the pruner may stop it
+    seed: int = 0  # TPE sampler seed: the same config proposes the same trials
+    subset_seed: int = 0  # trials train on this seed's subset
+    lr: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
+    weight_decay: list[float] = field(default_factory=lambda: [1e-6, 0.3])
+    augment: list[str] = field(default_factory=lambda: list(AUGMENT_POLICIES))
+    augment_strength: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    normalization: list[str] = field(default_factory=lambda: list(NORMALIZATIONS))
+
+    def validate(self) -> None:
+        _check(self.trials >= 0, f"tune.trials={self.trials} is invalid; use 0 (no tuning) or more trials")
+        _check(self.timeout >= 0, f"tune.timeout={self.timeout} is invalid; use seconds >= 0 (0 = no limit)")
+        _check(self.epochs >= 0, f"tune.epochs={self.epochs} is invalid; use 0 (= train.epochs) or more")
+        _check(self.pruner in PRUNERS, f"tune.pruner={self.pruner!r} is unknown; valid: {', '.join(PRUNERS)}")
+        _check(self.startup_trials >= 0, f"tune.startup_trials={self.startup_trials} must be 0 or more")
+        _check(self.warmup_epochs >= 0, f"tune.warmup_epochs={self.warmup_epochs} must be 0 or more")
+        for key in ("lr", "weight_decay"):  # log-uniform: both ends positive
+            self._check_range(key, lambda v: v > 0 and math.isfinite(v), "positive numbers")
+        self._check_range("augment_strength", lambda v: 0 <= v <= 3, "numbers in [0, 3]")
+        for key, valid in (("augment", AUGMENT_POLICIES), ("normalization", NORMALIZATIONS)):
+            for choice in getattr(self, key):
+                _check(choice in valid, f"tune.{key} choice {choice!r} is unknown; valid: {', '.join(valid)}")
+
+    def _check_range(self, key: str, ok, what: str) -> None:
+        values = getattr(self, key)
+        _check(
+            values == [] or (len(values) == 2 and all(ok(v) for v in values) and values[0] <= values[1]),
+            f"tune.{key}={values} is invalid; use [low, high] with low <= high, both {what}, or [] to keep train.{key}",
+        )
+
+    @property
+    def searched(self) -> list[str]:
+        """The [train] keys the search space covers, in a fixed order."""
+        return [k for k in ("lr", "weight_decay", "augment", "augment_strength", "normalization") if getattr(self, k)]
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs. Cells are models x sizes x seeds."""
 
@@ -135,6 +186,7 @@ class StudyConfig:
     jobs: int = 0  # parallel runs; 0 = sized to the machine
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -172,6 +224,7 @@ class StudyConfig:
         self.train.validate()
         for model in self.train.weight_files:
             _check(model in self.models, f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give weights only for models of the study")
+        self.tune.validate()
         return self
 
 
@@ -332,4 +385,20 @@ pretrained = false        # start from timm's pretrained weights (hub cache; HF_
 weights = []              # local weight files, e.g. ["mobilevit_xxs=weights/mobilevit_xxs.safetensors"]
 finetune = "full"         # full | head (linear probe: only the new classifier trains)
 freeze_stages = 0         # finetune = "full": keep the stem and the first K stages frozen
+
+[tune]                    # Optuna tunes [train] keys per (model, size) on the validation split
+trials = 0                # finished trials per (model, size); 0 = no tuning (use [train])
+timeout = 0               # seconds of trials per (model, size); 0 = no limit
+epochs = 0                # rounds per trial; 0 = train.epochs
+pruner = "median"         # median | hyperband | none
+startup_trials = 5        # random trials before TPE takes over and pruning starts
+warmup_epochs = 2         # rounds a trial always runs before the pruner may stop it
+seed = 0                  # TPE sampler seed: the same config proposes the same trials
+subset_seed = 0           # trials train on this seed's subset; final runs use every seed
+# Search space: [low, high] is searched, [] keeps the [train] value, [x, x] fixes it.
+lr = [1e-5, 1e-1]                # log-uniform
+weight_decay = [1e-6, 0.3]       # log-uniform
+augment = ["none", "light", "standard", "strong", "trivial"]
+augment_strength = [0.5, 2.0]    # uniform
+normalization = ["model", "imagenet", "half"]
 '''

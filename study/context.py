@@ -13,7 +13,7 @@ import numpy as np
 from study import splits as splitting
 from study.config import StudyConfig, to_dict
 from study.datasets import Dataset, check_name, load_dataset
-from study.store import Cell, Store, settings_fingerprint
+from study.store import Cell, Store, settings_fingerprint, tuning_study_name
 
 
 @dataclass
@@ -76,7 +76,19 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     train = to_dict(cfg.train)
     # A weights file counts by its content, not by where it lies.
     train["weights"] = {model: file_digest(path) for model, path in sorted(cfg.train.weight_files.items())}
-    return {"data": data, "content": content_digest, "train": train}
+    settings = {"data": data, "content": content_digest, "train": train}
+    if cfg.tune.trials:  # tuned hyper-parameters replace [train]'s; untuned studies keep their fingerprint
+        tune = to_dict(cfg.tune)
+        tune.pop("timeout")  # a time budget, like jobs: it does not define what is compared
+        settings["tune"] = tune
+    return settings
+
+
+def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float]]:
+    """The study's tuning jobs, one per (model, size): (optuna study name, model, kind, value)."""
+    if not cfg.tune.trials:
+        return []
+    return [(tuning_study_name(cfg.name, model, kind, value), model, kind, value) for kind, value in cfg.sizes for model in cfg.models]
 
 
 def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
@@ -108,6 +120,11 @@ def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
             dataset.labels[splits.test],
         )
         store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
+        if cfg.tune.trials:
+            from study.tune import optuna_storage
+
+            store.add_tuning_jobs(ctx.study_id, plan_tuning(cfg))
+            optuna_storage(cfg.storage_url)  # Optuna's tables, made here once rather than raced for by workers
     return ctx
 
 

@@ -1,13 +1,14 @@
-"""Run a study's cells: each worker claims the next pending run from the store, trains it and
-records the result in one transaction, until none is left. Workers are joblib processes
-(loky) locally; because the store does the bookkeeping, any number of ``study run`` processes
-on any number of machines can feed the same study.
+"""Run a study's cells: each worker claims the next pending tuning job or run from the store,
+does it and records the result, until none is left; a run waits until its cell is tuned.
+Workers are joblib processes (loky) locally; because the store does the bookkeeping, any number
+of ``study run`` processes on any number of machines can feed the same study.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from study.store import Cell, RunRow, worker_id
 
 HEARTBEAT_SECONDS = 20.0
 STALE_AFTER_SECONDS = 180.0  # a run whose worker has been silent this long is taken over
+TUNING_POLL_SECONDS = 1.0  # how often a worker whose runs wait for another's tuning looks again
 
 
 def available_cores() -> int:
@@ -46,17 +48,17 @@ def plan_workers(jobs: int, device: str, pending: int) -> tuple[int, int]:
 
 
 class Heartbeat:
-    """Refreshes a run's claim from a background thread while it trains."""
+    """Refreshes a run's (or tuning job's) claim from a background thread while it works."""
 
-    def __init__(self, store, run_id: int, worker: str, interval: float = HEARTBEAT_SECONDS):
-        self._store, self._run_id, self._worker, self._interval = store, run_id, worker, interval
+    def __init__(self, store, run_id: int, worker: str, interval: float = HEARTBEAT_SECONDS, table: type = RunRow):
+        self._store, self._run_id, self._worker, self._interval, self._table = store, run_id, worker, interval, table
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._store.heartbeat(self._run_id, self._worker)
+                self._store.heartbeat(self._run_id, self._worker, table=self._table)
             except Exception:  # a missed beat is retried; the grace period covers several
                 pass
 
@@ -100,13 +102,18 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
 
 
 def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
-    """The hyper-parameters a run uses and where they came from."""
+    """The hyper-parameters a run uses and where they came from: the best trial of its cell's
+    Optuna study when the study tunes, else the config's ``[train]``."""
+    if cfg.tune.trials:
+        from study.tune import tuned_hparams
+
+        return tuned_hparams(cfg, run.model, run.size_kind, run.size_value)
     return cfg.train.resolved(run.model), "config"
 
 
 def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_queue=None) -> dict | None:
-    """Claim one pending run of the study, train it and record it. Returns a summary of the
-    run, or None when no run was left to claim.
+    """Claim one pending tuning job or run of the study, do it and record it. Returns a summary,
+    or None when nothing was left to claim.
 
     Progress: ``show_epochs`` draws an epoch bar here (one worker in the main process);
     ``epoch_queue`` (a multiprocessing queue) sends each round to the main process instead.
@@ -119,7 +126,19 @@ def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_qu
     torch.set_num_threads(threads)
     state = _worker_state(cfg)
     ctx, me = state.ctx, worker_id()
-    run = ctx.store.claim(ctx.study_id, me)
+    while True:
+        if cfg.tune.trials:
+            from study.tune import tune_next
+
+            tuned = tune_next(cfg, state, show_progress=show_epochs)
+            if tuned is not None:
+                return tuned
+        run = ctx.store.claim(ctx.study_id, me)
+        if run is not None or not ctx.store.waiting_on_tuning(ctx.study_id):
+            break
+        # Every claimable run waits for a cell another worker is tuning (or one whose worker died).
+        ctx.store.release_stale(ctx.study_id, STALE_AFTER_SECONDS)
+        time.sleep(TUNING_POLL_SECONDS)
     if run is None:
         return None
     cell = Cell(run.model, run.size_kind, run.size_value, run.seed)
@@ -174,24 +193,31 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     store.release_stale(study_id, STALE_AFTER_SECONDS)
     pending = store.counts(study_id)["pending"]
     total = sum(store.counts(study_id).values())
+    tasks = pending + store.tuning_counts(study_id)["pending"]  # one task claims one job or run
     device = cfg.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    workers, threads = plan_workers(cfg.jobs, device, pending)
+    workers, threads = plan_workers(cfg.jobs, device, tasks)
     done_before = total - pending
     bar = tqdm(total=total, initial=done_before, desc="runs", unit="run", disable=not progress)
     failures = 0
     epochs = _EpochProgress(pending * cfg.train.epochs) if progress and workers > 1 else None
     try:
         if workers == 1:
-            results = (run_next(cfg, threads, show_epochs=progress) for _ in range(pending))
+            results = (run_next(cfg, threads, show_epochs=progress) for _ in range(tasks))
         else:
             queue = epochs.queue if epochs else None
-            results = Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(run_next)(cfg, threads, False, queue) for _ in range(pending))
+            results = Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(run_next)(cfg, threads, False, queue) for _ in range(tasks))
         for summary in results:
             if summary is None:
+                continue
+            if summary.get("kind") == "tuning":
+                if summary["status"] == "tuned":
+                    tqdm.write(f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial #{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)")
+                elif summary["status"] == "failed":
+                    tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
                 continue
             bar.update(1)
             if summary["status"] == "done":
@@ -203,7 +229,7 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
         if epochs:
             epochs.close()
         bar.close()
-    return store.counts(study_id)
+    return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
 
 
 class _EpochProgress:

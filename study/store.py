@@ -1,10 +1,11 @@
 """The study's one SQL database (SQLAlchemy): studies, runs, per-epoch metrics and test
-predictions. It is the only thing that ``study/`` and ``analysis/`` share, so this module
-imports no torch.
+predictions, tuning jobs, and Optuna's own tables beside them. It is the only thing that
+``study/`` and ``analysis/`` share, so this module imports no torch.
 
-Work is claimed from the store: a worker marks a pending run as its own in one conditional
-UPDATE, so parallel workers (processes or machines) never run the same cell twice. A finished
-run is written in one transaction; a run whose worker died is claimed again.
+Work is claimed from the store: a worker marks a pending run (or tuning job) as its own in one
+conditional UPDATE, so parallel workers (processes or machines) never run the same cell twice.
+A finished run is written in one transaction; a run whose worker died is claimed again. A run
+whose (model, size) has a tuning job waits until that job is done.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exists,
     func,
+    inspect,
     select,
     update,
 )
@@ -52,10 +55,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# Optuna's RDB storage, which shares the database, owns the table name "studies".
+STUDY_TABLE = "dataset_studies"
+
+
 class StudyRow(Base):
     """One study: a name, and the settings that all its runs share."""
 
-    __tablename__ = "studies"
+    __tablename__ = STUDY_TABLE
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
@@ -73,7 +80,7 @@ class RunRow(Base):
     __tablename__ = "runs"
     __table_args__ = (UniqueConstraint("study_id", "cell_key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     cell_key: Mapped[str] = mapped_column(String(300))
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))  # 'fraction' | 'per_class'
@@ -134,7 +141,7 @@ class ModelCostRow(Base):
     __tablename__ = "model_costs"
     __table_args__ = (UniqueConstraint("study_id", "model"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     model: Mapped[str] = mapped_column(String(200))
     input_size: Mapped[int] = mapped_column(Integer)
     n_params: Mapped[int] = mapped_column(Integer)
@@ -147,6 +154,30 @@ class ModelCostRow(Base):
     threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # device, repetitions, versions
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TuningJobRow(Base):
+    """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
+    one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
+
+    __tablename__ = "tuning_jobs"
+    __table_args__ = (UniqueConstraint("study_id", "optuna_study"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    optuna_study: Mapped[str] = mapped_column(String(500))  # tuning_study_name(...)
+    model: Mapped[str] = mapped_column(String(200))
+    size_kind: Mapped[str] = mapped_column(String(16))
+    size_value: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 
 def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
@@ -219,6 +250,7 @@ class Store:
         self.url = url
         try:
             self.engine = make_engine(url)
+            _rename_legacy_study_table(self.engine)
             if create:
                 Base.metadata.create_all(self.engine)
         except Exception as exc:  # a bad URL or unreachable server is the user's to fix
@@ -274,51 +306,63 @@ class Store:
             return len(new)
 
     def release_stale(self, study_id: int, grace_seconds: float) -> int:
-        """Return to pending the runs whose worker is gone: a dead process on this host, or no
-        heartbeat for ``grace_seconds``. Returns how many were released."""
+        """Return to pending the runs and tuning jobs whose worker is gone: a dead process on
+        this host, or no heartbeat for ``grace_seconds``. Returns how many were released."""
         host = socket.gethostname()
         cutoff = utcnow() - timedelta(seconds=grace_seconds)
         released = 0
         with self.session() as s:
-            for run in s.scalars(select(RunRow).where(RunRow.study_id == study_id, RunRow.status == RUNNING)):
-                w_host, _, w_pid = (run.worker or "").rpartition(":")
-                dead_here = w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))
-                silent = run.heartbeat_at is None or run.heartbeat_at < cutoff
-                if dead_here or silent:
-                    # Conditional on the row being unchanged since read: never steal a fresh claim.
-                    res = s.execute(
-                        update(RunRow)
-                        .where(RunRow.id == run.id, RunRow.status == RUNNING, RunRow.worker == run.worker)
-                        .values(status=PENDING, worker=None)
-                    )
-                    released += res.rowcount
+            for table in (RunRow, TuningJobRow):
+                for row in s.scalars(select(table).where(table.study_id == study_id, table.status == RUNNING)):
+                    w_host, _, w_pid = (row.worker or "").rpartition(":")
+                    dead_here = w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))
+                    silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
+                    if dead_here or silent:
+                        # Conditional on the row being unchanged since read: never steal a fresh claim.
+                        res = s.execute(
+                            update(table)
+                            .where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
+                            .values(status=PENDING, worker=None)
+                        )
+                        released += res.rowcount
         return released
 
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
-        """Atomically take the next pending run of the study, or None when none is left."""
+        """Atomically take the next pending run of the study, or None when none is left.
+
+        A run whose (model, size) has a tuning job that is not done yet is not claimable: its
+        hyper-parameters are not known."""
+        query = select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, ~exists(_tuning_of(RunRow).where(TuningJobRow.status != DONE)))
+        if models is not None:
+            query = query.where(RunRow.model.in_(models))
+        return self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
+
+    def claim_tuning(self, study_id: int, worker: str) -> TuningJobRow | None:
+        """Atomically take the next pending tuning job of the study, or None."""
+        query = select(TuningJobRow.id).where(TuningJobRow.study_id == study_id, TuningJobRow.status == PENDING)
+        return self._claim_next(TuningJobRow, query.order_by(TuningJobRow.size_value, TuningJobRow.id), worker)
+
+    def _claim_next(self, table: Claimable, candidates, worker: str):
         for _ in range(100):
             with self.session() as s:
-                query = select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING)
-                if models is not None:
-                    query = query.where(RunRow.model.in_(models))
-                run_id = s.scalar(query.order_by(RunRow.size_value, RunRow.seed, RunRow.id).limit(1))
-                if run_id is None:
+                row_id = s.scalar(candidates.limit(1))
+                if row_id is None:
                     return None
                 now = utcnow()
                 res = s.execute(
-                    update(RunRow)
-                    .where(RunRow.id == run_id, RunRow.status == PENDING)
-                    .values(status=RUNNING, worker=worker, claimed_at=now, heartbeat_at=now, attempts=RunRow.attempts + 1, error=None)
+                    update(table)
+                    .where(table.id == row_id, table.status == PENDING)
+                    .values(status=RUNNING, worker=worker, claimed_at=now, heartbeat_at=now, attempts=table.attempts + 1, error=None)
                 )
                 if res.rowcount == 1:
-                    return s.get(RunRow, run_id)
+                    return s.get(table, row_id)
             # another worker took it between our read and our update: try the next one
         return None
 
-    def heartbeat(self, run_id: int, worker: str) -> bool:
-        """Refresh a claim; False if the run is no longer this worker's (taken over)."""
+    def heartbeat(self, run_id: int, worker: str, table: Claimable = RunRow) -> bool:
+        """Refresh a claim; False if the run (or tuning job) is no longer this worker's (taken over)."""
         with self.session() as s:
-            res = s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.worker == worker, RunRow.status == RUNNING).values(heartbeat_at=utcnow()))
+            res = s.execute(update(table).where(table.id == run_id, table.worker == worker, table.status == RUNNING).values(heartbeat_at=utcnow()))
             return res.rowcount == 1
 
     def finish(self, run_id: int, worker: str, fields: dict[str, Any], epochs: list[dict], y_pred: np.ndarray) -> bool:
@@ -339,18 +383,66 @@ class Store:
             s.add(PredictionRow(run_id=run_id, y_pred=np.asarray(y_pred, np.int32).tobytes()))
             return True
 
-    def fail(self, run_id: int, worker: str, error: str) -> None:
-        """Record a run that raised; the study goes on and ``--retry-failed`` runs it again."""
+    def finish_tuning(self, job_id: int, worker: str) -> bool:
+        """Mark a tuning job done (its trials are in Optuna's tables): its cell's runs may start."""
+        with self.session() as s:
+            res = s.execute(
+                update(TuningJobRow)
+                .where(TuningJobRow.id == job_id, TuningJobRow.worker == worker, TuningJobRow.status == RUNNING)
+                .values(status=DONE, finished_at=utcnow(), error=None)
+            )
+            return res.rowcount == 1
+
+    def fail(self, run_id: int, worker: str, error: str, table: Claimable = RunRow) -> None:
+        """Record a run (or tuning job) that raised; the study goes on and ``--retry-failed``
+        runs it again."""
         with self.session() as s:
             s.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.worker == worker, RunRow.status == RUNNING)
+                update(table)
+                .where(table.id == run_id, table.worker == worker, table.status == RUNNING)
                 .values(status=FAILED, finished_at=utcnow(), error=error[:4000])
             )
 
     def retry_failed(self, study_id: int) -> int:
+        """Return failed runs and failed tuning jobs to pending; returns how many."""
         with self.session() as s:
-            return s.execute(update(RunRow).where(RunRow.study_id == study_id, RunRow.status == FAILED).values(status=PENDING, worker=None)).rowcount
+            return sum(
+                s.execute(update(table).where(table.study_id == study_id, table.status == FAILED).values(status=PENDING, worker=None)).rowcount
+                for table in (RunRow, TuningJobRow)
+            )
+
+    # -- tuning jobs --------------------------------------------------------------------------
+    def add_tuning_jobs(self, study_id: int, jobs: list[tuple[str, str, str, float]]) -> int:
+        """Add (optuna study name, model, size kind, size value) jobs not in the store yet."""
+        with self.session() as s:
+            existing = set(s.scalars(select(TuningJobRow.optuna_study).where(TuningJobRow.study_id == study_id)))
+            new = [
+                TuningJobRow(study_id=study_id, optuna_study=name, model=model, size_kind=kind, size_value=value)
+                for name, model, kind, value in jobs
+                if name not in existing
+            ]
+            s.add_all(new)
+            return len(new)
+
+    def tuning_jobs(self, study_id: int) -> list[TuningJobRow]:
+        """The study's tuning jobs; none in a database written before tuning existed."""
+        if not inspect(self.engine).has_table(TuningJobRow.__tablename__):
+            return []
+        with self.session() as s:
+            q = select(TuningJobRow).where(TuningJobRow.study_id == study_id)
+            return list(s.scalars(q.order_by(TuningJobRow.size_value, TuningJobRow.model)))
+
+    def tuning_counts(self, study_id: int) -> dict[str, int]:
+        """Number of tuning jobs in each status."""
+        with self.session() as s:
+            rows = s.execute(select(TuningJobRow.status, func.count()).where(TuningJobRow.study_id == study_id).group_by(TuningJobRow.status)).all()
+        return {**{k: 0 for k in STATUSES}, **dict(rows)}
+
+    def waiting_on_tuning(self, study_id: int) -> bool:
+        """Whether some pending run waits for a tuning job that is pending or running (not failed)."""
+        open_jobs = _tuning_of(RunRow).where(TuningJobRow.status.in_((PENDING, RUNNING)))
+        with self.session() as s:
+            return s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, exists(open_jobs)).limit(1)) is not None
 
     def counts(self, study_id: int) -> dict[str, int]:
         """Number of runs in each status."""
@@ -366,6 +458,27 @@ class Store:
             if status:
                 q = q.where(RunRow.status == status)
             return list(s.scalars(q.order_by(RunRow.id)))
+
+
+def _tuning_of(run: type[RunRow]):
+    """The tuning job of a run's (model, size), as a correlated subquery."""
+    return select(TuningJobRow.id).where(
+        TuningJobRow.study_id == run.study_id,
+        TuningJobRow.model == run.model,
+        TuningJobRow.size_kind == run.size_kind,
+        TuningJobRow.size_value == run.size_value,
+    )
+
+
+def _rename_legacy_study_table(engine: Engine) -> None:
+    """Databases written before Optuna shared them called the study table "studies", the name
+    Optuna's own table needs: rename it (keeping every row) before the tables are created."""
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    if "studies" in tables and STUDY_TABLE not in tables:
+        if "fingerprint" in {c["name"] for c in inspector.get_columns("studies")}:  # ours, not Optuna's
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE studies RENAME TO {STUDY_TABLE}")
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any, Any]:

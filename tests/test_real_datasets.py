@@ -65,7 +65,7 @@ def _refused(result, fragment):
 
 def _study_row(out: Path) -> tuple[dict, dict]:
     db = sqlite3.connect(out / "study.db")
-    dataset, splits = db.execute("select dataset, splits from studies").fetchone()
+    dataset, splits = db.execute("select dataset, splits from dataset_studies").fetchone()
     return json.loads(dataset), json.loads(splits)
 
 
