@@ -171,6 +171,6 @@ def to_model_input(
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > input_size)
     x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    # One layout whatever the path above: the uint8 batch arrives channels-last (NHWC), and
+    # the model's layout, not an accident of the path, must decide its kernels' speed.
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

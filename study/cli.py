@@ -54,6 +54,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", metavar="N", help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])")
     p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile each model once per worker")
+    p.add_argument("--channels-last", metavar="MODE", help="auto (measured per model on CUDA, off on CPU) | on | off")
+    p.add_argument("--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency")
 
 
 # CLI flag -> dotted config key
@@ -65,6 +68,7 @@ _OVERRIDES = {
     "input_size": "train.input_size", "pretrained": "train.pretrained", "weights": "train.weights", "finetune": "train.finetune",
     "freeze_stages": "train.freeze_stages",
     "trials": "tune.trials", "tune_timeout": "tune.timeout", "pruner": "tune.pruner",
+    "compile": "compile", "channels_last": "channels_last", "costs": "costs",
 }
 
 
@@ -124,6 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
+    if cfg.costs:
+        from study.costs import record_study_costs
+
+        record_study_costs(ctx, progress=not args.quiet)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
     print(f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
     if counts["tuning_failed"]:

@@ -25,6 +25,7 @@ AUGMENT_POLICIES = ("none", "light", "standard", "strong", "trivial")
 NORMALIZATIONS = ("model", "imagenet", "half")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+CHANNELS_LAST = ("auto", "on", "off")
 # The reference experiment fine-tuned pretrained MobileViT with lr 1e-4: right for adapting
 # pretrained weights, too small to train from scratch in a short budget (on digits, MobileNetV2
 # stays near chance after 6 epochs at 1e-4 and reaches 60-80% at 2e-3).
@@ -184,6 +185,11 @@ class StudyConfig:
     seeds: int = 3
     device: str = "auto"
     jobs: int = 0  # parallel runs; 0 = sized to the machine
+    # Speed and cost settings: they change how fast a study runs, not its results, so they are
+    # not part of the study's fingerprint.
+    compile: bool = False  # torch.compile each model once per worker
+    channels_last: str = "auto"  # auto (measured per model on CUDA, off on CPU) | on | off
+    costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -220,6 +226,7 @@ class StudyConfig:
         _check(self.seeds >= 1, f"seeds={self.seeds} is invalid; use 1 or more seeds")
         _check(self.device in DEVICES, f"device={self.device!r} is unknown; valid: {', '.join(DEVICES)}")
         _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
+        _check(self.channels_last in CHANNELS_LAST, f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
         self.data.validate()
         self.train.validate()
         for model in self.train.weight_files:
@@ -356,6 +363,9 @@ fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the traini
 seeds = 3                           # each seed draws its own subsets, init and augmentation
 device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine
+compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
+channels_last = "auto"              # auto (measured per model on CUDA, off on CPU) | on | off
+costs = true                        # measure MACs, size and CPU latency of each model once per study
 
 [data]
 dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition

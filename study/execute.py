@@ -76,6 +76,7 @@ class _WorkerState:
     ctx: Any
     data: Any
     device: Any
+    speed: Any  # study.speed.Speed: layout and compilation, for every run of this worker
 
 
 _STATE: dict[str, _WorkerState] = {}
@@ -88,6 +89,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
     key = json.dumps(to_dict(cfg), sort_keys=True)
     if key not in _STATE:
         from study.context import open_context
+        from study.speed import Speed
         from study.train import TrainData, resolve_device
 
         ctx = open_context(cfg, register=False)
@@ -97,7 +99,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
             warnings.simplefilter("ignore", UserWarning)
             data = TrainData.from_arrays(ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip)
         _STATE.clear()
-        _STATE[key] = _WorkerState(ctx, data, device)
+        _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg))
     return _STATE[key]
 
 
@@ -155,7 +157,7 @@ def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_qu
     try:
         with Heartbeat(ctx.store, run.id, me):
             result = train_run(
-                state.data, ctx.train_indices(cell), ctx.splits.val, ctx.splits.test, cell.model, hp, cell.seed, state.device, on_epoch=on_epoch
+                state.data, ctx.train_indices(cell), ctx.splits.val, ctx.splits.test, cell.model, hp, cell.seed, state.device, on_epoch=on_epoch, speed=state.speed
             )
         fields = {
             "hparams": to_dict(hp),

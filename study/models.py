@@ -165,9 +165,9 @@ def model_size_mb(model: nn.Module) -> float:
     return total / 2**20
 
 
-def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move a model to ``device``; on CUDA also channels-last, which convolutions prefer."""
+def to_device(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> nn.Module:
+    """Move a model to ``device``, in channels-last layout if asked (None: on CUDA only)."""
     model = model.to(device)
-    if device.type == "cuda":
+    if channels_last if channels_last is not None else device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from study.errors import UserError
@@ -458,6 +459,24 @@ class Store:
             if status:
                 q = q.where(RunRow.status == status)
             return list(s.scalars(q.order_by(RunRow.id)))
+
+    # -- model costs --------------------------------------------------------------------------
+    def model_costs(self, study_id: int) -> list[ModelCostRow]:
+        """The costs measured for the study's models (one row per model)."""
+        with self.session() as s:
+            return list(s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id).order_by(ModelCostRow.id)))
+
+    def save_model_costs(self, study_id: int, model: str, fields: dict[str, Any]) -> bool:
+        """Store one model's costs unless they are stored already (by this or another process);
+        returns whether this call stored them."""
+        try:
+            with self.session() as s:
+                if s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model)) is not None:
+                    return False
+                s.add(ModelCostRow(study_id=study_id, model=model, **fields))
+            return True
+        except IntegrityError:  # another process stored the same model in between
+            return False
 
 
 def _tuning_of(run: type[RunRow]):

@@ -3,7 +3,10 @@ history, test metrics, predictions and timings.
 
 The images live in one uint8 tensor on the training device; a batch is an index slice of it,
 augmented, resized and normalised on the device. There is no DataLoader and no per-image
-Python work in the loop.
+Python work in the loop. The loop itself is ``TrainLoop``, so that the benchmark
+(``benchmarks/bench_train.py``) times exactly what a study runs. On a GPU the loop never waits
+for the host: batch orders go to the device a round at a time and metrics stay on the device
+until the round ends.
 
 Budget policy: a run trains for ``epochs`` rounds. A round is one pass over the run's subset,
 or as many passes as give at least ``min_steps / epochs`` optimiser steps when the subset is
@@ -13,10 +16,7 @@ of the best round are the ones tested.
 
 from __future__ import annotations
 
-import copy
 import math
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,11 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
+from torch import nn
 
 from study.augment import BatchAugment, to_model_input
 from study.config import TrainConfig
+from study.costs import PeakMemory
 from study.errors import DivergedError
-from study.models import count_parameters, create_model, input_size_for, normalization, to_device
+from study.models import count_parameters, create_model, input_size_for, normalization
+from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
 
@@ -103,18 +106,33 @@ def budget(n_train: int, hp: TrainConfig) -> tuple[int, int, int]:
     return batch, steps_per_round, hp.epochs
 
 
-def _batches(n: int, batch: int, generator: torch.Generator):
-    """An endless stream of index batches over successive seeded permutations of ``range(n)``.
+class BatchOrder:
+    """An endless stream of equal-size index batches over successive seeded permutations of
+    ``range(n)``.
 
-    Batches have equal size: a stream rather than per-epoch splitting, so no batch of one
-    (which BatchNorm refuses) appears at an epoch's end.
+    A stream rather than per-epoch splitting, so no batch of one (which BatchNorm refuses)
+    appears at an epoch's end. Drawn on the CPU, so a seed gives the same order on every device;
+    handed to the device many steps at a time, so the loop does not wait for a copy each step.
     """
-    buffer = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(buffer) < batch:
-            buffer = torch.cat([buffer, torch.randperm(n, generator=generator)])
-        yield buffer[:batch]
-        buffer = buffer[batch:]
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch = n, batch
+        self._generator = torch.Generator().manual_seed(seed)
+        self._buffer = torch.empty(0, dtype=torch.long)
+
+    def take(self, steps: int, device: torch.device) -> torch.Tensor:
+        """The next ``steps`` batches as a (steps, batch) tensor of positions on ``device``."""
+        need = steps * self.batch
+        parts, have = [self._buffer], len(self._buffer)
+        while have < need:
+            parts.append(torch.randperm(self.n, generator=self._generator))
+            have += self.n
+        flat = torch.cat(parts)
+        self._buffer = flat[need:]
+        order = flat[:need].view(steps, self.batch)
+        if device.type == "cuda":
+            return order.pin_memory().to(device, non_blocking=True)
+        return order.to(device)
 
 
 def _optimizer(model: torch.nn.Module, hp: TrainConfig) -> torch.optim.Optimizer:
@@ -122,11 +140,13 @@ def _optimizer(model: torch.nn.Module, hp: TrainConfig) -> torch.optim.Optimizer
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # On CUDA the fused kernels update every parameter in a few launches.
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if hp.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=hp.lr)
+        return torch.optim.AdamW(groups, lr=hp.lr, **fused)
     if hp.optimizer == "adam":
         # Adam's weight decay is L2 in the gradient, as the reference notebook used it.
-        return torch.optim.Adam(groups, lr=hp.lr)
+        return torch.optim.Adam(groups, lr=hp.lr, **fused)
     return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
 
 
@@ -143,28 +163,137 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
-def evaluate(model, data: TrainData, indices: torch.Tensor, input_size: int, mean, std, device: torch.device) -> tuple[float, float, np.ndarray]:
-    """(loss, accuracy, predictions) of ``model`` on ``data`` at ``indices``, without augmentation."""
+@torch.inference_mode()
+def evaluate(
+    model, data: TrainData, indices: torch.Tensor, input_size: int, mean, std, device: torch.device, channels_last: bool | None = None
+) -> tuple[float, float, np.ndarray]:
+    """(loss, accuracy, predictions) of ``model`` on ``data`` at ``indices``, without augmentation.
+
+    Loss and predictions stay on the device until the end: one host synchronisation per call.
+    ``channels_last`` None means the device's default (CUDA yes, CPU no).
+    """
     model.eval()
-    total_loss, preds = 0.0, []
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    total_loss, preds = torch.zeros((), device=device), []
     for start in range(0, len(indices), EVAL_BATCH):
         idx = indices[start : start + EVAL_BATCH]
-        x = to_model_input(data.images[idx], input_size, mean, std, channels_last=device.type == "cuda")
-        with _autocast(device):
+        x = to_model_input(data.images[idx], input_size, mean, std, channels_last=channels_last)
+        with autocast(device):
             logits = model(x)
-        y = data.labels[idx]
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        total_loss += F.cross_entropy(logits.float(), data.labels[idx], reduction="sum")
         preds.append(logits.argmax(1))
     pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, np.int64)
     labels = data.labels[indices].cpu().numpy()
     n = max(1, len(indices))
-    return total_loss / n, float((pred == labels).mean()) if len(pred) else float("nan"), pred
+    return total_loss.item() / n, float((pred == labels).mean()) if len(pred) else float("nan"), pred
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA: no loss scaling needed, and tensor cores do the matrix work.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+@dataclass
+class TrainLoop:
+    """The hot loop of one run: index batches of the device-resident images, augmented and
+    normalised on the device, then forward, backward and an optimiser step.
+
+    ``train_run`` drives it a round at a time; ``benchmarks/bench_train.py`` times ``run``
+    against ``step`` on one ready batch, which is the model's own limit.
+    """
+
+    model: nn.Module  # what trains: compiled when asked
+    plain: nn.Module  # the same parameters, uncompiled: evaluation and state dicts
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: TrainData
+    train_idx: torch.Tensor  # dataset indices of the run's subset, on the device
+    order: BatchOrder
+    augment: BatchAugment
+    aug_gen: torch.Generator
+    mean: torch.Tensor
+    std: torch.Tensor
+    input_size: int
+    channels_last: bool
+    label_smoothing: float
+    device: torch.device
+    steps_per_round: int
+    rounds: int
+
+    @property
+    def batch(self) -> int:
+        return self.order.batch
+
+    def batch_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input and labels of the subset's images at ``positions``, augmented."""
+        idx = self.train_idx[positions]
+        x = to_model_input(self.data.images[idx], self.input_size, self.mean, self.std, self.augment, self.aug_gen, self.channels_last)
+        return x, self.data.labels[idx]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and optimiser step on a ready batch; returns (loss, logits), detached."""
+        with autocast(self.device):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def run(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``steps`` steps on the run's batch stream. Returns the summed loss and the number of
+        correct predictions as device tensors: reading them is the only synchronisation."""
+        self.model.train()
+        positions = self.order.take(steps, self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for i in range(steps):
+            x, y = self.batch_at(positions[i])
+            loss, logits = self.step(x, y)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        return loss_sum, correct
+
+
+def build_loop(
+    data: TrainData,
+    train_idx: np.ndarray,
+    model_name: str,
+    hp: TrainConfig,
+    seed: int,
+    device: torch.device,
+    model_factory: Callable[[str, int], torch.nn.Module] | None = None,
+    speed: Speed | None = None,
+) -> TrainLoop:
+    """A freshly initialised model and everything its training loop needs.
+
+    ``seed`` fixes the initialisation, the batch order and the augmentation stream.
+    """
+    speed = speed or Speed()
+    configure_device(device)
+    factory = model_factory or (lambda name, num_classes: create_model(name, num_classes, hp))
+    input_size = input_size_for(model_name, hp.input_size, data.image_size)
+    batch, steps_per_round, rounds = budget(len(train_idx), hp)
+    channels_last = use_channels_last(speed.channels_last, model_name, lambda: factory(model_name, data.num_classes), input_size, batch, device)
+    torch.manual_seed(seed)
+    model, plain = prepare_model(factory(model_name, data.num_classes), (model_name, data.num_classes), device, channels_last, speed)
+    mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(plain, hp.normalization))
+    optimizer = _optimizer(plain, hp)
+    return TrainLoop(
+        model=model,
+        plain=plain,
+        optimizer=optimizer,
+        scheduler=_schedule(optimizer, steps_per_round * rounds),
+        data=data,
+        train_idx=torch.as_tensor(np.asarray(train_idx), dtype=torch.long).to(device),
+        order=BatchOrder(len(train_idx), batch, seed),
+        augment=BatchAugment(hp.augment, hp.augment_strength, hflip=data.hflip),
+        aug_gen=torch.Generator(device=device).manual_seed(seed),
+        mean=mean_t,
+        std=std_t,
+        input_size=input_size,
+        channels_last=channels_last,
+        label_smoothing=hp.label_smoothing,
+        device=device,
+        steps_per_round=steps_per_round,
+        rounds=rounds,
+    )
 
 
 def train_run(
@@ -178,77 +307,49 @@ def train_run(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
     model_factory: Callable[[str, int], torch.nn.Module] | None = None,
+    speed: Speed | None = None,
 ) -> RunResult:
     """Train ``model_name`` on ``data[train_idx]``, select the best round on ``val_idx`` and
     evaluate it on ``test_idx``.
 
     ``seed`` fixes the initialisation, the batch order and the augmentation stream. ``on_epoch``
     is called after each round's validation (progress, heartbeats, Optuna pruning: it may raise
-    to stop the run). Raises DivergedError when the training loss becomes non-finite.
+    to stop the run). ``speed`` chooses layout and compilation (default: ``Speed()``). Raises
+    DivergedError when the training loss becomes non-finite.
     """
-    torch.manual_seed(seed)
-    model = model_factory(model_name, data.num_classes) if model_factory else create_model(model_name, data.num_classes, hp)
-    model = to_device(model, device)
-    mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(model, hp.normalization))
-    input_size = input_size_for(model_name, hp.input_size, data.image_size)
-    augment = BatchAugment(hp.augment, hp.augment_strength, hflip=data.hflip)
-    aug_gen = torch.Generator(device=device).manual_seed(seed)
-    order_gen = torch.Generator().manual_seed(seed)
-
-    train_t = torch.as_tensor(np.asarray(train_idx), dtype=torch.long)
+    memory = PeakMemory(device)
+    loop = build_loop(data, train_idx, model_name, hp, seed, device, model_factory, speed)
     val_t = torch.as_tensor(np.asarray(val_idx), dtype=torch.long, device=device)
     test_t = torch.as_tensor(np.asarray(test_idx), dtype=torch.long, device=device)
-    batch, steps_per_round, rounds = budget(len(train_t), hp)
-    optimizer = _optimizer(model, hp)
-    scheduler = _schedule(optimizer, steps_per_round * rounds)
-    stream = _batches(len(train_t), batch, order_gen)
-    channels_last = device.type == "cuda"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train_t = train_t.to(device)
+    evaluation = dict(data=data, input_size=loop.input_size, mean=loop.mean, std=loop.std, device=device, channels_last=loop.channels_last)
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
     step_seconds, images_seen = 0.0, 0
     run_start = time.perf_counter()
-    for epoch in range(1, rounds + 1):
-        model.train()
+    for epoch in range(1, loop.rounds + 1):
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for _ in range(steps_per_round):
-            idx = train_t[next(stream).to(device)]
-            x = to_model_input(data.images[idx], input_size, mean_t, std_t, augment, aug_gen, channels_last)
-            y = data.labels[idx]
-            with _autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=hp.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-        seen = steps_per_round * batch
+        loss_sum, correct = loop.run(loop.steps_per_round)
+        seen = loop.steps_per_round * loop.batch
         images_seen += seen
         train_loss = loss_sum.item() / seen  # one sync per round, not per step
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} in round {epoch} (lr={hp.lr:g})")
         step_seconds += time.perf_counter() - epoch_start
-        val_loss, val_acc, _ = evaluate(model, data, val_t, input_size, mean_t, std_t, device)
-        stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc, scheduler.get_last_lr()[0], time.perf_counter() - epoch_start, images_seen)
+        val_loss, val_acc, _ = evaluate(loop.plain, indices=val_t, **evaluation)
+        stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc, loop.scheduler.get_last_lr()[0], time.perf_counter() - epoch_start, images_seen)
         history.append(stats)
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().clone() for k, v in loop.plain.state_dict().items()}
         if on_epoch is not None:
             on_epoch(stats)
         if hp.patience and epoch - best_epoch >= hp.patience:
             break
     train_seconds = time.perf_counter() - run_start
 
-    model.load_state_dict(best_state)
-    test_loss, test_acc, predictions = evaluate(model, data, test_t, input_size, mean_t, std_t, device)
+    loop.plain.load_state_dict(best_state)
+    test_loss, test_acc, predictions = evaluate(loop.plain, indices=test_t, **evaluation)
     test_labels = data.labels[test_t].cpu().numpy()
     return RunResult(
         history=history,
@@ -260,16 +361,9 @@ def train_run(
         predictions=predictions.astype(np.int32),
         train_seconds=train_seconds,
         images_per_second=images_seen / max(step_seconds, 1e-9),
-        n_params=count_parameters(model),
-        peak_memory_mb=_peak_memory_mb(device),
+        n_params=count_parameters(loop.plain),
+        peak_memory_mb=memory.peak_mb(),
         device=str(device),
         epochs_run=len(history),
+        extra={"channels_last": loop.channels_last, "compiled": loop.model is not loop.plain},
     )
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of the run: the CUDA allocator's on a GPU, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux

@@ -52,3 +52,38 @@ def test_model_input_is_resized_and_normalised():
     same = to_model_input(x, 16, mean, std)
     expected = (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
     assert torch.allclose(same, expected)
+
+
+@pytest.mark.parametrize("policy", ["light", "standard", "strong", "trivial"])
+def test_model_input_path_augments_under_a_seed_and_keeps_shape_dtype_and_range(policy):
+    """The path every training batch takes: uint8 NHWC in, normalised float NCHW out."""
+    x = _batch(n=8, size=16)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    aug = BatchAugment(policy, 1.0)
+    a = to_model_input(x, 24, mean, std, aug, torch.Generator().manual_seed(7))
+    b = to_model_input(x, 24, mean, std, aug, torch.Generator().manual_seed(7))
+    c = to_model_input(x, 24, mean, std, aug, torch.Generator().manual_seed(8))
+    plain = to_model_input(x, 24, mean, std)
+    assert a.shape == (8, 3, 24, 24) and a.dtype == torch.float32
+    # [0, 1] before normalisation -> [(0 - 0.5) / 0.25, (1 - 0.5) / 0.25]
+    assert a.min() >= -2 - 1e-6 and a.max() <= 2 + 1e-6
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+
+
+@pytest.mark.parametrize("aug", [None, BatchAugment("none", 1.0), BatchAugment("standard", 0.0)])
+def test_model_input_path_with_augmentation_off_is_the_plain_conversion(aug):
+    x = _batch(n=4, size=16)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    out = to_model_input(x, 16, mean, std, aug, torch.Generator().manual_seed(0))
+    assert torch.equal(out, (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize("augment", [None, BatchAugment("standard", 1.0)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_input_layout_is_the_one_asked_for_whatever_the_path(augment, channels_last):
+    """The uint8 batch arrives NHWC; the model must get the layout chosen for it, not one left
+    over from the conversion (it decides which kernels run, and how fast)."""
+    mean, std = torch.zeros(3), torch.ones(3)
+    out = to_model_input(_batch(n=2, size=16), 16, mean, std, augment, torch.Generator().manual_seed(0), channels_last=channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)

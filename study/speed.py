@@ -1,0 +1,143 @@
+"""How a run uses its device: choices that change speed, not results.
+
+- Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs but not
+  every model, and on this project's CPUs it made both MobileViT and ResNet slower (see README,
+  Performance). ``auto`` therefore keeps the default layout on CPU and, on CUDA, times a few
+  forward/backward passes of the model in each layout once per worker and keeps the faster.
+- Compilation: ``torch.compile`` costs seconds to minutes per model, so a worker compiles each
+  model once and reuses the compiled module for every later run of that model, loading each
+  run's freshly initialised weights into it (same parameter objects, so no recompilation).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.config import CHANNELS_LAST, StudyConfig
+from study.models import to_device
+
+PROBE_STEPS = 3  # timed forward/backward passes per layout; after one untimed warm-up pass
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Speed settings of a worker (not hyper-parameters: results do not depend on them beyond
+    floating-point rounding, so they are not part of a study's fingerprint)."""
+
+    channels_last: str = "auto"  # auto | on | off
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend; tests use "eager"
+
+    @classmethod
+    def from_config(cls, cfg: StudyConfig) -> "Speed":
+        return cls(channels_last=cfg.channels_last, compile=cfg.compile)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, tensor cores do the matrix work); float32
+    on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def configure_device(device: torch.device) -> None:
+    """Process-wide settings for fast training on ``device`` (fixed input shapes throughout)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithm per shape
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 leftovers outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+
+
+_LAYOUT_CHOICE: dict[tuple, bool] = {}
+
+
+def use_channels_last(setting: str, model_name: str, build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device) -> bool:
+    """Whether to train ``model_name`` in channels-last layout on ``device``.
+
+    'on' and 'off' force it; 'auto' is off on CPU and measured once per (model, input, batch)
+    in this process on CUDA. ``build`` makes a throwaway model for the measurement.
+    """
+    if setting not in CHANNELS_LAST:
+        raise ValueError(f"channels_last={setting!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
+    if setting != "auto":
+        return setting == "on"
+    if device.type != "cuda":
+        return False
+    key = (model_name, input_size, batch, str(device))
+    if key not in _LAYOUT_CHOICE:
+        _LAYOUT_CHOICE[key] = channels_last_is_faster(build, input_size, batch, device)
+    return _LAYOUT_CHOICE[key]
+
+
+def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> bool:
+    """Time forward and backward passes of a model from ``build`` in both layouts on ``device``.
+
+    Runs under a forked RNG so that the run's seeded stream is untouched.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        base = build()
+        seconds = {}
+        for channels_last in (False, True):
+            model = to_device(copy.deepcopy(base), device, channels_last).train()
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
+            y = torch.zeros(batch, dtype=torch.long, device=device)
+            timings = []
+            for _ in range(steps + 1):
+                _synchronize(device)
+                start = time.perf_counter()
+                with autocast(device):
+                    loss = F.cross_entropy(model(x).float(), y)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                _synchronize(device)
+                timings.append(time.perf_counter() - start)
+            seconds[channels_last] = min(timings[1:])  # the first pass warms up (cudnn autotuning)
+            del model, x
+    return seconds[True] < seconds[False]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_COMPILED: dict[tuple, nn.Module] = {}
+
+
+def prepare_model(fresh: nn.Module, key: tuple, device: torch.device, channels_last: bool, speed: Speed) -> tuple[nn.Module, nn.Module]:
+    """(module to train, plain module) for a freshly initialised model ``fresh``.
+
+    Without compilation both are ``fresh`` on ``device``. With it, the first run of ``key`` in
+    this process compiles; later runs get the same compiled module with ``fresh``'s weights
+    loaded into it. The plain module shares the parameters and serves evaluation and state
+    dicts (evaluation batches have other shapes, which would cost recompilations).
+    """
+    fresh = to_device(fresh, device, channels_last)
+    if not speed.compile:
+        return fresh, fresh
+    key = (*key, str(device), channels_last, speed.compile_backend)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = torch.compile(fresh, backend=speed.compile_backend)
+        _COMPILED[key] = compiled
+        return compiled, fresh
+    plain = compiled._orig_mod
+    plain.load_state_dict(fresh.state_dict())
+    for kept, new in zip(plain.parameters(), fresh.parameters()):
+        kept.requires_grad_(new.requires_grad)  # a fine-tuning mode may freeze some
+    return compiled, plain.train()
+
+
+def compiled_models() -> int:
+    """How many compiled modules this process holds (one per model and layout)."""
+    return len(_COMPILED)
