@@ -10,10 +10,13 @@
 
 All three train the same model with the same optimiser (``TrainLoop.step``: bf16 autocast on
 CUDA, the model's memory layout, compiled if asked), so they differ only in where the batches
-come from. Each is warmed up, then timed in blocks of ``--steps`` steps; the blocks of (a), (b)
-and (c) are interleaved, in rotating order, ``--repeats`` times, so that drift on a shared
-machine hits all three, and each ratio is the median of the per-repetition ratios. The
-reference's DataLoader keeps its workers between blocks (steady state, its most favourable case).
+come from. Each is warmed up, then timed ``--repeats`` times for ``--steps`` steps each, and
+each ratio is the median of the per-repetition ratios. Within a repetition, on a CPU (a) and (b)
+alternate step by step, so that other work on a shared machine slows both alike; on a GPU they
+run as whole blocks (a GPU needs steps queued without a wait between them), in alternating
+order. (c) runs as a block after them; its DataLoader keeps its workers between blocks, and the
+batches they decoded ahead while (a) and (b) ran are consumed untimed first, so (c) is timed in
+its steady state.
 
     python benchmarks/bench_train.py --model mobilevit_xxs --image-size 64 --batch-size 64
 
@@ -49,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed blocks of each way, interleaved")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default (all cores)")
     p.add_argument("--augment", default="standard", help="the harness's augmentation policy (default standard: shift, rotation, scale)")
-    p.add_argument("--channels-last", default="auto", help="auto | on | off (auto: measured per model on CUDA, off on CPU)")
+    p.add_argument("--channels-last", default="auto", help="auto | on | off (auto: measured per model and device, as in a study)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (used by all three ways)")
     p.add_argument("--loader-workers", type=int, default=2, help="DataLoader worker processes of the reference (default 2, a notebook's usual)")
     p.add_argument("--no-reference", action="store_true", help="skip (c); the last line then reports harness/reference=nan")
@@ -158,7 +161,15 @@ def main(argv=None) -> int:
             synchronize(device)
 
         ways["reference"] = reference
+        prefetched = 2 * args.loader_workers  # the DataLoader's queue: prefetch_factor (2) per worker
 
+    if args.channels_last != "auto":  # what channels_last=auto would pick for this model, by its own measurement
+        import timm
+
+        from study.speed import use_channels_last
+
+        build = lambda: timm.create_model(args.model, num_classes=loop.data.num_classes)  # noqa: E731
+        print(f"channels_last=auto would choose {use_channels_last('auto', args.model, build, args.image_size, args.batch_size, device)}")
     print(
         f"model={args.model} input={args.image_size} source={args.source_size} batch={args.batch_size} device={device} "
         f"threads={torch.get_num_threads()} channels_last={loop.channels_last} compile={args.compile} augment={args.augment} "
@@ -169,12 +180,27 @@ def main(argv=None) -> int:
         fn(args.warmup)
 
     seconds: dict[str, list[float]] = {name: [] for name in ways}
-    names = list(ways)
     for r in range(args.repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+        if device.type == "cpu":
+            # (a) and (b) alternate step by step: other work on a shared CPU slows both alike.
+            pair = {"limit": 0.0, "harness": 0.0}
+            for i in range(args.steps):
+                for name in ("limit", "harness") if i % 2 == 0 else ("harness", "limit"):
+                    start = time.perf_counter()
+                    ways[name](1)
+                    pair[name] += time.perf_counter() - start
+            for name, secs in pair.items():
+                seconds[name].append(secs)
+        else:  # on a GPU, steps must queue up without a wait between them: whole blocks
+            for name in ("limit", "harness") if r % 2 == 0 else ("harness", "limit"):
+                start = time.perf_counter()
+                ways[name](args.steps)
+                seconds[name].append(time.perf_counter() - start)
+        if "reference" in ways:
+            ways["reference"](prefetched)  # batches its workers decoded meanwhile: not timed
             start = time.perf_counter()
-            ways[name](args.steps)
-            seconds[name].append(time.perf_counter() - start)
+            ways["reference"](args.steps)
+            seconds["reference"].append(time.perf_counter() - start)
     ips = {name: [args.steps * args.batch_size / s for s in secs] for name, secs in seconds.items()}
     labels = {"limit": "(a) limit: one ready batch, no data work", "harness": "(b) harness: study/train.py loop", "reference": "(c) reference: JPEG + ImageFolder + DataLoader"}
     for name, values in ips.items():
@@ -190,6 +216,11 @@ def main(argv=None) -> int:
     evaluate(loop.plain, loop.data, val, loop.input_size, loop.mean, loop.std, device, loop.channels_last)
     eval_ips = len(val) / (time.perf_counter() - start)
     print(f"{'validation pass (evaluate, information only)':50s} {eval_ips:9.1f} img/s")
+    medians = {name: statistics.median(values) for name, values in ips.items()}
+    print(
+        f"result model={args.model} input={args.image_size} batch={args.batch_size} device={device.type} channels_last={loop.channels_last} "
+        f"compile={args.compile} limit={medians['limit']:.1f} harness={medians['harness']:.1f} reference={medians.get('reference', float('nan')):.1f}"
+    )
     print(f"harness/limit={paired('harness', 'limit'):.3f} harness/reference={paired('harness', 'reference'):.3f}")
     return 0
 

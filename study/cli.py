@@ -55,7 +55,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile each model once per worker")
-    p.add_argument("--channels-last", metavar="MODE", help="auto (measured per model on CUDA, off on CPU) | on | off")
+    p.add_argument("--channels-last", metavar="MODE", help="channels-last memory layout: auto (measured per model and device) | on | off")
     p.add_argument("--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency")
 
 

@@ -188,7 +188,7 @@ class StudyConfig:
     # Speed and cost settings: they change how fast a study runs, not its results, so they are
     # not part of the study's fingerprint.
     compile: bool = False  # torch.compile each model once per worker
-    channels_last: str = "auto"  # auto (measured per model on CUDA, off on CPU) | on | off
+    channels_last: str = "auto"  # auto (measured per model and device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -364,7 +364,7 @@ seeds = 3                           # each seed draws its own subsets, init and 
 device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
-channels_last = "auto"              # auto (measured per model on CUDA, off on CPU) | on | off
+channels_last = "auto"              # memory layout: auto (measured per model and device) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
 
 [data]

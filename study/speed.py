@@ -1,9 +1,10 @@
 """How a run uses its device: choices that change speed, not results.
 
 - Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs but not
-  every model, and on this project's CPUs it made both MobileViT and ResNet slower (see README,
-  Performance). ``auto`` therefore keeps the default layout on CPU and, on CUDA, times a few
-  forward/backward passes of the model in each layout once per worker and keeps the faster.
+  for every model, and on a CPU it depends on the model and the CPU (on this project's
+  AVX-512 machine it sped MobileNetV2 and MobileViT up by a third or more, ResNet-18 barely; see
+  README, Performance). So ``auto`` decides per model and device by measurement: once per worker
+  process, a few forward/backward passes in each layout at the run's batch and input size.
 - Compilation: ``torch.compile`` costs seconds to minutes per model, so a worker compiles each
   model once and reuses the compiled module for every later run of that model, loading each
   run's freshly initialised weights into it (same parameter objects, so no recompilation).
@@ -62,37 +63,38 @@ _LAYOUT_CHOICE: dict[tuple, bool] = {}
 def use_channels_last(setting: str, model_name: str, build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device) -> bool:
     """Whether to train ``model_name`` in channels-last layout on ``device``.
 
-    'on' and 'off' force it; 'auto' is off on CPU and measured once per (model, input, batch)
-    in this process on CUDA. ``build`` makes a throwaway model for the measurement.
+    'on' and 'off' force it; 'auto' measures once per (model, input, batch, device, threads) in
+    this process. ``build`` makes a throwaway model for the measurement.
     """
     if setting not in CHANNELS_LAST:
         raise ValueError(f"channels_last={setting!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
     if setting != "auto":
         return setting == "on"
-    if device.type != "cuda":
-        return False
-    key = (model_name, input_size, batch, str(device))
+    key = (model_name, input_size, batch, str(device), torch.get_num_threads())
     if key not in _LAYOUT_CHOICE:
         _LAYOUT_CHOICE[key] = channels_last_is_faster(build, input_size, batch, device)
     return _LAYOUT_CHOICE[key]
 
 
 def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> bool:
-    """Time forward and backward passes of a model from ``build`` in both layouts on ``device``.
+    """Time forward and backward passes of a model from ``build`` in both layouts on ``device``:
+    one warm-up pass each (cudnn autotuning, oneDNN kernel creation), then ``steps`` passes each,
+    alternating, and compare the fastest of each (the least disturbed by other work).
 
     Runs under a forked RNG so that the run's seeded stream is untouched.
     """
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         base = build()
-        seconds = {}
+        setups = {}
         for channels_last in (False, True):
-            model = to_device(copy.deepcopy(base), device, channels_last).train()
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-            y = torch.zeros(batch, dtype=torch.long, device=device)
-            timings = []
-            for _ in range(steps + 1):
+            setups[channels_last] = (to_device(copy.deepcopy(base), device, channels_last).train(), x)
+        y = torch.zeros(batch, dtype=torch.long, device=device)
+        seconds: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(steps + 1):
+            for channels_last, (model, x) in setups.items():
                 _synchronize(device)
                 start = time.perf_counter()
                 with autocast(device):
@@ -100,10 +102,9 @@ def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, bat
                 loss.backward()
                 model.zero_grad(set_to_none=True)
                 _synchronize(device)
-                timings.append(time.perf_counter() - start)
-            seconds[channels_last] = min(timings[1:])  # the first pass warms up (cudnn autotuning)
-            del model, x
-    return seconds[True] < seconds[False]
+                seconds[channels_last].append(time.perf_counter() - start)
+        del setups
+    return min(seconds[True][1:]) < min(seconds[False][1:])
 
 
 def _synchronize(device: torch.device) -> None:

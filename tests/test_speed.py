@@ -42,14 +42,25 @@ def test_batch_order_is_seeded_equal_sized_and_walks_whole_permutations():
     assert not torch.equal(whole, BatchOrder(10, 4, seed=4).take(5, torch.device("cpu")))
 
 
-def test_channels_last_is_forced_by_on_and_off_and_kept_off_on_cpu_by_auto():
+def test_channels_last_is_forced_by_on_and_off_and_measured_once_per_model_by_auto():
+    import timm
+
+    built = []
+
+    def build():
+        built.append(1)
+        return timm.create_model(FAST_MODEL, num_classes=3)
+
     def never():
-        raise AssertionError("auto must not measure on CPU")
+        raise AssertionError("'on' and 'off' must not measure")
 
     cpu = torch.device("cpu")
     assert use_channels_last("on", FAST_MODEL, never, 16, 8, cpu)
     assert not use_channels_last("off", FAST_MODEL, never, 16, 8, cpu)
-    assert not use_channels_last("auto", FAST_MODEL, never, 16, 8, cpu)
+    first = use_channels_last("auto", FAST_MODEL, build, 16, 7, cpu)
+    assert use_channels_last("auto", FAST_MODEL, build, 16, 7, cpu) == first and len(built) == 1
+    use_channels_last("auto", FAST_MODEL, build, 16, 5, cpu)  # another batch size is measured anew
+    assert len(built) == 2
     with pytest.raises(ValueError, match="valid: auto, on, off"):
         use_channels_last("yes", FAST_MODEL, never, 16, 8, cpu)
 
