@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     load_dataset(DataConfig(image_size=args.image_size), work / "cache")  # decoded once, before timing
     n_runs = len(args.models.split(",")) * len(args.fractions.split(",")) * args.seeds
     print(f"study: models={args.models} fractions={args.fractions} seeds={args.seeds} epochs={args.epochs} image={args.image_size} runs={n_runs} cores={available_cores()}")
+    load_before = os.getloadavg()[0]
     seconds: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.repeats):
         for jobs in settings[r % len(settings) :] + settings[: r % len(settings)]:
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
         print(f"--jobs {jobs:3s} ({workers} worker(s) x {threads} thread(s)): {statistics.median(seconds[jobs]):7.1f} s   runs: {times}")
     a, b = settings[0], settings[1]
     ratio = statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
+    print(f"load average before/after (other work on this machine): {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"jobs{a}/jobs{b}={ratio:.3f}")
     return 0
 
