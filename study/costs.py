@@ -133,16 +133,17 @@ def measure_model_costs(
 
 
 def record_model_costs(
-    store, study_id: int, models: list[str], num_classes: int, input_size: int, factory: Callable[[str, int], nn.Module] | None = None, progress: bool = True
+    store, study_id: int, input_sizes: dict[str, int], num_classes: int, factory: Callable[[str, int], nn.Module] | None = None, progress: bool = True
 ) -> list[str]:
-    """Measure and store the costs of each model of the study that has none stored yet.
+    """Measure and store the costs of each model (``input_sizes``: model -> input side) that has
+    none stored for the study yet.
 
     Called by the main process before the runs are dispatched, so no training competes with
     the latency measurement. Returns the models measured by this call.
     """
     stored = {row.model for row in store.model_costs(study_id)}
     measured = []
-    for name in models:
+    for name, input_size in input_sizes.items():
         if name in stored:
             continue
         if progress:
@@ -154,11 +155,13 @@ def record_model_costs(
 
 
 def record_study_costs(ctx, progress: bool = True) -> list[str]:
-    """``record_model_costs`` for every model of a study (a ``StudyContext``), at the size the
-    models are trained at."""
+    """``record_model_costs`` for every model of a study (a ``StudyContext``), at the size each
+    model is trained at."""
+    from study.models import input_size_for
+
     cfg = ctx.cfg
-    input_size = cfg.train.input_size or cfg.data.image_size
-    return record_model_costs(ctx.store, ctx.study_id, cfg.models, ctx.dataset.num_classes, input_size, progress=progress)
+    sizes = {name: input_size_for(name, cfg.train.input_size, cfg.data.image_size) for name in cfg.models}
+    return record_model_costs(ctx.store, ctx.study_id, sizes, ctx.dataset.num_classes, progress=progress)
 
 
 class PeakMemory:

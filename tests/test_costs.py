@@ -85,8 +85,8 @@ def test_costs_are_stored_once_per_model(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     sid = store.open_study("s", "fp", {}, {}, {}, {}, np.array([0]))
     factory = lambda name, n: tiny_conv_net()  # noqa: E731  fast; costs only need a module
-    assert record_model_costs(store, sid, ["a", "b"], 10, 16, factory, progress=False) == ["a", "b"]
-    assert record_model_costs(store, sid, ["a", "b", "c"], 10, 16, factory, progress=False) == ["c"]
+    assert record_model_costs(store, sid, {"a": 16, "b": 16}, 10, factory, progress=False) == ["a", "b"]
+    assert record_model_costs(store, sid, {"a": 16, "b": 16, "c": 16}, 10, factory, progress=False) == ["c"]
     rows = store.model_costs(sid)
     assert [r.model for r in rows] == ["a", "b", "c"]
     assert rows[0].macs == 55_296 + 4_608 + 80 and rows[0].input_size == 16

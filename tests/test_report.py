@@ -343,10 +343,12 @@ def test_real_study_report_is_regenerated_from_the_store_alone_and_identically(r
     assert changed == []
 
 
-def test_real_study_report_says_costs_were_not_measured_and_names_classes(real_study):
+def test_real_study_report_shows_the_measured_costs_and_names_classes(real_study):
     page = parse_page(real_study / "report" / "index.html")
     assert page.errors == [] and [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
-    assert "costs-not-measured" in page.ids and "no-tuning" in page.ids
+    assert "costs-not-measured" not in page.ids and "no-tuning" in page.ids  # `study run` measures costs by default
+    costs = page.tables["model-costs-table"]
+    assert len(costs) == 2 and costs[1][0] == FAST_MODEL and costs[1][3] == "16 px"
     data = load_study(f"sqlite:///{real_study / 'study.db'}")
     assert len(data.done) == 2
     assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
