@@ -161,7 +161,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict | None:
     """Claim one pending tuning job of the study and tune it. Returns a summary, or None when
-    no tuning job was left to claim. ``state`` is the worker's dataset on its device."""
+    no tuning job was left to claim. ``state`` is the worker's dataset on its device and its
+    speed settings (layout, compiled models), shared with its runs."""
     from tqdm.auto import tqdm
 
     from study.execute import Heartbeat
@@ -175,7 +176,7 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
 
     def train(hp: TrainConfig, on_epoch: Callable[[Any], None]):
         # Validation stands in for the test split too: tuning never looks at a test image.
-        return train_run(state.data, train_idx, ctx.splits.val, ctx.splits.val, job.model, hp, tune.subset_seed, state.device, on_epoch=on_epoch)
+        return train_run(state.data, train_idx, ctx.splits.val, ctx.splits.val, job.model, hp, tune.subset_seed, state.device, on_epoch=on_epoch, speed=state.speed)
 
     attrs = {"study": cfg.name, "model": job.model, "size_kind": job.size_kind, "size_value": job.size_value, "n_train": int(len(train_idx)), "subset_seed": tune.subset_seed}
     summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "failed"}
