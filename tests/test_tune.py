@@ -100,6 +100,12 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
         (tuned_at,) = db.execute("select finished_at from tuning_jobs where optuna_study = ?", (name,)).fetchone()
         assert all(f >= tuned_at for (f,) in db.execute("select finished_at from runs where size_value = ? and hparams_source like 'tuned:%'", (fraction,)))
 
+    # Tuning on does not skip the costs: the model's are measured once, each final run's too.
+    costs = db.execute("select m.model, m.macs, m.latency_p50_ms_1t from model_costs m join dataset_studies s on m.study_id = s.id where s.name = 'tuned'").fetchall()
+    assert [c[0] for c in costs] == [FAST_MODEL] and costs[0][1] > 0 and costs[0][2] > 0
+    per_run = db.execute("select images_per_second, peak_memory_mb from runs where hparams_source like 'tuned:%'").fetchall()
+    assert len(per_run) == 4 and all(ips > 0 and mem > 0 for ips, mem in per_run)
+
     tables = tuning_tables(url, "tuned")
     assert list(tables.trials.columns[: len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
     assert {"param_lr", "param_weight_decay", "param_augment"} <= set(tables.trials.columns)
