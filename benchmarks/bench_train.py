@@ -69,7 +69,7 @@ def harness_loop(args, device: torch.device, cache_dir: Path):
     from study.train import TrainData, build_loop
 
     total_steps = (args.warmup + args.steps * args.repeats) * 3
-    hp = TrainConfig(batch_size=args.batch_size, epochs=1, min_steps=total_steps, augment=args.augment, input_size=args.image_size).resolved()
+    hp = TrainConfig(batch_size=args.batch_size, epochs=1, min_steps=total_steps, augment=args.augment, input_size=args.image_size).resolved(args.model)
     cfg = StudyConfig(data=DataConfig(image_size=args.source_size, cache_dir=str(cache_dir)), train=hp)
     dataset, splits, _ = load_data(cfg)
     subset = splitting.training_subset(splits, dataset.labels, "fraction", 1.0, 0, cfg.data.min_per_class, dataset.class_names)

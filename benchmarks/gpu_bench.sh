@@ -18,6 +18,7 @@ LOADER_WORKERS=${LOADER_WORKERS:-2}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu (with small CONFIGS) only checks this script's plumbing
 LOG=${OUT:-/tmp}/gpu_bench.log
 CONFIGS=${CONFIGS:-"mobilevit_s:256 mobilevit_s:64 resnet18:64 resnet18:224 mobilenetv2_100:64 mobilenetv2_100:224"}
+mkdir -p "$(dirname "$LOG")"
 : >"$LOG"
 
 if [ "$DEVICE" = cuda ]; then
