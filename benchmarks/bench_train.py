@@ -211,6 +211,17 @@ def main(argv=None) -> int:
             return float("nan")
         return statistics.median(x / y for x, y in zip(ips[a], ips[b]))
 
+    # Where (b)'s time goes beyond (a): the batch path alone (index, augment, resize, normalise).
+    positions = loop.order.take(args.steps, device)
+    synchronize(device)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        loop.batch_at(positions[i])
+    synchronize(device)
+    data_ms = (time.perf_counter() - start) / args.steps * 1000
+    step_ms = args.batch_size / statistics.median(ips["limit"]) * 1000
+    print(f"{'data path alone (batch_at, information only)':50s} {data_ms:9.2f} ms/batch = {data_ms / step_ms:.1%} of a limit step ({step_ms:.1f} ms)")
+
     val = torch.as_tensor(splits.val, device=device)
     start = time.perf_counter()
     evaluate(loop.plain, loop.data, val, loop.input_size, loop.mean, loop.std, device, loop.channels_last)
