@@ -106,7 +106,6 @@ def test_peak_memory_is_measured_from_the_start_of_each_run():
     assert second.peak_mb() < first_peak - 200
 
 
-@pytest.mark.slow
 def test_a_study_records_costs_once_and_per_run_throughput_and_memory(cli, tmp_path):
     args = ["run", "--out", tmp_path, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--fractions", "0.1", "--seeds", "1", "--jobs", "1", "--quiet", "--no-report"]
     assert cli(*args)[0] == 0
