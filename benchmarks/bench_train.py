@@ -18,7 +18,7 @@ order. (c) runs as a block after them; its DataLoader keeps its workers between 
 batches they decoded ahead while (a) and (b) ran are consumed untimed first, so (c) is timed in
 its steady state.
 
-    python benchmarks/bench_train.py --model mobilevit_xxs --image-size 64 --batch-size 64
+    python benchmarks/bench_train.py --model mobilevit_xxs --image-size 64 --batch-size 32
 
 The last line is exactly ``harness/limit=R1 harness/reference=R2``.
 """
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="mobilevit_xxs", help="any timm model name (default mobilevit_xxs)")
     p.add_argument("--image-size", type=int, default=64, help="model input side in pixels (default 64)")
     p.add_argument("--source-size", type=int, default=0, help="side of the stored images (cache and JPEG files); 0 = min(image size, 64), Tiny-ImageNet's")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32, help="default 32, a study's default")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, default=8, help="steps per timed block")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each way before timing (compilation happens here)")
