@@ -1,10 +1,11 @@
 """How a run uses its device: choices that change speed, not results.
 
 - Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs but not
-  for every model, and on a CPU it depends on the model and the CPU (on this project's
-  AVX-512 machine it sped MobileNetV2 and MobileViT up by a third or more, ResNet-18 barely; see
-  README, Performance). So ``auto`` decides per model and device by measurement: once per worker
-  process, a few forward/backward passes in each layout at the run's batch and input size.
+  for every model, and on a CPU it depends on the model and the CPU (on this project's 2-core
+  machine at 64 px it made MobileNetV2 about 1.5 times and MobileViT-XXS about 1.1 times faster,
+  and ResNet-18 about 10% slower: ``benchmarks/bench_layout.py``, README, Performance). So
+  ``auto`` decides per model and device by measurement: once per worker process, a few
+  forward/backward passes in each layout at the run's batch and input size.
 - Compilation: ``torch.compile`` costs seconds to minutes per model, so a worker compiles each
   model once and reuses the compiled module for every later run of that model, loading each
   run's freshly initialised weights into it (same parameter objects, so no recompilation).
@@ -77,9 +78,17 @@ def use_channels_last(setting: str, model_name: str, build: Callable[[], nn.Modu
 
 
 def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> bool:
-    """Time forward and backward passes of a model from ``build`` in both layouts on ``device``:
-    one warm-up pass each (cudnn autotuning, oneDNN kernel creation), then ``steps`` passes each,
-    alternating, and compare the fastest of each (the least disturbed by other work).
+    """Whether forward and backward passes of a model from ``build`` are faster in channels-last
+    layout than in the default one on ``device`` (``layout_seconds``)."""
+    seconds = layout_seconds(build, input_size, batch, device, steps)
+    return seconds[True] < seconds[False]
+
+
+def layout_seconds(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> dict[bool, float]:
+    """{channels_last: seconds} of one forward and backward pass of a model from ``build``, in
+    each layout on ``device``: one warm-up pass each (cudnn autotuning, oneDNN kernel creation),
+    then ``steps`` passes each, alternating; the fastest of each (the least disturbed by other
+    work).
 
     Runs under a forked RNG so that the run's seeded stream is untouched.
     """
@@ -104,7 +113,7 @@ def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, bat
                 _synchronize(device)
                 seconds[channels_last].append(time.perf_counter() - start)
         del setups
-    return min(seconds[True][1:]) < min(seconds[False][1:])
+    return {layout: min(times[1:]) for layout, times in seconds.items()}
 
 
 def _synchronize(device: torch.device) -> None:
