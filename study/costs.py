@@ -68,10 +68,12 @@ def count_macs(model: nn.Module, input_size: int) -> tuple[float, dict[str, floa
     return counter.get_total_flops() / 2, by_op
 
 
-def inference_latency_ms(model: nn.Module, input_size: int, threads: int, seconds: float = LATENCY_SECONDS) -> tuple[float, float, int]:
+def inference_latency_ms(model: nn.Module, input_size: int, threads: int, seconds: float | None = None) -> tuple[float, float, int]:
     """(p50, p95, repetitions): milliseconds per forward pass of one image on the CPU with
-    ``threads`` torch threads, after a warm-up, repeated for about ``seconds`` (at least
-    LATENCY_MIN_REPS times)."""
+    ``threads`` torch threads, after a warm-up, repeated for about ``seconds`` (default
+    LATENCY_SECONDS, read at call time so that tests can shorten it; at least LATENCY_MIN_REPS
+    times)."""
+    seconds = LATENCY_SECONDS if seconds is None else seconds
     model = model.eval()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -105,7 +107,7 @@ def _more(reps: int, elapsed: float, seconds: float) -> bool:
 
 
 def measure_model_costs(
-    model_name: str, num_classes: int, input_size: int, factory: Callable[[str, int], nn.Module] | None = None, seconds: float = LATENCY_SECONDS
+    model_name: str, num_classes: int, input_size: int, factory: Callable[[str, int], nn.Module] | None = None, seconds: float | None = None
 ) -> ModelCosts:
     """Measure one model on the CPU (a freshly initialised one: costs do not depend on weights)."""
     from study.execute import available_cores

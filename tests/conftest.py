@@ -19,6 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_MODEL = "test_resnet"
 
 
+@pytest.fixture(autouse=True)
+def short_latency_budget(monkeypatch):
+    """Studies run in-process by the tests measure each model's CPU latency for 0.05 s per
+    thread setting instead of a second: tests check that costs are measured and stored, not the
+    figures, and on a shared 2-core machine the all-threads measurement can take seconds."""
+    import study.costs
+
+    monkeypatch.setattr(study.costs, "LATENCY_SECONDS", 0.05)
+
+
 def class_image(rng: np.random.Generator, label: int, size: tuple[int, int] = (24, 20)) -> np.ndarray:
     """A noisy image whose colour and stripe direction depend on its class, so it is learnable."""
     h, w = size
