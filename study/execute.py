@@ -321,10 +321,22 @@ def dask_client(address: str):
     except ImportError:
         raise UserError("backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)") from None
     try:
+        _probe(address)
         return Client(address, timeout=15)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"cannot reach the dask scheduler at {address!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                         "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786") from None
+
+
+def _probe(address: str) -> None:
+    """Fail at once on a TCP address nobody listens on (the client would retry for its whole
+    timeout first); other schemes are left to the client."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
 
 
 class _EpochProgress:
