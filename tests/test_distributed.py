@@ -165,3 +165,40 @@ def test_a_worker_needs_a_study_to_join(cli, tmp_path):
     assert cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--no-report")[0] == 0
     code, _, err = cli("worker", "--out", tmp_path, "--study", "other")
     assert code == 2 and "no study 'other' in" in err and "studies there: 'default'" in err
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_retried(postgres_url, tmp_path):
+    """Two machines tune one (model, fraction) at once through Optuna's storage on PostgreSQL.
+    Machine A is killed inside a trial; its heartbeats stop, B fails that trial after the grace
+    period, runs it again with the same parameters, and finishes the budget and the final run."""
+    import optuna
+
+    toml = tmp_path / "tune.toml"
+    toml.write_text('[tune]\npruner = "none"\nstartup_trials = 2\nlr = [1e-3, 3e-2]\naugment = []\naugment_strength = []\nnormalization = []\nweight_decay = []\n')
+    args = ["--storage", postgres_url, *SMALL, "--min-steps", "30", "--fractions", "0.25", "--seeds", "1", "--trials", "8", "--jobs", "1"]
+    a, b = (_start("run", "--config", toml, "--out", tmp_path / m, *args, "--no-report", host=f"machine-{m}") for m in "ab")
+    running = "select t.number from trials t join trial_user_attributes u on u.trial_id = t.trial_id" \
+              " where t.state = 'RUNNING' and u.key = 'worker' and u.value_json like '\"{}:%'"
+    _wait_for(postgres_url, running.format("machine-b"))  # B has joined the cell...
+    (a_trial,) = _wait_for(postgres_url, running.format("machine-a"))  # ...while A tunes it too
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    assert "1 done, 0 failed, 0 left" in _finish(b, timeout=500)
+
+    (name,) = optuna.get_all_study_names(postgres_url)
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    trials = study.get_trials()
+    assert {t.user_attrs["worker"].split(":")[0] for t in trials} == {"machine-a", "machine-b"}  # one Optuna study, two machines
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 8
+    (dead,) = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert dead.number == a_trial and dead.user_attrs["worker"].startswith("machine-a:")  # failed once silent...
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == a_trial]  # ...and run again
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == dead.params and retry.user_attrs["worker"].startswith("machine-b:")
+    engine = create_engine(postgres_url)
+    with engine.connect() as conn:
+        job_status = conn.execute(text("select status from tuning_jobs")).scalar()
+        source = conn.execute(text("select hparams_source from runs")).scalar()
+    engine.dispose()
+    assert job_status == "done" and source == f"tuned:{name}#{study.user_attrs['chosen_trial']}"
