@@ -347,6 +347,44 @@ def schema_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
+class NamedLock:
+    """A lock shared by every worker of one database, by name: a PostgreSQL advisory lock, or on
+    SQLite (whose workers share one machine) an exclusive ``flock`` on a file beside the
+    database; on other databases no lock. The server or the kernel releases it when its process
+    dies. ``release()`` may be called early, inside the ``with`` block."""
+
+    def __init__(self, engine: Engine, name: str):
+        self._engine, self._name = engine, name
+        self._conn = self._file = None
+
+    def __enter__(self) -> "NamedLock":
+        if self._engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(self._name.encode()).digest()[:8], "big", signed=True)
+            self._key, self._conn = key, self._engine.connect()
+            self._conn.execute(select(func.pg_advisory_lock(key)))
+            self._conn.commit()
+        elif self._engine.dialect.name == "sqlite" and self._engine.url.database not in (None, "", ":memory:"):
+            import fcntl
+
+            digest = hashlib.sha256(self._name.encode()).hexdigest()[:16]
+            self._file = open(f"{self._engine.url.database}.lock-{digest}", "a")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.execute(select(func.pg_advisory_unlock(self._key)))
+            self._conn.commit()
+            self._conn.close()
+            self._conn = None
+        if self._file is not None:
+            self._file.close()  # closing the file releases the flock
+            self._file = None
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def retry_conflicts(action, attempts: int = 8, errors: tuple = (IntegrityError,)):
     """Run ``action()``, again after a conflict with another process doing the same at the same
     moment (two workers adding the same study or cells: the loser finds them added)."""

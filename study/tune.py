@@ -8,8 +8,9 @@ storage (``RDBStorage`` on the study's database), the TPE sampler runs with the 
 parameters), and Optuna's heartbeats mark a dead worker's trial failed after the grace period;
 ``RetryFailedTrialCallback`` then enqueues it again with the same parameters. A trial left by a
 dead process of this host is failed at once. The budget counts finished trials (complete or
-pruned): a worker asks for a trial only while finished and running trials fall short of it, and
-whichever worker sees it spent closes the job, fixing the best trial for the final runs. A resumed
+pruned): a worker takes a trial only while finished and running trials fall short of it (checked
+and taken under a lock per cell, so the budget is exact), and whichever worker sees it spent closes
+the job, fixing the best trial for the final runs. A resumed
 study continues the same Optuna study: finished trials are kept.
 
 Each trial trains on the tuning seed's subset and reports validation accuracy after every
@@ -21,6 +22,7 @@ config proposes the same trials, even across a resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -35,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study.config import StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
-from study.store import DONE, FAILED, MAX_ATTEMPTS, Cell, TuningJobRow, _dead_here, make_engine, schema_lock, tuning_study_name, worker_id
+from study.store import DONE, FAILED, MAX_ATTEMPTS, Cell, NamedLock, TuningJobRow, _dead_here, make_engine, schema_lock, tuning_study_name, worker_id
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what the trial budget counts
 CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose parameters the final runs use
@@ -130,12 +132,24 @@ def tune_cell(
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
-    while budget_left(study, tune) > 0:
-        study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))
-        frozen = _run_trial(study, train, dataclasses.replace(base, epochs=epochs), tune, on_start)
+    engine = getattr(storage, "engine", None)
+    while True:
+        # "Is a trial left in the budget? Then take it" happens under a lock per cell, released
+        # once the trial is in the storage: workers finishing at once never overshoot the budget.
+        with NamedLock(engine, f"tune:{study_name}") if engine is not None else contextlib.nullcontext() as lock:
+            if budget_left(study, tune) <= 0:
+                return study
+            study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))
+
+            def started(trial: optuna.Trial) -> None:
+                if lock is not None:
+                    lock.release()
+                if on_start is not None:
+                    on_start(trial)
+
+            frozen = _run_trial(study, train, dataclasses.replace(base, epochs=epochs), tune, started)
         if on_trial is not None:
             on_trial(frozen)
-    return study
 
 
 def open_tuning_study(study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int) -> optuna.Study:

@@ -82,7 +82,7 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
         study = optuna.load_study(study_name=name, storage=storage)
         assert study.user_attrs.items() >= {"study": "tuned", "model": FAST_MODEL, "size_kind": "fraction", "size_value": fraction}.items()
         trials = study.get_trials()
-        assert sorted(t.number for t in trials) == [0, 1, 2]  # each cell tuned once, by one worker
+        assert sorted(t.number for t in trials) == [0, 1, 2]  # the budget exactly, though both workers may tune one cell
         assert all(t.user_attrs["epochs_run"] >= 1 for t in trials)
         best = study.best_trial
         assert best.value > untuned_val + 0.2
@@ -205,7 +205,9 @@ def test_a_killed_tuning_resumes_the_same_optuna_study_without_repeating_trials(
     for number, done_at in finished_before:
         assert kept[number] == done_at  # trials finished before the kill were kept, not redone
     interrupted = [t for t in trials if t[1] == "FAIL"]
-    assert len(trials) == 5 + len(interrupted) and len(interrupted) <= 1
+    assert len(trials) == 5 + len(interrupted) and len(interrupted) <= 2  # at most one in flight per worker
+    # each interrupted trial was run again with its parameters (the first trials are random, so they differ)
+    assert db.execute("select count(*) from trial_system_attributes where key = 'failed_trial'").fetchone()[0] == len(interrupted)
     (source,) = db.execute("select hparams_source from runs where status = 'done'").fetchone()
     assert source.startswith("tuned:default|tune|test_resnet|fraction=0.5#")
 
