@@ -84,7 +84,7 @@ class _WorkerState:
 
 _STATE: dict[str, _WorkerState] = {}
 _STATE_LOCK = threading.Lock()  # a dask worker runs several tasks at once in threads
-_REGISTERED: set[tuple[str, str]] = set()  # (storage URL, worker name) already in ``workers``
+_REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker name) already in ``workers``
 
 
 def _worker_state(cfg: StudyConfig) -> _WorkerState:
@@ -106,9 +106,9 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
             _STATE[key] = _WorkerState(ctx, data, device)
         state = _STATE[key]
     me = worker_id()
-    if (cfg.storage_url, me) not in _REGISTERED:
+    if (cfg.storage_url, cfg.name, me) not in _REGISTERED:
         state.ctx.store.register_worker(state.ctx.study_id, me)
-        _REGISTERED.add((cfg.storage_url, me))
+        _REGISTERED.add((cfg.storage_url, cfg.name, me))
     return state
 
 

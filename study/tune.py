@@ -127,7 +127,6 @@ def tune_cell(
     is called as a trial starts, ``on_trial`` when it has ended.
     """
     epochs = tune.epochs or base.epochs
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
     study = open_tuning_study(study_name, storage, tune, epochs)
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
@@ -154,6 +153,7 @@ def tune_cell(
 
 def open_tuning_study(study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int) -> optuna.Study:
     """The cell's Optuna study (made if new), with the trials of dead workers failed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=make_pruner(tune, epochs), load_if_exists=True)
     fail_dead_trials(study)
     return study
