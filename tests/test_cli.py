@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess, write_imagefolder
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--quiet"]
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
 
 
 def _refused(result, fragment):

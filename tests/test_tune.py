@@ -23,7 +23,7 @@ from study.store import DONE, PENDING, RUNNING, Cell, Store, tuning_study_name
 from study.tune import make_sampler, optuna_storage, suggest, tune_cell
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--quiet"]
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
 
 
 def _toml(tmp_path, text: str):
