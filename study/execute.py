@@ -237,6 +237,8 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     counts = store.counts(study_id)
     total, pending = sum(counts.values()), counts["pending"]
     tasks = pending + store.tuning_counts(study_id)["pending"]
+    if tasks == 0 and not store.others_working(study_id):  # finished (or only failed runs left): nothing to start
+        return {**counts, "tuning_failed": store.tuning_counts(study_id)["failed"]}
     device = cfg.device
     if device == "auto":
         import torch

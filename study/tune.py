@@ -246,7 +246,7 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
     for job in ctx.store.open_tuning_jobs(ctx.study_id):
         study = open_tuning_study(job.optuna_study, storage, tune, tune.epochs or cfg.train.epochs)
         if budget_spent(study, tune):
-            return close_tuning(ctx.store, job, study, None)
+            return close_tuning(ctx.store, job, study)
         if budget_left(study, tune) > 0 and ctx.store.join_tuning(job.id, me):
             return _tune_job(cfg, state, job, storage, show_progress)
     return None
@@ -282,7 +282,7 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
         with Heartbeat(ctx.store, job.id, me, interval=cfg.heartbeat, table=TuningJobRow):
             study = tune_cell(job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start)
         if budget_spent(study, tune):
-            return {**summary, **close_tuning(ctx.store, job, study, me)}
+            return {**summary, **close_tuning(ctx.store, job, study)}
         summary["status"] = "helped"  # the budget's last trials run on other workers; they close the job
     except Exception as exc:  # a trial crashed (recorded failed in Optuna): the job fails; --retry-failed tunes it again
         ctx.store.close_tuning(job.id, FAILED, f"{type(exc).__name__}: {exc}")
@@ -292,7 +292,7 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
     return summary
 
 
-def close_tuning(store, job: TuningJobRow, study: optuna.Study, worker: str | None) -> dict:
+def close_tuning(store, job: TuningJobRow, study: optuna.Study) -> dict:
     """Close a tuning job whose budget is spent: done, with its best trial fixed for the cell's
     final runs (a trial still running elsewhere cannot change it afterwards), or failed when no
     trial completed. Returns a summary; its status is "closed" when another worker closed it first."""

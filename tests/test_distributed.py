@@ -182,7 +182,8 @@ def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_r
     running = "select t.number from trials t join trial_user_attributes u on u.trial_id = t.trial_id" \
               " where t.state = 'RUNNING' and u.key = 'worker' and u.value_json like '\"{}:%'"
     _wait_for(postgres_url, running.format("machine-b"))  # B has joined the cell...
-    (a_trial,) = _wait_for(postgres_url, running.format("machine-a"))  # ...while A tunes it too
+    (a_trial,) = _wait_for(postgres_url, running.format("machine-a") +  # ...while A tunes it too, its parameters drawn
+                           " and exists (select 1 from trial_params p where p.trial_id = t.trial_id)")
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     assert "1 done, 0 failed, 0 left" in _finish(b, timeout=500)
