@@ -236,6 +236,7 @@ def test_runs_wait_for_their_cells_tuning_and_several_workers_tune_one_cell(tmp_
     assert store.retry_failed(sid) == 1 and [j.id for j in store.open_tuning_jobs(sid)] == [second.id]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for trials by hand, where workers use optimize
 def test_a_silent_tuning_job_is_reopened_and_a_dead_workers_trial_is_retried(tmp_path):
     from study.store import worker_id
     from study.tune import budget_left, fail_dead_trials
