@@ -15,7 +15,7 @@ RUN_COLUMNS = [
     "run_id", "dataset", "model", "size_kind", "size_value", "fraction", "n_train", "seed", "status",
     "test_acc", "test_loss", "test_f1", "val_acc", "best_epoch", "epochs_run", "train_seconds",
     "images_per_second", "n_params", "peak_memory_mb", "device", "hparams_source", "hparams", "error", "attempts",
-    "environment",
+    "environment", "worker",
 ]
 COST_COLUMNS = [
     "model", "input_size", "n_params", "macs", "size_mb", "latency_p50_ms_1t", "latency_p95_ms_1t",

@@ -27,7 +27,19 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="TOML", help="config file (see `study init`); flags override it")
     p.add_argument("--out", metavar="DIR", help="results, cache and report folder (default ./study-out)")
     p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of the store (default sqlite:///<out>/study.db)")
-    p.add_argument("--name", help="study name in the store (default 'default')")
+    p.add_argument("--name", "--study", dest="name", help="study name in the store (default 'default')")
+
+
+def _machine_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that say how this machine works on a study: shared by ``run`` and ``worker``."""
+    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda")
+    p.add_argument("--jobs", metavar="N", help="parallel runs (0 = one per core, or every thread of the dask cluster)")
+    p.add_argument("--threads", metavar="N", help="torch threads per worker (0 = the cores shared out among the workers)")
+    p.add_argument("--backend", metavar="NAME", help="loky (default: local processes) | dask (a dask.distributed cluster)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: the scheduler's address, e.g. tcp://head-node:8786")
+    p.add_argument("--heartbeat", metavar="SECONDS", help="seconds between a busy worker's heartbeats (default 20)")
+    p.add_argument("--grace-period", metavar="SECONDS", help="seconds of silence after which a worker's run or trial is taken over (default 180)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -49,8 +61,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="MODEL=PATH", action="append", help="local .safetensors/.pth weights for MODEL (repeatable)")
     p.add_argument("--finetune", metavar="MODE", help="full (default) | head (linear probe: only the classifier trains)")
     p.add_argument("--freeze-stages", metavar="K", help="with --finetune full: keep the stem and the first K stages frozen")
-    p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda")
-    p.add_argument("--jobs", metavar="N", help="parallel runs (0 = sized to the machine)")
+    _machine_flags(p)
     p.add_argument("--trials", metavar="N", help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])")
     p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
@@ -65,6 +76,7 @@ _OVERRIDES = {
     "test_root": "data.test_root", "models": "models", "fractions": "fractions", "per_class": "per_class",
     "seeds": "seeds", "epochs": "train.epochs", "min_steps": "train.min_steps", "batch_size": "train.batch_size",
     "lr": "train.lr", "augment": "train.augment", "image_size": "data.image_size", "device": "device", "jobs": "jobs",
+    "threads": "threads", "backend": "backend", "scheduler": "scheduler", "heartbeat": "heartbeat", "grace_period": "grace_period",
     "input_size": "train.input_size", "pretrained": "train.pretrained", "weights": "train.weights", "finetune": "train.finetune",
     "freeze_stages": "train.freeze_stages",
     "trials": "tune.trials", "tune_timeout": "tune.timeout", "pruner": "tune.pruner",
@@ -81,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(run)
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    worker = sub.add_parser("worker", help="join a study in the store and work on it until nothing is left (one per machine of a cluster)")
+    _study_flags(worker)
+    _machine_flags(worker)
+    worker.add_argument("--data-root", metavar="DIR", help="where the dataset lies on this machine (default: where the study's config says)")
+    worker.add_argument("--test-root", metavar="DIR", help="imagefolder: where the test images lie on this machine")
+    worker.add_argument("--retry-failed", action="store_true", help="run failed runs again")
 
     status = sub.add_parser("status", help="runs done, running, failed and left")
     _study_flags(status)
@@ -140,6 +158,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
+# ``study worker``: flags it takes over the stored config (the rest is the study's own).
+_WORKER_OVERRIDES = ("out", "storage", "data_root", "test_root", "device", "jobs", "threads", "backend", "scheduler", "heartbeat", "grace_period")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a study from the store alone: its config is the stored one, with this machine's
+    flags; the data this machine decodes must give the study's fingerprint."""
+    from study import config
+    from study.context import JOIN, open_context
+    from study.execute import execute
+    from study.store import Store
+
+    local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
+    url = local.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        raise UserError(f"no study database at {url[len('sqlite:///'):]}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
+    store = Store(url)
+    names = store.study_names()
+    name = args.name or (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        listed = ", ".join(repr(n) for n in names) or "none"
+        what = f"no study {name!r}" if name else f"{len(names)} studies"
+        raise UserError(f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME")
+    overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
+    cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
+    ctx = open_context(cfg, mode=JOIN)
+    for warning in ctx.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.retry_failed:
+        ctx.store.retry_failed(ctx.study_id)
+    counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
+    print(f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
+    return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
+
+
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
     from analysis.load import load_study, results_table
 
@@ -181,10 +234,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {label:8s} {counts.get(status, 0)}")
     for status in ("running", "failed"):
         for _, r in runs[runs["status"] == status].iterrows():
-            detail = (r["error"] or "").splitlines()[0] if status == "failed" else f"attempt {r['attempts']}"
+            detail = (r["error"] or "").splitlines()[0] if status == "failed" else f"attempt {r['attempts']} by {r['worker']}"
             print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
     _print_tuning_status(url, data)
+    _print_workers(url, data)
     return 0
+
+
+def _print_workers(url: str, data) -> None:
+    """Each worker process that worked on the study: what it does, when it was last heard from
+    (by the database's clock), and what it finished; silent past the grace period = presumed dead."""
+    from study.store import Store
+
+    store = Store(url, create=False)
+    workers = store.workers(store.study(data.name).id)
+    if not workers:
+        return
+    grace = float(data.config.get("grace_period", 180.0))
+    now = store.now()
+    alive = [w for w in workers if w.heartbeat_at and (now - w.heartbeat_at).total_seconds() <= grace and not w.doing.startswith("idle")]
+    print(f"workers: {len(alive)} active of {len(workers)} (grace period {grace:g} s)")
+    for w in workers:
+        silent = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else float("inf")
+        state = "presumed dead" if silent > grace and not w.doing.startswith("idle") else w.doing
+        print(f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) done")
 
 
 def _print_tuning_status(url: str, data) -> None:
@@ -262,7 +335,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "init": cmd_init, "datasets": cmd_datasets}
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "init": cmd_init, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

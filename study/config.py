@@ -8,6 +8,7 @@ commented example (``EXAMPLE_TOML``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -34,6 +35,7 @@ SCRATCH_LR = 2e-3
 FINETUNE_MODES = ("full", "head")
 NATIVE = "native"  # train.input_size: the size the model was pretrained at
 PRUNERS = ("median", "hyperband", "none")
+BACKENDS = ("loky", "dask")  # joblib backends: local processes, or a dask.distributed cluster
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,12 @@ class StudyConfig:
     per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
     seeds: int = 3
     device: str = "auto"
-    jobs: int = 0  # parallel runs; 0 = sized to the machine
+    jobs: int = 0  # parallel runs; 0 = sized to the machine (loky) or to the cluster (dask)
+    threads: int = 0  # torch threads per worker; 0 = the cores shared out among the workers
+    backend: str = "loky"  # joblib backend: loky (local processes) | dask (a dask.distributed cluster)
+    scheduler: str = ""  # dask: the scheduler's address, e.g. tcp://head-node:8786
+    heartbeat: float = 20.0  # seconds between a worker's heartbeats while it holds a run or trial
+    grace_period: float = 180.0  # seconds without a heartbeat after which another worker takes the work over
     # Speed and cost settings: they change how fast a study runs, not its results, so they are
     # not part of the study's fingerprint.
     compile: bool = False  # torch.compile each model once per worker
@@ -226,6 +233,17 @@ class StudyConfig:
         _check(self.seeds >= 1, f"seeds={self.seeds} is invalid; use 1 or more seeds")
         _check(self.device in DEVICES, f"device={self.device!r} is unknown; valid: {', '.join(DEVICES)}")
         _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
+        _check(self.threads >= 0, f"threads={self.threads} is invalid; use 0 (auto) or a positive number")
+        _check(self.backend in BACKENDS, f"backend={self.backend!r} is unknown; valid: {', '.join(BACKENDS)}")
+        if self.backend == "dask":
+            _check(bool(self.scheduler.strip()), "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a cluster)")
+        else:
+            _check(not self.scheduler, f"scheduler={self.scheduler!r} only applies to backend='dask'; add --backend dask or drop --scheduler")
+        _check(math.isfinite(self.heartbeat) and self.heartbeat > 0, f"heartbeat={self.heartbeat} is invalid; use seconds > 0, e.g. 20")
+        _check(
+            math.isfinite(self.grace_period) and self.grace_period > self.heartbeat,
+            f"grace_period={self.grace_period} is invalid; use more seconds than heartbeat={self.heartbeat:g} (a few heartbeats), e.g. 180",
+        )
         _check(self.channels_last in CHANNELS_LAST, f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
         self.data.validate()
         self.train.validate()
@@ -258,6 +276,31 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    return from_dict(StudyConfig, _overridden(raw, overrides), "").validate()
+
+
+# Top-level keys that describe the machine a command runs on, not the study.
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler")
+
+
+def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Rebuild a study's config from the copy in the store (``studies.config``), with this
+    machine's ``overrides`` (dotted keys, as for ``load``): how ``study worker`` joins a study
+    from its storage URL alone. Keys written by an older version and unknown now are dropped;
+    keys added since take their defaults; ``MACHINE_KEYS`` take this machine's flags or defaults."""
+    raw = _known_keys(StudyConfig, copy.deepcopy(stored))
+    for key in MACHINE_KEYS:  # how the invoking machine ran it says nothing about this one
+        raw.pop(key, None)
+    return from_dict(StudyConfig, _overridden(raw, overrides), "").validate()
+
+
+def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {k: _known_keys(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v for k, v in raw.items() if k in hints}
+
+
+def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``raw`` with dotted-key ``overrides`` applied; None values are ignored."""
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -266,7 +309,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
         for section in sections:
             target = target.setdefault(section, {})
         target[key] = value
-    return from_dict(StudyConfig, raw, "").validate()
+    return raw
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -362,7 +405,12 @@ fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the traini
 # per_class = [5, 10, 50]           # images per class instead of fractions
 seeds = 3                           # each seed draws its own subsets, init and augmentation
 device = "auto"                     # auto | cpu | cuda
-jobs = 0                            # parallel runs; 0 = sized to the machine
+jobs = 0                            # parallel runs; 0 = sized to the machine (or the dask cluster)
+threads = 0                         # torch threads per worker; 0 = the cores shared out among the workers
+backend = "loky"                    # loky (local processes) | dask (a dask.distributed cluster)
+# scheduler = "tcp://head-node:8786" # backend = "dask": the scheduler's address
+heartbeat = 20                      # seconds between heartbeats of a worker holding a run or trial
+grace_period = 180                  # seconds without one after which another worker takes the work over
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
 channels_last = "auto"              # memory layout: auto (measured per model and device) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study

@@ -91,10 +91,21 @@ def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float]]:
     return [(tuning_study_name(cfg.name, model, kind, value), model, kind, value) for kind, value in cfg.sizes for model in cfg.models]
 
 
-def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
-    """Load and check everything; with ``register``, record the study and its cells in the store."""
+CREATE, JOIN, ATTACH = "create", "join", "attach"  # how open_context meets the study in the store
+
+
+def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
+    """Load and check everything, and meet the study in the store:
+
+    - ``create`` (``study run``): record the study, or reopen it with the same settings, and add
+      its cells and tuning jobs;
+    - ``join`` (``study worker``): the study must exist with the settings and data this machine
+      has (the same fingerprint); nothing is added;
+    - ``attach`` (a worker process of a command that already did one of the above): look the
+      study up, check nothing.
+    """
     check_models(cfg)
-    model_warnings = check_transfer(cfg) if register else []  # workers reuse what the first check fetched
+    model_warnings = check_transfer(cfg) if mode != ATTACH else []  # workers reuse what the first check fetched
     dataset, splits, hashes = load_data(cfg)
     warnings = model_warnings + list(dataset.warnings) + list(splits.warnings)
     if dataset.skipped:
@@ -107,24 +118,29 @@ def open_context(cfg: StudyConfig, register: bool = True) -> StudyContext:
     for kind, value in cfg.sizes:
         n_train = len(ctx.train_indices(Cell(cfg.models[0], kind, value, 0)))
         sizes[(kind, value)] = (n_train, n_train / len(splits.pool))
-    if register:
-        digest = hashlib.sha256(hashes.tobytes() + dataset.labels.astype(np.int64).tobytes()).hexdigest()[:32]
-        settings = study_settings(cfg, digest)
-        ctx.study_id = store.open_study(
-            cfg.name,
-            settings_fingerprint(settings),
-            settings,
-            to_dict(cfg),
-            dataset_summary(dataset),
-            {**splits.summary(), "warnings": warnings},
-            dataset.labels[splits.test],
-        )
-        store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
-        if cfg.tune.trials:
-            from study.tune import optuna_storage
+    if mode == ATTACH:
+        ctx.study_id = store.study(cfg.name).id
+        return ctx
+    digest = hashlib.sha256(hashes.tobytes() + dataset.labels.astype(np.int64).tobytes()).hexdigest()[:32]
+    settings = study_settings(cfg, digest)
+    if mode == JOIN:
+        ctx.study_id = store.join_study(cfg.name, settings_fingerprint(settings), settings)
+        return ctx
+    ctx.study_id = store.open_study(
+        cfg.name,
+        settings_fingerprint(settings),
+        settings,
+        to_dict(cfg),
+        dataset_summary(dataset),
+        {**splits.summary(), "warnings": warnings},
+        dataset.labels[splits.test],
+    )
+    store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
+    if cfg.tune.trials:
+        from study.tune import optuna_storage
 
-            store.add_tuning_jobs(ctx.study_id, plan_tuning(cfg))
-            optuna_storage(cfg.storage_url)  # Optuna's tables, made here once rather than raced for by workers
+        store.add_tuning_jobs(ctx.study_id, plan_tuning(cfg))
+        optuna_storage(cfg.storage_url)  # Optuna's tables, made here once rather than raced for by workers
     return ctx
 
 

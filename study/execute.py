@@ -1,7 +1,12 @@
-"""Run a study's cells: each worker claims the next pending tuning job or run from the store,
-does it and records the result, until none is left; a run waits until its cell is tuned.
-Workers are joblib processes (loky) locally; because the store does the bookkeeping, any number
-of ``study run`` processes on any number of machines can feed the same study.
+"""Run a study's cells: each worker claims the next tuning trial or run from the store, does it
+and records the result, until nothing is left; a run waits until its cell is tuned.
+
+Execution goes through joblib: ``loky`` (local processes, the default) or ``dask`` (a
+dask.distributed cluster, through joblib's dask backend). The engine schedules tasks; the store
+keeps the books: every task claims its work from the store, so any number of ``study run`` or
+``study worker`` commands, on any number of machines, can feed one study and nothing runs twice.
+A worker holding a run sends heartbeats from a background thread; a run whose worker fell silent
+for the grace period is taken over by a worker that has nothing else to do.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from study.config import StudyConfig, to_dict
+from study.errors import UserError
 from study.store import Cell, RunRow, worker_id
 
-HEARTBEAT_SECONDS = 20.0
-STALE_AFTER_SECONDS = 180.0  # a run whose worker has been silent this long is taken over
-TUNING_POLL_SECONDS = 1.0  # how often a worker whose runs wait for another's tuning looks again
+MAX_RESTARTS = 20  # times the local worker processes are restarted after one of them died
 
 
 def available_cores() -> int:
@@ -50,7 +54,7 @@ def plan_workers(jobs: int, device: str, pending: int) -> tuple[int, int]:
 class Heartbeat:
     """Refreshes a run's (or tuning job's) claim from a background thread while it works."""
 
-    def __init__(self, store, run_id: int, worker: str, interval: float = HEARTBEAT_SECONDS, table: type = RunRow):
+    def __init__(self, store, run_id: int, worker: str, interval: float, table: type = RunRow):
         self._store, self._run_id, self._worker, self._interval, self._table = store, run_id, worker, interval, table
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -80,6 +84,8 @@ class _WorkerState:
 
 
 _STATE: dict[str, _WorkerState] = {}
+_STATE_LOCK = threading.Lock()  # a dask worker runs several tasks at once in threads
+_REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker name) already in ``workers``
 
 
 def _worker_state(cfg: StudyConfig) -> _WorkerState:
@@ -87,20 +93,38 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
     import json
 
     key = json.dumps(to_dict(cfg), sort_keys=True)
-    if key not in _STATE:
-        from study.context import open_context
-        from study.speed import Speed
-        from study.train import TrainData, resolve_device
+    with _STATE_LOCK:
+        if key not in _STATE:
+            from study.context import ATTACH, open_context
+            from study.speed import Speed
+            from study.train import TrainData, resolve_device
 
-        ctx = open_context(cfg, register=False)
-        ctx.study_id = ctx.store.study(cfg.name).id
-        device = resolve_device(cfg.device)
-        with warnings.catch_warnings():  # a read-only memmap is only ever read
-            warnings.simplefilter("ignore", UserWarning)
-            data = TrainData.from_arrays(ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip)
-        _STATE.clear()
-        _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg))
-    return _STATE[key]
+            ctx = open_context(cfg, mode=ATTACH)
+            device = resolve_device(cfg.device)
+            with warnings.catch_warnings():  # a read-only memmap is only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                data = TrainData.from_arrays(ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip)
+            _STATE.clear()
+            _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg))
+        state = _STATE[key]
+    me = worker_id()
+    if (cfg.storage_url, cfg.name, me) not in _REGISTERED:
+        state.ctx.store.register_worker(state.ctx.study_id, me)
+        _REGISTERED.add((cfg.storage_url, cfg.name, me))
+    return state
+
+
+def torch_threads(cfg: StudyConfig, threads: int = 0) -> int:
+    """Torch threads for a task here: ``cfg.threads``, else ``threads`` (planned by the main
+    process), else this machine's cores shared among the dask worker's threads."""
+    if cfg.threads or threads:
+        return cfg.threads or threads
+    try:
+        from distributed import get_worker
+
+        return max(1, available_cores() // get_worker().state.nthreads)
+    except (ImportError, ValueError):  # not in a dask worker
+        return available_cores()
 
 
 def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
@@ -113,21 +137,22 @@ def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
     return cfg.train.resolved(run.model), "config"
 
 
-def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_queue=None) -> dict | None:
-    """Claim one pending tuning job or run of the study, do it and record it. Returns a summary,
-    or None when nothing was left to claim.
+def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> dict | None:
+    """Do one piece of the study's work: trials for a cell being tuned, or one run, claimed
+    from the store and recorded there. Returns a summary, or None when the study has nothing
+    left for anyone (no pending run, none held by another worker, no cell being tuned).
+
+    While every pending run waits (for a cell being tuned, or held by other workers that might
+    die), the worker polls: it takes over runs whose worker fell silent for ``cfg.grace_period``.
 
     Progress: ``show_epochs`` draws an epoch bar here (one worker in the main process);
     ``epoch_queue`` (a multiprocessing queue) sends each round to the main process instead.
     """
     import torch
 
-    from study.context import environment
-    from study.train import train_run
-
-    torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(cfg, threads))
     state = _worker_state(cfg)
-    ctx, me = state.ctx, worker_id()
+    ctx, me, sid = state.ctx, worker_id(), state.ctx.study_id
     while True:
         if cfg.tune.trials:
             from study.tune import tune_next
@@ -135,27 +160,37 @@ def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_qu
             tuned = tune_next(cfg, state, show_progress=show_epochs)
             if tuned is not None:
                 return tuned
-        run = ctx.store.claim(ctx.study_id, me)
-        if run is not None or not ctx.store.waiting_on_tuning(ctx.study_id):
-            break
-        # Every claimable run waits for a cell another worker is tuning (or one whose worker died).
-        ctx.store.release_stale(ctx.study_id, STALE_AFTER_SECONDS)
-        time.sleep(TUNING_POLL_SECONDS)
-    if run is None:
-        return None
+        ctx.store.release_stale(sid, cfg.grace_period)
+        run = ctx.store.claim(sid, me)
+        if run is not None:
+            return _do_run(cfg, state, run, me, show_epochs, epoch_queue)
+        if not ctx.store.others_working(sid):
+            ctx.store.worker_doing(sid, me, "idle: nothing left to do")
+            return None
+        ctx.store.worker_doing(sid, me, "waiting: the runs left are held by other workers or wait for tuning")
+        time.sleep(min(2.0, cfg.heartbeat))
+
+
+def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> dict:
+    """Train a claimed run under heartbeats and record it, done or failed with its error."""
+    from study.context import environment
+    from study.train import train_run
+
+    ctx = state.ctx
     cell = Cell(run.model, run.size_kind, run.size_value, run.seed)
-    hp, source = hparams_for(cfg, run)
     summary = {"cell": cell.key, "status": "failed"}
-    bar = tqdm(total=hp.epochs, desc=f"  {cell.key}", unit="epoch", leave=False, disable=not show_epochs)
-
-    def on_epoch(stats) -> None:
-        bar.update(1)
-        bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
-        if epoch_queue is not None:
-            epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
-
+    bar = None
     try:
-        with Heartbeat(ctx.store, run.id, me):
+        hp, source = hparams_for(cfg, run)
+        bar = tqdm(total=hp.epochs, desc=f"  {cell.key}", unit="epoch", leave=False, disable=not show_epochs)
+
+        def on_epoch(stats) -> None:
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
+            if epoch_queue is not None:
+                epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
+
+        with Heartbeat(ctx.store, run.id, me, interval=cfg.heartbeat):
             result = train_run(
                 state.data, ctx.train_indices(cell), ctx.splits.val, ctx.splits.test, cell.model, hp, cell.seed, state.device, on_epoch=on_epoch, speed=state.speed
             )
@@ -180,40 +215,92 @@ def run_next(cfg: StudyConfig, threads: int, show_epochs: bool = False, epoch_qu
             summary.update(status="done", test_acc=result.test_acc)
         else:
             summary.update(status="lost")  # another worker took the run over meanwhile
-    except Exception as exc:  # recorded, and the study goes on
+    except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
         ctx.store.fail(run.id, me, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return summary
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:
-    """Run every pending cell of the study; return the final counts by status."""
-    from joblib import Parallel, delayed
+    """Work on the study until nothing is left for anyone; return the final counts by status.
 
-    store.release_stale(study_id, STALE_AFTER_SECONDS)
-    pending = store.counts(study_id)["pending"]
-    total = sum(store.counts(study_id).values())
-    tasks = pending + store.tuning_counts(study_id)["pending"]  # one task claims one job or run
+    Tasks go to joblib's ``cfg.backend`` one by one while work remains: each claims its work
+    from the store, so tasks of other commands (other machines) share the same queue. When a
+    local worker process dies (killed, out of memory), its run is returned to the queue (or
+    failed after ``store.MAX_ATTEMPTS`` deaths) and the workers are started again.
+    """
+    from joblib import Parallel, delayed, parallel_config
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    store.release_stale(study_id, cfg.grace_period)
+    counts = store.counts(study_id)
+    total, pending = sum(counts.values()), counts["pending"]
+    tasks = pending + store.tuning_counts(study_id)["pending"]
+    if tasks == 0 and not store.others_working(study_id):  # finished (or only failed runs left): nothing to start
+        return {**counts, "tuning_failed": store.tuning_counts(study_id)["failed"]}
     device = cfg.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    workers, threads = plan_workers(cfg.jobs, device, tasks)
-    done_before = total - pending
-    bar = tqdm(total=total, initial=done_before, desc="runs", unit="run", disable=not progress)
-    failures = 0
-    epochs = _EpochProgress(pending * cfg.train.epochs) if progress and workers > 1 else None
+    bar = tqdm(total=total, initial=counts["done"] + counts["failed"], desc="runs", unit="run", disable=not progress)
+    reports = _Reports(store, study_id, bar)
+    epochs = None
     try:
-        if workers == 1:
-            results = (run_next(cfg, threads, show_epochs=progress) for _ in range(tasks))
+        if cfg.backend == "dask":
+            client = dask_client(cfg.scheduler)
+            with client, parallel_config(backend="dask"):
+                reports.consume(_parallel(Parallel, delayed, cfg, cfg.jobs or -1, 0, None, reports))
         else:
-            queue = epochs.queue if epochs else None
-            results = Parallel(n_jobs=workers, return_as="generator_unordered")(delayed(run_next)(cfg, threads, False, queue) for _ in range(tasks))
-        for summary in results:
+            workers, threads = plan_workers(cfg.jobs, device, tasks)
+            if cfg.threads:
+                threads = cfg.threads
+            if workers == 1:
+                reports.consume(iter(lambda: run_next(cfg, threads, show_epochs=progress), None))
+            else:
+                epochs = _EpochProgress(pending * cfg.train.epochs) if progress else None
+                for restart in range(MAX_RESTARTS + 1):
+                    try:
+                        reports.consume(_parallel(Parallel, delayed, cfg, workers, threads, epochs.queue if epochs else None, reports))
+                        break
+                    except TerminatedWorkerError:
+                        if restart == MAX_RESTARTS:
+                            raise
+                        tqdm.write("a worker process died (killed, or out of memory); its run goes back to the queue and the workers restart")
+                        store.release_stale(study_id, cfg.grace_period)
+    finally:
+        if epochs:
+            epochs.close()
+        bar.close()
+    return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
+
+
+def _parallel(Parallel, delayed, cfg: StudyConfig, n_jobs: int, threads: int, queue, reports: "_Reports"):
+    """joblib results of ``run_next`` tasks, submitted while the study has work left: the
+    stream of tasks ends once a task has found nothing left for anyone."""
+
+    def tasks():
+        while not reports.finished:
+            yield delayed(run_next)(cfg, threads, False, queue)
+
+    return Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="n_jobs")(tasks())
+
+
+class _Reports:
+    """Shows what tasks report: the runs bar (counted from the store, so it includes other
+    machines' work), tuned cells and failures."""
+
+    def __init__(self, store, study_id: int, bar):
+        self.store, self.study_id, self.bar = store, study_id, bar
+        self.finished = False
+
+    def consume(self, summaries) -> None:
+        for summary in summaries:
             if summary is None:
+                self.finished = True  # nothing is left for anyone: submit no more tasks
                 continue
             if summary.get("kind") == "tuning":
                 if summary["status"] == "tuned":
@@ -221,17 +308,39 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
                 elif summary["status"] == "failed":
                     tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
                 continue
-            bar.update(1)
+            counts = self.store.counts(self.study_id)
+            self.bar.n = counts["done"] + counts["failed"]
+            self.bar.refresh()
             if summary["status"] == "done":
-                bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
+                self.bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
             elif summary["status"] == "failed":
-                failures += 1
                 tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
-    finally:
-        if epochs:
-            epochs.close()
-        bar.close()
-    return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
+
+
+def dask_client(address: str):
+    """A dask.distributed client of the scheduler at ``address``; a missing package or an
+    unreachable scheduler is the user's to fix."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserError("backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)") from None
+    try:
+        _probe(address)
+        return Client(address, timeout=15)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"cannot reach the dask scheduler at {address!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786") from None
+
+
+def _probe(address: str) -> None:
+    """Fail at once on a TCP address nobody listens on (the client would retry for its whole
+    timeout first); other schemes are left to the client."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
 
 
 class _EpochProgress:

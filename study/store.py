@@ -2,17 +2,25 @@
 predictions, tuning jobs, and Optuna's own tables beside them. It is the only thing that
 ``study/`` and ``analysis/`` share, so this module imports no torch.
 
-Work is claimed from the store: a worker marks a pending run (or tuning job) as its own in one
-conditional UPDATE, so parallel workers (processes or machines) never run the same cell twice.
-A finished run is written in one transaction; a run whose worker died is claimed again. A run
-whose (model, size) has a tuning job waits until that job is done.
+Work is claimed from the store: a worker marks a pending run as its own in one transaction
+(``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's write lock on one machine, and a
+conditional UPDATE on both), so parallel workers (processes or machines) never run the same cell
+twice. The holder refreshes a heartbeat; a run whose worker died (a dead process on this host, or
+no heartbeat for a grace period) is returned to pending and claimed again, and only the holder
+may record it. A finished run is written in one transaction. A run whose (model, size) has a
+tuning job waits until that job is done; several workers may tune one cell together (see
+study/tune.py). Every worker process has a row in ``workers``: what it does and when it was last
+heard from. Timestamps that workers compare come from the database's clock, not each machine's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -39,17 +47,45 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import FunctionElement
 
 from study.errors import UserError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
+MAX_ATTEMPTS = 3  # a run whose worker died this many times is failed, not handed to the next worker
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class db_now(FunctionElement):
+    """The database server's current UTC time, as a naive timestamp. Heartbeats are written and
+    judged with this one clock, so workers on machines whose clocks disagree never take each
+    other's runs for dead (the pattern of SQLAlchemy's "UTC timestamp function" recipe)."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(element, compiler, **kw):  # noqa: ANN001
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element, compiler, **kw):  # noqa: ANN001
+    return "TIMEZONE('utc', CLOCK_TIMESTAMP())"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw):  # noqa: ANN001
+    # Microseconds, as SQLAlchemy writes datetimes into SQLite, so stored values compare as text.
+    return "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"
 
 
 class Base(DeclarativeBase):
@@ -178,6 +214,23 @@ class TuningJobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class WorkerRow(Base):
+    """One worker process of a study (``host:pid``, with ``:t<thread>`` for a thread of a dask
+    worker): what it is doing and when it was last heard from, for ``study status``."""
+
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    doing: Mapped[str] = mapped_column(String(500), default="starting")
+    runs_done: Mapped[int] = mapped_column(Integer, default=0)
+    trials_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
 Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 
@@ -207,9 +260,26 @@ class Cell:
         return f"{self.model}|{self.size_kind}={size}|seed={self.seed}"
 
 
+def worker_host() -> str:
+    """This machine's name in worker names: ``$STUDY_WORKER_HOST`` or the host name. Set it where
+    machines share a host name but not their processes (containers on the host's network)."""
+    return os.environ.get("STUDY_WORKER_HOST") or socket.gethostname()
+
+
 def worker_id() -> str:
-    """host:pid, so a run held by a dead process on this host can be recognised and retaken."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` (``host:pid:t<thread id>`` off the main thread, as in a dask worker running
+    several tasks at once), so a run held by a dead process on this host can be recognised."""
+    name = f"{worker_host()}:{os.getpid()}"
+    if threading.current_thread() is not threading.main_thread():
+        name += f":t{threading.get_native_id()}"
+    return name
+
+
+def _dead_here(worker: str | None) -> bool:
+    """Whether ``worker`` names a process of this host that no longer exists."""
+    host, _, rest = (worker or "").partition(":")
+    pid = rest.split(":")[0]
+    return host == worker_host() and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -223,8 +293,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a generous lock wait, so parallel
-    workers on one machine queue for the write lock instead of failing."""
+    """An engine for ``url``. SQLite gets what parallel writers on one machine need: WAL mode
+    (readers never block the writer, and a killed process never leaves the file corrupt), a
+    generous busy timeout (writers queue for the lock instead of failing), and transactions that
+    begin as SQLite's ``BEGIN`` ourselves, so that a transaction that reads and then writes (a
+    claim) can begin with ``BEGIN IMMEDIATE`` (see ``Store.session``)."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
@@ -234,14 +307,100 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # pysqlite begins nothing itself: the "begin" hook does
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=120000")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            # A deferred transaction that read before writing cannot wait for the write lock
+            # (SQLITE_BUSY at once, whatever the timeout); IMMEDIATE takes it first, waiting.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
+
         return engine
+    # READ COMMITTED (PostgreSQL's default) suffices: claims lock the row they take.
     return create_engine(url, pool_pre_ping=True)
+
+
+_SCHEMA_LOCK = 0x5374756479  # any fixed number: the advisory lock serialising schema changes
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Let one process at a time create tables (ours or Optuna's): processes that start together
+    on a fresh PostgreSQL database would otherwise race to create the same table. A session
+    advisory lock, released by the server if the process dies. Elsewhere a no-op (SQLite's
+    racers are retried by the caller)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(select(func.pg_advisory_lock(_SCHEMA_LOCK)))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(select(func.pg_advisory_unlock(_SCHEMA_LOCK)))
+            conn.commit()
+
+
+class NamedLock:
+    """A lock shared by every worker of one database, by name: a PostgreSQL advisory lock, or on
+    SQLite (whose workers share one machine) an exclusive ``flock`` on a file beside the
+    database; on other databases no lock. The server or the kernel releases it when its process
+    dies. ``release()`` may be called early, inside the ``with`` block."""
+
+    def __init__(self, engine: Engine, name: str):
+        self._engine, self._name = engine, name
+        self._conn = self._file = None
+
+    def __enter__(self) -> "NamedLock":
+        if self._engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(self._name.encode()).digest()[:8], "big", signed=True)
+            self._key, self._conn = key, self._engine.connect()
+            self._conn.execute(select(func.pg_advisory_lock(key)))
+            self._conn.commit()
+        elif self._engine.dialect.name == "sqlite" and self._engine.url.database not in (None, "", ":memory:"):
+            import fcntl
+
+            digest = hashlib.sha256(self._name.encode()).hexdigest()[:16]
+            self._file = open(f"{self._engine.url.database}.lock-{digest}", "a")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.execute(select(func.pg_advisory_unlock(self._key)))
+            self._conn.commit()
+            self._conn.close()
+            self._conn = None
+        if self._file is not None:
+            self._file.close()  # closing the file releases the flock
+            self._file = None
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def retry_conflicts(action, attempts: int = 8, errors: tuple = (IntegrityError,)):
+    """Run ``action()``, again after a conflict with another process doing the same at the same
+    moment (two workers adding the same study or cells: the loser finds them added)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except errors:
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+
+
+def _create_tables(engine: Engine) -> None:
+    with schema_lock(engine):
+        _rename_legacy_study_table(engine)
+        Base.metadata.create_all(engine)
 
 
 class Store:
@@ -251,39 +410,60 @@ class Store:
         self.url = url
         try:
             self.engine = make_engine(url)
-            _rename_legacy_study_table(self.engine)
             if create:
-                Base.metadata.create_all(self.engine)
+                retry_conflicts(lambda: _create_tables(self.engine), errors=(IntegrityError, OperationalError, ProgrammingError))
+            else:
+                _rename_legacy_study_table(self.engine)
         except Exception as exc:  # a bad URL or unreachable server is the user's to fix
             if isinstance(exc, UserError):
                 raise
             raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose work is committed as one transaction, or rolled back on error."""
-        with self._sessions() as s, s.begin():
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """A session whose work is committed as one transaction, or rolled back on error.
+        ``write``: the transaction reads and then writes, so on SQLite it takes the write lock
+        first (PostgreSQL locks the rows it claims instead)."""
+        with (self._write_sessions if write else self._sessions)() as s, s.begin():
             yield s
 
     # -- studies ------------------------------------------------------------------------------
     def open_study(self, name: str, fingerprint: str, settings: dict, config: dict, dataset: dict, splits: dict, y_test: np.ndarray) -> int:
         """Create study ``name`` or reopen it; refuse settings that would mix incompatible results."""
-        with self.session() as s:
-            row = s.scalar(select(StudyRow).where(StudyRow.name == name))
-            if row is None:
-                row = StudyRow(name=name, fingerprint=fingerprint, settings=settings, config=config, dataset=dataset, splits=splits, y_test=np.asarray(y_test, np.int32).tobytes())
-                s.add(row)
-                s.flush()
+
+        def open_or_create() -> int:
+            with self.session(write=True) as s:
+                row = s.scalar(select(StudyRow).where(StudyRow.name == name))
+                if row is None:
+                    row = StudyRow(name=name, fingerprint=fingerprint, settings=settings, config=config, dataset=dataset, splits=splits, y_test=np.asarray(y_test, np.int32).tobytes())
+                    s.add(row)
+                    s.flush()
+                    return row.id
+                self._refuse_other_settings(row, fingerprint, settings)
+                row.config = config
                 return row.id
-            if row.fingerprint != fingerprint:
-                key, old, new = _first_difference(row.settings, settings)
-                raise UserError(
-                    f"study {name!r} in {self.url} was run with {key}={old!r}, this config has {key}={new!r}; "
-                    "use the same settings to resume, or --name NEW for a separate study"
-                )
-            row.config = config
-            return row.id
+
+        return retry_conflicts(open_or_create)  # workers starting together create it once
+
+    def join_study(self, name: str, fingerprint: str, settings: dict) -> int:
+        """The id of existing study ``name``, after checking this worker's settings and data
+        give the same fingerprint (``study worker``: it plans nothing)."""
+        row = self.study(name)
+        if row is None:
+            names = ", ".join(repr(n) for n in self.study_names()) or "none"
+            raise UserError(f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or pass --name")
+        self._refuse_other_settings(row, fingerprint, settings)
+        return row.id
+
+    def _refuse_other_settings(self, row: StudyRow, fingerprint: str, settings: dict) -> None:
+        if row.fingerprint != fingerprint:
+            key, old, new = _first_difference(row.settings, settings)
+            raise UserError(
+                f"study {row.name!r} in {self.url} was run with {key}={old!r}, this config has {key}={new!r}; "
+                "use the same settings to resume, or --name NEW for a separate study"
+            )
 
     def study(self, name: str) -> StudyRow | None:
         with self.session() as s:
@@ -293,39 +473,55 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(StudyRow.name).order_by(StudyRow.id)))
 
+    def now(self) -> datetime:
+        """The database's clock (UTC), against which heartbeats are judged."""
+        with self.session() as s:
+            return s.scalar(select(db_now()))
+
     # -- runs ---------------------------------------------------------------------------------
     def add_cells(self, study_id: int, cells: list[tuple[Cell, int, float]]) -> int:
         """Add (cell, n_train, fraction) rows that are not in the store yet; returns how many."""
-        with self.session() as s:
-            existing = set(s.scalars(select(RunRow.cell_key).where(RunRow.study_id == study_id)))
-            new = [
-                RunRow(study_id=study_id, cell_key=c.key, model=c.model, size_kind=c.size_kind, size_value=c.size_value, seed=c.seed, n_train=n, fraction=frac)
-                for c, n, frac in cells
-                if c.key not in existing
-            ]
-            s.add_all(new)
-            return len(new)
+
+        def add() -> int:
+            with self.session(write=True) as s:
+                existing = set(s.scalars(select(RunRow.cell_key).where(RunRow.study_id == study_id)))
+                new = [
+                    RunRow(study_id=study_id, cell_key=c.key, model=c.model, size_kind=c.size_kind, size_value=c.size_value, seed=c.seed, n_train=n, fraction=frac)
+                    for c, n, frac in cells
+                    if c.key not in existing
+                ]
+                s.add_all(new)
+                return len(new)
+
+        return retry_conflicts(add)
 
     def release_stale(self, study_id: int, grace_seconds: float) -> int:
-        """Return to pending the runs and tuning jobs whose worker is gone: a dead process on
-        this host, or no heartbeat for ``grace_seconds``. Returns how many were released."""
-        host = socket.gethostname()
-        cutoff = utcnow() - timedelta(seconds=grace_seconds)
+        """Return to pending the runs whose worker is gone: a dead process on this host, or no
+        heartbeat for ``grace_seconds`` by the database's clock. A run whose worker died
+        ``MAX_ATTEMPTS`` times (killed for memory each time, say) is failed instead, so one run
+        cannot take every worker down in turn. Tuning jobs without any heartbeat for the grace
+        period go back to pending too (their trials are judged by Optuna's own heartbeats).
+        Returns how many runs and jobs were released or failed."""
         released = 0
-        with self.session() as s:
+        with self.session(write=True) as s:
+            cutoff = s.scalar(select(db_now())) - timedelta(seconds=grace_seconds)
             for table in (RunRow, TuningJobRow):
-                for row in s.scalars(select(table).where(table.study_id == study_id, table.status == RUNNING)):
-                    w_host, _, w_pid = (row.worker or "").rpartition(":")
-                    dead_here = w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))
+                # In id order, so that workers releasing at once lock rows in one order (no deadlock).
+                for row in s.scalars(select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)):
                     silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
-                    if dead_here or silent:
-                        # Conditional on the row being unchanged since read: never steal a fresh claim.
-                        res = s.execute(
-                            update(table)
-                            .where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
-                            .values(status=PENDING, worker=None)
-                        )
-                        released += res.rowcount
+                    if not (silent or (table is RunRow and _dead_here(row.worker))):
+                        continue
+                    values: dict[str, Any] = {"status": PENDING, "worker": None}
+                    if table is RunRow and row.attempts >= MAX_ATTEMPTS:
+                        values = {
+                            "status": FAILED,
+                            "finished_at": db_now(),
+                            "error": f"its worker stopped {row.attempts} times before finishing it (last {row.worker}: killed, out of memory, "
+                            "or the machine went down); run with --retry-failed to try again",
+                        }
+                    # Conditional on the row being unchanged since read: never steal a fresh claim.
+                    res = s.execute(update(table).where(table.id == row.id, table.status == RUNNING, table.worker == row.worker).values(**values))
+                    released += res.rowcount
         return released
 
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
@@ -336,34 +532,39 @@ class Store:
         query = select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, ~exists(_tuning_of(RunRow).where(TuningJobRow.status != DONE)))
         if models is not None:
             query = query.where(RunRow.model.in_(models))
-        return self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
-
-    def claim_tuning(self, study_id: int, worker: str) -> TuningJobRow | None:
-        """Atomically take the next pending tuning job of the study, or None."""
-        query = select(TuningJobRow.id).where(TuningJobRow.study_id == study_id, TuningJobRow.status == PENDING)
-        return self._claim_next(TuningJobRow, query.order_by(TuningJobRow.size_value, TuningJobRow.id), worker)
+        run = self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
+        if run is not None:
+            self.worker_doing(study_id, worker, f"run {run.cell_key}")
+        return run
 
     def _claim_next(self, table: Claimable, candidates, worker: str):
-        for _ in range(100):
-            with self.session() as s:
-                row_id = s.scalar(candidates.limit(1))
+        # PostgreSQL: the candidate row is locked and rows other workers are claiming are skipped,
+        # so concurrent claims take different rows without waiting (the usual job-queue idiom).
+        # SQLite ignores FOR UPDATE; the transaction holds its write lock from the start (BEGIN IMMEDIATE),
+        # and the conditional UPDATE keeps the claim safe on any database.
+        candidates = candidates.limit(1).with_for_update(skip_locked=True, of=table)
+        while True:
+            with self.session(write=True) as s:
+                row_id = s.scalar(candidates)
                 if row_id is None:
                     return None
-                now = utcnow()
                 res = s.execute(
                     update(table)
                     .where(table.id == row_id, table.status == PENDING)
-                    .values(status=RUNNING, worker=worker, claimed_at=now, heartbeat_at=now, attempts=table.attempts + 1, error=None)
+                    .values(status=RUNNING, worker=worker, claimed_at=db_now(), heartbeat_at=db_now(), attempts=table.attempts + 1, error=None)
                 )
                 if res.rowcount == 1:
                     return s.get(table, row_id)
-            # another worker took it between our read and our update: try the next one
-        return None
 
     def heartbeat(self, run_id: int, worker: str, table: Claimable = RunRow) -> bool:
-        """Refresh a claim; False if the run (or tuning job) is no longer this worker's (taken over)."""
+        """Refresh a run's claim (and its worker's row); False if the run is no longer this
+        worker's (taken over). A tuning job is refreshed by whichever worker tunes it."""
         with self.session() as s:
-            res = s.execute(update(table).where(table.id == run_id, table.worker == worker, table.status == RUNNING).values(heartbeat_at=utcnow()))
+            query = update(table).where(table.id == run_id, table.status == RUNNING)
+            if table is RunRow:
+                query = query.where(table.worker == worker)
+            res = s.execute(query.values(heartbeat_at=db_now()))
+            s.execute(update(WorkerRow).where(WorkerRow.name == worker, WorkerRow.study_id == select(table.study_id).where(table.id == run_id).scalar_subquery()).values(heartbeat_at=db_now()))
             return res.rowcount == 1
 
     def finish(self, run_id: int, worker: str, fields: dict[str, Any], epochs: list[dict], y_pred: np.ndarray) -> bool:
@@ -376,54 +577,81 @@ class Store:
             res = s.execute(
                 update(RunRow)
                 .where(RunRow.id == run_id, RunRow.worker == worker, RunRow.status == RUNNING)
-                .values(status=DONE, finished_at=utcnow(), error=None, **fields)
+                .values(status=DONE, finished_at=db_now(), error=None, **fields)
             )
             if res.rowcount != 1:
                 return False
             s.add_all(EpochRow(run_id=run_id, **e) for e in epochs)
             s.add(PredictionRow(run_id=run_id, y_pred=np.asarray(y_pred, np.int32).tobytes()))
+            study_id = select(RunRow.study_id).where(RunRow.id == run_id).scalar_subquery()
+            s.execute(update(WorkerRow).where(WorkerRow.name == worker, WorkerRow.study_id == study_id).values(runs_done=WorkerRow.runs_done + 1, doing="finished a run", heartbeat_at=db_now()))
             return True
 
-    def finish_tuning(self, job_id: int, worker: str) -> bool:
-        """Mark a tuning job done (its trials are in Optuna's tables): its cell's runs may start."""
-        with self.session() as s:
-            res = s.execute(
-                update(TuningJobRow)
-                .where(TuningJobRow.id == job_id, TuningJobRow.worker == worker, TuningJobRow.status == RUNNING)
-                .values(status=DONE, finished_at=utcnow(), error=None)
-            )
-            return res.rowcount == 1
-
     def fail(self, run_id: int, worker: str, error: str, table: Claimable = RunRow) -> None:
-        """Record a run (or tuning job) that raised; the study goes on and ``--retry-failed``
-        runs it again."""
+        """Record a run that raised (out of memory, a NaN loss...) with its error; the study goes
+        on and ``--retry-failed`` runs it again."""
         with self.session() as s:
             s.execute(
                 update(table)
                 .where(table.id == run_id, table.worker == worker, table.status == RUNNING)
-                .values(status=FAILED, finished_at=utcnow(), error=error[:4000])
+                .values(status=FAILED, finished_at=db_now(), error=error[:4000])
             )
 
     def retry_failed(self, study_id: int) -> int:
-        """Return failed runs and failed tuning jobs to pending; returns how many."""
+        """Return failed runs and failed tuning jobs to pending, with fresh attempts; returns how many."""
         with self.session() as s:
             return sum(
-                s.execute(update(table).where(table.study_id == study_id, table.status == FAILED).values(status=PENDING, worker=None)).rowcount
+                s.execute(update(table).where(table.study_id == study_id, table.status == FAILED).values(status=PENDING, worker=None, attempts=0)).rowcount
                 for table in (RunRow, TuningJobRow)
             )
 
     # -- tuning jobs --------------------------------------------------------------------------
     def add_tuning_jobs(self, study_id: int, jobs: list[tuple[str, str, str, float]]) -> int:
         """Add (optuna study name, model, size kind, size value) jobs not in the store yet."""
+
+        def add() -> int:
+            with self.session(write=True) as s:
+                existing = set(s.scalars(select(TuningJobRow.optuna_study).where(TuningJobRow.study_id == study_id)))
+                new = [
+                    TuningJobRow(study_id=study_id, optuna_study=name, model=model, size_kind=kind, size_value=value)
+                    for name, model, kind, value in jobs
+                    if name not in existing
+                ]
+                s.add_all(new)
+                return len(new)
+
+        return retry_conflicts(add)
+
+    def open_tuning_jobs(self, study_id: int) -> list[TuningJobRow]:
+        """Tuning jobs that workers may join (pending, or running with others), smallest sizes first."""
         with self.session() as s:
-            existing = set(s.scalars(select(TuningJobRow.optuna_study).where(TuningJobRow.study_id == study_id)))
-            new = [
-                TuningJobRow(study_id=study_id, optuna_study=name, model=model, size_kind=kind, size_value=value)
-                for name, model, kind, value in jobs
-                if name not in existing
-            ]
-            s.add_all(new)
-            return len(new)
+            q = select(TuningJobRow).where(TuningJobRow.study_id == study_id, TuningJobRow.status.in_((PENDING, RUNNING)))
+            return list(s.scalars(q.order_by(TuningJobRow.size_value, TuningJobRow.id)))
+
+    def join_tuning(self, job_id: int, worker: str) -> bool:
+        """Mark a tuning job as being tuned (by ``worker`` among others); False if it was closed."""
+        with self.session() as s:
+            res = s.execute(
+                update(TuningJobRow)
+                .where(TuningJobRow.id == job_id, TuningJobRow.status.in_((PENDING, RUNNING)))
+                .values(status=RUNNING, worker=worker, claimed_at=func.coalesce(TuningJobRow.claimed_at, db_now()), heartbeat_at=db_now())
+            )
+            return res.rowcount == 1
+
+    def tuning_status(self, job_id: int) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(TuningJobRow.status).where(TuningJobRow.id == job_id))
+
+    def close_tuning(self, job_id: int, status: str, error: str | None = None) -> bool:
+        """Mark a tuning job done (its cell's runs may start) or failed (they wait); whichever
+        worker sees the cell's budget spent closes it. Returns whether this call closed it."""
+        with self.session() as s:
+            res = s.execute(
+                update(TuningJobRow)
+                .where(TuningJobRow.id == job_id, TuningJobRow.status.in_((PENDING, RUNNING)))
+                .values(status=status, finished_at=db_now(), error=error[:4000] if error else None)
+            )
+            return res.rowcount == 1
 
     def tuning_jobs(self, study_id: int) -> list[TuningJobRow]:
         """The study's tuning jobs; none in a database written before tuning existed."""
@@ -444,6 +672,44 @@ class Store:
         open_jobs = _tuning_of(RunRow).where(TuningJobRow.status.in_((PENDING, RUNNING)))
         with self.session() as s:
             return s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, exists(open_jobs)).limit(1)) is not None
+
+    def others_working(self, study_id: int) -> bool:
+        """Whether a worker that found nothing to claim should wait: some run is still held by a
+        worker (which may die and leave it to be taken over), or waits for a cell being tuned."""
+        with self.session() as s:
+            running = s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == RUNNING).limit(1)) is not None
+        return running or self.waiting_on_tuning(study_id)
+
+    # -- workers ------------------------------------------------------------------------------
+    def register_worker(self, study_id: int, worker: str) -> None:
+        """Record (or re-record) a worker process of the study."""
+
+        def register() -> None:
+            with self.session(write=True) as s:
+                row = s.scalar(select(WorkerRow).where(WorkerRow.study_id == study_id, WorkerRow.name == worker))
+                if row is None:
+                    s.add(WorkerRow(study_id=study_id, name=worker, host=worker.split(":")[0], started_at=db_now(), heartbeat_at=db_now(), doing="starting"))
+                else:
+                    row.started_at, row.heartbeat_at, row.doing = db_now(), db_now(), "starting"
+
+        retry_conflicts(register)
+
+    def worker_doing(self, study_id: int, worker: str, doing: str, trials_done: int = 0) -> None:
+        """Say what a worker does now (and that it is alive); ``trials_done`` adds to its count."""
+        with self.session() as s:
+            s.execute(
+                update(WorkerRow)
+                .where(WorkerRow.study_id == study_id, WorkerRow.name == worker)
+                .values(doing=doing[:500], heartbeat_at=db_now(), trials_done=WorkerRow.trials_done + trials_done)
+            )
+
+    def workers(self, study_id: int) -> list[WorkerRow]:
+        """The study's worker processes, most recently heard from first; none in a database
+        written before workers were recorded."""
+        if not inspect(self.engine).has_table(WorkerRow.__tablename__):
+            return []
+        with self.session() as s:
+            return list(s.scalars(select(WorkerRow).where(WorkerRow.study_id == study_id).order_by(WorkerRow.heartbeat_at.desc(), WorkerRow.id)))
 
     def counts(self, study_id: int) -> dict[str, int]:
         """Number of runs in each status."""

@@ -1,51 +1,75 @@
 """Hyper-parameter tuning with Optuna: one Optuna study per (study, model, size), stored in the
 study's own database, whose best trial gives the hyper-parameters of that cell's final runs.
 
-A tuning job (``store.TuningJobRow``) is claimed from the store like a run, so one worker at a
-time adds trials to an Optuna study. The budget counts finished trials (complete or pruned) in
-Optuna's tables, so a resumed study continues the same Optuna study where it stopped: trials
-finished before a kill are kept, a trial that was in flight is marked failed and redone.
+A tuning job (``store.TuningJobRow``) says whether a cell is tuned; any number of workers, on any
+machines, may add trials to one Optuna study at once. Trials are taken through Optuna's own
+storage (``RDBStorage`` on the study's database), the TPE sampler runs with the constant liar
+(trials still running count as if they had scored badly, so parallel workers explore different
+parameters), and Optuna's heartbeats mark a dead worker's trial failed after the grace period;
+``RetryFailedTrialCallback`` then enqueues it again with the same parameters. A trial left by a
+dead process of this host is failed at once. The budget counts finished trials (complete or
+pruned): a worker takes a trial only while finished and running trials fall short of it (checked
+and taken under a lock per cell, so the budget is exact), and whichever worker sees it spent closes
+the job, fixing the best trial for the final runs. A resumed
+study continues the same Optuna study: finished trials are kept.
 
 Each trial trains on the tuning seed's subset and reports validation accuracy after every
 round; the pruner (median by default, Hyperband as an option) may stop it there. A trial whose
 loss turns NaN or infinite is pruned: a diverging learning rate is an answer, not a crash.
-The TPE sampler is seeded from the config seed and the trial number, so the same config
-proposes the same trials, even across a resume.
+The TPE sampler is seeded from the config seed and the trial number, so one worker with the same
+config proposes the same trials, even across a resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 import optuna
 import sqlalchemy.exc
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from study.config import StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
-from study.store import Cell, TuningJobRow, tuning_study_name, worker_id
+from study.store import DONE, FAILED, MAX_ATTEMPTS, Cell, NamedLock, TuningJobRow, _dead_here, make_engine, schema_lock, tuning_study_name, worker_id
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what the trial budget counts
+CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose parameters the final runs use
 
 # train(hyper-parameters, on_epoch) -> a result with ``val_acc``; on_epoch may raise to stop.
 TrainFn = Callable[[TrainConfig, Callable[[Any], None]], Any]
 
 
-@functools.lru_cache(maxsize=4)
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on the study's database (one per process and URL)."""
+@functools.lru_cache(maxsize=8)
+def optuna_storage(url: str, heartbeat: float | None = None, grace_period: float | None = None) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on the study's database (one per process and URL). With
+    ``heartbeat`` (seconds), each running trial records a heartbeat; one silent for
+    ``grace_period`` is failed by the next worker that looks, and enqueued again
+    (``RetryFailedTrialCallback``) with its parameters."""
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     attempts = 5
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            with warnings.catch_warnings(), schema_lock(make_engine(url)):  # one creator of Optuna's tables at a time
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beats: dict[str, Any] = {}
+                if heartbeat:
+                    beats = {
+                        "heartbeat_interval": max(1, round(heartbeat)),  # Optuna counts whole seconds
+                        "grace_period": max(2, round(grace_period or 2 * heartbeat)),
+                        # Optuna 4.9 renamed RetryFailedTrialCallback / failed_trial_callback to these.
+                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_ATTEMPTS - 1),
+                    }
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         except sqlalchemy.exc.OperationalError:
-            # Processes opening a fresh database at once race to create Optuna's tables ("table
-            # ... already exists"): the loser finds them created when it tries again.
+            # SQLite: processes opening a fresh database at once race to create Optuna's tables
+            # ("table ... already exists"): the loser finds them created when it tries again.
             if attempt == attempts:
                 raise
             time.sleep(0.2 * attempt)
@@ -65,7 +89,9 @@ def make_sampler(tune: TuneConfig, trial_number: int) -> optuna.samplers.TPESamp
     """A TPE sampler seeded from the config seed and the trial number: trial k draws the same
     parameters whether or not the process that tunes was restarted before it."""
     seed = int(np.random.SeedSequence([tune.seed, trial_number]).generate_state(1)[0])
-    return optuna.samplers.TPESampler(n_startup_trials=tune.startup_trials, seed=seed)
+    # constant_liar: trials that other workers are running count as bad results meanwhile, so
+    # parallel workers do not all propose the same parameters.
+    return optuna.samplers.TPESampler(n_startup_trials=tune.startup_trials, seed=seed, constant_liar=True)
 
 
 def suggest(trial: optuna.Trial, tune: TuneConfig) -> dict[str, Any]:
@@ -90,67 +116,118 @@ def tune_cell(
     tune: TuneConfig,
     attrs: dict[str, Any],
     on_trial: Callable[[FrozenTrial], None] | None = None,
+    on_start: Callable[[optuna.Trial], None] | None = None,
 ) -> optuna.Study:
-    """Add trials to Optuna study ``study_name`` until ``tune.trials`` have finished (complete or
-    pruned) or ``tune.timeout`` seconds of finished trials have passed; return the study.
+    """Add trials to Optuna study ``study_name`` while its finished (complete or pruned) and
+    running trials fall short of ``tune.trials`` and ``tune.timeout`` seconds of finished trials
+    have not passed; return the study. Other workers may add trials to it meanwhile.
 
     ``base`` is the ``[train]`` section resolved for the model (``TrainConfig.resolved``); each
-    trial replaces the searched keys. The caller must hold the cell's tuning job: a trial still
-    running in the study was left by a worker that died, and is marked failed. ``attrs`` become
-    the study's user attributes.
+    trial replaces the searched keys. ``attrs`` become the study's user attributes. ``on_start``
+    is called as a trial starts, ``on_trial`` when it has ended.
     """
     epochs = tune.epochs or base.epochs
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=make_pruner(tune, epochs), load_if_exists=True)
+    study = open_tuning_study(study_name, storage, tune, epochs)
     for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    _fail_interrupted(study, storage)
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    engine = getattr(storage, "engine", None)
     while True:
-        finished = study.get_trials(deepcopy=False, states=FINISHED)
-        spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
-        if len(finished) >= tune.trials or (tune.timeout and spent >= tune.timeout):
-            return study
-        study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))
-        frozen = _run_trial(study, train, dataclasses.replace(base, epochs=epochs), tune)
+        # "Is a trial left in the budget? Then take it" happens under a lock per cell, released
+        # once the trial is in the storage: workers finishing at once never overshoot the budget.
+        with NamedLock(engine, f"tune:{study_name}") if engine is not None else contextlib.nullcontext() as lock:
+            if budget_left(study, tune) <= 0:
+                return study
+            study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))
+
+            def started(trial: optuna.Trial) -> None:
+                if lock is not None:
+                    lock.release()
+                if on_start is not None:
+                    on_start(trial)
+
+            frozen = _run_trial(study, train, dataclasses.replace(base, epochs=epochs), tune, started)
         if on_trial is not None:
             on_trial(frozen)
 
 
-def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: TuneConfig) -> FrozenTrial:
-    """Ask for one trial, train it with pruning, tell Optuna how it ended."""
-    trial = study.ask()
-    rounds = 0
-
-    def report(stats) -> None:
-        nonlocal rounds
-        rounds += 1
-        trial.report(stats.val_acc, stats.epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"round {stats.epoch}: val_acc={stats.val_acc:.4f}")
-
-    value, state = None, TrialState.COMPLETE
-    try:
-        value = train(dataclasses.replace(base, **suggest(trial, tune)), report).val_acc
-    except optuna.TrialPruned:
-        state = TrialState.PRUNED
-    except DivergedError as exc:
-        rounds += 1  # the round whose loss diverged was trained too
-        trial.set_user_attr("diverged", str(exc))
-        state = TrialState.PRUNED
-    except BaseException:  # a crash or an interrupt: recorded, not counted, redone on resume
-        trial.set_user_attr("epochs_run", rounds)
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    trial.set_user_attr("epochs_run", rounds)
-    return study.tell(trial, value, state=state)
+def open_tuning_study(study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int) -> optuna.Study:
+    """The cell's Optuna study (made if new), with the trials of dead workers failed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=make_pruner(tune, epochs), load_if_exists=True)
+    fail_dead_trials(study)
+    return study
 
 
-def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # enqueued (WAITING) ones stay
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker is gone, so that their share of the budget is done again:
+    those silent for the storage's grace period (Optuna's heartbeats), and at once those held by
+    a process of this host that no longer exists. Each is retried with its parameters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage  # the study's own storage (Optuna exposes no accessor)
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _dead_here(trial.user_attrs.get("worker")):
+            continue
+        try:
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                if retry is not None:
+                    retry(study, storage.get_trial(trial._trial_id))
+                storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+
+
+def budget_left(study: optuna.Study, tune: TuneConfig) -> int:
+    """How many more trials may start: the budget less the finished and the running trials;
+    0 once ``tune.timeout`` seconds of finished trials have passed."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    finished = [t for t in trials if t.state in FINISHED]
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+    if tune.timeout and spent >= tune.timeout:
+        return 0
+    return max(0, tune.trials - len(trials))
+
+
+def budget_spent(study: optuna.Study, tune: TuneConfig) -> bool:
+    """Whether the cell is tuned: ``tune.trials`` finished trials, or the timeout reached."""
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+    return len(finished) >= tune.trials or bool(tune.timeout and spent >= tune.timeout)
+
+
+def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: TuneConfig, on_start=None) -> FrozenTrial:
+    """Run one trial through ``Study.optimize``, which takes it from the storage (a retried
+    trial first), keeps its heartbeat while it trains and records how it ended; a crash or an
+    interrupt is recorded as failed and raised."""
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())  # so that a dead process of this host is recognised
+        if on_start is not None:
+            on_start(trial)
+        rounds = 0
+
+        def report(stats) -> None:
+            nonlocal rounds
+            rounds += 1
+            trial.report(stats.val_acc, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"round {stats.epoch}: val_acc={stats.val_acc:.4f}")
+
+        try:
+            return train(dataclasses.replace(base, **suggest(trial, tune)), report).val_acc
+        except DivergedError as exc:
+            rounds += 1  # the round whose loss diverged was trained too
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        finally:
+            trial.set_user_attr("epochs_run", rounds)
+
+    ended: list[FrozenTrial] = []  # callbacks run only for a trial that did not raise
+    study.optimize(objective, n_trials=1, callbacks=[lambda _study, trial: ended.append(trial)])
+    return ended[0]
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -160,18 +237,29 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict | None:
-    """Claim one pending tuning job of the study and tune it. Returns a summary, or None when
-    no tuning job was left to claim. ``state`` is the worker's dataset on its device and its
-    speed settings (layout, compiled models), shared with its runs."""
+    """Join the first open tuning job of the study that still has trials to start, and run
+    trials for it until its budget is spent or covered by other workers' running trials; close
+    the job when its budget is spent. Returns a summary, or None when no tuning job needs this
+    worker. ``state`` is the worker's dataset on its device and its speed
+    settings (layout, compiled models), shared with its runs."""
+    ctx, me, tune = state.ctx, worker_id(), cfg.tune
+    storage = optuna_storage(cfg.storage_url, cfg.heartbeat, cfg.grace_period)
+    for job in ctx.store.open_tuning_jobs(ctx.study_id):
+        study = open_tuning_study(job.optuna_study, storage, tune, tune.epochs or cfg.train.epochs)
+        if budget_spent(study, tune):
+            return close_tuning(ctx.store, job, study)
+        if budget_left(study, tune) > 0 and ctx.store.join_tuning(job.id, me):
+            return _tune_job(cfg, state, job, storage, show_progress)
+    return None
+
+
+def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     from study.execute import Heartbeat
     from study.train import train_run
 
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
-    job = ctx.store.claim_tuning(ctx.study_id, me)
-    if job is None:
-        return None
     train_idx = ctx.train_indices(Cell(job.model, job.size_kind, job.size_value, tune.subset_seed))
 
     def train(hp: TrainConfig, on_epoch: Callable[[Any], None]):
@@ -179,31 +267,51 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
         return train_run(state.data, train_idx, ctx.splits.val, ctx.splits.val, job.model, hp, tune.subset_seed, state.device, on_epoch=on_epoch, speed=state.speed)
 
     attrs = {"study": cfg.name, "model": job.model, "size_kind": job.size_kind, "size_value": job.size_value, "n_train": int(len(train_idx)), "subset_seed": tune.subset_seed}
-    summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "failed"}
+    summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "failed", "trials_run": 0}
     bar = tqdm(total=tune.trials, desc=f"  tune {job.optuna_study}", unit="trial", leave=False, disable=not show_progress)
 
+    def on_start(trial: optuna.Trial) -> None:
+        ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number}")
+
     def on_trial(trial: FrozenTrial) -> None:
+        summary["trials_run"] += 1
+        ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number} {trial.state.name.lower()}", trials_done=1)
         bar.update(1)
         bar.set_postfix_str(f"#{trial.number} {trial.state.name.lower()} val_acc={trial.value if trial.value is not None else float('nan'):.3f}")
 
     try:
-        with Heartbeat(ctx.store, job.id, me, table=TuningJobRow):
-            study = tune_cell(job.optuna_study, optuna_storage(cfg.storage_url), train, cfg.train.resolved(job.model), tune, attrs, on_trial)
-        counts = trial_counts(study)
-        if counts["complete"] == 0:
-            raise RuntimeError(
-                f"no trial completed ({counts['pruned']} pruned, {counts['failed']} failed); "
-                "widen the search space (e.g. lower tune.lr), raise --trials or --tune-timeout, then --retry-failed"
-            )
-        if ctx.store.finish_tuning(job.id, me):
-            summary.update(status="tuned", best_value=study.best_value, best_trial=study.best_trial.number, **counts)
-        else:
-            summary["status"] = "lost"  # another worker took the job over meanwhile
-    except Exception as exc:  # recorded; this cell's runs wait until --retry-failed tunes it again
-        ctx.store.fail(job.id, me, f"{type(exc).__name__}: {exc}", table=TuningJobRow)
+        with Heartbeat(ctx.store, job.id, me, interval=cfg.heartbeat, table=TuningJobRow):
+            study = tune_cell(job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start)
+        if budget_spent(study, tune):
+            return {**summary, **close_tuning(ctx.store, job, study)}
+        summary["status"] = "helped"  # the budget's last trials run on other workers; they close the job
+    except Exception as exc:  # a trial crashed (recorded failed in Optuna): the job fails; --retry-failed tunes it again
+        ctx.store.close_tuning(job.id, FAILED, f"{type(exc).__name__}: {exc}")
         summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
         bar.close()
+    return summary
+
+
+def close_tuning(store, job: TuningJobRow, study: optuna.Study) -> dict:
+    """Close a tuning job whose budget is spent: done, with its best trial fixed for the cell's
+    final runs (a trial still running elsewhere cannot change it afterwards), or failed when no
+    trial completed. Returns a summary; its status is "closed" when another worker closed it first."""
+    counts = trial_counts(study)
+    summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "closed", **counts}
+    if counts["complete"] == 0:
+        error = (
+            f"no trial completed ({counts['pruned']} pruned, {counts['failed']} failed); "
+            "widen the search space (e.g. lower tune.lr), raise --trials or --tune-timeout, then --retry-failed"
+        )
+        if store.close_tuning(job.id, FAILED, f"RuntimeError: {error}"):
+            summary.update(status="failed", error=f"RuntimeError: {error}")
+        return summary
+    best = study.best_trial
+    if store.tuning_status(job.id) in ("pending", "running"):
+        study.set_user_attr(CHOSEN_TRIAL, best.number)
+    if store.close_tuning(job.id, DONE):
+        summary.update(status="tuned", best_value=best.value, best_trial=best.number)
     return summary
 
 
@@ -211,5 +319,7 @@ def tuned_hparams(cfg: StudyConfig, model: str, size_kind: str, size_value: floa
     """The best trial's hyper-parameters for one (model, size), and where they came from:
     ``"tuned:<optuna study>#<trial number>"``."""
     name = tuning_study_name(cfg.name, model, size_kind, size_value)
-    best = optuna.load_study(study_name=name, storage=optuna_storage(cfg.storage_url)).best_trial
+    study = optuna.load_study(study_name=name, storage=optuna_storage(cfg.storage_url))
+    chosen = study.user_attrs.get(CHOSEN_TRIAL)
+    best = study.best_trial if chosen is None else study.get_trials(deepcopy=False)[chosen]
     return dataclasses.replace(cfg.train.resolved(model), **best.params), f"tuned:{name}#{best.number}"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess, write_imagefolder
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--quiet"]
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
 
 
 def _refused(result, fragment):
@@ -107,36 +107,44 @@ def test_digits_study_end_to_end(tmp_path):
     assert db.execute("select count(*) from runs").fetchone()[0] == 4
 
 
-def test_killed_study_resumes_without_losing_or_repeating_runs(tmp_path):
+@pytest.mark.slow  # four processes start one after the other (~30 s)
+def test_a_study_killed_at_any_moment_resumes_without_losing_or_repeating_runs(tmp_path):
+    """SIGKILL with no run finished yet, after one, after several; each time the SQLite file is
+    intact and every finished run is still there, unchanged; the last start finishes the rest."""
     out = tmp_path / "o"
     args = ["run", "--out", out, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "12",
-            "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--quiet", "--no-report"]
+            "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--threads", "1", "--quiet", "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db_path = out / "study.db"
-    deadline = time.time() + 300
-    done_before = []
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if db_path.exists():
+    kept: dict[int, str] = {}
+    for finished in (0, 1, 3):  # finished runs when the kill lands
+        proc = subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(0.05)
             try:
-                done_before = sqlite3.connect(db_path).execute("select id, finished_at from runs where status='done'").fetchall()
-            except sqlite3.OperationalError:
+                statuses = [s for (s,) in sqlite3.connect(db_path).execute("select status from runs")]
+            except sqlite3.OperationalError:  # not created yet
                 continue
-            if len(done_before) >= 2:
+            if statuses.count("done") >= finished and "running" in statuses:  # killed inside a run
                 break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(done_before) < 6, "the kill should land midway"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        db = sqlite3.connect(db_path)
+        assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+        done = dict(db.execute("select id, finished_at from runs where status = 'done'").fetchall())
+        assert finished <= len(done) < 6, "the kill should land midway"
+        assert {i: done[i] for i in kept} == kept  # runs finished before an earlier kill are kept, not redone
+        kept = done
     resumed = run_subprocess(*args)
     assert resumed.returncode == 0, resumed.stderr
     db = sqlite3.connect(db_path)
     rows = db.execute("select id, status, cell_key, finished_at from runs").fetchall()
     assert len(rows) == 6 and {r[1] for r in rows} == {"done"}
     assert len({r[2] for r in rows}) == 6
-    finished = {r[0]: r[3] for r in rows}
-    for run_id, finished_at in done_before:
-        assert finished[run_id] == finished_at  # runs finished before the kill were kept, not redone
+    assert {i: f for i, _, _, f in rows if i in kept} == kept
     per_run = db.execute("select run_id, count(*) from epochs group by run_id").fetchall()
     assert len(per_run) == 6 and all(n == 2 for _, n in per_run)  # nothing duplicated
+    assert db.execute("select count(*) from predictions").fetchone()[0] == 6
+    assert db.execute("pragma integrity_check").fetchone() == ("ok",) and db.execute("pragma journal_mode").fetchone() == ("wal",)

@@ -23,7 +23,7 @@ from study.datasets.text_recognition import build
 from study.errors import UserError
 from tests.conftest import FAST_MODEL, TINY_WNIDS, write_cifar, write_flickr, write_msra, write_tiny_imagenet
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--seeds", "1", "--jobs", "1", "--quiet", "--no-report"]
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--seeds", "1", "--jobs", "1", "--threads", "1", "--quiet", "--no-report"]
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from study.store import DONE, PENDING, RUNNING, Cell, Store, tuning_study_name
 from study.tune import make_sampler, optuna_storage, suggest, tune_cell
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--quiet"]
+SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
 
 
 def _toml(tmp_path, text: str):
@@ -82,7 +82,7 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
         study = optuna.load_study(study_name=name, storage=storage)
         assert study.user_attrs.items() >= {"study": "tuned", "model": FAST_MODEL, "size_kind": "fraction", "size_value": fraction}.items()
         trials = study.get_trials()
-        assert sorted(t.number for t in trials) == [0, 1, 2]  # each cell tuned once, by one worker
+        assert sorted(t.number for t in trials) == [0, 1, 2]  # the budget exactly, though both workers may tune one cell
         assert all(t.user_attrs["epochs_run"] >= 1 for t in trials)
         best = study.best_trial
         assert best.value > untuned_val + 0.2
@@ -211,7 +211,9 @@ def test_a_killed_tuning_resumes_the_same_optuna_study_without_repeating_trials(
     for number, done_at in finished_before:
         assert kept[number] == done_at  # trials finished before the kill were kept, not redone
     interrupted = [t for t in trials if t[1] == "FAIL"]
-    assert len(trials) == 5 + len(interrupted) and len(interrupted) <= 1
+    assert len(trials) == 5 + len(interrupted) and len(interrupted) <= 2  # at most one in flight per worker
+    # each interrupted trial was run again with its parameters (the first trials are random, so they differ)
+    assert db.execute("select count(*) from trial_system_attributes where key = 'failed_trial'").fetchone()[0] == len(interrupted)
     (source,) = db.execute("select hparams_source from runs where status = 'done'").fetchone()
     assert source.startswith("tuned:default|tune|test_resnet|fraction=0.5#")
 
@@ -219,33 +221,51 @@ def test_a_killed_tuning_resumes_the_same_optuna_study_without_repeating_trials(
 # -- the store's side: tuning jobs claimed like runs, and runs that wait for them --------------
 
 
-def test_runs_wait_for_their_cells_tuning_and_a_tuning_job_is_claimed_once(tmp_path):
+def test_runs_wait_for_their_cells_tuning_and_several_workers_tune_one_cell(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     sid = store.open_study("s", "fp", {}, {}, {}, {}, np.array([0]))
     store.add_cells(sid, [(Cell("m", "fraction", f, 0), 10, f) for f in (0.5, 1.0)])
     jobs = [(tuning_study_name("s", "m", "fraction", f), "m", "fraction", f) for f in (0.5, 1.0)]
     assert store.add_tuning_jobs(sid, jobs) == 2 and store.add_tuning_jobs(sid, jobs) == 0
     assert store.claim(sid, "w:1") is None and store.waiting_on_tuning(sid)
-    first = store.claim_tuning(sid, "w:1")
-    second = store.claim_tuning(sid, "w:2")
-    assert {first.size_value, second.size_value} == {0.5, 1.0} and store.claim_tuning(sid, "w:3") is None
-    assert store.finish_tuning(first.id, "w:1") and not store.finish_tuning(second.id, "w:1")  # only the holder
+    first, second = store.open_tuning_jobs(sid)
+    assert first.size_value == 0.5  # smallest sizes first
+    assert store.join_tuning(first.id, "w:1") and store.join_tuning(first.id, "w:2")  # one cell, two workers
+    assert [j.status for j in store.open_tuning_jobs(sid)] == [RUNNING, PENDING]
+    assert store.close_tuning(first.id, DONE) and not store.close_tuning(first.id, DONE)  # closed once
+    assert not store.join_tuning(first.id, "w:3")  # a closed job takes no more workers
     run = store.claim(sid, "w:1")
     assert run.size_value == first.size_value and store.claim(sid, "w:1") is None  # the other cell still waits
-    store.fail(second.id, "w:2", "boom", table=type(second))
+    store.close_tuning(second.id, "failed", "boom")
     assert not store.waiting_on_tuning(sid)  # a failed tuning job does not keep workers waiting
     assert store.tuning_counts(sid) == {PENDING: 0, RUNNING: 0, DONE: 1, "failed": 1}
-    assert store.retry_failed(sid) == 1 and store.claim_tuning(sid, "w:2").id == second.id
+    assert store.retry_failed(sid) == 1 and [j.id for j in store.open_tuning_jobs(sid)] == [second.id]
 
 
-def test_a_tuning_job_of_a_dead_worker_is_released(tmp_path):
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for trials by hand, where workers use optimize
+def test_a_silent_tuning_job_is_reopened_and_a_dead_workers_trial_is_retried(tmp_path):
+    from study.store import worker_id
+    from study.tune import budget_left, fail_dead_trials
+
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     sid = store.open_study("s", "fp", {}, {}, {}, {}, np.array([0]))
     store.add_tuning_jobs(sid, [("t", "m", "fraction", 1.0)])
-    from study.store import worker_id
+    (job,) = store.open_tuning_jobs(sid)
+    store.join_tuning(job.id, "elsewhere:1")
+    assert store.release_stale(sid, grace_seconds=3600) == 0  # heard from just now
+    time.sleep(1.1)
+    assert store.release_stale(sid, grace_seconds=1) == 1 and store.tuning_counts(sid)[PENDING] == 1
 
-    store.claim_tuning(sid, f"{worker_id().rsplit(':', 1)[0]}:999999999")
-    assert store.release_stale(sid, grace_seconds=3600) == 1 and store.tuning_counts(sid)[PENDING] == 1
+    storage = optuna_storage(store.url, heartbeat=1, grace_period=2)
+    study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
+    dead = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    dead.set_user_attr("worker", f"{worker_id().split(':')[0]}:999999999")  # a process of this host that is gone
+    tune = TuneConfig(trials=1)
+    assert budget_left(study, tune) == 0  # its running trial covers the budget...
+    fail_dead_trials(study)  # ...until it is seen dead: failed, and enqueued again with its parameters
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING] and budget_left(study, tune) == 1
+    assert study.get_trials()[1].params == dead.params and study.ask().number == 1  # the retry is taken first
 
 
 def test_a_database_from_before_optuna_shared_it_keeps_its_studies(tmp_path):
