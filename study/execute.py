@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import warnings
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
                 warnings.simplefilter("ignore", UserWarning)
                 data = TrainData.from_arrays(ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip)
             _STATE.clear()
-            _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg))
+            _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id)))
         state = _STATE[key]
     me = worker_id()
     if (cfg.storage_url, cfg.name, me) not in _REGISTERED:

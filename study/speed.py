@@ -4,8 +4,11 @@
   for every model, and on a CPU it depends on the model and the CPU (on this project's 2-core
   machine at 64 px it made MobileNetV2 about 1.5 times and MobileViT-XXS about 1.1 times faster,
   and ResNet-18 about 10% slower: ``benchmarks/bench_layout.py``, README, Performance). So
-  ``auto`` decides per model and device by measurement: once per worker process, a few
-  forward/backward passes in each layout at the run's batch and input size.
+  ``auto`` decides per model and device by measurement: a few forward/backward passes in each
+  layout at the run's batch and input size, once per study where the worker has one (the first
+  worker to need it measures and stores the choice; layouts round differently, so every worker
+  must train in the same one for a run's result not to depend on the worker), else once per
+  process.
 - Compilation: ``torch.compile`` costs seconds to minutes per model, so a worker compiles each
   model once and reuses the compiled module for every later run of that model, loading each
   run's freshly initialised weights into it (same parameter objects, so no recompilation).
@@ -16,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,12 @@ from study.models import to_device
 PROBE_STEPS = 3  # timed forward/backward passes per layout; after one untimed warm-up pass
 
 
+class LayoutChoices(Protocol):
+    """Where a layout decided by measurement is kept (``Store.layout_choice`` bound to a study)."""
+
+    def __call__(self, key: str, measure: Callable[[], bool]) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Speed:
     """Speed settings of a worker (not hyper-parameters: results do not depend on them beyond
@@ -36,10 +45,11 @@ class Speed:
     channels_last: str = "auto"  # auto | on | off
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile backend; tests use "eager"
+    layout_choices: LayoutChoices | None = None  # the study's shared choices; None: this process's
 
     @classmethod
-    def from_config(cls, cfg: StudyConfig) -> "Speed":
-        return cls(channels_last=cfg.channels_last, compile=cfg.compile)
+    def from_config(cls, cfg: StudyConfig, layout_choices: LayoutChoices | None = None) -> "Speed":
+        return cls(channels_last=cfg.channels_last, compile=cfg.compile, layout_choices=layout_choices)
 
 
 def autocast(device: torch.device):
@@ -58,20 +68,31 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-_LAYOUT_CHOICE: dict[tuple, bool] = {}
+_LAYOUT_CHOICE: dict[str, bool] = {}
 
 
-def use_channels_last(setting: str, model_name: str, build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device) -> bool:
+def use_channels_last(
+    setting: str,
+    model_name: str,
+    build: Callable[[], nn.Module],
+    input_size: int,
+    batch: int,
+    device: torch.device,
+    shared: LayoutChoices | None = None,
+) -> bool:
     """Whether to train ``model_name`` in channels-last layout on ``device``.
 
-    'on' and 'off' force it; 'auto' measures once per (model, input, batch, device, threads) in
-    this process. ``build`` makes a throwaway model for the measurement.
+    'on' and 'off' force it; 'auto' measures once per (model, input, batch, kind of device):
+    through ``shared`` (a study's stored choices) where given, else once in this process.
+    ``build`` makes a throwaway model for the measurement.
     """
     if setting not in CHANNELS_LAST:
         raise ValueError(f"channels_last={setting!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
     if setting != "auto":
         return setting == "on"
-    key = (model_name, input_size, batch, str(device), torch.get_num_threads())
+    key = f"{model_name}|{input_size}px|batch {batch}|{device.type}"
+    if shared is not None:
+        return shared(key, lambda: channels_last_is_faster(build, input_size, batch, device))
     if key not in _LAYOUT_CHOICE:
         _LAYOUT_CHOICE[key] = channels_last_is_faster(build, input_size, batch, device)
     return _LAYOUT_CHOICE[key]

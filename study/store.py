@@ -25,11 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -191,6 +192,20 @@ class ModelCostRow(Base):
     threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # device, repetitions, versions
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LayoutChoiceRow(Base):
+    """The memory layout a study trains one model in on one kind of device ('auto' decides it by
+    measurement): decided once, by the first worker that needs it, and used by every worker, so
+    that a run's result does not depend on which worker trained it."""
+
+    __tablename__ = "layout_choices"
+    __table_args__ = (UniqueConstraint("study_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    key: Mapped[str] = mapped_column(String(300))  # model, input size, batch, device kind
+    channels_last: Mapped[bool] = mapped_column(Boolean)
+    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class TuningJobRow(Base):
@@ -743,6 +758,26 @@ class Store:
             return True
         except IntegrityError:  # another process stored the same model in between
             return False
+
+
+    # -- layout choices -----------------------------------------------------------------------
+    def layout_choice(self, study_id: int, key: str, measure: Callable[[], bool]) -> bool:
+        """The study's channels-last choice for ``key``: the stored one, else ``measure()``'s,
+        stored unless another worker stored its own first (then that one is used)."""
+        def stored() -> bool | None:
+            with self.session() as s:
+                return s.scalar(select(LayoutChoiceRow.channels_last).where(LayoutChoiceRow.study_id == study_id, LayoutChoiceRow.key == key))
+
+        choice = stored()
+        if choice is not None:
+            return bool(choice)
+        measured = measure()
+        try:
+            with self.session() as s:
+                s.add(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured))
+            return measured
+        except IntegrityError:  # another worker decided in between: its choice holds
+            return bool(stored())
 
 
 def _tuning_of(run: type[RunRow]):

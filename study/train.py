@@ -275,7 +275,7 @@ def build_loop(
     factory = model_factory or (lambda name, num_classes: create_model(name, num_classes, hp))
     input_size = input_size_for(model_name, hp.input_size, data.image_size)
     batch, steps_per_round, rounds = budget(len(train_idx), hp)
-    channels_last = use_channels_last(speed.channels_last, model_name, lambda: factory(model_name, data.num_classes), input_size, batch, device)
+    channels_last = use_channels_last(speed.channels_last, model_name, lambda: factory(model_name, data.num_classes), input_size, batch, device, speed.layout_choices)
     torch.manual_seed(seed)
     model, plain = prepare_model(factory(model_name, data.num_classes), (model_name, data.num_classes), device, channels_last, speed)
     mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(plain, hp.normalization))

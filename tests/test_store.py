@@ -109,3 +109,25 @@ def test_sqlite_claims_take_the_write_lock_first_and_the_file_stays_in_wal_mode(
     assert "BEGIN IMMEDIATE" in statements  # a read-then-write transaction waits for the lock instead of failing
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+
+
+def test_a_layout_choice_is_decided_once_per_study_and_the_first_decision_holds(tmp_path):
+    """Layouts round differently, so every worker of a study must train a model in the same
+    one: the first worker's measured choice is stored and every later worker uses it."""
+    store, sid = _study(tmp_path)
+    other = Store(store.url)  # a second worker's connection
+
+    def never() -> bool:
+        raise AssertionError("a stored choice must not be measured again")
+
+    assert store.layout_choice(sid, "m|32px|batch 8|cpu", lambda: True) is True
+    assert other.layout_choice(sid, "m|32px|batch 8|cpu", never) is True
+    assert other.layout_choice(sid, "m|32px|batch 8|cuda", lambda: False) is False  # another key
+
+    def measured_while_another_worker_decides() -> bool:
+        assert other.layout_choice(sid, "n|32px|batch 8|cpu", lambda: False) is False
+        return True
+
+    # Both measured; the one stored first holds for both.
+    assert store.layout_choice(sid, "n|32px|batch 8|cpu", measured_while_another_worker_decides) is False
+    assert other.layout_choice(sid, "n|32px|batch 8|cpu", never) is False
