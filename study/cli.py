@@ -39,6 +39,8 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: the scheduler's address, e.g. tcp://head-node:8786")
     p.add_argument("--heartbeat", metavar="SECONDS", help="seconds between a busy worker's heartbeats (default 20)")
     p.add_argument("--grace-period", metavar="SECONDS", help="seconds of silence after which a worker's run or trial is taken over (default 180)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile each model once per worker")
+    p.add_argument("--channels-last", metavar="MODE", help="channels-last memory layout: auto (measured once per study, model and kind of device) | on | off")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -65,8 +67,6 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", metavar="N", help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])")
     p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile each model once per worker")
-    p.add_argument("--channels-last", metavar="MODE", help="channels-last memory layout: auto (measured per model and device) | on | off")
     p.add_argument("--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency")
 
 
@@ -159,7 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).
-_WORKER_OVERRIDES = ("out", "storage", "data_root", "test_root", "device", "jobs", "threads", "backend", "scheduler", "heartbeat", "grace_period")
+_WORKER_OVERRIDES = (
+    "out", "storage", "data_root", "test_root", "device", "jobs", "threads", "backend", "scheduler", "heartbeat", "grace_period", "compile", "channels_last",
+)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

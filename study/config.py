@@ -280,7 +280,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler")
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile")
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:

@@ -112,7 +112,20 @@ class StudyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class RunRow(Base):
+class Claimed:
+    """Columns of work that workers claim from the store (runs and tuning jobs): who holds it,
+    since when, when it last showed signs of life, and how it ended."""
+
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunRow(Claimed, Base):
     """One cell (model, size, seed) of a study and, once done, its results."""
 
     __tablename__ = "runs"
@@ -126,13 +139,6 @@ class RunRow(Base):
     seed: Mapped[int] = mapped_column(Integer)
     n_train: Mapped[int] = mapped_column(Integer)
     fraction: Mapped[float] = mapped_column(Float)  # n_train / training pool, for both kinds
-    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
     hparams: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     hparams_source: Mapped[str | None] = mapped_column(String(300), nullable=True)
     val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -208,7 +214,7 @@ class LayoutChoiceRow(Base):
     decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class TuningJobRow(Base):
+class TuningJobRow(Claimed, Base):
     """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
     one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
 
@@ -220,13 +226,6 @@ class TuningJobRow(Base):
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))
     size_value: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class WorkerRow(Base):
