@@ -71,5 +71,8 @@ def test_a_worker_process_that_dies_gives_its_run_back(cli, tmp_path, monkeypatc
     assert "4 done, 0 failed, 0 left" in out
     db = sqlite3.connect(tmp_path / "study.db")
     attempts = [a for (a,) in db.execute("select attempts from runs where status = 'done'")]
-    assert len(attempts) == 4 and max(attempts) == 2  # the killed run was claimed again and finished
+    # The killed run was claimed again and finished. Loky stops the whole pool when one process
+    # dies, so the run may have had one more attempt: claimed by the other process before it
+    # was stopped too.
+    assert len(attempts) == 4 and 2 <= max(attempts) <= 3
     assert db.execute("select count(*) from epochs").fetchone()[0] == 8 and db.execute("pragma integrity_check").fetchone() == ("ok",)
