@@ -4,8 +4,10 @@ modes and input sizes. Every weights file and cache here is written by the test 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
+
 import pytest
 import timm
 import torch
@@ -157,6 +159,23 @@ def test_freezing_the_first_stages_keeps_them_and_trains_the_rest(tmp_path):
         assert torch.equal(after[name], state[name]), name
     changed = [n for n in after if n.startswith(("layer3", "layer4")) and n.endswith("weight") and not torch.equal(after[n], state[n])]
     assert changed, "the unfrozen stages should train"
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilevit_xxs", FAST_MODEL])
+def test_every_new_model_starts_at_a_loss_near_ln_classes(name, hub_cache):
+    """timm's Google-style init gives MobileNetV2 logits with a standard deviation near 6 for 10
+    classes (first loss near 8): the new classifier is drawn small for every model, fresh or
+    loaded from weights."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    models = [create_model(name, 10)]
+    if name == FAST_MODEL:
+        models.append(create_model(name, 10, TrainConfig(pretrained=True)))
+    for model in models:
+        with torch.no_grad():
+            loss = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
+        assert abs(loss - math.log(10)) < 0.1, (name, loss)
+        assert torch.count_nonzero(model.get_classifier().bias) == 0
 
 
 def test_too_many_frozen_stages_names_the_model_s_count():
