@@ -64,7 +64,7 @@ class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
     epochs: int = 6
-    min_steps: int = 60  # floor on optimiser steps, so that tiny fractions are not starved
+    min_steps: int = 40  # floor on optimiser steps, so that tiny fractions are not starved
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 0.0  # 0 = auto: FINETUNE_LR with pretrained weights, SCRATCH_LR from scratch
@@ -428,7 +428,7 @@ min_per_class = 2         # every subset keeps at least this many images per cla
 
 [train]
 epochs = 6                # rounds: one pass over the run's subset each, more for small subsets
-min_steps = 60            # floor on optimiser steps for small fractions
+min_steps = 40            # floor on optimiser steps for small fractions
 batch_size = 32
 optimizer = "adamw"       # adamw | adam | sgd
 lr = 0                    # 0 = auto: 1e-4 when fine-tuning pretrained weights, 2e-3 from scratch
