@@ -97,7 +97,8 @@ def learning_curves(
         for i, t in enumerate(targets.itertuples()):  # labels alternate sides: close targets stay legible
             ax.axhline(t.target, **TARGET_STYLE, zorder=0)
             ax.annotate(f"target {100 * t.target:.1f}%", (0.0 if i % 2 else 1.0, t.target), xycoords=("axes fraction", "data"),
-                        ha="left" if i % 2 else "right", va="bottom", fontsize=8, color=TARGET_STYLE["color"])
+                        ha="left" if i % 2 else "right", va="bottom", fontsize=8, color=TARGET_STYLE["color"], zorder=5,
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})  # legible over a curve
     shown = [summary["ci_low"].min(), summary["ci_high"].max(), summary["mean"].min(), summary["mean"].max()]
     if targets is not None and len(targets):
         shown += [targets["target"].min(), targets["target"].max()]
