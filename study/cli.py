@@ -8,11 +8,24 @@ Modules that need torch are imported inside the commands that train, so ``status
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 from study.errors import UserError
+
+
+def _seconds(text: str) -> float:
+    """A flag's seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; use 0 or more, e.g. 600")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-root", metavar="DIR", help="where the dataset lies on this machine (default: where the study's config says)")
     worker.add_argument("--test-root", metavar="DIR", help="imagefolder: where the test images lie on this machine")
     worker.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    worker.add_argument("--wait", metavar="SECONDS", type=_seconds, default=0.0,
+                        help="wait up to this long for the study to appear in the store (workers started before `study run`); default 0")
 
     status = sub.add_parser("status", help="runs done, running, failed and left")
     _study_flags(status)
@@ -174,15 +189,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
     url = local.storage_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise UserError(f"no study database at {url[len('sqlite:///'):]}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
-    store = Store(url)
-    names = store.study_names()
-    name = args.name or (names[0] if len(names) == 1 else None)
-    if name is None or name not in names:
+    name, names = _study_to_join(url, args.name, args.wait)
+    if name is None:
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+            raise UserError(f"no study database at {url[len('sqlite:///'):]}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
         listed = ", ".join(repr(n) for n in names) or "none"
-        what = f"no study {name!r}" if name else f"{len(names)} studies"
+        what = f"no study {args.name!r}" if args.name else f"{len(names)} studies"
         raise UserError(f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME")
+    store = Store(url)
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
@@ -193,6 +207,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
     print(f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
+
+
+def _study_to_join(url: str, name: str | None, wait: float) -> tuple[str | None, list[str]]:
+    """(the study a worker joins, the studies in the store): ``name``, or the store's only study;
+    None while there is none such, polled for up to ``wait`` seconds."""
+    from study.store import Store
+
+    deadline = time.monotonic() + wait
+    while True:
+        names: list[str] = []
+        if not url.startswith("sqlite:///") or Path(url[len("sqlite:///") :]).is_file():  # never create a SQLite file here
+            names = Store(url).study_names()
+        chosen = name or (names[0] if len(names) == 1 else None)
+        if chosen in names or time.monotonic() >= deadline:
+            return (chosen if chosen in names else None), names
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:

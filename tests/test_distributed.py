@@ -167,6 +167,20 @@ def test_a_worker_needs_a_study_to_join(cli, tmp_path):
     assert code == 2 and "no study 'other' in" in err and "studies there: 'default'" in err
 
 
+
+def test_a_worker_started_before_its_study_waits_for_it_with_wait(cli, tmp_path):
+    """SLURM may start the workers before `study run` has created the study: with --wait they
+    poll the store for it instead of exiting, then share its runs."""
+    worker = _start("worker", "--out", tmp_path, "--wait", "120", "--jobs", "1", "--threads", "1", "--quiet")
+    time.sleep(1.0)
+    assert worker.poll() is None  # still waiting: no database yet
+    assert cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--no-report")[0] == 0
+    out = _finish(worker, timeout=120)
+    assert "study 'default': 6 done, 0 failed, 0 left" in out  # it joined and stayed until nothing was left
+    engine = create_engine(f"sqlite:///{tmp_path / 'study.db'}")
+    with engine.connect() as db:
+        assert db.execute(text("select count(*), max(attempts) from runs where status = 'done'")).one() == (6, 1)
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_retried(postgres_url, tmp_path):
