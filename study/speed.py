@@ -71,6 +71,13 @@ def configure_device(device: torch.device) -> None:
 _LAYOUT_CHOICE: dict[str, bool] = {}
 
 
+def _process_choice(key: str, measure: Callable[[], bool]) -> bool:
+    """``LayoutChoices`` kept in this process, for callers without a study (benchmarks, tests)."""
+    if key not in _LAYOUT_CHOICE:
+        _LAYOUT_CHOICE[key] = measure()
+    return _LAYOUT_CHOICE[key]
+
+
 def use_channels_last(
     setting: str,
     model_name: str,
@@ -91,11 +98,7 @@ def use_channels_last(
     if setting != "auto":
         return setting == "on"
     key = f"{model_name}|{input_size}px|batch {batch}|{device.type}"
-    if shared is not None:
-        return shared(key, lambda: channels_last_is_faster(build, input_size, batch, device))
-    if key not in _LAYOUT_CHOICE:
-        _LAYOUT_CHOICE[key] = channels_last_is_faster(build, input_size, batch, device)
-    return _LAYOUT_CHOICE[key]
+    return (shared or _process_choice)(key, lambda: channels_last_is_faster(build, input_size, batch, device))
 
 
 def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> bool:

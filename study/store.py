@@ -749,20 +749,16 @@ class Store:
     def save_model_costs(self, study_id: int, model: str, fields: dict[str, Any]) -> bool:
         """Store one model's costs unless they are stored already (by this or another process);
         returns whether this call stored them."""
-        try:
-            with self.session() as s:
-                if s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model)) is not None:
-                    return False
-                s.add(ModelCostRow(study_id=study_id, model=model, **fields))
-            return True
-        except IntegrityError:  # another process stored the same model in between
-            return False
-
+        with self.session() as s:
+            if s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model)) is not None:
+                return False
+        return self._add_once(ModelCostRow(study_id=study_id, model=model, **fields))
 
     # -- layout choices -----------------------------------------------------------------------
     def layout_choice(self, study_id: int, key: str, measure: Callable[[], bool]) -> bool:
         """The study's channels-last choice for ``key``: the stored one, else ``measure()``'s,
         stored unless another worker stored its own first (then that one is used)."""
+
         def stored() -> bool | None:
             with self.session() as s:
                 return s.scalar(select(LayoutChoiceRow.channels_last).where(LayoutChoiceRow.study_id == study_id, LayoutChoiceRow.key == key))
@@ -771,12 +767,17 @@ class Store:
         if choice is not None:
             return bool(choice)
         measured = measure()
+        return measured if self._add_once(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured)) else bool(stored())
+
+    def _add_once(self, row: Base) -> bool:
+        """Add ``row`` unless a unique constraint says another process added its twin first;
+        returns whether this call added it."""
         try:
             with self.session() as s:
-                s.add(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured))
-            return measured
-        except IntegrityError:  # another worker decided in between: its choice holds
-            return bool(stored())
+                s.add(row)
+            return True
+        except IntegrityError:
+            return False
 
 
 def _tuning_of(run: type[RunRow]):
