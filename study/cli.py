@@ -12,9 +12,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from study.errors import UserError
+
+if TYPE_CHECKING:
+    from study.store import Store
 
 
 def _seconds(text: str) -> float:
@@ -185,18 +188,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from study import config
     from study.context import JOIN, open_context
     from study.execute import execute
-    from study.store import Store
 
     local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
     url = local.storage_url
-    name, names = _study_to_join(url, args.name, args.wait)
+    store, name, names = _study_to_join(url, args.name, args.wait)
+    if store is None:
+        raise UserError(f"no study database at {_missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
     if name is None:
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-            raise UserError(f"no study database at {url[len('sqlite:///'):]}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
         listed = ", ".join(repr(n) for n in names) or "none"
         what = f"no study {args.name!r}" if args.name else f"{len(names)} studies"
         raise UserError(f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME")
-    store = Store(url)
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
@@ -209,20 +210,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
-def _study_to_join(url: str, name: str | None, wait: float) -> tuple[str | None, list[str]]:
-    """(the study a worker joins, the studies in the store): ``name``, or the store's only study;
-    None while there is none such, polled for up to ``wait`` seconds."""
+def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None, str | None, list[str]]:
+    """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
+    only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
+    not exist (a worker never creates one), the study None while there is none such."""
     from study.store import Store
 
     deadline = time.monotonic() + wait
+    store: Store | None = None
     while True:
-        names: list[str] = []
-        if not url.startswith("sqlite:///") or Path(url[len("sqlite:///") :]).is_file():  # never create a SQLite file here
-            names = Store(url).study_names()
+        if store is None and _missing_sqlite_file(url) is None:
+            store = Store(url)
+        names = store.study_names() if store is not None else []
         chosen = name or (names[0] if len(names) == 1 else None)
         if chosen in names or time.monotonic() >= deadline:
-            return (chosen if chosen in names else None), names
+            return store, (chosen if chosen in names else None), names
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite ``url`` where it does not exist, else None."""
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+    return path if path is not None and not Path(path).is_file() else None
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
