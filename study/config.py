@@ -195,7 +195,7 @@ class StudyConfig:
     # Speed and cost settings: they change how fast a study runs, not its results, so they are
     # not part of the study's fingerprint.
     compile: bool = False  # torch.compile each model once per worker
-    channels_last: str = "auto"  # auto (measured per model and device) | on | off
+    channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -412,7 +412,7 @@ backend = "loky"                    # loky (local processes) | dask (a dask.dist
 heartbeat = 20                      # seconds between heartbeats of a worker holding a run or trial
 grace_period = 180                  # seconds without one after which another worker takes the work over
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
-channels_last = "auto"              # memory layout: auto (measured per model and device) | on | off
+channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
 
 [data]

@@ -16,8 +16,8 @@ import threading
 import time
 import traceback
 import warnings
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tqdm.auto import tqdm

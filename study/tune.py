@@ -240,8 +240,8 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
     """Join the first open tuning job of the study that still has trials to start, and run
     trials for it until its budget is spent or covered by other workers' running trials; close
     the job when its budget is spent. Returns a summary, or None when no tuning job needs this
-    worker. ``state`` is the worker's dataset on its device and its speed
-    settings (layout, compiled models), shared with its runs."""
+    worker. ``state`` is the worker's dataset on its device and its speed settings (layout,
+    compiled models), shared with its runs."""
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
     storage = optuna_storage(cfg.storage_url, cfg.heartbeat, cfg.grace_period)
     for job in ctx.store.open_tuning_jobs(ctx.study_id):
