@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from analysis.load import StudyData
 
 CONFUSION_COLUMNS = ["model", "n_train", "n_runs", "true", "predicted", "true_name", "predicted_name", "count", "share"]
@@ -27,13 +28,28 @@ def confusion_matrices(data: StudyData, n_train: int | None = None) -> pd.DataFr
             continue
         # One bincount per run: sklearn's confusion_matrix gives the same counts, but importing
         # sklearn.metrics takes seconds, which every report would pay for one line.
-        counts = sum(np.bincount(k * data.y_test.astype(np.int64) + data.predictions[r], minlength=k * k).reshape(k, k) for r in ids)
+        counts = sum(
+            np.bincount(k * data.y_test.astype(np.int64) + data.predictions[r], minlength=k * k).reshape(k, k)
+            for r in ids
+        )
         totals = counts.sum(axis=1, keepdims=True)
         share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
         true, pred = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-        frames.append(pd.DataFrame({
-            "model": model, "n_train": n_train, "n_runs": len(ids), "true": true.ravel(), "predicted": pred.ravel(),
-            "true_name": [names[i] for i in true.ravel()], "predicted_name": [names[i] for i in pred.ravel()],
-            "count": counts.ravel(), "share": share.ravel(),
-        }))
-    return pd.concat(frames, ignore_index=True)[CONFUSION_COLUMNS] if frames else pd.DataFrame(columns=CONFUSION_COLUMNS)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "n_train": n_train,
+                    "n_runs": len(ids),
+                    "true": true.ravel(),
+                    "predicted": pred.ravel(),
+                    "true_name": [names[i] for i in true.ravel()],
+                    "predicted_name": [names[i] for i in pred.ravel()],
+                    "count": counts.ravel(),
+                    "share": share.ravel(),
+                }
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)[CONFUSION_COLUMNS] if frames else pd.DataFrame(columns=CONFUSION_COLUMNS)
+    )

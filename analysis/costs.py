@@ -8,12 +8,31 @@ import numpy as np
 import pandas as pd
 
 MODEL_COST_COLUMNS = [
-    "model", "measured", "input_size", "n_params", "macs", "size_mb", "latency_p50_ms_1t", "latency_p95_ms_1t",
-    "latency_p50_ms_all", "latency_p95_ms_all", "threads_all",
+    "model",
+    "measured",
+    "input_size",
+    "n_params",
+    "macs",
+    "size_mb",
+    "latency_p50_ms_1t",
+    "latency_p95_ms_1t",
+    "latency_p50_ms_all",
+    "latency_p95_ms_all",
+    "threads_all",
 ]
 TRAINING_COST_COLUMNS = [
-    "model", "size_kind", "size_value", "fraction", "n_train", "n_runs", "train_seconds", "train_seconds_std",
-    "seconds_per_epoch", "epochs_run", "images_per_second", "peak_memory_mb",
+    "model",
+    "size_kind",
+    "size_value",
+    "fraction",
+    "n_train",
+    "n_runs",
+    "train_seconds",
+    "train_seconds_std",
+    "seconds_per_epoch",
+    "epochs_run",
+    "images_per_second",
+    "peak_memory_mb",
 ]
 TIME_TO_TARGET_COLUMNS = ["model", "target", "n_train", "train_seconds", "note"]
 
@@ -26,7 +45,9 @@ def model_costs(costs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     1 in milliseconds, p50 and p95, with one thread (``_1t``) and with ``threads_all`` threads.
     """
     models = sorted(set(runs["model"]) | set(costs["model"]))
-    table = costs.drop(columns=[c for c in costs.columns if c not in MODEL_COST_COLUMNS]).set_index("model").reindex(models)
+    table = (
+        costs.drop(columns=[c for c in costs.columns if c not in MODEL_COST_COLUMNS]).set_index("model").reindex(models)
+    )
     table.insert(0, "measured", table.index.isin(costs["model"]))
     if "n_params" in runs:  # every run counts its parameters: a fallback where costs are missing
         from_runs = runs.dropna(subset=["n_params"]).groupby("model")["n_params"].first()
@@ -46,12 +67,22 @@ def training_costs(runs: pd.DataFrame) -> pd.DataFrame:
     for (model, kind, value), g in runs.groupby(["model", "size_kind", "size_value"], sort=True):
         seconds = g["train_seconds"].astype(float)
         epochs = g["epochs_run"].astype(float)
-        rows.append({
-            "model": model, "size_kind": kind, "size_value": float(value), "fraction": float(g["fraction"].mean()), "n_train": int(g["n_train"].iloc[0]),
-            "n_runs": len(g), "train_seconds": float(seconds.mean()), "train_seconds_std": float(seconds.std(ddof=1)) if len(g) > 1 else np.nan,
-            "seconds_per_epoch": float((seconds / epochs.where(epochs > 0)).mean()), "epochs_run": float(epochs.mean()),
-            "images_per_second": float(g["images_per_second"].astype(float).mean()), "peak_memory_mb": float(g["peak_memory_mb"].astype(float).max()),
-        })
+        rows.append(
+            {
+                "model": model,
+                "size_kind": kind,
+                "size_value": float(value),
+                "fraction": float(g["fraction"].mean()),
+                "n_train": int(g["n_train"].iloc[0]),
+                "n_runs": len(g),
+                "train_seconds": float(seconds.mean()),
+                "train_seconds_std": float(seconds.std(ddof=1)) if len(g) > 1 else np.nan,
+                "seconds_per_epoch": float((seconds / epochs.where(epochs > 0)).mean()),
+                "epochs_run": float(epochs.mean()),
+                "images_per_second": float(g["images_per_second"].astype(float).mean()),
+                "peak_memory_mb": float(g["peak_memory_mb"].astype(float).max()),
+            }
+        )
     return pd.DataFrame(rows, columns=TRAINING_COST_COLUMNS).sort_values(["model", "n_train"]).reset_index(drop=True)
 
 
@@ -65,11 +96,27 @@ def time_to_target(summary: pd.DataFrame, training: pd.DataFrame, targets: pd.Da
         for target in targets["target"]:
             reached = s[s["mean"] >= target]
             if reached.empty:
-                rows.append({"model": model, "target": target, "n_train": pd.NA, "train_seconds": np.nan, "note": "target not reached at any measured size"})
+                rows.append(
+                    {
+                        "model": model,
+                        "target": target,
+                        "n_train": pd.NA,
+                        "train_seconds": np.nan,
+                        "note": "target not reached at any measured size",
+                    }
+                )
                 continue
             n = int(reached["n_train"].iloc[0])
             cost = training[(training["model"] == model) & (training["n_train"] == n)]
-            rows.append({"model": model, "target": target, "n_train": n, "train_seconds": float(cost["train_seconds"].iloc[0]) if len(cost) else np.nan, "note": ""})
+            rows.append(
+                {
+                    "model": model,
+                    "target": target,
+                    "n_train": n,
+                    "train_seconds": float(cost["train_seconds"].iloc[0]) if len(cost) else np.nan,
+                    "note": "",
+                }
+            )
     frame = pd.DataFrame(rows, columns=TIME_TO_TARGET_COLUMNS)
     frame["n_train"] = frame["n_train"].astype("Int64")
     return frame

@@ -16,9 +16,9 @@ fitted: no family here can describe it, and drawing one would mislead.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,23 @@ from analysis.stats import expanded_level
 
 SUMMARY_COLUMNS = ["model", "n_train", "fraction", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 FIT_COLUMNS = [
-    "model", "family", "formula", "status", "selected", "n_points", "n_sizes", "n_seeds", "n_scale",
-    "a", "b", "c", "d", "rmse", "aicc", "lolo_error", "note",
+    "model",
+    "family",
+    "formula",
+    "status",
+    "selected",
+    "n_points",
+    "n_sizes",
+    "n_seeds",
+    "n_scale",
+    "a",
+    "b",
+    "c",
+    "d",
+    "rmse",
+    "aicc",
+    "lolo_error",
+    "note",
 ]
 BAND_COLUMNS = ["model", "family", "n_train", "fit", "ci_low", "ci_high", "extrapolated"]
 # A drop in mean accuracy between consecutive sizes counts as real when it is larger than
@@ -38,7 +53,12 @@ BAND_COLUMNS = ["model", "family", "n_train", "fit", "ci_low", "ci_high", "extra
 DROP_TOLERANCE = 0.01
 
 
-def summarize(runs: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0)) -> pd.DataFrame:
+def summarize(
+    runs: pd.DataFrame,
+    metric: str = "test_acc",
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+) -> pd.DataFrame:
     """Mean and confidence interval over seeds at each training-set size, per model.
 
     Input: finished runs (columns model, n_train, fraction, seed, ``metric``).
@@ -58,8 +78,16 @@ def summarize(runs: pd.DataFrame, metric: str = "test_acc", confidence: float = 
         if bounds is not None:
             low, high = max(low, bounds[0]), min(high, bounds[1])
         rows.append(
-            {"model": model, "n_train": int(n_train), "fraction": float(group["fraction"].mean()), "n_seeds": n,
-             "mean": mean, "std": std, "ci_low": low, "ci_high": high}
+            {
+                "model": model,
+                "n_train": int(n_train),
+                "fraction": float(group["fraction"].mean()),
+                "n_seeds": n,
+                "mean": mean,
+                "std": std,
+                "ci_low": low,
+                "ci_high": high,
+            }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -95,7 +123,7 @@ def _linear_pair(basis: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def _pow3_starts(x, y):
     out = []
     for c in (0.1, 0.3, 0.7, 1.5):
-        a, b = _linear_pair(x ** -c, y)
+        a, b = _linear_pair(x**-c, y)
         out.append(np.array([a, b, c]))
     return out
 
@@ -123,7 +151,7 @@ def _mmf4_starts(x, y):
 def _wbl4_starts(x, y):
     out = []
     for a, d in product((2.0, 10.0), (0.5, 1.0)):
-        c, b = _linear_pair(np.exp(-a * x ** d), y)
+        c, b = _linear_pair(np.exp(-a * x**d), y)
         out.append(np.array([a, b, c, d]))
     return out
 
@@ -132,17 +160,51 @@ def _wbl4_starts(x, y):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("pow3", "a - b * x^(-c)", ("a", "b", "c"), lambda x, t: t[0] - t[1] * x ** -t[2],
-               (0.0, 0.0, 1e-3), (1.0, 2.0, 5.0), _pow3_starts),
-        Family("pow4", "a - b * (x + d)^(-c)", ("a", "b", "c", "d"), lambda x, t: t[0] - t[1] * (x + t[3]) ** -t[2],
-               (0.0, 0.0, 1e-3, 0.0), (1.0, 50.0, 5.0, 10.0), _pow4_starts),
-        Family("exp3", "c - a * exp(-b * x)", ("a", "b", "c"), lambda x, t: t[2] - t[0] * np.exp(-t[1] * x),
-               (0.0, 1e-3, 0.0), (2.0, 1e3, 1.0), _exp3_starts),
-        Family("mmf4", "(a * b + c * x^d) / (b + x^d)", ("a", "b", "c", "d"),
-               lambda x, t: (t[0] * t[1] + t[2] * x ** t[3]) / (t[1] + x ** t[3]),
-               (0.0, 1e-6, 0.0, 0.05), (1.0, 1e3, 1.0, 5.0), _mmf4_starts),
-        Family("wbl4", "c - b * exp(-a * x^d)", ("a", "b", "c", "d"), lambda x, t: t[2] - t[1] * np.exp(-t[0] * x ** t[3]),
-               (1e-3, 0.0, 0.0, 0.05), (1e3, 2.0, 1.0, 5.0), _wbl4_starts),
+        Family(
+            "pow3",
+            "a - b * x^(-c)",
+            ("a", "b", "c"),
+            lambda x, t: t[0] - t[1] * x ** -t[2],
+            (0.0, 0.0, 1e-3),
+            (1.0, 2.0, 5.0),
+            _pow3_starts,
+        ),
+        Family(
+            "pow4",
+            "a - b * (x + d)^(-c)",
+            ("a", "b", "c", "d"),
+            lambda x, t: t[0] - t[1] * (x + t[3]) ** -t[2],
+            (0.0, 0.0, 1e-3, 0.0),
+            (1.0, 50.0, 5.0, 10.0),
+            _pow4_starts,
+        ),
+        Family(
+            "exp3",
+            "c - a * exp(-b * x)",
+            ("a", "b", "c"),
+            lambda x, t: t[2] - t[0] * np.exp(-t[1] * x),
+            (0.0, 1e-3, 0.0),
+            (2.0, 1e3, 1.0),
+            _exp3_starts,
+        ),
+        Family(
+            "mmf4",
+            "(a * b + c * x^d) / (b + x^d)",
+            ("a", "b", "c", "d"),
+            lambda x, t: (t[0] * t[1] + t[2] * x ** t[3]) / (t[1] + x ** t[3]),
+            (0.0, 1e-6, 0.0, 0.05),
+            (1.0, 1e3, 1.0, 5.0),
+            _mmf4_starts,
+        ),
+        Family(
+            "wbl4",
+            "c - b * exp(-a * x^d)",
+            ("a", "b", "c", "d"),
+            lambda x, t: t[2] - t[1] * np.exp(-t[0] * x ** t[3]),
+            (1e-3, 0.0, 0.0, 0.05),
+            (1e3, 2.0, 1.0, 5.0),
+            _wbl4_starts,
+        ),
     )
 }
 DEFAULT_FAMILIES = ("pow3", "exp3", "pow4", "mmf4", "wbl4")  # simplest first: ties go to the first
@@ -155,7 +217,9 @@ def _monotone_and_finite(family: Family, theta: np.ndarray, x_min: float) -> boo
     return bool(np.all(np.isfinite(values)) and np.all(np.diff(values) >= -1e-9))
 
 
-def fit_family(family: Family, x: np.ndarray, y: np.ndarray, starts: list[np.ndarray] | None = None) -> np.ndarray | None:
+def fit_family(
+    family: Family, x: np.ndarray, y: np.ndarray, starts: list[np.ndarray] | None = None
+) -> np.ndarray | None:
     """Least-squares parameters of ``family`` for points (x, y), from several starting points
     (the family's own, or ``starts``); the best finite, rising fit, or None."""
     lower, upper = np.array(family.lower), np.array(family.upper)
@@ -169,7 +233,12 @@ def fit_family(family: Family, x: np.ndarray, y: np.ndarray, starts: list[np.nda
                 res = least_squares(lambda t: family(x, t) - y, theta0, bounds=(lower, upper), method="trf")
         except (ValueError, np.linalg.LinAlgError):
             continue
-        if np.all(np.isfinite(res.x)) and np.isfinite(res.cost) and res.cost < best_cost and _monotone_and_finite(family, res.x, x.min()):
+        if (
+            np.all(np.isfinite(res.x))
+            and np.isfinite(res.cost)
+            and res.cost < best_cost
+            and _monotone_and_finite(family, res.x, x.min())
+        ):
             best, best_cost = res.x, res.cost
     return best
 
@@ -297,31 +366,56 @@ def fit_learning_curves(
     points = runs[["model", "seed", "n_train"]].assign(acc=runs[metric].astype(float)).reset_index(drop=True)
     seeds = np.array(sorted(points["seed"].unique()))
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(seeds), (n_boot, len(seeds))) if len(seeds) > 1 else np.zeros((0, len(seeds)), dtype=int)
+    draws = (
+        rng.integers(0, len(seeds), (n_boot, len(seeds))) if len(seeds) > 1 else np.zeros((0, len(seeds)), dtype=int)
+    )
     rows, curves, notes = [], {}, {}
     for model, pts in points.groupby("model", sort=True):
         x_n, y = pts["n_train"].to_numpy(float), pts["acc"].to_numpy(float)
         n_scale = float(x_n.max())
         x = x_n / n_scale
         sizes = np.unique(x)
-        base = {"model": model, "n_points": len(x), "n_sizes": len(sizes), "n_seeds": pts["seed"].nunique(), "n_scale": n_scale}
+        base = {
+            "model": model,
+            "n_points": len(x),
+            "n_sizes": len(sizes),
+            "n_seeds": pts["seed"].nunique(),
+            "n_scale": n_scale,
+        }
         problem = monotonicity_problem(summary[summary["model"] == model])
         fitted = {}
         for name in families:
             fam = FAMILIES[name]
-            row = {**base, "family": name, "formula": fam.formula, "selected": False, "rmse": np.nan, "aicc": np.nan, "lolo_error": np.nan, "note": ""}
+            row = {
+                **base,
+                "family": name,
+                "formula": fam.formula,
+                "selected": False,
+                "rmse": np.nan,
+                "aicc": np.nan,
+                "lolo_error": np.nan,
+                "note": "",
+            }
             p = len(fam.params)
             if problem:
                 row.update(status="not monotone", note=problem)
             elif len(sizes) < p or len(x) < p + 1:
-                row.update(status="too few sizes", note=f"{len(sizes)} size(s) and {len(x)} run(s); {name} needs {p} sizes and {p + 1} runs")
+                row.update(
+                    status="too few sizes",
+                    note=f"{len(sizes)} size(s) and {len(x)} run(s); {name} needs {p} sizes and {p + 1} runs",
+                )
             else:
                 theta = fit_family(fam, x, y)
                 if theta is None:
                     row.update(status="fit failed", note="no finite, rising least-squares fit from any starting point")
                 else:
                     rss = float(np.sum((fam(x, theta) - y) ** 2))
-                    row.update(status="ok", rmse=np.sqrt(rss / len(x)), aicc=aicc(rss, len(x), p), lolo_error=_leave_last_out(fam, x, y))
+                    row.update(
+                        status="ok",
+                        rmse=np.sqrt(rss / len(x)),
+                        aicc=aicc(rss, len(x), p),
+                        lolo_error=_leave_last_out(fam, x, y),
+                    )
                     row.update(dict(zip(fam.params, theta)))
                     fitted[name] = theta
             rows.append(row)
@@ -360,7 +454,9 @@ def _choose(fitted: dict[str, np.ndarray], rows: list[dict], select: str) -> str
     return best["family"]
 
 
-def _bootstrap(fam: Family, theta: np.ndarray, pts: pd.DataFrame, seeds: np.ndarray, draws: np.ndarray, n_scale: float) -> np.ndarray:
+def _bootstrap(
+    fam: Family, theta: np.ndarray, pts: pd.DataFrame, seeds: np.ndarray, draws: np.ndarray, n_scale: float
+) -> np.ndarray:
     """Refit ``fam`` on each seed resample of one model's runs (warm-started at ``theta``).
     Draws holding the same seeds (in any order) hold the same runs, so each distinct one is
     fitted once: with few seeds most of the draws repeat."""
@@ -402,8 +498,17 @@ def curve_bands(curves: LearningCurves, extend: float = 4.0, points: int = 120) 
         grid = np.unique(np.concatenate([np.geomspace(curve.n_min, curve.n_max * extend, points), [curve.n_max]]))
         boot = curve.predict_boot(grid)
         lo, hi = percentile_interval(boot, curves.level) if len(boot) else (np.full(len(grid), np.nan),) * 2
-        frames.append(pd.DataFrame({
-            "model": model, "family": curve.family.name, "n_train": grid, "fit": curve.predict(grid),
-            "ci_low": lo, "ci_high": hi, "extrapolated": grid > curve.n_max,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "family": curve.family.name,
+                    "n_train": grid,
+                    "fit": curve.predict(grid),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "extrapolated": grid > curve.n_max,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BAND_COLUMNS)

@@ -18,7 +18,18 @@ from analysis.curves import LearningCurves, percentile_interval
 
 TARGET_COLUMNS = ["target", "label", "relative_to", "reference_model", "reference_accuracy"]
 NEEDED_COLUMNS = [
-    "model", "target", "n_star", "ci_low", "ci_high", "n_observed", "n_max_measured", "extrapolated", "upper_bound", "status", "family", "n_boot_valid",
+    "model",
+    "target",
+    "n_star",
+    "ci_low",
+    "ci_high",
+    "n_observed",
+    "n_max_measured",
+    "extrapolated",
+    "upper_bound",
+    "status",
+    "family",
+    "n_boot_valid",
 ]
 RATIO_COLUMNS = ["target", "model_a", "model_b", "ratio", "bound", "ci_low", "ci_high", "n_boot_valid", "sentence"]
 SCORE_COLUMNS = ["model", "score", "ci_low", "ci_high", "n_sizes", "n_min", "n_max", "note"]
@@ -26,12 +37,23 @@ DEFAULT_RELATIVE_TARGETS = (0.90, 0.95)
 EXTRAPOLATION_LIMIT = 2.0  # estimates beyond this multiple of the largest measured size are flagged
 
 
-def targets_table(summary: pd.DataFrame, targets: list[float] | None = None, relative: tuple[float, ...] = DEFAULT_RELATIVE_TARGETS) -> pd.DataFrame:
+def targets_table(
+    summary: pd.DataFrame, targets: list[float] | None = None, relative: tuple[float, ...] = DEFAULT_RELATIVE_TARGETS
+) -> pd.DataFrame:
     """The target accuracies (TARGET_COLUMNS): the user's absolute ``targets``, or by default
     ``relative`` shares of the best model's mean accuracy at the largest measured size."""
     if targets:
         return pd.DataFrame(
-            [{"target": float(t), "label": f"{100 * t:.1f}% accuracy", "relative_to": np.nan, "reference_model": "", "reference_accuracy": np.nan} for t in sorted(targets)],
+            [
+                {
+                    "target": float(t),
+                    "label": f"{100 * t:.1f}% accuracy",
+                    "relative_to": np.nan,
+                    "reference_model": "",
+                    "reference_accuracy": np.nan,
+                }
+                for t in sorted(targets)
+            ],
             columns=TARGET_COLUMNS,
         )
     if summary.empty:
@@ -39,8 +61,16 @@ def targets_table(summary: pd.DataFrame, targets: list[float] | None = None, rel
     largest = summary[summary["n_train"] == summary["n_train"].max()]
     best = largest.sort_values(["mean", "model"], ascending=[False, True]).iloc[0]
     return pd.DataFrame(
-        [{"target": share * best["mean"], "label": f"{100 * share:.0f}% of the best full-data accuracy ({100 * share * best['mean']:.1f}%)",
-          "relative_to": share, "reference_model": best["model"], "reference_accuracy": best["mean"]} for share in relative],
+        [
+            {
+                "target": share * best["mean"],
+                "label": f"{100 * share:.0f}% of the best full-data accuracy ({100 * share * best['mean']:.1f}%)",
+                "relative_to": share,
+                "reference_model": best["model"],
+                "reference_accuracy": best["mean"],
+            }
+            for share in relative
+        ],
         columns=TARGET_COLUMNS,
     )
 
@@ -81,10 +111,26 @@ def data_needed(curves: LearningCurves, targets: pd.DataFrame) -> pd.DataFrame:
         n_max = float(observed["n_train"].max())
         for target in targets["target"]:
             reached = observed[observed["mean"] >= target]
-            row = {"model": model, "target": target, "n_observed": float(reached["n_train"].iloc[0]) if len(reached) else np.nan, "n_max_measured": n_max}
+            row = {
+                "model": model,
+                "target": target,
+                "n_observed": float(reached["n_train"].iloc[0]) if len(reached) else np.nan,
+                "n_max_measured": n_max,
+            }
             curve = curves.curves.get(model)
             if curve is None:
-                rows.append({**row, "n_star": np.nan, "ci_low": np.nan, "ci_high": np.nan, "extrapolated": False, "status": "no fit", "family": "", "n_boot_valid": 0})
+                rows.append(
+                    {
+                        **row,
+                        "n_star": np.nan,
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                        "extrapolated": False,
+                        "status": "no fit",
+                        "family": "",
+                        "n_boot_valid": 0,
+                    }
+                )
                 continue
             raw = curve.images_needed(target)
             n_star = float(_censored(curve, raw))
@@ -98,9 +144,19 @@ def data_needed(curves: LearningCurves, targets: pd.DataFrame) -> pd.DataFrame:
                 status = "below measured range"
             else:
                 status = "ok"
-            rows.append({**row, "n_star": n_star, "ci_low": float(lo), "ci_high": float(hi), "extrapolated": bool(n_star > EXTRAPOLATION_LIMIT * n_max),
-                         "upper_bound": bool(raw < curve.n_min),
-                         "status": status, "family": curve.family.name, "n_boot_valid": int((~np.isnan(boot)).sum())})
+            rows.append(
+                {
+                    **row,
+                    "n_star": n_star,
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                    "extrapolated": bool(n_star > EXTRAPOLATION_LIMIT * n_max),
+                    "upper_bound": bool(raw < curve.n_min),
+                    "status": status,
+                    "family": curve.family.name,
+                    "n_boot_valid": int((~np.isnan(boot)).sum()),
+                }
+            )
     return pd.DataFrame(rows, columns=NEEDED_COLUMNS)
 
 
@@ -121,16 +177,38 @@ def data_ratios(curves: LearningCurves, targets: pd.DataFrame) -> pd.DataFrame:
             below_a, below_b = raw_a < ca.n_min, raw_b < cb.n_min
             bound = "" if below_a == below_b else (">=" if below_b else "<=")
             if below_a and below_b:
-                rows.append({"target": target, "model_a": a, "model_b": b, "ratio": np.nan, "bound": "", "ci_low": np.nan, "ci_high": np.nan,
-                             "n_boot_valid": 0, "sentence": f"{a} and {b} both reach the target at their smallest measured size: no ratio"})
+                rows.append(
+                    {
+                        "target": target,
+                        "model_a": a,
+                        "model_b": b,
+                        "ratio": np.nan,
+                        "bound": "",
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                        "n_boot_valid": 0,
+                        "sentence": f"{a} and {b} both reach the target at their smallest measured size: no ratio",
+                    }
+                )
                 continue
             ratio = _ratio(na, nb)
             with np.errstate(all="ignore"):
                 samples = np.array([_ratio(x, y) for x, y in zip(boots[a], boots[b])])
             valid = int((~np.isnan(samples)).sum())
             lo, hi = percentile_interval(samples, curves.level) if valid else (np.nan, np.nan)
-            rows.append({"target": target, "model_a": a, "model_b": b, "ratio": ratio, "bound": bound, "ci_low": float(lo), "ci_high": float(hi),
-                         "n_boot_valid": valid, "sentence": _ratio_sentence(a, b, ratio, lo, hi, bound)})
+            rows.append(
+                {
+                    "target": target,
+                    "model_a": a,
+                    "model_b": b,
+                    "ratio": ratio,
+                    "bound": bound,
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                    "n_boot_valid": valid,
+                    "sentence": _ratio_sentence(a, b, ratio, lo, hi, bound),
+                }
+            )
     return pd.DataFrame(rows, columns=RATIO_COLUMNS)
 
 
@@ -153,7 +231,10 @@ def _ratio_sentence(a: str, b: str, ratio: float, lo: float, hi: float, bound: s
     if ratio == 0:
         return f"{b} never reaches the target on its fitted curve; {a} does"
     at = {">=": "at least ", "<=": "at most "}.get(bound, "")
-    note = {">=": f" ({b} reaches it at its smallest measured size)", "<=": f" ({a} reaches it at its smallest measured size)"}.get(bound, "")
+    note = {
+        ">=": f" ({b} reaches it at its smallest measured size)",
+        "<=": f" ({a} reaches it at its smallest measured size)",
+    }.get(bound, "")
     return f"{a} needs {at}{_fmt_ratio(ratio)}× [{_fmt_ratio(lo)}, {_fmt_ratio(hi)}] the images {b} needs{note}"
 
 
@@ -169,21 +250,47 @@ def efficiency_scores(curves: LearningCurves) -> pd.DataFrame:
     rows = []
     for model, pts in points.groupby("model", sort=True):
         sizes = np.sort(pts["n_train"].unique())
-        note = "" if np.array_equal(sizes, all_sizes) else f"measured on {len(sizes)} of the study's {len(all_sizes)} sizes"
+        note = (
+            ""
+            if np.array_equal(sizes, all_sizes)
+            else f"measured on {len(sizes)} of the study's {len(all_sizes)} sizes"
+        )
         if len(sizes) < 2:
-            rows.append({"model": model, "score": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_sizes": len(sizes),
-                         "n_min": float(sizes.min()), "n_max": float(sizes.max()), "note": "one size: no area"})
+            rows.append(
+                {
+                    "model": model,
+                    "score": np.nan,
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                    "n_sizes": len(sizes),
+                    "n_min": float(sizes.min()),
+                    "n_max": float(sizes.max()),
+                    "note": "one size: no area",
+                }
+            )
             continue
         # (seed, size) table of accuracies, so that a resample's means are one weighted average
-        table = pts.pivot_table(index="seed", columns="n_train", values="acc", aggfunc="mean").reindex(index=seeds, columns=sizes)
+        table = pts.pivot_table(index="seed", columns="n_train", values="acc", aggfunc="mean").reindex(
+            index=seeds, columns=sizes
+        )
         score = float(_area(sizes, table.mean(axis=0).to_numpy()))
         with warnings.catch_warnings():  # a size none of a draw's seeds has gives NaN: no score
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(table.to_numpy()[draws], axis=1)  # (n_boot, n_sizes)
         boot = _area(sizes, means)
         lo, hi = percentile_interval(boot, curves.level) if len(draws) else (np.nan, np.nan)
-        rows.append({"model": model, "score": score, "ci_low": float(lo), "ci_high": float(hi), "n_sizes": len(sizes),
-                     "n_min": float(sizes.min()), "n_max": float(sizes.max()), "note": note})
+        rows.append(
+            {
+                "model": model,
+                "score": score,
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "n_sizes": len(sizes),
+                "n_min": float(sizes.min()),
+                "n_max": float(sizes.max()),
+                "note": note,
+            }
+        )
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 

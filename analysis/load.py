@@ -12,19 +12,66 @@ from study.errors import UserError
 from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
 
 RUN_COLUMNS = [
-    "run_id", "dataset", "model", "size_kind", "size_value", "fraction", "n_train", "seed", "status",
-    "test_acc", "test_loss", "test_f1", "val_acc", "best_epoch", "epochs_run", "train_seconds",
-    "images_per_second", "n_params", "peak_memory_mb", "device", "hparams_source", "hparams", "error", "attempts",
-    "environment", "worker",
+    "run_id",
+    "dataset",
+    "model",
+    "size_kind",
+    "size_value",
+    "fraction",
+    "n_train",
+    "seed",
+    "status",
+    "test_acc",
+    "test_loss",
+    "test_f1",
+    "val_acc",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "images_per_second",
+    "n_params",
+    "peak_memory_mb",
+    "device",
+    "hparams_source",
+    "hparams",
+    "error",
+    "attempts",
+    "environment",
+    "worker",
 ]
 COST_COLUMNS = [
-    "model", "input_size", "n_params", "macs", "size_mb", "latency_p50_ms_1t", "latency_p95_ms_1t",
-    "latency_p50_ms_all", "latency_p95_ms_all", "threads_all", "details",
+    "model",
+    "input_size",
+    "n_params",
+    "macs",
+    "size_mb",
+    "latency_p50_ms_1t",
+    "latency_p95_ms_1t",
+    "latency_p50_ms_all",
+    "latency_p95_ms_all",
+    "threads_all",
+    "details",
 ]
 RESULTS_CSV_COLUMNS = [
-    "dataset", "model", "fraction", "n_train", "seed", "test_acc", "test_loss", "test_f1", "train_seconds",
-    "images_per_second", "size_kind", "size_value", "val_acc", "best_epoch", "epochs_run", "n_params",
-    "peak_memory_mb", "device", "hparams_source",
+    "dataset",
+    "model",
+    "fraction",
+    "n_train",
+    "seed",
+    "test_acc",
+    "test_loss",
+    "test_f1",
+    "train_seconds",
+    "images_per_second",
+    "size_kind",
+    "size_value",
+    "val_acc",
+    "best_epoch",
+    "epochs_run",
+    "n_params",
+    "peak_memory_mb",
+    "device",
+    "hparams_source",
 ]
 
 
@@ -80,7 +127,9 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     names = _names(store)
     if name is None:
         if len(names) != 1:
-            raise UserError(f"the store {url} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --name")
+            raise UserError(
+                f"the store {url} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --name"
+            )
         name = names[0]
     with store.session() as s:
         study = s.scalar(select(StudyRow).where(StudyRow.name == name))
@@ -93,7 +142,14 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     costs = _cost_rows(store, study.id)
     dataset_name = study.dataset.get("name", "")
     run_frame = pd.DataFrame(
-        [{**{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")}, "run_id": r.id, "dataset": dataset_name} for r in runs],
+        [
+            {
+                **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")},
+                "run_id": r.id,
+                "dataset": dataset_name,
+            }
+            for r in runs
+        ],
         columns=RUN_COLUMNS,
     )
     epoch_cols = ["run_id", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_seen"]

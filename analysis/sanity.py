@@ -22,7 +22,9 @@ def chance_level(y_test: np.ndarray) -> float:
     return float(np.bincount(y_test).max() / len(y_test))
 
 
-def sanity_checks(data: StudyData, curves: LearningCurves | None = None, comparisons: Comparisons | None = None) -> pd.DataFrame:
+def sanity_checks(
+    data: StudyData, curves: LearningCurves | None = None, comparisons: Comparisons | None = None
+) -> pd.DataFrame:
     """Every warning about the study (WARNING_COLUMNS), most serious first.
 
     severity: 'error' (a run failed), 'warning' (a result to distrust), 'note' (a limit of
@@ -33,16 +35,31 @@ def sanity_checks(data: StudyData, curves: LearningCurves | None = None, compari
     rows: list[dict] = []
 
     def add(severity: str, check: str, message: str, model: str = "", n_train=pd.NA, seed=pd.NA) -> None:
-        rows.append({"severity": severity, "check": check, "model": model, "n_train": n_train, "seed": seed, "message": message})
+        rows.append(
+            {"severity": severity, "check": check, "model": model, "n_train": n_train, "seed": seed, "message": message}
+        )
 
     for _, r in data.failed.iterrows():
         first = (r["error"] or "no error recorded").splitlines()[0]
         check = "diverged_run" if "DivergedError" in first or "non-finite" in first else "failed_run"
-        add("error", check, f"{r['model']} with {r['n_train']:,} images, seed {r['seed']} failed: {first}", r["model"], r["n_train"], r["seed"])
+        add(
+            "error",
+            check,
+            f"{r['model']} with {r['n_train']:,} images, seed {r['seed']} failed: {first}",
+            r["model"],
+            r["n_train"],
+            r["seed"],
+        )
     unfinished = data.unfinished
     for (model, n_train), g in unfinished.groupby(["model", "n_train"], sort=True):
-        add("warning", "missing_runs", f"{model} with {n_train:,} images: {len(g)} planned run(s) have no result yet "
-            f"(seeds {', '.join(str(s) for s in sorted(g['seed']))}; status {', '.join(sorted(g['status'].unique()))})", model, n_train)
+        add(
+            "warning",
+            "missing_runs",
+            f"{model} with {n_train:,} images: {len(g)} planned run(s) have no result yet "
+            f"(seeds {', '.join(str(s) for s in sorted(g['seed']))}; status {', '.join(sorted(g['status'].unique()))})",
+            model,
+            n_train,
+        )
 
     done = data.done
     chance = chance_level(data.y_test)
@@ -50,17 +67,33 @@ def sanity_checks(data: StudyData, curves: LearningCurves | None = None, compari
         cells = done.groupby(["model", "n_train"], sort=True)["test_acc"]
         for (model, n_train), acc in cells:
             if acc.mean() <= chance:
-                add("warning", "below_chance", f"{model} with {n_train:,} images: mean test accuracy {acc.mean():.3f} is at or below chance "
-                    f"({chance:.3f}, always predicting the most frequent class): the model learned nothing usable", model, n_train)
+                add(
+                    "warning",
+                    "below_chance",
+                    f"{model} with {n_train:,} images: mean test accuracy {acc.mean():.3f} is at or below chance "
+                    f"({chance:.3f}, always predicting the most frequent class): the model learned nothing usable",
+                    model,
+                    n_train,
+                )
             perfect = int((acc >= 1.0).sum())
             if perfect:
-                add("warning", "perfect_accuracy", f"{model} with {n_train:,} images: {perfect} of {len(acc)} run(s) scored 100% test accuracy; "
-                    "check for leakage or a test set that is too easy", model, n_train)
+                add(
+                    "warning",
+                    "perfect_accuracy",
+                    f"{model} with {n_train:,} images: {perfect} of {len(acc)} run(s) scored 100% test accuracy; "
+                    "check for leakage or a test set that is too easy",
+                    model,
+                    n_train,
+                )
 
     dropped = int(data.splits.get("dropped_duplicates", 0) or 0)
     if dropped:
-        add("warning", "train_test_overlap", f"the content-hash check found {dropped} training/validation image(s) identical to held-out images; "
-            "they were dropped before training, but the dataset holds duplicates")
+        add(
+            "warning",
+            "train_test_overlap",
+            f"the content-hash check found {dropped} training/validation image(s) identical to held-out images; "
+            "they were dropped before training, but the dataset holds duplicates",
+        )
     for text in data.splits.get("warnings", []):
         if not (dropped and str(dropped) in text and "held-out" in text):  # said above
             add("warning", "data", text)
@@ -68,17 +101,31 @@ def sanity_checks(data: StudyData, curves: LearningCurves | None = None, compari
     if n_classes and len(data.y_test):
         absent = [data.class_names[c] for c in np.flatnonzero(np.bincount(data.y_test, minlength=n_classes) == 0)]
         if absent:
-            add("warning", "class_missing", f"class(es) {', '.join(absent)} have no test image: their accuracy is not measured")
+            add(
+                "warning",
+                "class_missing",
+                f"class(es) {', '.join(absent)} have no test image: their accuracy is not measured",
+            )
     if n_classes:
         for n_train in sorted(data.runs["n_train"].unique()):
             if n_train < n_classes:
-                add("warning", "class_missing", f"subsets of {n_train} images cannot hold all {n_classes} classes", n_train=n_train)
+                add(
+                    "warning",
+                    "class_missing",
+                    f"subsets of {n_train} images cannot hold all {n_classes} classes",
+                    n_train=n_train,
+                )
 
     if curves is not None:
         for model, note in sorted(curves.notes.items()):
             status = curves.fits.loc[curves.fits["model"] == model, "status"]
             check = "not_monotone" if (status == "not monotone").any() else "fit_failed"
-            add("warning" if check == "not_monotone" else "note", check, f"{model}: no learning-curve fit ({note})", model)
+            add(
+                "warning" if check == "not_monotone" else "note",
+                check,
+                f"{model}: no learning-curve fit ({note})",
+                model,
+            )
 
     if comparisons is not None and len(comparisons.pairwise):
         _seed_notes(comparisons, add)
@@ -95,20 +142,36 @@ def _seed_notes(comparisons: Comparisons, add) -> None:
     alpha = comparisons.alpha
     n_pairs = int(pw["n_pairs"].max())
     if n_pairs < 2:
-        add("warning", "too_few_seeds", f"{n_pairs} seed per cell: no confidence interval over seeds and no paired test is possible; "
-            "run with --seeds 5 or more")
+        add(
+            "warning",
+            "too_few_seeds",
+            f"{n_pairs} seed per cell: no confidence interval over seeds and no paired test is possible; "
+            "run with --seeds 5 or more",
+        )
         return
     if n_pairs < 5:
-        add("note", "too_few_seeds", f"{n_pairs} seeds per cell: bootstrap intervals over so few seeds are too narrow (in simulation a 95% "
-            "interval from 3 seeds covers the truth about 75% of the time, from 6 seeds about 95%); run with --seeds 5 or more")
+        add(
+            "note",
+            "too_few_seeds",
+            f"{n_pairs} seeds per cell: bootstrap intervals over so few seeds are too narrow (in simulation a 95% "
+            "interval from 3 seeds covers the truth about 75% of the time, from 6 seeds about 95%); run with --seeds 5 or more",
+        )
     m = int(pw["p_wilcoxon"].notna().sum())
     needed = seeds_needed_wilcoxon(alpha, m)
     if n_pairs < needed:
-        add("note", "too_few_seeds", f"with {n_pairs} paired seeds the smallest possible two-sided Wilcoxon p is {2 / 2 ** n_pairs:.3g}, so "
+        add(
+            "note",
+            "too_few_seeds",
+            f"with {n_pairs} paired seeds the smallest possible two-sided Wilcoxon p is {2 / 2**n_pairs:.3g}, so "
             f"after Holm's correction over {m} comparisons it can never reach {alpha:g}; {needed} seeds would be needed "
-            "(the paired t-test and McNemar's test are not limited this way)")
+            "(the paired t-test and McNemar's test are not limited this way)",
+        )
     power = pw["seeds_for_power"].dropna()
     power = power[np.isfinite(power) & (power > n_pairs)]
     if len(power):
-        add("note", "too_few_seeds", f"{len(power)} of {len(pw)} comparisons would need more seeds than the {n_pairs} run to detect their observed "
-            f"difference with 80% power (paired t-test; median {int(power.median())} seeds)")
+        add(
+            "note",
+            "too_few_seeds",
+            f"{len(power)} of {len(pw)} comparisons would need more seeds than the {n_pairs} run to detect their observed "
+            f"difference with 80% power (paired t-test; median {int(power.median())} seeds)",
+        )

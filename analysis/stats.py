@@ -18,10 +18,34 @@ import pandas as pd
 from scipy import stats
 
 PAIRWISE_COLUMNS = [
-    "size_kind", "size_value", "fraction", "n_train", "model_a", "model_b", "n_pairs", "mean_a", "mean_b",
-    "diff", "ci_low", "ci_high", "t_stat", "p_t", "w_stat", "p_wilcoxon", "mcnemar_b", "mcnemar_c", "p_mcnemar",
-    "p_a_better", "p_t_holm", "p_wilcoxon_holm", "p_mcnemar_holm", "significant", "n_nonzero", "min_p_wilcoxon",
-    "seeds_for_power", "note",
+    "size_kind",
+    "size_value",
+    "fraction",
+    "n_train",
+    "model_a",
+    "model_b",
+    "n_pairs",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "t_stat",
+    "p_t",
+    "w_stat",
+    "p_wilcoxon",
+    "mcnemar_b",
+    "mcnemar_c",
+    "p_mcnemar",
+    "p_a_better",
+    "p_t_holm",
+    "p_wilcoxon_holm",
+    "p_mcnemar_holm",
+    "significant",
+    "n_nonzero",
+    "min_p_wilcoxon",
+    "seeds_for_power",
+    "note",
 ]
 MCNEMAR_COLUMNS = ["size_kind", "size_value", "n_train", "model_a", "model_b", "seed", "b", "c", "p_mcnemar"]
 RANK_COLUMNS = ["model", "average_rank", "n_blocks"]
@@ -60,7 +84,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
 def min_p_wilcoxon(n_pairs: int) -> float:
     """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with
     ``n_pairs`` non-zero differences: 2 / 2^n (every difference of the same sign)."""
-    return float(min(1.0, 2.0 / 2.0 ** n_pairs)) if n_pairs > 0 else 1.0
+    return float(min(1.0, 2.0 / 2.0**n_pairs)) if n_pairs > 0 else 1.0
 
 
 def seeds_needed_wilcoxon(alpha: float = 0.05, n_comparisons: int = 1) -> int:
@@ -103,7 +127,9 @@ def expanded_level(confidence: float, n: int) -> float:
     return float(1 - 2 * stats.norm.sf(np.sqrt(n / (n - 1)) * stats.t.ppf(1 - alpha / 2, n - 1)))
 
 
-def bootstrap_mean_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap interval of the mean of ``values``: percentiles of ``n_boot`` seeded resample
     means (scipy.stats.bootstrap) read at the expanded level (``expanded_level``). The point
     itself when all values are equal; NaN with fewer than two values."""
@@ -112,8 +138,14 @@ def bootstrap_mean_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int 
         return np.nan, np.nan
     if np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=expanded_level(confidence, len(values)),
-                          method="percentile", rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=expanded_level(confidence, len(values)),
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     lo, hi = res.confidence_interval
     return float(lo), float(hi)
 
@@ -160,16 +192,31 @@ def paired_comparisons(
     sizes = runs.groupby(["size_kind", "size_value"], sort=True)
     for (kind, value), group in sizes:
         table = group.pivot_table(index="seed", columns="model", values=metric, aggfunc="first")
-        ids = group.pivot_table(index="seed", columns="model", values="run_id", aggfunc="first") if "run_id" in group else None
+        ids = (
+            group.pivot_table(index="seed", columns="model", values="run_id", aggfunc="first")
+            if "run_id" in group
+            else None
+        )
         for a, b in combinations(sorted(table.columns), 2):
             pair = table[[a, b]].dropna()
             d = (pair[a] - pair[b]).to_numpy(float)
             n = len(d)
-            row = {"size_kind": kind, "size_value": float(value), "fraction": float(group["fraction"].mean()), "n_train": int(group["n_train"].iloc[0]),
-                   "model_a": a, "model_b": b, "n_pairs": n, "mean_a": float(pair[a].mean()) if n else np.nan,
-                   "mean_b": float(pair[b].mean()) if n else np.nan, "diff": float(d.mean()) if n else np.nan}
+            row = {
+                "size_kind": kind,
+                "size_value": float(value),
+                "fraction": float(group["fraction"].mean()),
+                "n_train": int(group["n_train"].iloc[0]),
+                "model_a": a,
+                "model_b": b,
+                "n_pairs": n,
+                "mean_a": float(pair[a].mean()) if n else np.nan,
+                "mean_b": float(pair[b].mean()) if n else np.nan,
+                "diff": float(d.mean()) if n else np.nan,
+            }
             notes = []
-            row["ci_low"], row["ci_high"] = bootstrap_mean_ci(d, confidence, n_boot, seed=seed + len(rows)) if n else (np.nan, np.nan)
+            row["ci_low"], row["ci_high"] = (
+                bootstrap_mean_ci(d, confidence, n_boot, seed=seed + len(rows)) if n else (np.nan, np.nan)
+            )
             row.update(_paired_tests(d, alpha, notes))
             row["p_a_better"] = float(np.mean((d > 0) + 0.5 * (d == 0))) if n else np.nan
             matched = []  # (b, c) of each seed whose two runs both have test predictions
@@ -178,11 +225,27 @@ def paired_comparisons(
                     ra, rb = ids.loc[s, a], ids.loc[s, b]
                     if ra in predictions and rb in predictions:
                         bb, cc, p = mcnemar_exact(predictions[ra] == y_test, predictions[rb] == y_test)
-                        by_seed.append({"size_kind": kind, "size_value": float(value), "n_train": row["n_train"], "model_a": a, "model_b": b, "seed": int(s), "b": bb, "c": cc, "p_mcnemar": p})
+                        by_seed.append(
+                            {
+                                "size_kind": kind,
+                                "size_value": float(value),
+                                "n_train": row["n_train"],
+                                "model_a": a,
+                                "model_b": b,
+                                "seed": int(s),
+                                "b": bb,
+                                "c": cc,
+                                "p_mcnemar": p,
+                            }
+                        )
                         matched.append((bb, cc))
             if matched:
                 b_sum, c_sum = (int(v) for v in np.sum(matched, axis=0))
-                row.update(mcnemar_b=b_sum, mcnemar_c=c_sum, p_mcnemar=1.0 if b_sum + c_sum == 0 else float(stats.binomtest(b_sum, b_sum + c_sum, 0.5).pvalue))
+                row.update(
+                    mcnemar_b=b_sum,
+                    mcnemar_c=c_sum,
+                    p_mcnemar=1.0 if b_sum + c_sum == 0 else float(stats.binomtest(b_sum, b_sum + c_sum, 0.5).pvalue),
+                )
             else:
                 row.update(mcnemar_b=np.nan, mcnemar_c=np.nan, p_mcnemar=np.nan)
                 notes.append("no test predictions for McNemar")
@@ -200,8 +263,15 @@ def paired_comparisons(
 
 def _paired_tests(d: np.ndarray, alpha: float, notes: list[str]) -> dict:
     n = len(d)
-    out = {"t_stat": np.nan, "p_t": np.nan, "w_stat": np.nan, "p_wilcoxon": np.nan, "n_nonzero": int((d != 0).sum()),
-           "min_p_wilcoxon": min_p_wilcoxon(int((d != 0).sum())), "seeds_for_power": np.nan}
+    out = {
+        "t_stat": np.nan,
+        "p_t": np.nan,
+        "w_stat": np.nan,
+        "p_wilcoxon": np.nan,
+        "n_nonzero": int((d != 0).sum()),
+        "min_p_wilcoxon": min_p_wilcoxon(int((d != 0).sum())),
+        "seeds_for_power": np.nan,
+    }
     if n < 2:
         notes.append(f"{n} paired seed(s): no paired test")
         return out
@@ -210,7 +280,9 @@ def _paired_tests(d: np.ndarray, alpha: float, notes: list[str]) -> dict:
         notes.append("every seed gives the same difference: t-test undefined")
     else:
         res = stats.ttest_rel(d, np.zeros(n))
-        out.update(t_stat=float(res.statistic), p_t=float(res.pvalue), seeds_for_power=seeds_for_power(d.mean() / sd, alpha))
+        out.update(
+            t_stat=float(res.statistic), p_t=float(res.pvalue), seeds_for_power=seeds_for_power(d.mean() / sd, alpha)
+        )
     if np.any(d != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -230,9 +302,13 @@ def _note_too_few_seeds(frame: pd.DataFrame, alpha: float) -> None:
     for i in frame.index:
         if frame.at[i, "min_p_wilcoxon"] * m > alpha and frame.at[i, "n_pairs"] >= 2:
             n_pairs, n_nonzero = frame.at[i, "n_pairs"], frame.at[i, "n_nonzero"]
-            seeds = f"{n_pairs} paired seeds" + (f" ({n_nonzero} with a non-zero difference)" if n_nonzero != n_pairs else "")
-            text = (f"with {seeds} the smallest possible Wilcoxon p is {frame.at[i, 'min_p_wilcoxon']:.3g}"
-                    f" ({m} comparisons, Holm): it needs {needed} seeds to be able to reach {alpha:g}")
+            seeds = f"{n_pairs} paired seeds" + (
+                f" ({n_nonzero} with a non-zero difference)" if n_nonzero != n_pairs else ""
+            )
+            text = (
+                f"with {seeds} the smallest possible Wilcoxon p is {frame.at[i, 'min_p_wilcoxon']:.3g}"
+                f" ({m} comparisons, Holm): it needs {needed} seeds to be able to reach {alpha:g}"
+            )
             frame.at[i, "note"] = "; ".join(x for x in (frame.at[i, "note"], text) if x)
 
 
@@ -253,16 +329,37 @@ class RankTests:
 
 def rank_tests(runs: pd.DataFrame, alpha: float = 0.05, metric: str = "test_acc") -> RankTests:
     """Friedman test and average ranks of the models over every (size, seed) block."""
-    blocks = runs.pivot_table(index=["size_kind", "size_value", "seed"], columns="model", values=metric, aggfunc="first").dropna()
+    blocks = runs.pivot_table(
+        index=["size_kind", "size_value", "seed"], columns="model", values=metric, aggfunc="first"
+    ).dropna()
     models = sorted(runs["model"].unique())
     k, n = len(blocks.columns), len(blocks)
     if k == 0 or n == 0:
-        return RankTests(pd.DataFrame(columns=RANK_COLUMNS), pd.DataFrame([{"n_models": len(models), "n_blocks": 0, "statistic": np.nan, "p_value": np.nan,
-                         "critical_difference": np.nan, "alpha": alpha, "note": "no (size, seed) in which every model finished"}], columns=FRIEDMAN_COLUMNS),
-                         pd.DataFrame(columns=POSTHOC_COLUMNS))
+        return RankTests(
+            pd.DataFrame(columns=RANK_COLUMNS),
+            pd.DataFrame(
+                [
+                    {
+                        "n_models": len(models),
+                        "n_blocks": 0,
+                        "statistic": np.nan,
+                        "p_value": np.nan,
+                        "critical_difference": np.nan,
+                        "alpha": alpha,
+                        "note": "no (size, seed) in which every model finished",
+                    }
+                ],
+                columns=FRIEDMAN_COLUMNS,
+            ),
+            pd.DataFrame(columns=POSTHOC_COLUMNS),
+        )
     ranks = stats.rankdata(-blocks.to_numpy(float), axis=1)  # rank 1 = most accurate
     average = pd.Series(ranks.mean(axis=0), index=blocks.columns)
-    rank_frame = pd.DataFrame({"model": average.index, "average_rank": average.to_numpy(), "n_blocks": n}).sort_values(["average_rank", "model"]).reset_index(drop=True)
+    rank_frame = (
+        pd.DataFrame({"model": average.index, "average_rank": average.to_numpy(), "n_blocks": n})
+        .sort_values(["average_rank", "model"])
+        .reset_index(drop=True)
+    )
     stat, p, note = np.nan, np.nan, ""
     if k < 3:
         note = "the Friedman test needs three or more models; see the pairwise table"
@@ -275,10 +372,33 @@ def rank_tests(runs: pd.DataFrame, alpha: float = 0.05, metric: str = "test_acc"
         stat, p = float(res.statistic), float(res.pvalue)
     se = np.sqrt(k * (k + 1) / (6.0 * n))
     q_alpha = stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2) if k >= 2 else np.nan
-    friedman = pd.DataFrame([{"n_models": k, "n_blocks": n, "statistic": stat, "p_value": p, "critical_difference": float(q_alpha * se), "alpha": alpha, "note": note}], columns=FRIEDMAN_COLUMNS)
+    friedman = pd.DataFrame(
+        [
+            {
+                "n_models": k,
+                "n_blocks": n,
+                "statistic": stat,
+                "p_value": p,
+                "critical_difference": float(q_alpha * se),
+                "alpha": alpha,
+                "note": note,
+            }
+        ],
+        columns=FRIEDMAN_COLUMNS,
+    )
     post = []
     for a, b in combinations(sorted(blocks.columns), 2):
         diff = abs(average[a] - average[b])
         p_nem = float(stats.studentized_range.sf(diff / se * np.sqrt(2), k, np.inf)) if k >= 2 else np.nan
-        post.append({"model_a": a, "model_b": b, "rank_a": average[a], "rank_b": average[b], "rank_difference": diff, "p_nemenyi": p_nem, "significant": bool(p_nem < alpha)})
+        post.append(
+            {
+                "model_a": a,
+                "model_b": b,
+                "rank_a": average[a],
+                "rank_b": average[b],
+                "rank_difference": diff,
+                "p_nemenyi": p_nem,
+                "significant": bool(p_nem < alpha),
+            }
+        )
     return RankTests(rank_frame, friedman, pd.DataFrame(post, columns=POSTHOC_COLUMNS))

@@ -16,9 +16,22 @@ from analysis.sanity import sanity_checks
 from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
 
 ANSWER_COLUMNS = [
-    "model", "n_smallest", "acc_smallest", "acc_smallest_ci_low", "acc_smallest_ci_high", "n_largest", "acc_largest",
-    "acc_largest_ci_low", "acc_largest_ci_high", "score", "score_ci_low", "score_ci_high", "train_seconds_largest",
-    "n_params", "macs", "latency_p50_ms_1t",
+    "model",
+    "n_smallest",
+    "acc_smallest",
+    "acc_smallest_ci_low",
+    "acc_smallest_ci_high",
+    "n_largest",
+    "acc_largest",
+    "acc_largest_ci_low",
+    "acc_largest_ci_high",
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "train_seconds_largest",
+    "n_params",
+    "macs",
+    "latency_p50_ms_1t",
 ]
 
 
@@ -57,12 +70,25 @@ class StudyAnalysis:
     def tables(self) -> dict[str, pd.DataFrame]:
         """name -> table, the CSV files of the report."""
         return {
-            "answer": self.answer, "results": results_table(self.data), "learning_curve": self.summary, "curve_fits": self.fits,
-            "curve_bands": self.bands, "targets": self.targets, "data_needed": self.needed, "data_ratios": self.ratios,
-            "efficiency_scores": self.scores, "pairwise": self.comparisons.pairwise, "mcnemar_by_seed": self.comparisons.mcnemar,
-            "average_ranks": self.ranks.ranks, "friedman": self.ranks.friedman, "nemenyi": self.ranks.posthoc,
-            "model_costs": self.model_costs, "training_costs": self.training_costs, "time_to_target": self.time_to_target,
-            "confusion_full_data": self.confusion, "warnings": self.warnings,
+            "answer": self.answer,
+            "results": results_table(self.data),
+            "learning_curve": self.summary,
+            "curve_fits": self.fits,
+            "curve_bands": self.bands,
+            "targets": self.targets,
+            "data_needed": self.needed,
+            "data_ratios": self.ratios,
+            "efficiency_scores": self.scores,
+            "pairwise": self.comparisons.pairwise,
+            "mcnemar_by_seed": self.comparisons.mcnemar,
+            "average_ranks": self.ranks.ranks,
+            "friedman": self.ranks.friedman,
+            "nemenyi": self.ranks.posthoc,
+            "model_costs": self.model_costs,
+            "training_costs": self.training_costs,
+            "time_to_target": self.time_to_target,
+            "confusion_full_data": self.confusion,
+            "warnings": self.warnings,
         }
 
 
@@ -83,15 +109,28 @@ def analyse(
     done = done[done["test_acc"].notna()]
     curves = fit_learning_curves(done, select=select, n_boot=n_boot_curves, seed=seed, confidence=confidence)
     target_frame = targets_table(curves.summary, targets)
-    comparisons = paired_comparisons(done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_boot=n_boot_stats, seed=seed)
+    comparisons = paired_comparisons(
+        done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_boot=n_boot_stats, seed=seed
+    )
     training = training_costs(done)
     costs = model_costs(data.costs, data.runs)
     scores = efficiency_scores(curves)
     analysis = StudyAnalysis(
-        data=data, curves=curves, bands=curve_bands(curves), targets=target_frame, needed=data_needed(curves, target_frame),
-        ratios=data_ratios(curves, target_frame), scores=scores, comparisons=comparisons, ranks=rank_tests(done, alpha),
-        model_costs=costs, training_costs=training, time_to_target=time_to_target(curves.summary, training, target_frame),
-        confusion=confusion_matrices(data), warnings=sanity_checks(data, curves, comparisons), answer=pd.DataFrame(),
+        data=data,
+        curves=curves,
+        bands=curve_bands(curves),
+        targets=target_frame,
+        needed=data_needed(curves, target_frame),
+        ratios=data_ratios(curves, target_frame),
+        scores=scores,
+        comparisons=comparisons,
+        ranks=rank_tests(done, alpha),
+        model_costs=costs,
+        training_costs=training,
+        time_to_target=time_to_target(curves.summary, training, target_frame),
+        confusion=confusion_matrices(data),
+        warnings=sanity_checks(data, curves, comparisons),
+        answer=pd.DataFrame(),
     )
     analysis.answer = answer_table(analysis)
     return analysis
@@ -109,11 +148,20 @@ def answer_table(analysis: StudyAnalysis) -> pd.DataFrame:
         row = {"model": model}
         for end, pick in (("smallest", m.head(1)), ("largest", m.tail(1))):
             r = pick.iloc[0] if len(pick) else None
-            row.update({f"n_{end}": r["n_train"] if r is not None else pd.NA, f"acc_{end}": r["mean"] if r is not None else np.nan,
-                        f"acc_{end}_ci_low": r["ci_low"] if r is not None else np.nan, f"acc_{end}_ci_high": r["ci_high"] if r is not None else np.nan})
+            row.update(
+                {
+                    f"n_{end}": r["n_train"] if r is not None else pd.NA,
+                    f"acc_{end}": r["mean"] if r is not None else np.nan,
+                    f"acc_{end}_ci_low": r["ci_low"] if r is not None else np.nan,
+                    f"acc_{end}_ci_high": r["ci_high"] if r is not None else np.nan,
+                }
+            )
         sc = analysis.scores[analysis.scores["model"] == model]
-        row.update(score=sc["score"].iloc[0] if len(sc) else np.nan, score_ci_low=sc["ci_low"].iloc[0] if len(sc) else np.nan,
-                   score_ci_high=sc["ci_high"].iloc[0] if len(sc) else np.nan)
+        row.update(
+            score=sc["score"].iloc[0] if len(sc) else np.nan,
+            score_ci_low=sc["ci_low"].iloc[0] if len(sc) else np.nan,
+            score_ci_high=sc["ci_high"].iloc[0] if len(sc) else np.nan,
+        )
         tc = analysis.training_costs[analysis.training_costs["model"] == model]
         row["train_seconds_largest"] = tc.sort_values("n_train")["train_seconds"].iloc[-1] if len(tc) else np.nan
         mc = analysis.model_costs[analysis.model_costs["model"] == model]

@@ -17,7 +17,18 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect
 
 TRIAL_COLUMNS = ["model", "size_kind", "size_value", "optuna_study", "trial", "state", "value", "epochs_run"]
-BEST_COLUMNS = ["model", "size_kind", "size_value", "optuna_study", "best_trial", "best_value", "n_trials", "n_complete", "n_pruned", "n_failed"]
+BEST_COLUMNS = [
+    "model",
+    "size_kind",
+    "size_value",
+    "optuna_study",
+    "best_trial",
+    "best_value",
+    "n_trials",
+    "n_complete",
+    "n_pruned",
+    "n_failed",
+]
 IMPORTANCE_COLUMNS = ["model", "size_kind", "size_value", "param", "importance"]
 MIN_TRIALS_FOR_IMPORTANCE = 3
 
@@ -45,20 +56,32 @@ def tuning_tables(storage_url: str, study_name: str) -> TuningTables:
         cell = {key: study.user_attrs.get(key) for key in ("model", "size_kind", "size_value")}
         trials = study.get_trials(deepcopy=False)
         for t in trials:
-            trial_rows.append({
-                **cell, "optuna_study": study.study_name, "trial": t.number, "state": t.state.name,
-                "value": t.value if t.value is not None else _last_reported(t), "epochs_run": t.user_attrs.get("epochs_run"),
-                **{f"param_{k}": v for k, v in t.params.items()},
-            })
+            trial_rows.append(
+                {
+                    **cell,
+                    "optuna_study": study.study_name,
+                    "trial": t.number,
+                    "state": t.state.name,
+                    "value": t.value if t.value is not None else _last_reported(t),
+                    "epochs_run": t.user_attrs.get("epochs_run"),
+                    **{f"param_{k}": v for k, v in t.params.items()},
+                }
+            )
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: t.value) if complete else None  # Optuna's best_trial, without its exception
-        best_rows.append({
-            **cell, "optuna_study": study.study_name,
-            "best_trial": best.number if best else None, "best_value": best.value if best else np.nan,
-            "n_trials": len(trials), "n_complete": len(complete),
-            "n_pruned": sum(t.state == TrialState.PRUNED for t in trials), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-            **({f"param_{k}": v for k, v in best.params.items()} if best else {}),
-        })
+        best_rows.append(
+            {
+                **cell,
+                "optuna_study": study.study_name,
+                "best_trial": best.number if best else None,
+                "best_value": best.value if best else np.nan,
+                "n_trials": len(trials),
+                "n_complete": len(complete),
+                "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+                **({f"param_{k}": v for k, v in best.params.items()} if best else {}),
+            }
+        )
         for param, importance in _importances(study, complete).items():
             importance_rows.append({**cell, "param": param, "importance": importance})
     order = ["model", "size_kind", "size_value"]

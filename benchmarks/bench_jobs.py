@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", default="1,2", help="settings to compare, comma-separated (default 1,2); the ratio is of the first two")
+    p.add_argument(
+        "--jobs",
+        default="1,2",
+        help="settings to compare, comma-separated (default 1,2); the ratio is of the first two",
+    )
     p.add_argument("--models", default="mobilevit_xxs,mobilenetv2_100,resnet18", help="the default study's models")
     p.add_argument("--fractions", default="0.1,0.5")
     p.add_argument("--seeds", type=int, default=2)
@@ -65,7 +69,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_jobs-"))
     load_dataset(DataConfig(image_size=args.image_size), work / "cache")  # decoded once, before timing
     n_runs = len(args.models.split(",")) * len(args.fractions.split(",")) * args.seeds
-    print(f"study: models={args.models} fractions={args.fractions} seeds={args.seeds} epochs={args.epochs} image={args.image_size} runs={n_runs} cores={available_cores()}")
+    print(
+        f"study: models={args.models} fractions={args.fractions} seeds={args.seeds} epochs={args.epochs} image={args.image_size} runs={n_runs} cores={available_cores()}"
+    )
     load_before = os.getloadavg()[0]
     seconds: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.repeats):
@@ -74,7 +80,9 @@ def main(argv=None) -> int:
     for jobs in settings:
         workers, threads = plan_workers(int(jobs), "cpu", n_runs)
         times = " ".join(f"{s:.1f}" for s in seconds[jobs])
-        print(f"--jobs {jobs:3s} ({workers} worker(s) x {threads} thread(s)): {statistics.median(seconds[jobs]):7.1f} s   runs: {times}")
+        print(
+            f"--jobs {jobs:3s} ({workers} worker(s) x {threads} thread(s)): {statistics.median(seconds[jobs]):7.1f} s   runs: {times}"
+        )
     a, b = settings[0], settings[1]
     ratio = statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
     print(f"load average before/after (other work on this machine): {load_before:.1f} / {os.getloadavg()[0]:.1f}")

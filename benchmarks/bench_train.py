@@ -26,7 +26,6 @@ The last line is exactly ``harness/limit=R1 harness/reference=R2``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -41,21 +40,43 @@ import torch  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="mobilevit_xxs", help="any timm model name (default mobilevit_xxs)")
     p.add_argument("--image-size", type=int, default=64, help="model input side in pixels (default 64)")
-    p.add_argument("--source-size", type=int, default=0, help="side of the stored images (cache and JPEG files); 0 = min(image size, 64), Tiny-ImageNet's")
+    p.add_argument(
+        "--source-size",
+        type=int,
+        default=0,
+        help="side of the stored images (cache and JPEG files); 0 = min(image size, 64), Tiny-ImageNet's",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="default 32, a study's default")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, default=8, help="steps per timed block")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each way before timing (compilation happens here)")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps of each way before timing (compilation happens here)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed blocks of each way, interleaved")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default (all cores)")
-    p.add_argument("--augment", default="standard", help="the harness's augmentation policy (default standard: shift, rotation, scale)")
-    p.add_argument("--channels-last", default="auto", help="auto | on | off (auto: measured per model and device, as in a study)")
+    p.add_argument(
+        "--augment",
+        default="standard",
+        help="the harness's augmentation policy (default standard: shift, rotation, scale)",
+    )
+    p.add_argument(
+        "--channels-last", default="auto", help="auto | on | off (auto: measured per model and device, as in a study)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (used by all three ways)")
-    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader worker processes of the reference (default 2, a notebook's usual)")
-    p.add_argument("--no-reference", action="store_true", help="skip (c); the last line then reports harness/reference=nan")
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=2,
+        help="DataLoader worker processes of the reference (default 2, a notebook's usual)",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip (c); the last line then reports harness/reference=nan"
+    )
     return p.parse_args(argv)
 
 
@@ -69,10 +90,14 @@ def harness_loop(args, device: torch.device, cache_dir: Path):
     from study.train import TrainData, build_loop
 
     total_steps = (args.warmup + args.steps * args.repeats) * 3
-    hp = TrainConfig(batch_size=args.batch_size, epochs=1, min_steps=total_steps, augment=args.augment, input_size=args.image_size).resolved(args.model)
+    hp = TrainConfig(
+        batch_size=args.batch_size, epochs=1, min_steps=total_steps, augment=args.augment, input_size=args.image_size
+    ).resolved(args.model)
     cfg = StudyConfig(data=DataConfig(image_size=args.source_size, cache_dir=str(cache_dir)), train=hp)
     dataset, splits, _ = load_data(cfg)
-    subset = splitting.training_subset(splits, dataset.labels, "fraction", 1.0, 0, cfg.data.min_per_class, dataset.class_names)
+    subset = splitting.training_subset(
+        splits, dataset.labels, "fraction", 1.0, 0, cfg.data.min_per_class, dataset.class_names
+    )
     with warnings.catch_warnings():  # a read-only memmap is only ever read
         warnings.simplefilter("ignore", UserWarning)
         data = TrainData.from_arrays(dataset.images, dataset.labels, dataset.num_classes, device, dataset.hflip)
@@ -101,7 +126,13 @@ def reference_loader(dataset, subset: np.ndarray, folder: Path, args, mean, std,
     images = datasets.ImageFolder(str(folder), transform=transform)
     workers = args.loader_workers
     return torch.utils.data.DataLoader(
-        images, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0
+        images,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
 
 
@@ -169,7 +200,9 @@ def main(argv=None) -> int:
         from study.speed import use_channels_last
 
         build = lambda: timm.create_model(args.model, num_classes=loop.data.num_classes)  # noqa: E731
-        print(f"channels_last=auto would choose {use_channels_last('auto', args.model, build, args.image_size, args.batch_size, device)}")
+        print(
+            f"channels_last=auto would choose {use_channels_last('auto', args.model, build, args.image_size, args.batch_size, device)}"
+        )
     print(
         f"model={args.model} input={args.image_size} source={args.source_size} batch={args.batch_size} device={device} "
         f"threads={torch.get_num_threads()} channels_last={loop.channels_last} compile={args.compile} augment={args.augment} "
@@ -202,9 +235,15 @@ def main(argv=None) -> int:
             ways["reference"](args.steps)
             seconds["reference"].append(time.perf_counter() - start)
     ips = {name: [args.steps * args.batch_size / s for s in secs] for name, secs in seconds.items()}
-    labels = {"limit": "(a) limit: one ready batch, no data work", "harness": "(b) harness: study/train.py loop", "reference": "(c) reference: JPEG + ImageFolder + DataLoader"}
+    labels = {
+        "limit": "(a) limit: one ready batch, no data work",
+        "harness": "(b) harness: study/train.py loop",
+        "reference": "(c) reference: JPEG + ImageFolder + DataLoader",
+    }
     for name, values in ips.items():
-        print(f"{labels[name]:50s} {statistics.median(values):9.1f} img/s   blocks: {' '.join(f'{v:.1f}' for v in values)}")
+        print(
+            f"{labels[name]:50s} {statistics.median(values):9.1f} img/s   blocks: {' '.join(f'{v:.1f}' for v in values)}"
+        )
 
     def paired(a: str, b: str) -> float:
         if a not in ips or b not in ips:
@@ -220,7 +259,9 @@ def main(argv=None) -> int:
     synchronize(device)
     data_ms = (time.perf_counter() - start) / args.steps * 1000
     step_ms = args.batch_size / statistics.median(ips["limit"]) * 1000
-    print(f"{'data path alone (batch_at, information only)':50s} {data_ms:9.2f} ms/batch = {data_ms / step_ms:.1%} of a limit step ({step_ms:.1f} ms)")
+    print(
+        f"{'data path alone (batch_at, information only)':50s} {data_ms:9.2f} ms/batch = {data_ms / step_ms:.1%} of a limit step ({step_ms:.1f} ms)"
+    )
 
     val = torch.as_tensor(splits.val, device=device)
     start = time.perf_counter()

@@ -20,23 +20,46 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from analysis.study_analysis import StudyAnalysis, analyse
 from analysis.load import StudyData
-from reports import figures, format as fmt
+from analysis.study_analysis import StudyAnalysis, analyse
+from reports import figures
+from reports import format as fmt
 from reports.narrative import answer_paragraphs, missing_summary
 
-ENVIRONMENT_KEYS = ["python", "study", "torch", "timm", "numpy", "device", "gpu", "cuda", "platform", "processor", "cpu_count", "torch_threads", "host"]
+ENVIRONMENT_KEYS = [
+    "python",
+    "study",
+    "torch",
+    "timm",
+    "numpy",
+    "device",
+    "gpu",
+    "cuda",
+    "platform",
+    "processor",
+    "cpu_count",
+    "torch_threads",
+    "host",
+]
 
 
 def _env() -> Environment:
     # HTML is autoescaped; Markdown is not (GitHub would show &#39; as typed in the raw file),
     # its text goes through the ``md`` filter, which escapes what Markdown would misread.
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=lambda name: bool(name) and ".html" in name,
-                      trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined, keep_trailing_newline=True)
+    env = Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=lambda name: bool(name) and ".html" in name,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters.update(fmt.FILTERS)
     env.filters["p_is"] = fmt.p_is
     env.tests["missing"] = fmt.is_missing
-    env.tests["infinite"] = lambda v: not fmt.is_missing(v) and isinstance(v, (int, float)) and abs(float(v)) == float("inf")
+    env.tests["infinite"] = lambda v: (
+        not fmt.is_missing(v) and isinstance(v, (int, float)) and abs(float(v)) == float("inf")
+    )
     env.globals["interval"] = fmt.interval
     env.globals["pp_interval"] = fmt.pp_interval
     env.globals["p_with_holm"] = fmt.p_with_holm
@@ -112,13 +135,19 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
     colours = figures.model_colours(models)
     figs: dict[str, Path | None] = {}
     if len(a.summary):
-        figs["learning_curves"] = figures.learning_curves(a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets)
+        figs["learning_curves"] = figures.learning_curves(
+            a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets
+        )
     if len(a.needed) and np.isfinite(a.needed["n_star"].astype(float)).any():
         figs["data_needed"] = figures.data_needed(a.needed, a.targets, fig_dir / "data_needed.png", colours)
     if len(a.ranks.ranks) >= 2:
-        figs["average_ranks"] = figures.average_ranks(a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours)
+        figs["average_ranks"] = figures.average_ranks(
+            a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours
+        )
     if len(a.answer) and a.answer["acc_largest"].notna().any():
-        figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours)
+        figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(
+            a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours
+        )
     if tuning is not None and len(tuning.trials):
         figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours)
     used = set()
@@ -127,7 +156,9 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
         while slug in used:
             slug += "_"
         used.add(slug)
-        figs[f"training:{model}"] = figures.training_curves(a.data.epochs, a.data.done, model, fig_dir / f"training_{slug}.png", colours[model])
+        figs[f"training:{model}"] = figures.training_curves(
+            a.data.epochs, a.data.done, model, fig_dir / f"training_{slug}.png", colours[model]
+        )
         figs[f"confusion:{model}"] = figures.confusion_matrix(a.confusion, model, fig_dir / f"confusion_{slug}.png")
     return {k: p for k, p in figs.items() if p is not None}
 
@@ -188,19 +219,29 @@ def _per_size(a: StudyAnalysis) -> list[dict]:
     s = a.summary
     out = []
     for n, g in s.groupby("n_train", sort=True):
-        out.append({"n_train": int(n), "fraction": float(g["fraction"].mean()), "rows": _records(g.sort_values("model"))})
+        out.append(
+            {"n_train": int(n), "fraction": float(g["fraction"].mean()), "rows": _records(g.sort_values("model"))}
+        )
     return out
 
 
 def _tuning_context(tuning, runs: pd.DataFrame) -> dict[str, Any]:
     sources = runs["hparams_source"].dropna()
     tuned_runs = int(sources.str.startswith("tuned:").sum())
-    ctx: dict[str, Any] = {"available": tuning is not None, "tuned_runs": tuned_runs, "config_runs": int((sources == "config").sum()),
-                           "best": [], "params": [], "importances": [], "importance_params": [], "n_trials": 0}
+    ctx: dict[str, Any] = {
+        "available": tuning is not None,
+        "tuned_runs": tuned_runs,
+        "config_runs": int((sources == "config").sum()),
+        "best": [],
+        "params": [],
+        "importances": [],
+        "importance_params": [],
+        "n_trials": 0,
+    }
     if tuning is None or tuning.best.empty:
         return ctx
     params = [c for c in tuning.best.columns if c.startswith("param_")]
-    ctx["params"] = [p[len("param_"):] for p in params]
+    ctx["params"] = [p[len("param_") :] for p in params]
     ctx["best"] = [{**r, "params": [_param_value(r.get(p)) for p in params]} for r in _records(tuning.best)]
     ctx["n_trials"] = len(tuning.trials)
     imp = tuning.importances
@@ -209,7 +250,14 @@ def _tuning_context(tuning, runs: pd.DataFrame) -> dict[str, Any]:
         ctx["importance_params"] = names
         for (model, kind, value), g in imp.groupby(["model", "size_kind", "size_value"], sort=True):
             values = g.set_index("param")["importance"]
-            ctx["importances"].append({"model": model, "size_kind": kind, "size_value": value, "values": [values.get(n, np.nan) for n in names]})
+            ctx["importances"].append(
+                {
+                    "model": model,
+                    "size_kind": kind,
+                    "size_value": value,
+                    "values": [values.get(n, np.nan) for n in names],
+                }
+            )
     return ctx
 
 
@@ -228,16 +276,25 @@ def _details(a: StudyAnalysis, models: list[str]) -> list[dict]:
     for model in models:
         r = runs[runs["model"] == model].copy()
         r["error_line"] = r["error"].fillna("").map(lambda e: e.splitlines()[0] if e else "")
-        out.append({"model": model, "runs": _records(r), "training": f"training:{model}", "confusion": f"confusion:{model}"})
+        out.append(
+            {"model": model, "runs": _records(r), "training": f"training:{model}", "confusion": f"confusion:{model}"}
+        )
     return out
 
 
 def _methods(a: StudyAnalysis) -> dict[str, Any]:
     data = a.data
     cfg = data.config or {}
-    sizes = (data.runs[["size_kind", "size_value", "n_train", "fraction"]].drop_duplicates().sort_values("n_train"))
+    sizes = data.runs[["size_kind", "size_value", "n_train", "fraction"]].drop_duplicates().sort_values("n_train")
     envs: dict[str, dict] = {}
-    for env, n in data.done["environment"].dropna().map(lambda e: json.dumps({k: e.get(k) for k in ENVIRONMENT_KEYS if k in e}, sort_keys=True)).value_counts().sort_index().items():
+    for env, n in (
+        data.done["environment"]
+        .dropna()
+        .map(lambda e: json.dumps({k: e.get(k) for k in ENVIRONMENT_KEYS if k in e}, sort_keys=True))
+        .value_counts()
+        .sort_index()
+        .items()
+    ):
         envs[env] = {**json.loads(env), "runs": int(n)}
     env_keys = [k for k in ENVIRONMENT_KEYS if any(k in e for e in envs.values())]
     tune = cfg.get("tune") or {}

@@ -83,8 +83,19 @@ def learning_curves(
         group = group.sort_values("n_train")
         c = colours[model]
         err = np.vstack([group["mean"] - group["ci_low"].clip(0, 1), group["ci_high"].clip(0, 1) - group["mean"]])
-        ax.errorbar(group["n_train"], group["mean"], yerr=err, fmt=markers[model], color=c, capsize=3, label=model,
-                    linestyle="none" if model in fitted else "-", linewidth=1, markersize=5, zorder=3)
+        ax.errorbar(
+            group["n_train"],
+            group["mean"],
+            yerr=err,
+            fmt=markers[model],
+            color=c,
+            capsize=3,
+            label=model,
+            linestyle="none" if model in fitted else "-",
+            linewidth=1,
+            markersize=5,
+            zorder=3,
+        )
         if model in fitted:
             b = bands[bands["model"] == model].sort_values("n_train")
             inside, beyond = b[~b["extrapolated"]], b[b["extrapolated"]]
@@ -96,9 +107,17 @@ def learning_curves(
     if targets is not None:
         for i, t in enumerate(targets.itertuples()):  # labels alternate sides: close targets stay legible
             ax.axhline(t.target, **TARGET_STYLE, zorder=0)
-            ax.annotate(f"target {100 * t.target:.1f}%", (0.0 if i % 2 else 1.0, t.target), xycoords=("axes fraction", "data"),
-                        ha="left" if i % 2 else "right", va="bottom", fontsize=8, color=TARGET_STYLE["color"], zorder=5,
-                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})  # legible over a curve
+            ax.annotate(
+                f"target {100 * t.target:.1f}%",
+                (0.0 if i % 2 else 1.0, t.target),
+                xycoords=("axes fraction", "data"),
+                ha="left" if i % 2 else "right",
+                va="bottom",
+                fontsize=8,
+                color=TARGET_STYLE["color"],
+                zorder=5,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+            )  # legible over a curve
     shown = [summary["ci_low"].min(), summary["ci_high"].max(), summary["mean"].min(), summary["mean"].max()]
     if targets is not None and len(targets):
         shown += [targets["target"].min(), targets["target"].max()]
@@ -134,12 +153,26 @@ def data_needed(needed: pd.DataFrame, targets: pd.DataFrame, path: Path, colours
                 n, lo, hi = float(r["n_star"]), float(r["ci_low"]), float(r["ci_high"])
                 if np.isfinite(n):
                     hi_drawn = hi if np.isfinite(hi) else right * 3
-                    ax.errorbar([n], [y], xerr=[[n - lo if np.isfinite(lo) else 0], [hi_drawn - n]], fmt="o", color=colours[model], capsize=3,
-                                markerfacecolor="white" if r["extrapolated"] else colours[model])
+                    ax.errorbar(
+                        [n],
+                        [y],
+                        xerr=[[n - lo if np.isfinite(lo) else 0], [hi_drawn - n]],
+                        fmt="o",
+                        color=colours[model],
+                        capsize=3,
+                        markerfacecolor="white" if r["extrapolated"] else colours[model],
+                    )
                     if not np.isfinite(hi):
                         ax.annotate("→ ∞", (hi_drawn, y), fontsize=8, va="center", color=colours[model])
                 else:
-                    ax.annotate(f"{r['status']}", (0.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=8, color=colours[model])
+                    ax.annotate(
+                        f"{r['status']}",
+                        (0.02, y),
+                        xycoords=("axes fraction", "data"),
+                        va="center",
+                        fontsize=8,
+                        color=colours[model],
+                    )
             y += 1
         if ti < len(tlist) - 1:
             ax.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
@@ -167,7 +200,9 @@ def _cliques(ranks: pd.Series, cd: float) -> list[tuple[int, int]]:
     return out
 
 
-def average_ranks(ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colours: dict[str, str] | None = None) -> Path:
+def average_ranks(
+    ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colours: dict[str, str] | None = None
+) -> Path:
     """Critical-difference diagram: average rank of each model over every (size, seed) block
     (1 = most accurate), the Nemenyi critical difference as a scale bar, and thick bars joining
     models whose ranks are closer than it (not significantly different)."""
@@ -187,13 +222,32 @@ def average_ranks(ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colou
         y = -0.35 - 0.3 * i
         ax.plot([row["average_rank"]] * 2, [0, y], color=colours[row["model"]], linewidth=1)
         ax.plot(row["average_rank"], 0, "o", color=colours[row["model"]], markersize=7, zorder=3)
-        ax.annotate(f"{row['model']} ({row['average_rank']:.2f})", (row["average_rank"], y), xytext=(4, 0), textcoords="offset points",
-                    va="center", fontsize=9, color=colours[row["model"]])
+        ax.annotate(
+            f"{row['model']} ({row['average_rank']:.2f})",
+            (row["average_rank"], y),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=9,
+            color=colours[row["model"]],
+        )
     if np.isfinite(cd):
         ax.plot([1, 1 + cd], [0.75, 0.75], color="black", linewidth=2)
-        ax.annotate(f"CD = {cd:.2f} (Nemenyi, α = {f['alpha']:g})", (1 + cd, 0.75), xytext=(6, -3), textcoords="offset points", fontsize=9)
+        ax.annotate(
+            f"CD = {cd:.2f} (Nemenyi, α = {f['alpha']:g})",
+            (1 + cd, 0.75),
+            xytext=(6, -3),
+            textcoords="offset points",
+            fontsize=9,
+        )
         for n, (a, b) in enumerate(_cliques(r["average_rank"], cd)):
-            ax.plot([r.at[a, "average_rank"] - 0.03, r.at[b, "average_rank"] + 0.03], [0.4 - 0.12 * n] * 2, color="#444444", linewidth=4, alpha=0.6)
+            ax.plot(
+                [r.at[a, "average_rank"] - 0.03, r.at[b, "average_rank"] + 0.03],
+                [0.4 - 0.12 * n] * 2,
+                color="#444444",
+                linewidth=4,
+                alpha=0.6,
+            )
     p = f["p_value"]
     subtitle = f"Friedman p = {p:.3g}" if np.isfinite(p) else "no Friedman test (needs 3+ models)"
     ax.set_title(f"Average rank over {int(f['n_blocks'])} (size, seed) blocks; {subtitle}", fontsize=10)
@@ -201,15 +255,26 @@ def average_ranks(ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colou
     return save(fig, path)
 
 
-def accuracy_vs_cost(answer: pd.DataFrame, model_costs: pd.DataFrame, path: Path, colours: dict[str, str] | None = None) -> Path | None:
+def accuracy_vs_cost(
+    answer: pd.DataFrame, model_costs: pd.DataFrame, path: Path, colours: dict[str, str] | None = None
+) -> Path | None:
     """Test accuracy at the largest size (with its CI) against what a model costs to run: CPU
     latency (batch 1, one thread, p50), MACs per image, and parameters; one panel per cost that
     was measured. Upper left is best. None when no cost is known."""
     colours = _colours(answer["model"], colours)
     markers = model_markers(list(colours))
-    data = answer[["model", "acc_largest", "acc_largest_ci_low", "acc_largest_ci_high"]].merge(model_costs, on="model", how="left")
-    panels = [(col, label) for col, label in (("latency_p50_ms_1t", "CPU latency, batch 1, 1 thread (ms, p50)"), ("macs", "MACs per image"),
-                                              ("n_params", "parameters")) if pd.to_numeric(data[col], errors="coerce").notna().any()]
+    data = answer[["model", "acc_largest", "acc_largest_ci_low", "acc_largest_ci_high"]].merge(
+        model_costs, on="model", how="left"
+    )
+    panels = [
+        (col, label)
+        for col, label in (
+            ("latency_p50_ms_1t", "CPU latency, batch 1, 1 thread (ms, p50)"),
+            ("macs", "MACs per image"),
+            ("n_params", "parameters"),
+        )
+        if pd.to_numeric(data[col], errors="coerce").notna().any()
+    ]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), sharey=True, squeeze=False)
@@ -218,8 +283,20 @@ def accuracy_vs_cost(answer: pd.DataFrame, model_costs: pd.DataFrame, path: Path
             x = pd.to_numeric(pd.Series([r[col]]), errors="coerce").iloc[0]
             if pd.isna(x) or pd.isna(r["acc_largest"]):
                 continue
-            err = [[r["acc_largest"] - max(r["acc_largest_ci_low"], 0.0)], [min(r["acc_largest_ci_high"], 1.0) - r["acc_largest"]]]
-            ax.errorbar([float(x)], [r["acc_largest"]], yerr=err, fmt=markers[r["model"]], color=colours[r["model"]], capsize=3, label=r["model"], markersize=7)
+            err = [
+                [r["acc_largest"] - max(r["acc_largest_ci_low"], 0.0)],
+                [min(r["acc_largest_ci_high"], 1.0) - r["acc_largest"]],
+            ]
+            ax.errorbar(
+                [float(x)],
+                [r["acc_largest"]],
+                yerr=err,
+                fmt=markers[r["model"]],
+                color=colours[r["model"]],
+                capsize=3,
+                label=r["model"],
+                markersize=7,
+            )
         _log_axis(ax)
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -253,13 +330,20 @@ def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | N
             c = colours[model]
             complete = t["state"] == "COMPLETE"
             ax.plot(t.loc[complete, "trial"], t.loc[complete, "value"], "o", color=c, markersize=4, label=model)
-            ax.plot(t.loc[~complete, "trial"], t.loc[~complete, "value"], "o", color=c, markersize=4, markerfacecolor="white")
+            ax.plot(
+                t.loc[~complete, "trial"],
+                t.loc[~complete, "value"],
+                "o",
+                color=c,
+                markersize=4,
+                markerfacecolor="white",
+            )
             best = t["value"].where(complete).cummax().ffill()  # pruned trials keep the best so far
             ax.step(t["trial"], best, where="post", color=c, linewidth=1.5)
         ax.set_title(f"{kind} = {value:g}", fontsize=10)
         ax.set_xlabel("trial")
         ax.grid(True, alpha=0.3)
-    for ax in axes.ravel()[len(sizes):]:
+    for ax in axes.ravel()[len(sizes) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].legend(frameon=False, fontsize=8)
@@ -281,7 +365,14 @@ def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame, model: str, path: 
             s = s.sort_values("epoch")
             shade = 0.35 + 0.65 * (1 - (int(seed) % 5) / 5)
             for i, (train, val) in enumerate((("train_loss", "val_loss"), ("train_acc", "val_acc"))):
-                axes[i][j].plot(s["epoch"], s[train], color=colour, alpha=shade, linewidth=1.3, label="train" if seed == s["seed"].min() else None)
+                axes[i][j].plot(
+                    s["epoch"],
+                    s[train],
+                    color=colour,
+                    alpha=shade,
+                    linewidth=1.3,
+                    label="train" if seed == s["seed"].min() else None,
+                )
                 axes[i][j].plot(s["epoch"], s[val], color=colour, alpha=shade, linewidth=1.3, linestyle="--")
         axes[0][j].set_title(f"{n:,} images", fontsize=9)
         axes[1][j].set_xlabel("epoch")
@@ -308,13 +399,26 @@ def confusion_matrix(confusion: pd.DataFrame, model: str, path: Path) -> Path | 
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     step = max(1, int(np.ceil(k / 40)))  # at most ~40 labelled ticks: more are unreadable
-    ax.set_xticks(range(0, k, step), [str(n) for n in names[::step]], rotation=90 if max(map(len, map(str, names))) > 3 else 0, fontsize=8)
+    ax.set_xticks(
+        range(0, k, step),
+        [str(n) for n in names[::step]],
+        rotation=90 if max(map(len, map(str, names))) > 3 else 0,
+        fontsize=8,
+    )
     ax.set_yticks(range(0, k, step), [str(n) for n in names[::step]], fontsize=8)
     if k <= 12:
         for i in range(k):
             for j in range(k):
                 if share[i, j] >= 0.005:
-                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{share[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     n_runs, n_train = int(c["n_runs"].iloc[0]), int(c["n_train"].iloc[0])

@@ -107,4 +107,13 @@ def md_cell(v) -> str:
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
-FILTERS = {"pct": pct, "pp": pp, "count": count, "num": num, "pvalue": pvalue, "seconds": seconds, "millions": millions, "md": md_cell}
+FILTERS = {
+    "pct": pct,
+    "pp": pp,
+    "count": count,
+    "num": num,
+    "pvalue": pvalue,
+    "seconds": seconds,
+    "millions": millions,
+    "md": md_cell,
+}

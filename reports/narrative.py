@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.study_analysis import StudyAnalysis
-from reports.format import count, interval, num, p_is as fmt_p, pct, pp
+from reports.format import count, interval, num, pct, pp
+from reports.format import p_is as fmt_p
 
 
 def study_sentence(a: StudyAnalysis) -> str:
@@ -17,8 +18,10 @@ def study_sentence(a: StudyAnalysis) -> str:
     sizes = sorted(runs["n_train"].unique())
     seeds = runs["seed"].nunique()
     name = a.data.dataset.get("name", "the dataset")
-    text = (f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of {name} "
-            f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} seed(s) each")
+    text = (
+        f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of {name} "
+        f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} seed(s) each"
+    )
     text += f"; {len(done)} of {len(runs)} planned runs finished"
     missing = len(runs) - len(done)
     if missing:
@@ -58,17 +61,24 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
                 if r["upper_bound"]:
                     parts.append(f"{r['model']} at most {count(r['n_star'])} (reached at the smallest measured size)")
                 else:
-                    parts.append(f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}")
+                    parts.append(
+                        f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}"
+                    )
         if not parts:
             continue
         text = f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI)."
         reached = rows[np.isfinite(rows["n_star"].astype(float))].sort_values(["n_star", "model"])
         if len(reached) > 1:
             best = reached.iloc[0]["model"]
-            others = [m for m, bounded in zip(reached["model"].iloc[1:], reached["upper_bound"].iloc[1:]) if not bounded]
+            others = [
+                m for m, bounded in zip(reached["model"].iloc[1:], reached["upper_bound"].iloc[1:]) if not bounded
+            ]
             ratios = [_ratio_to(a.ratios, t["target"], m, best) for m in others]
             at_least = "at least " if reached.iloc[0]["upper_bound"] else ""
-            ratios = [f"{m} {at_least}{num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}" for m, (r, lo, hi) in zip(others, ratios)]
+            ratios = [
+                f"{m} {at_least}{num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}"
+                for m, (r, lo, hi) in zip(others, ratios)
+            ]
             if ratios:
                 text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
         out.append(text)
@@ -92,8 +102,10 @@ def efficiency_sentence(a: StudyAnalysis) -> str:
     if sc.empty:
         return ""
     top = sc.iloc[0]
-    text = (f"Over the measured range, the most data-efficient model is {top['model']} (score {num(top['score'])} "
-            f"{interval(top['ci_low'], top['ci_high'], num)}: its mean accuracy averaged over log training-set size)")
+    text = (
+        f"Over the measured range, the most data-efficient model is {top['model']} (score {num(top['score'])} "
+        f"{interval(top['ci_low'], top['ci_high'], num)}: its mean accuracy averaged over log training-set size)"
+    )
     others = [f"{r['model']} {num(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
     return text + (f"; then {', '.join(others)}." if others else ".")
 
@@ -107,18 +119,25 @@ def significance_sentences(a: StudyAnalysis) -> list[str]:
         return ["With a single model (or no paired runs) there is nothing to compare."]
     tested = int(pw["p_t"].notna().sum())
     sig = pw[pw["significant"]]
-    out = [f"{len(sig)} of {len(pw)} pairwise differences are significant (paired t-test over seeds, Holm-adjusted p < {alpha:g}; "
-           f"{tested} could be tested)."]
+    out = [
+        f"{len(sig)} of {len(pw)} pairwise differences are significant (paired t-test over seeds, Holm-adjusted p < {alpha:g}; "
+        f"{tested} could be tested)."
+    ]
     largest = pw[pw["n_train"] == pw["n_train"].max()]
-    items = [f"{r['model_a']} vs {r['model_b']} {pp(r['diff'])} ({fmt_p(r['p_t_holm'])})" for _, r in largest[largest["significant"]].iterrows()]
+    items = [
+        f"{r['model_a']} vs {r['model_b']} {pp(r['diff'])} ({fmt_p(r['p_t_holm'])})"
+        for _, r in largest[largest["significant"]].iterrows()
+    ]
     if items:
         out.append(f"With {count(largest['n_train'].iloc[0])} training images: " + "; ".join(items) + ".")
     elif len(largest):
         out.append(f"With {count(largest['n_train'].iloc[0])} training images no difference is significant.")
     mc = pw[pw["p_mcnemar_holm"] < alpha]
     if len(mc):
-        out.append(f"McNemar's exact test on the test predictions separates {len(mc)} of {len(pw)} pairs (Holm-adjusted); it measures "
-                   "the test set's sampling noise for these trained models, not the variation between training runs.")
+        out.append(
+            f"McNemar's exact test on the test predictions separates {len(mc)} of {len(pw)} pairs (Holm-adjusted); it measures "
+            "the test set's sampling noise for these trained models, not the variation between training runs."
+        )
     return out
 
 
@@ -130,8 +149,14 @@ def cost_sentence(a: StudyAnalysis) -> str:
     if lat.empty:
         return ""
     fastest = lat.iloc[0]
-    return (f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} ms p50)"
-            + (f"; {', '.join(f'{r.model} {num(r.latency_p50_ms_1t)} ms' for r in lat.iloc[1:].itertuples())}." if len(lat) > 1 else "."))
+    return (
+        f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} ms p50)"
+        + (
+            f"; {', '.join(f'{r.model} {num(r.latency_p50_ms_1t)} ms' for r in lat.iloc[1:].itertuples())}."
+            if len(lat) > 1
+            else "."
+        )
+    )
 
 
 def answer_paragraphs(a: StudyAnalysis) -> list[str]:
@@ -156,5 +181,9 @@ def missing_summary(a: StudyAnalysis) -> pd.DataFrame:
     missing = runs[runs["status"] != "done"]
     if missing.empty:
         return pd.DataFrame(columns=["model", "n_train", "status", "seeds"])
-    return (missing.groupby(["model", "n_train", "status"], sort=True)["seed"]
-            .apply(lambda s: ", ".join(str(v) for v in sorted(s))).reset_index().rename(columns={"seed": "seeds"}))
+    return (
+        missing.groupby(["model", "n_train", "status"], sort=True)["seed"]
+        .apply(lambda s: ", ".join(str(v) for v in sorted(s)))
+        .reset_index()
+        .rename(columns={"seed": "seeds"})
+    )

@@ -35,7 +35,18 @@ _MAGNITUDES = {
     "standard": (0.125, 10.0, 0.1, 0.0, 0.0),
     "strong": (0.125, 20.0, 0.2, 0.3, 0.25),
 }
-_TRIVIAL_OPS = ("identity", "translate_x", "translate_y", "rotate", "shear_x", "shear_y", "brightness", "contrast", "solarize", "posterize")
+_TRIVIAL_OPS = (
+    "identity",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "brightness",
+    "contrast",
+    "solarize",
+    "posterize",
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,14 @@ def _base_grid(height: int, width: int, device: torch.device, dtype: torch.dtype
     """(height * width, 3) rows of (x, y, 1): pixel centres in [-1, 1] coordinates."""
     xs = (torch.arange(width, device=device, dtype=dtype) * 2 + 1) / width - 1
     ys = (torch.arange(height, device=device, dtype=dtype) * 2 + 1) / height - 1
-    grid = torch.stack([xs.expand(height, width), ys.view(height, 1).expand(height, width), torch.ones(height, width, device=device, dtype=dtype)], dim=-1)
+    grid = torch.stack(
+        [
+            xs.expand(height, width),
+            ys.view(height, 1).expand(height, width),
+            torch.ones(height, width, device=device, dtype=dtype),
+        ],
+        dim=-1,
+    )
     return grid.view(height * width, 3)
 
 
@@ -196,7 +214,9 @@ def to_model_input(
         x = augment(x.mul_(1 / 255), generator)  # augmentation works on [0, 1]
         scale = 1 / std.view(1, -1, 1, 1)
     if h != input_size or w != input_size:  # a linear map: it commutes with the scaling below
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=w > input_size)
+        x = F.interpolate(
+            x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=w > input_size
+        )
     x = x.mul_(scale).sub_(mean.view(1, -1, 1, 1) / std.view(1, -1, 1, 1))
     # The layout asked for, whatever the path above produced: it decides which kernels run.
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

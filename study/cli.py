@@ -11,8 +11,9 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from study.errors import UserError
 
@@ -50,19 +51,37 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
     """Flags that say how this machine works on a study: shared by ``run`` and ``worker``."""
     p.add_argument("--device", metavar="DEV", help="auto | cpu | cuda")
     p.add_argument("--jobs", metavar="N", help="parallel runs (0 = one per core, or every thread of the dask cluster)")
-    p.add_argument("--threads", metavar="N", help="torch threads per worker (0 = the cores shared out among the workers)")
-    p.add_argument("--backend", metavar="NAME", help="loky (default: local processes) | dask (a dask.distributed cluster)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="with --backend dask: the scheduler's address, e.g. tcp://head-node:8786")
+    p.add_argument(
+        "--threads", metavar="N", help="torch threads per worker (0 = the cores shared out among the workers)"
+    )
+    p.add_argument(
+        "--backend", metavar="NAME", help="loky (default: local processes) | dask (a dask.distributed cluster)"
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="with --backend dask: the scheduler's address, e.g. tcp://head-node:8786"
+    )
     p.add_argument("--heartbeat", metavar="SECONDS", help="seconds between a busy worker's heartbeats (default 20)")
-    p.add_argument("--grace-period", metavar="SECONDS", help="seconds of silence after which a worker's run or trial is taken over (default 180)")
+    p.add_argument(
+        "--grace-period",
+        metavar="SECONDS",
+        help="seconds of silence after which a worker's run or trial is taken over (default 180)",
+    )
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile each model once per worker")
-    p.add_argument("--channels-last", metavar="MODE", help="channels-last memory layout: auto (measured once per study, model and kind of device) | on | off")
+    p.add_argument(
+        "--channels-last",
+        metavar="MODE",
+        help="channels-last memory layout: auto (measured once per study, model and kind of device) | on | off",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (default) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition")
-    p.add_argument("--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)")
+    p.add_argument(
+        "--dataset", help="digits (default) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition"
+    )
+    p.add_argument(
+        "--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)"
+    )
     p.add_argument("--test-root", metavar="DIR", help="imagefolder: a separate folder of test images")
     p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
@@ -74,29 +93,73 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")
-    p.add_argument("--input-size", metavar="PX|native", help="model input side (0 = --image-size, native = each model's pretrained size)")
+    p.add_argument(
+        "--input-size",
+        metavar="PX|native",
+        help="model input side (0 = --image-size, native = each model's pretrained size)",
+    )
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from timm's pretrained weights")
-    p.add_argument("--weights", metavar="MODEL=PATH", action="append", help="local .safetensors/.pth weights for MODEL (repeatable)")
-    p.add_argument("--finetune", metavar="MODE", help="full (default) | head (linear probe: only the classifier trains)")
-    p.add_argument("--freeze-stages", metavar="K", help="with --finetune full: keep the stem and the first K stages frozen")
+    p.add_argument(
+        "--weights",
+        metavar="MODEL=PATH",
+        action="append",
+        help="local .safetensors/.pth weights for MODEL (repeatable)",
+    )
+    p.add_argument(
+        "--finetune", metavar="MODE", help="full (default) | head (linear probe: only the classifier trains)"
+    )
+    p.add_argument(
+        "--freeze-stages", metavar="K", help="with --finetune full: keep the stem and the first K stages frozen"
+    )
     _machine_flags(p)
-    p.add_argument("--trials", metavar="N", help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])")
+    p.add_argument(
+        "--trials",
+        metavar="N",
+        help="Optuna trials per model and size before the final runs (0 = no tuning: use [train])",
+    )
     p.add_argument("--tune-timeout", metavar="SECONDS", help="tuning time per model and size (0 = no limit)")
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
-    p.add_argument("--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency")
+    p.add_argument(
+        "--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency"
+    )
 
 
 # CLI flag -> dotted config key
 _OVERRIDES = {
-    "out": "out", "storage": "storage", "name": "name", "dataset": "data.dataset", "data_root": "data.root",
-    "test_root": "data.test_root", "models": "models", "fractions": "fractions", "per_class": "per_class",
-    "seeds": "seeds", "epochs": "train.epochs", "min_steps": "train.min_steps", "batch_size": "train.batch_size",
-    "lr": "train.lr", "augment": "train.augment", "image_size": "data.image_size", "device": "device", "jobs": "jobs",
-    "threads": "threads", "backend": "backend", "scheduler": "scheduler", "heartbeat": "heartbeat", "grace_period": "grace_period",
-    "input_size": "train.input_size", "pretrained": "train.pretrained", "weights": "train.weights", "finetune": "train.finetune",
+    "out": "out",
+    "storage": "storage",
+    "name": "name",
+    "dataset": "data.dataset",
+    "data_root": "data.root",
+    "test_root": "data.test_root",
+    "models": "models",
+    "fractions": "fractions",
+    "per_class": "per_class",
+    "seeds": "seeds",
+    "epochs": "train.epochs",
+    "min_steps": "train.min_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "augment": "train.augment",
+    "image_size": "data.image_size",
+    "device": "device",
+    "jobs": "jobs",
+    "threads": "threads",
+    "backend": "backend",
+    "scheduler": "scheduler",
+    "heartbeat": "heartbeat",
+    "grace_period": "grace_period",
+    "input_size": "train.input_size",
+    "pretrained": "train.pretrained",
+    "weights": "train.weights",
+    "finetune": "train.finetune",
     "freeze_stages": "train.freeze_stages",
-    "trials": "tune.trials", "tune_timeout": "tune.timeout", "pruner": "tune.pruner",
-    "compile": "compile", "channels_last": "channels_last", "costs": "costs",
+    "trials": "tune.trials",
+    "tune_timeout": "tune.timeout",
+    "pruner": "tune.pruner",
+    "compile": "compile",
+    "channels_last": "channels_last",
+    "costs": "costs",
 }
 
 
@@ -110,22 +173,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
 
-    worker = sub.add_parser("worker", help="join a study in the store and work on it until nothing is left (one per machine of a cluster)")
+    worker = sub.add_parser(
+        "worker", help="join a study in the store and work on it until nothing is left (one per machine of a cluster)"
+    )
     _study_flags(worker)
     _machine_flags(worker)
-    worker.add_argument("--data-root", metavar="DIR", help="where the dataset lies on this machine (default: where the study's config says)")
+    worker.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where the dataset lies on this machine (default: where the study's config says)",
+    )
     worker.add_argument("--test-root", metavar="DIR", help="imagefolder: where the test images lie on this machine")
     worker.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    worker.add_argument("--wait", metavar="SECONDS", type=_seconds, default=0.0,
-                        help="wait up to this long for the study to appear in the store (workers started before `study run`); default 0")
+    worker.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.0,
+        help="wait up to this long for the study to appear in the store (workers started before `study run`); default 0",
+    )
 
     status = sub.add_parser("status", help="runs done, running, failed and left")
     _study_flags(status)
 
     report = sub.add_parser("report", help="(re)write the report from the store alone")
     _study_flags(report)
-    report.add_argument("--targets", metavar="ACC,ACC", help="test accuracies for the images-needed estimates, e.g. 0.8,0.9 "
-                        "(default: 90%% and 95%% of the best full-data accuracy)")
+    report.add_argument(
+        "--targets",
+        metavar="ACC,ACC",
+        help="test accuracies for the images-needed estimates, e.g. 0.8,0.9 "
+        "(default: 90%% and 95%% of the best full-data accuracy)",
+    )
 
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="study.toml")
@@ -133,14 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="prepare datasets")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True, parser_class=_Parser)
-    text = dsub.add_parser("build-text-recognition", help="sample a text / no-text image folder from MSRA-TD500 and Flickr8k")
+    text = dsub.add_parser(
+        "build-text-recognition", help="sample a text / no-text image folder from MSRA-TD500 and Flickr8k"
+    )
     text.add_argument("--msra", metavar="DIR", type=Path, required=True, help="MSRA-TD500 folder with train/ and test/")
-    text.add_argument("--flickr", metavar="DIR", type=Path, required=True, help="Flickr8k folder (Flicker8k_Dataset/ or Images/ of .jpg)")
-    text.add_argument("--out", metavar="DIR", type=Path, required=True, help="output folder: train/, test/, manifest.csv")
-    text.add_argument("--per-class", metavar="N", type=int, default=200, help="images per class, both splits together (default 200)")
-    text.add_argument("--size", metavar="PX", type=int, default=224, help="side the images are resized to (default 224)")
+    text.add_argument(
+        "--flickr",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="Flickr8k folder (Flicker8k_Dataset/ or Images/ of .jpg)",
+    )
+    text.add_argument(
+        "--out", metavar="DIR", type=Path, required=True, help="output folder: train/, test/, manifest.csv"
+    )
+    text.add_argument(
+        "--per-class", metavar="N", type=int, default=200, help="images per class, both splits together (default 200)"
+    )
+    text.add_argument(
+        "--size", metavar="PX", type=int, default=224, help="side the images are resized to (default 224)"
+    )
     text.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the sampling (default 0)")
-    text.add_argument("--test-fraction", metavar="F", type=float, default=0.2, help="share of each class in the test split (default 0.2)")
+    text.add_argument(
+        "--test-fraction",
+        metavar="F",
+        type=float,
+        default=0.2,
+        help="share of each class in the test split (default 0.2)",
+    )
     text.add_argument("--force", action="store_true", help="replace an existing output folder")
     return parser
 
@@ -169,16 +267,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         record_study_costs(ctx, progress=not args.quiet)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
-    print(f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
+    print(
+        f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left"
+    )
     if counts["tuning_failed"]:
-        print(f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then --retry-failed)")
+        print(
+            f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then --retry-failed)"
+        )
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).
 _WORKER_OVERRIDES = (
-    "out", "storage", "data_root", "test_root", "device", "jobs", "threads", "backend", "scheduler", "heartbeat", "grace_period", "compile", "channels_last",
+    "out",
+    "storage",
+    "data_root",
+    "test_root",
+    "device",
+    "jobs",
+    "threads",
+    "backend",
+    "scheduler",
+    "heartbeat",
+    "grace_period",
+    "compile",
+    "channels_last",
 )
 
 
@@ -193,11 +307,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     url = local.storage_url
     store, name, names = _study_to_join(url, args.name, args.wait)
     if store is None:
-        raise UserError(f"no study database at {_missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)")
+        raise UserError(
+            f"no study database at {_missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
+        )
     if name is None:
         listed = ", ".join(repr(n) for n in names) or "none"
         what = f"no study {args.name!r}" if args.name else f"{len(names)} studies"
-        raise UserError(f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME")
+        raise UserError(
+            f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME"
+        )
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
@@ -206,7 +324,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
-    print(f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left")
+    print(
+        f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left"
+    )
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
@@ -256,7 +376,9 @@ def _located(args: argparse.Namespace) -> tuple[str, str | None, Path]:
     cfg = config.load(args.config, overrides)
     url = cfg.storage_url
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise UserError(f"no study database at {url[len('sqlite:///'):]}; run `python -m study run` first or pass --out/--storage")
+        raise UserError(
+            f"no study database at {url[len('sqlite:///') :]}; run `python -m study run` first or pass --out/--storage"
+        )
     name = cfg.name if (args.name or args.config) else None
     return url, name, Path(cfg.out)
 
@@ -275,7 +397,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {label:8s} {counts.get(status, 0)}")
     for status in ("running", "failed"):
         for _, r in runs[runs["status"] == status].iterrows():
-            detail = (r["error"] or "").splitlines()[0] if status == "failed" else f"attempt {r['attempts']} by {r['worker']}"
+            detail = (
+                (r["error"] or "").splitlines()[0]
+                if status == "failed"
+                else f"attempt {r['attempts']} by {r['worker']}"
+            )
             print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
     _print_tuning_status(url, data)
     _print_workers(url, data)
@@ -293,12 +419,18 @@ def _print_workers(url: str, data) -> None:
         return
     grace = float(data.config.get("grace_period", 180.0))
     now = store.now()
-    alive = [w for w in workers if w.heartbeat_at and (now - w.heartbeat_at).total_seconds() <= grace and not w.doing.startswith("idle")]
+    alive = [
+        w
+        for w in workers
+        if w.heartbeat_at and (now - w.heartbeat_at).total_seconds() <= grace and not w.doing.startswith("idle")
+    ]
     print(f"workers: {len(alive)} active of {len(workers)} (grace period {grace:g} s)")
     for w in workers:
         silent = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else float("inf")
         state = "presumed dead" if silent > grace and not w.doing.startswith("idle") else w.doing
-        print(f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) done")
+        print(
+            f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) done"
+        )
 
 
 def _print_tuning_status(url: str, data) -> None:
@@ -337,9 +469,13 @@ def _targets(text: str | None) -> list[float] | None:
         try:
             value = float(item)
         except ValueError:
-            raise UserError(f"--targets value {item!r} is not a number; give accuracies in (0, 1], e.g. --targets 0.8,0.9") from None
+            raise UserError(
+                f"--targets value {item!r} is not a number; give accuracies in (0, 1], e.g. --targets 0.8,0.9"
+            ) from None
         if not 0 < value <= 1:
-            raise UserError(f"--targets value {value:g} is invalid; target accuracies lie in (0, 1], e.g. --targets 0.8,0.9")
+            raise UserError(
+                f"--targets value {value:g} is invalid; target accuracies lie in (0, 1], e.g. --targets 0.8,0.9"
+            )
         targets.append(value)
     return targets
 
@@ -367,16 +503,30 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from study.datasets import text_recognition
 
-    summary = text_recognition.build(args.msra, args.flickr, args.out, args.per_class, args.size, args.seed, args.test_fraction, args.force)
+    summary = text_recognition.build(
+        args.msra, args.flickr, args.out, args.per_class, args.size, args.seed, args.test_fraction, args.force
+    )
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-    print(f"wrote {args.out}: {counts} images of {args.size}x{args.size} px; sources in {args.out / text_recognition.MANIFEST}")
+    print(
+        f"wrote {args.out}: {counts} images of {args.size}x{args.size} px; sources in {args.out / text_recognition.MANIFEST}"
+    )
     if summary["skipped"]:
-        print(f"warning: {len(summary['skipped'])} unreadable source file(s) skipped, e.g. {summary['skipped'][0]}", file=sys.stderr)
+        print(
+            f"warning: {len(summary['skipped'])} unreadable source file(s) skipped, e.g. {summary['skipped'][0]}",
+            file=sys.stderr,
+        )
     print(f"use it with: python -m study run --dataset text-recognition --data-root {args.out}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "init": cmd_init, "datasets": cmd_datasets}
+COMMANDS = {
+    "run": cmd_run,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "report": cmd_report,
+    "init": cmd_init,
+    "datasets": cmd_datasets,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

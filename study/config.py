@@ -85,19 +85,32 @@ class TrainConfig:
         _check(self.epochs >= 1, f"train.epochs={self.epochs} must be at least 1")
         _check(self.min_steps >= 0, f"train.min_steps={self.min_steps} must be 0 or more")
         _check(self.batch_size >= 2, f"train.batch_size={self.batch_size} must be at least 2")
-        _check(self.optimizer in OPTIMIZERS, f"train.optimizer={self.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            f"train.optimizer={self.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}",
+        )
         _check(0 <= self.lr < 10, f"train.lr={self.lr} must be a learning rate in (0, 10), or 0 for auto")
         _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
-        _check(self.augment in AUGMENT_POLICIES, f"train.augment={self.augment!r} is unknown; valid: {', '.join(AUGMENT_POLICIES)}")
+        _check(
+            self.augment in AUGMENT_POLICIES,
+            f"train.augment={self.augment!r} is unknown; valid: {', '.join(AUGMENT_POLICIES)}",
+        )
         _check(0 <= self.augment_strength <= 3, f"train.augment_strength={self.augment_strength} must lie in [0, 3]")
-        _check(self.normalization in NORMALIZATIONS, f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}")
+        _check(
+            self.normalization in NORMALIZATIONS,
+            f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}",
+        )
         _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
         _check(
-            self.input_size == NATIVE or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
+            self.input_size == NATIVE
+            or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
             f"train.input_size={self.input_size!r} is invalid; use 0 (= data.image_size), '{NATIVE}' (the model's pretrained size) or a size of 8 px or more",
         )
         _check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        _check(self.finetune in FINETUNE_MODES, f"train.finetune={self.finetune!r} is unknown; valid: {', '.join(FINETUNE_MODES)}")
+        _check(
+            self.finetune in FINETUNE_MODES,
+            f"train.finetune={self.finetune!r} is unknown; valid: {', '.join(FINETUNE_MODES)}",
+        )
         _check(self.freeze_stages >= 0, f"train.freeze_stages={self.freeze_stages} must be 0 (none frozen) or more")
         _check(
             self.finetune == "full" or self.freeze_stages == 0,
@@ -112,12 +125,15 @@ class TrainConfig:
         for entry in self.weights:
             model, sep, path = entry.partition("=")
             model, path = model.strip(), path.strip()
-            _check(bool(sep and model and path), f"train.weights entry {entry!r} is invalid; use MODEL=PATH, e.g. mobilevit_xxs=weights/mobilevit_xxs.safetensors")
+            _check(
+                bool(sep and model and path),
+                f"train.weights entry {entry!r} is invalid; use MODEL=PATH, e.g. mobilevit_xxs=weights/mobilevit_xxs.safetensors",
+            )
             _check(model not in files, f"train.weights names model {model!r} twice; give one file per model")
             files[model] = path
         return files
 
-    def resolved(self, model: str | None = None) -> "TrainConfig":
+    def resolved(self, model: str | None = None) -> TrainConfig:
         """These hyper-parameters with 'auto' values made concrete, as a run of ``model`` uses
         them: it fine-tunes when it starts from timm's weights or from a weights file of its own."""
         pretrained = self.pretrained or (model in self.weight_files if model else bool(self.weights))
@@ -217,7 +233,7 @@ class StudyConfig:
             return [("per_class", float(k)) for k in self.per_class]
         return [("fraction", f) for f in self.fractions]
 
-    def validate(self) -> "StudyConfig":
+    def validate(self) -> StudyConfig:
         """Check every value; raise UserError naming the first bad one. Returns self."""
         _check(bool(self.name.strip()), "name must not be empty")
         _check(bool(self.models), "models must name at least one model")
@@ -229,26 +245,44 @@ class StudyConfig:
                 f"fraction {f} is invalid; fractions must lie in (0, 1], e.g. 0.1,0.25,0.5,1.0",
             )
         for k in self.per_class:
-            _check(isinstance(k, int) and k >= 1, f"per_class value {k} is invalid; use whole numbers of images per class >= 1")
+            _check(
+                isinstance(k, int) and k >= 1,
+                f"per_class value {k} is invalid; use whole numbers of images per class >= 1",
+            )
         _check(self.seeds >= 1, f"seeds={self.seeds} is invalid; use 1 or more seeds")
         _check(self.device in DEVICES, f"device={self.device!r} is unknown; valid: {', '.join(DEVICES)}")
         _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
         _check(self.threads >= 0, f"threads={self.threads} is invalid; use 0 (auto) or a positive number")
         _check(self.backend in BACKENDS, f"backend={self.backend!r} is unknown; valid: {', '.join(BACKENDS)}")
         if self.backend == "dask":
-            _check(bool(self.scheduler.strip()), "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a cluster)")
+            _check(
+                bool(self.scheduler.strip()),
+                "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a cluster)",
+            )
         else:
-            _check(not self.scheduler, f"scheduler={self.scheduler!r} only applies to backend='dask'; add --backend dask or drop --scheduler")
-        _check(math.isfinite(self.heartbeat) and self.heartbeat > 0, f"heartbeat={self.heartbeat} is invalid; use seconds > 0, e.g. 20")
+            _check(
+                not self.scheduler,
+                f"scheduler={self.scheduler!r} only applies to backend='dask'; add --backend dask or drop --scheduler",
+            )
+        _check(
+            math.isfinite(self.heartbeat) and self.heartbeat > 0,
+            f"heartbeat={self.heartbeat} is invalid; use seconds > 0, e.g. 20",
+        )
         _check(
             math.isfinite(self.grace_period) and self.grace_period > self.heartbeat,
             f"grace_period={self.grace_period} is invalid; use more seconds than heartbeat={self.heartbeat:g} (a few heartbeats), e.g. 180",
         )
-        _check(self.channels_last in CHANNELS_LAST, f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}")
+        _check(
+            self.channels_last in CHANNELS_LAST,
+            f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}",
+        )
         self.data.validate()
         self.train.validate()
         for model in self.train.weight_files:
-            _check(model in self.models, f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give weights only for models of the study")
+            _check(
+                model in self.models,
+                f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give weights only for models of the study",
+            )
         self.tune.validate()
         return self
 
@@ -296,7 +330,11 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
 
 def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {k: _known_keys(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v for k, v in raw.items() if k in hints}
+    return {
+        k: _known_keys(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
+        for k, v in raw.items()
+        if k in hints
+    }
 
 
 def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -320,7 +358,9 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + k for k in fields)}")
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + k for k in fields)}"
+        )
     values = {}
     for name, value in raw.items():
         hint = hints[name]
@@ -391,7 +431,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-EXAMPLE_TOML = '''\
+EXAMPLE_TOML = """\
 # study.toml: configuration of a data-efficiency study.
 # Run it with:  python -m study run --config study.toml
 # Any value can also be given on the command line, which wins over this file.
@@ -459,4 +499,4 @@ weight_decay = [1e-6, 0.3]       # log-uniform
 augment = ["none", "light", "standard", "strong", "trivial"]
 augment_strength = [0.5, 2.0]    # uniform
 normalization = ["model", "imagenet", "half"]
-'''
+"""

@@ -29,13 +29,21 @@ class StudyContext:
     def train_indices(self, cell: Cell) -> np.ndarray:
         """Dataset indices of the training subset of ``cell``."""
         return splitting.training_subset(
-            self.splits, self.dataset.labels, cell.size_kind, cell.size_value, cell.seed, self.cfg.data.min_per_class, self.dataset.class_names
+            self.splits,
+            self.dataset.labels,
+            cell.size_kind,
+            cell.size_value,
+            cell.seed,
+            self.cfg.data.min_per_class,
+            self.dataset.class_names,
         )
 
 
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
     """The study's cells: every model x size x seed, smallest sizes first."""
-    return [Cell(model, kind, value, seed) for kind, value in cfg.sizes for model in cfg.models for seed in range(cfg.seeds)]
+    return [
+        Cell(model, kind, value, seed) for kind, value in cfg.sizes for model in cfg.models for seed in range(cfg.seeds)
+    ]
 
 
 def check_models(cfg: StudyConfig) -> None:
@@ -60,7 +68,13 @@ def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
     dataset = load_dataset(cfg.data, cfg.cache_path)
     hashes = splitting.content_hashes(dataset.images)
     splits = splitting.make_splits(
-        dataset.labels, dataset.class_names, cfg.data.test_fraction, cfg.data.val_fraction, cfg.data.min_per_class, dataset.test_mask, hashes
+        dataset.labels,
+        dataset.class_names,
+        cfg.data.test_fraction,
+        cfg.data.val_fraction,
+        cfg.data.min_per_class,
+        dataset.test_mask,
+        hashes,
     )
     return dataset, splits, hashes
 
@@ -88,7 +102,11 @@ def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float]]:
     """The study's tuning jobs, one per (model, size): (optuna study name, model, kind, value)."""
     if not cfg.tune.trials:
         return []
-    return [(tuning_study_name(cfg.name, model, kind, value), model, kind, value) for kind, value in cfg.sizes for model in cfg.models]
+    return [
+        (tuning_study_name(cfg.name, model, kind, value), model, kind, value)
+        for kind, value in cfg.sizes
+        for model in cfg.models
+    ]
 
 
 CREATE, JOIN, ATTACH = "create", "join", "attach"  # how open_context meets the study in the store
@@ -109,7 +127,9 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
     dataset, splits, hashes = load_data(cfg)
     warnings = model_warnings + list(dataset.warnings) + list(splits.warnings)
     if dataset.skipped:
-        warnings.insert(0, f"{len(dataset.skipped)} file(s) could not be decoded and were skipped, e.g. {dataset.skipped[0]}")
+        warnings.insert(
+            0, f"{len(dataset.skipped)} file(s) could not be decoded and were skipped, e.g. {dataset.skipped[0]}"
+        )
     cells = plan_cells(cfg)
     store = Store(cfg.storage_url)
     ctx = StudyContext(cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings)

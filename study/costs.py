@@ -14,9 +14,9 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -64,11 +64,15 @@ def count_macs(model: nn.Module, input_size: int) -> tuple[float, dict[str, floa
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(torch.zeros(1, 3, input_size, input_size))
-    by_op = {getattr(op, "__name__", str(op)): flops / 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    by_op = {
+        getattr(op, "__name__", str(op)): flops / 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()
+    }
     return counter.get_total_flops() / 2, by_op
 
 
-def inference_latency_ms(model: nn.Module, input_size: int, threads: int, seconds: float | None = None) -> tuple[float, float, int]:
+def inference_latency_ms(
+    model: nn.Module, input_size: int, threads: int, seconds: float | None = None
+) -> tuple[float, float, int]:
     """(p50, p95, repetitions): milliseconds per forward pass of one image on the CPU with
     ``threads`` torch threads, after a warm-up, repeated for about ``seconds`` (default
     LATENCY_SECONDS, read at call time so that tests can shorten it; at least LATENCY_MIN_REPS
@@ -107,7 +111,11 @@ def _more(reps: int, elapsed: float, seconds: float) -> bool:
 
 
 def measure_model_costs(
-    model_name: str, num_classes: int, input_size: int, factory: Callable[[str, int], nn.Module] | None = None, seconds: float | None = None
+    model_name: str,
+    num_classes: int,
+    input_size: int,
+    factory: Callable[[str, int], nn.Module] | None = None,
+    seconds: float | None = None,
 ) -> ModelCosts:
     """Measure one model on the CPU (a freshly initialised one: costs do not depend on weights)."""
     from study.execute import available_cores
@@ -131,11 +139,28 @@ def measure_model_costs(
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # others' work skews latency
         "torch": torch.__version__,
     }
-    return ModelCosts(model_name, input_size, count_parameters(model), macs, model_size_mb(model), p50_1, p95_1, p50_all, p95_all, threads_all, details)
+    return ModelCosts(
+        model_name,
+        input_size,
+        count_parameters(model),
+        macs,
+        model_size_mb(model),
+        p50_1,
+        p95_1,
+        p50_all,
+        p95_all,
+        threads_all,
+        details,
+    )
 
 
 def record_model_costs(
-    store, study_id: int, input_sizes: dict[str, int], num_classes: int, factory: Callable[[str, int], nn.Module] | None = None, progress: bool = True
+    store,
+    study_id: int,
+    input_sizes: dict[str, int],
+    num_classes: int,
+    factory: Callable[[str, int], nn.Module] | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """Measure and store the costs of each model (``input_sizes``: model -> input side) that has
     none stored for the study yet.

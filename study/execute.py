@@ -67,7 +67,7 @@ class Heartbeat:
             except Exception:  # a missed beat is retried; the grace period covers several
                 pass
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -104,9 +104,13 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
             device = resolve_device(cfg.device)
             with warnings.catch_warnings():  # a read-only memmap is only ever read
                 warnings.simplefilter("ignore", UserWarning)
-                data = TrainData.from_arrays(ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip)
+                data = TrainData.from_arrays(
+                    ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip
+                )
             _STATE.clear()
-            _STATE[key] = _WorkerState(ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id)))
+            _STATE[key] = _WorkerState(
+                ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id))
+            )
         state = _STATE[key]
     me = worker_id()
     if (cfg.storage_url, cfg.name, me) not in _REGISTERED:
@@ -193,7 +197,16 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
 
         with Heartbeat(ctx.store, run.id, me, interval=cfg.heartbeat):
             result = train_run(
-                state.data, ctx.train_indices(cell), ctx.splits.val, ctx.splits.test, cell.model, hp, cell.seed, state.device, on_epoch=on_epoch, speed=state.speed
+                state.data,
+                ctx.train_indices(cell),
+                ctx.splits.val,
+                ctx.splits.test,
+                cell.model,
+                hp,
+                cell.seed,
+                state.device,
+                on_epoch=on_epoch,
+                speed=state.speed,
             )
         fields = {
             "hparams": to_dict(hp),
@@ -265,12 +278,18 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
                 epochs = _EpochProgress(pending * cfg.train.epochs) if progress else None
                 for restart in range(MAX_RESTARTS + 1):
                     try:
-                        reports.consume(_parallel(Parallel, delayed, cfg, workers, threads, epochs.queue if epochs else None, reports))
+                        reports.consume(
+                            _parallel(
+                                Parallel, delayed, cfg, workers, threads, epochs.queue if epochs else None, reports
+                            )
+                        )
                         break
                     except TerminatedWorkerError:
                         if restart == MAX_RESTARTS:
                             raise
-                        tqdm.write("a worker process died (killed, or out of memory); its run goes back to the queue and the workers restart")
+                        tqdm.write(
+                            "a worker process died (killed, or out of memory); its run goes back to the queue and the workers restart"
+                        )
                         store.release_stale(study_id, cfg.grace_period)
     finally:
         if epochs:
@@ -279,7 +298,7 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
 
 
-def _parallel(Parallel, delayed, cfg: StudyConfig, n_jobs: int, threads: int, queue, reports: "_Reports"):
+def _parallel(Parallel, delayed, cfg: StudyConfig, n_jobs: int, threads: int, queue, reports: _Reports):
     """joblib results of ``run_next`` tasks, submitted while the study has work left: the
     stream of tasks ends once a task has found nothing left for anyone."""
 
@@ -305,7 +324,9 @@ class _Reports:
                 continue
             if summary.get("kind") == "tuning":
                 if summary["status"] == "tuned":
-                    tqdm.write(f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial #{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)")
+                    tqdm.write(
+                        f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial #{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
+                    )
                 elif summary["status"] == "failed":
                     tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
                 continue
@@ -324,13 +345,17 @@ def dask_client(address: str):
     try:
         from distributed import Client
     except ImportError:
-        raise UserError("backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)") from None
+        raise UserError(
+            "backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)"
+        ) from None
     try:
         _probe(address)
         return Client(address, timeout=15)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(f"cannot reach the dask scheduler at {address!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                        "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786") from None
+        raise UserError(
+            f"cannot reach the dask scheduler at {address!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786"
+        ) from None
 
 
 def _probe(address: str) -> None:

@@ -68,7 +68,9 @@ def init_classifier(model: nn.Module) -> None:
     fine-tuning too."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(head, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(head.weight, std=CLASSIFIER_INIT_STD, a=-2 * CLASSIFIER_INIT_STD, b=2 * CLASSIFIER_INIT_STD)
+        nn.init.trunc_normal_(
+            head.weight, std=CLASSIFIER_INIT_STD, a=-2 * CLASSIFIER_INIT_STD, b=2 * CLASSIFIER_INIT_STD
+        )
         if head.bias is not None:
             nn.init.zeros_(head.bias)
 
@@ -95,7 +97,9 @@ def preflight(models: list[str], hp: TrainConfig, image_size: int) -> list[str]:
             transfer.check_fits(skeleton, transfer.read_state_dict(name, source.location), name, source.location)
         transfer.frozen_parameters(skeleton, name, hp.finetune, hp.freeze_stages)
         if source is None and (hp.finetune == "head" or hp.freeze_stages):
-            warnings.append(f"model {name!r} has no pretrained weights (no --pretrained or --weights), yet train.finetune/freeze_stages keep parts of it at their random initialisation")
+            warnings.append(
+                f"model {name!r} has no pretrained weights (no --pretrained or --weights), yet train.finetune/freeze_stages keep parts of it at their random initialisation"
+            )
         size = input_size_for(name, hp.input_size, image_size)
         message = interpolation_warning(skeleton, name, size)
         if message:
@@ -128,7 +132,9 @@ def interpolation_warning(model: nn.Module, model_name: str, input_size: int) ->
     if not bad:
         return None
     probe = 1024  # a side every stride divides: gives each block's stride
-    multiple = math.lcm(*((probe // side) * patch for _, side, patch in _block_inputs(model, (MobileVitBlock, MobileVitV2Block), probe)))
+    multiple = math.lcm(
+        *((probe // side) * patch for _, side, patch in _block_inputs(model, (MobileVitBlock, MobileVitV2Block), probe))
+    )
     below, above = (input_size // multiple) * multiple, (input_size // multiple + 1) * multiple
     name, side, patch = bad[0]
     suggestion = f"{below} or {above}" if below else str(above)
@@ -144,7 +150,10 @@ def _block_inputs(model: nn.Module, kinds: tuple, input_size: int) -> list[tuple
     if not blocks:
         return []
     seen: list[tuple[str, int, int]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0].shape[-1], m.patch_size[-1]))) for name, m in blocks]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0].shape[-1], m.patch_size[-1])))
+        for name, m in blocks
+    ]
     try:
         with torch.no_grad():
             model(torch.empty(1, 3, input_size, input_size, device="meta"))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class Speed:
     layout_choices: LayoutChoices | None = None  # the study's shared choices; None: this process's
 
     @classmethod
-    def from_config(cls, cfg: StudyConfig, layout_choices: LayoutChoices | None = None) -> "Speed":
+    def from_config(cls, cfg: StudyConfig, layout_choices: LayoutChoices | None = None) -> Speed:
         return cls(channels_last=cfg.channels_last, compile=cfg.compile, layout_choices=layout_choices)
 
 
@@ -101,14 +102,18 @@ def use_channels_last(
     return (shared or _process_choice)(key, lambda: channels_last_is_faster(build, input_size, batch, device))
 
 
-def channels_last_is_faster(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> bool:
+def channels_last_is_faster(
+    build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS
+) -> bool:
     """Whether forward and backward passes of a model from ``build`` are faster in channels-last
     layout than in the default one on ``device`` (``layout_seconds``)."""
     seconds = layout_seconds(build, input_size, batch, device, steps)
     return seconds[True] < seconds[False]
 
 
-def layout_seconds(build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS) -> dict[bool, float]:
+def layout_seconds(
+    build: Callable[[], nn.Module], input_size: int, batch: int, device: torch.device, steps: int = PROBE_STEPS
+) -> dict[bool, float]:
     """{channels_last: seconds} of one forward and backward pass of a model from ``build``, in
     each layout on ``device``: one warm-up pass each (cudnn autotuning, oneDNN kernel creation),
     then ``steps`` passes each, alternating; the fastest of each (the least disturbed by other
@@ -148,7 +153,9 @@ def _synchronize(device: torch.device) -> None:
 _COMPILED: dict[tuple, nn.Module] = {}
 
 
-def prepare_model(fresh: nn.Module, key: tuple, device: torch.device, channels_last: bool, speed: Speed) -> tuple[nn.Module, nn.Module]:
+def prepare_model(
+    fresh: nn.Module, key: tuple, device: torch.device, channels_last: bool, speed: Speed
+) -> tuple[nn.Module, nn.Module]:
     """(module to train, plain module) for a freshly initialised model ``fresh``.
 
     Without compilation both are ``fresh`` on ``device``. With it, the first run of ``key`` in

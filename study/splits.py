@@ -50,7 +50,9 @@ class Splits:
 
 def content_hashes(images: np.ndarray) -> np.ndarray:
     """A 128-bit digest of each image's pixels, as an array of 16-byte strings."""
-    return np.array([hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).digest() for img in images], dtype="S16")
+    return np.array(
+        [hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).digest() for img in images], dtype="S16"
+    )
 
 
 def _per_class_take(labels: np.ndarray, rng: np.random.Generator, count) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +98,9 @@ def make_splits(
     if hashes is not None:
         _drop_leaks(splits, hashes)
         if len(np.unique(labels[splits.pool])) < len(class_names):
-            raise UserError("after dropping images that duplicate test or validation images, a class has no training image left")
+            raise UserError(
+                "after dropping images that duplicate test or validation images, a class has no training image left"
+            )
     return splits
 
 
@@ -146,7 +150,9 @@ def check_disjoint(hashes: np.ndarray, splits: Splits) -> dict[str, int]:
     }
 
 
-def nested_stratified(labels: np.ndarray, fractions: list[float], seed: int, min_per_class: int = 1) -> dict[float, np.ndarray]:
+def nested_stratified(
+    labels: np.ndarray, fractions: list[float], seed: int, min_per_class: int = 1
+) -> dict[float, np.ndarray]:
     """Nested stratified subsets of ``labels``' positions, one per fraction.
 
     Per class, one permutation seeded by ``seed``; fraction f takes its first
@@ -162,7 +168,9 @@ def nested_stratified(labels: np.ndarray, fractions: list[float], seed: int, min
     return out
 
 
-def per_class_subsets(labels: np.ndarray, counts: list[int], seed: int, class_names: list[str] | None = None) -> dict[int, np.ndarray]:
+def per_class_subsets(
+    labels: np.ndarray, counts: list[int], seed: int, class_names: list[str] | None = None
+) -> dict[int, np.ndarray]:
     """Nested subsets with exactly k images of every class; refuses k above a class's size."""
     labels = np.asarray(labels)
     order = _class_orders(labels, seed)
@@ -171,7 +179,9 @@ def per_class_subsets(labels: np.ndarray, counts: list[int], seed: int, class_na
         for c, members in zip(np.unique(labels), order):
             if k > len(members):
                 name = class_names[c] if class_names else str(c)
-                raise UserError(f"per_class {k} is more than class {name!r} has in the training pool ({len(members)}); use at most {len(members)}")
+                raise UserError(
+                    f"per_class {k} is more than class {name!r} has in the training pool ({len(members)}); use at most {len(members)}"
+                )
         out[k] = np.sort(np.concatenate([members[:k] for members in order]))
     return out
 
@@ -181,7 +191,9 @@ def _class_orders(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c)[rng.permutation(int((labels == c).sum()))] for c in np.unique(labels)]
 
 
-def training_subset(splits: Splits, labels: np.ndarray, kind: str, value: float, seed: int, min_per_class: int, class_names=None) -> np.ndarray:
+def training_subset(
+    splits: Splits, labels: np.ndarray, kind: str, value: float, seed: int, min_per_class: int, class_names=None
+) -> np.ndarray:
     """Dataset indices of the training subset of one cell ('fraction' or 'per_class')."""
     pool_labels = np.asarray(labels)[splits.pool]
     if kind == "fraction":

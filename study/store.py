@@ -21,11 +21,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from sqlalchemy import (
@@ -61,7 +62,7 @@ MAX_ATTEMPTS = 3  # a run whose worker died this many times is failed, not hande
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class db_now(FunctionElement):
@@ -371,7 +372,7 @@ class NamedLock:
         self._engine, self._name = engine, name
         self._conn = self._file = None
 
-    def __enter__(self) -> "NamedLock":
+    def __enter__(self) -> NamedLock:
         if self._engine.dialect.name == "postgresql":
             key = int.from_bytes(hashlib.sha256(self._name.encode()).digest()[:8], "big", signed=True)
             self._key, self._conn = key, self._engine.connect()
@@ -425,7 +426,9 @@ class Store:
         try:
             self.engine = make_engine(url)
             if create:
-                retry_conflicts(lambda: _create_tables(self.engine), errors=(IntegrityError, OperationalError, ProgrammingError))
+                retry_conflicts(
+                    lambda: _create_tables(self.engine), errors=(IntegrityError, OperationalError, ProgrammingError)
+                )
             else:
                 _rename_legacy_study_table(self.engine)
         except Exception as exc:  # a bad URL or unreachable server is the user's to fix
@@ -433,7 +436,9 @@ class Store:
                 raise
             raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._write_sessions = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
@@ -444,14 +449,24 @@ class Store:
             yield s
 
     # -- studies ------------------------------------------------------------------------------
-    def open_study(self, name: str, fingerprint: str, settings: dict, config: dict, dataset: dict, splits: dict, y_test: np.ndarray) -> int:
+    def open_study(
+        self, name: str, fingerprint: str, settings: dict, config: dict, dataset: dict, splits: dict, y_test: np.ndarray
+    ) -> int:
         """Create study ``name`` or reopen it; refuse settings that would mix incompatible results."""
 
         def open_or_create() -> int:
             with self.session(write=True) as s:
                 row = s.scalar(select(StudyRow).where(StudyRow.name == name))
                 if row is None:
-                    row = StudyRow(name=name, fingerprint=fingerprint, settings=settings, config=config, dataset=dataset, splits=splits, y_test=np.asarray(y_test, np.int32).tobytes())
+                    row = StudyRow(
+                        name=name,
+                        fingerprint=fingerprint,
+                        settings=settings,
+                        config=config,
+                        dataset=dataset,
+                        splits=splits,
+                        y_test=np.asarray(y_test, np.int32).tobytes(),
+                    )
                     s.add(row)
                     s.flush()
                     return row.id
@@ -467,7 +482,9 @@ class Store:
         row = self.study(name)
         if row is None:
             names = ", ".join(repr(n) for n in self.study_names()) or "none"
-            raise UserError(f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or pass --name")
+            raise UserError(
+                f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or pass --name"
+            )
         self._refuse_other_settings(row, fingerprint, settings)
         return row.id
 
@@ -500,7 +517,16 @@ class Store:
             with self.session(write=True) as s:
                 existing = set(s.scalars(select(RunRow.cell_key).where(RunRow.study_id == study_id)))
                 new = [
-                    RunRow(study_id=study_id, cell_key=c.key, model=c.model, size_kind=c.size_kind, size_value=c.size_value, seed=c.seed, n_train=n, fraction=frac)
+                    RunRow(
+                        study_id=study_id,
+                        cell_key=c.key,
+                        model=c.model,
+                        size_kind=c.size_kind,
+                        size_value=c.size_value,
+                        seed=c.seed,
+                        n_train=n,
+                        fraction=frac,
+                    )
                     for c, n, frac in cells
                     if c.key not in existing
                 ]
@@ -521,7 +547,9 @@ class Store:
             cutoff = s.scalar(select(db_now())) - timedelta(seconds=grace_seconds)
             for table in (RunRow, TuningJobRow):
                 # In id order, so that workers releasing at once lock rows in one order (no deadlock).
-                for row in s.scalars(select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)):
+                for row in s.scalars(
+                    select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)
+                ):
                     silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
                     if not (silent or (table is RunRow and _dead_here(row.worker))):
                         continue
@@ -534,7 +562,11 @@ class Store:
                             "or the machine went down); run with --retry-failed to try again",
                         }
                     # Conditional on the row being unchanged since read: never steal a fresh claim.
-                    res = s.execute(update(table).where(table.id == row.id, table.status == RUNNING, table.worker == row.worker).values(**values))
+                    res = s.execute(
+                        update(table)
+                        .where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
+                        .values(**values)
+                    )
                     released += res.rowcount
         return released
 
@@ -543,7 +575,11 @@ class Store:
 
         A run whose (model, size) has a tuning job that is not done yet is not claimable: its
         hyper-parameters are not known."""
-        query = select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, ~exists(_tuning_of(RunRow).where(TuningJobRow.status != DONE)))
+        query = select(RunRow.id).where(
+            RunRow.study_id == study_id,
+            RunRow.status == PENDING,
+            ~exists(_tuning_of(RunRow).where(TuningJobRow.status != DONE)),
+        )
         if models is not None:
             query = query.where(RunRow.model.in_(models))
         run = self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
@@ -565,7 +601,14 @@ class Store:
                 res = s.execute(
                     update(table)
                     .where(table.id == row_id, table.status == PENDING)
-                    .values(status=RUNNING, worker=worker, claimed_at=db_now(), heartbeat_at=db_now(), attempts=table.attempts + 1, error=None)
+                    .values(
+                        status=RUNNING,
+                        worker=worker,
+                        claimed_at=db_now(),
+                        heartbeat_at=db_now(),
+                        attempts=table.attempts + 1,
+                        error=None,
+                    )
                 )
                 if res.rowcount == 1:
                     return s.get(table, row_id)
@@ -578,7 +621,14 @@ class Store:
             if table is RunRow:
                 query = query.where(table.worker == worker)
             res = s.execute(query.values(heartbeat_at=db_now()))
-            s.execute(update(WorkerRow).where(WorkerRow.name == worker, WorkerRow.study_id == select(table.study_id).where(table.id == run_id).scalar_subquery()).values(heartbeat_at=db_now()))
+            s.execute(
+                update(WorkerRow)
+                .where(
+                    WorkerRow.name == worker,
+                    WorkerRow.study_id == select(table.study_id).where(table.id == run_id).scalar_subquery(),
+                )
+                .values(heartbeat_at=db_now())
+            )
             return res.rowcount == 1
 
     def finish(self, run_id: int, worker: str, fields: dict[str, Any], epochs: list[dict], y_pred: np.ndarray) -> bool:
@@ -598,7 +648,11 @@ class Store:
             s.add_all(EpochRow(run_id=run_id, **e) for e in epochs)
             s.add(PredictionRow(run_id=run_id, y_pred=np.asarray(y_pred, np.int32).tobytes()))
             study_id = select(RunRow.study_id).where(RunRow.id == run_id).scalar_subquery()
-            s.execute(update(WorkerRow).where(WorkerRow.name == worker, WorkerRow.study_id == study_id).values(runs_done=WorkerRow.runs_done + 1, doing="finished a run", heartbeat_at=db_now()))
+            s.execute(
+                update(WorkerRow)
+                .where(WorkerRow.name == worker, WorkerRow.study_id == study_id)
+                .values(runs_done=WorkerRow.runs_done + 1, doing="finished a run", heartbeat_at=db_now())
+            )
             return True
 
     def fail(self, run_id: int, worker: str, error: str, table: Claimable = RunRow) -> None:
@@ -615,7 +669,11 @@ class Store:
         """Return failed runs and failed tuning jobs to pending, with fresh attempts; returns how many."""
         with self.session() as s:
             return sum(
-                s.execute(update(table).where(table.study_id == study_id, table.status == FAILED).values(status=PENDING, worker=None, attempts=0)).rowcount
+                s.execute(
+                    update(table)
+                    .where(table.study_id == study_id, table.status == FAILED)
+                    .values(status=PENDING, worker=None, attempts=0)
+                ).rowcount
                 for table in (RunRow, TuningJobRow)
             )
 
@@ -639,7 +697,9 @@ class Store:
     def open_tuning_jobs(self, study_id: int) -> list[TuningJobRow]:
         """Tuning jobs that workers may join (pending, or running with others), smallest sizes first."""
         with self.session() as s:
-            q = select(TuningJobRow).where(TuningJobRow.study_id == study_id, TuningJobRow.status.in_((PENDING, RUNNING)))
+            q = select(TuningJobRow).where(
+                TuningJobRow.study_id == study_id, TuningJobRow.status.in_((PENDING, RUNNING))
+            )
             return list(s.scalars(q.order_by(TuningJobRow.size_value, TuningJobRow.id)))
 
     def join_tuning(self, job_id: int, worker: str) -> bool:
@@ -648,7 +708,12 @@ class Store:
             res = s.execute(
                 update(TuningJobRow)
                 .where(TuningJobRow.id == job_id, TuningJobRow.status.in_((PENDING, RUNNING)))
-                .values(status=RUNNING, worker=worker, claimed_at=func.coalesce(TuningJobRow.claimed_at, db_now()), heartbeat_at=db_now())
+                .values(
+                    status=RUNNING,
+                    worker=worker,
+                    claimed_at=func.coalesce(TuningJobRow.claimed_at, db_now()),
+                    heartbeat_at=db_now(),
+                )
             )
             return res.rowcount == 1
 
@@ -678,20 +743,34 @@ class Store:
     def tuning_counts(self, study_id: int) -> dict[str, int]:
         """Number of tuning jobs in each status."""
         with self.session() as s:
-            rows = s.execute(select(TuningJobRow.status, func.count()).where(TuningJobRow.study_id == study_id).group_by(TuningJobRow.status)).all()
+            rows = s.execute(
+                select(TuningJobRow.status, func.count())
+                .where(TuningJobRow.study_id == study_id)
+                .group_by(TuningJobRow.status)
+            ).all()
         return {**{k: 0 for k in STATUSES}, **dict(rows)}
 
     def waiting_on_tuning(self, study_id: int) -> bool:
         """Whether some pending run waits for a tuning job that is pending or running (not failed)."""
         open_jobs = _tuning_of(RunRow).where(TuningJobRow.status.in_((PENDING, RUNNING)))
         with self.session() as s:
-            return s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == PENDING, exists(open_jobs)).limit(1)) is not None
+            return (
+                s.scalar(
+                    select(RunRow.id)
+                    .where(RunRow.study_id == study_id, RunRow.status == PENDING, exists(open_jobs))
+                    .limit(1)
+                )
+                is not None
+            )
 
     def others_working(self, study_id: int) -> bool:
         """Whether a worker that found nothing to claim should wait: some run is still held by a
         worker (which may die and leave it to be taken over), or waits for a cell being tuned."""
         with self.session() as s:
-            running = s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == RUNNING).limit(1)) is not None
+            running = (
+                s.scalar(select(RunRow.id).where(RunRow.study_id == study_id, RunRow.status == RUNNING).limit(1))
+                is not None
+            )
         return running or self.waiting_on_tuning(study_id)
 
     # -- workers ------------------------------------------------------------------------------
@@ -702,7 +781,16 @@ class Store:
             with self.session(write=True) as s:
                 row = s.scalar(select(WorkerRow).where(WorkerRow.study_id == study_id, WorkerRow.name == worker))
                 if row is None:
-                    s.add(WorkerRow(study_id=study_id, name=worker, host=worker.split(":")[0], started_at=db_now(), heartbeat_at=db_now(), doing="starting"))
+                    s.add(
+                        WorkerRow(
+                            study_id=study_id,
+                            name=worker,
+                            host=worker.split(":")[0],
+                            started_at=db_now(),
+                            heartbeat_at=db_now(),
+                            doing="starting",
+                        )
+                    )
                 else:
                     row.started_at, row.heartbeat_at, row.doing = db_now(), db_now(), "starting"
 
@@ -723,12 +811,20 @@ class Store:
         if not inspect(self.engine).has_table(WorkerRow.__tablename__):
             return []
         with self.session() as s:
-            return list(s.scalars(select(WorkerRow).where(WorkerRow.study_id == study_id).order_by(WorkerRow.heartbeat_at.desc(), WorkerRow.id)))
+            return list(
+                s.scalars(
+                    select(WorkerRow)
+                    .where(WorkerRow.study_id == study_id)
+                    .order_by(WorkerRow.heartbeat_at.desc(), WorkerRow.id)
+                )
+            )
 
     def counts(self, study_id: int) -> dict[str, int]:
         """Number of runs in each status."""
         with self.session() as s:
-            rows = s.execute(select(RunRow.status, func.count()).where(RunRow.study_id == study_id).group_by(RunRow.status)).all()
+            rows = s.execute(
+                select(RunRow.status, func.count()).where(RunRow.study_id == study_id).group_by(RunRow.status)
+            ).all()
         out = {k: 0 for k in STATUSES}
         out.update({status: n for status, n in rows})
         return out
@@ -744,13 +840,18 @@ class Store:
     def model_costs(self, study_id: int) -> list[ModelCostRow]:
         """The costs measured for the study's models (one row per model)."""
         with self.session() as s:
-            return list(s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id).order_by(ModelCostRow.id)))
+            return list(
+                s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id).order_by(ModelCostRow.id))
+            )
 
     def save_model_costs(self, study_id: int, model: str, fields: dict[str, Any]) -> bool:
         """Store one model's costs unless they are stored already (by this or another process);
         returns whether this call stored them."""
         with self.session() as s:
-            if s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model)) is not None:
+            if (
+                s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model))
+                is not None
+            ):
                 return False
         return self._add_once(ModelCostRow(study_id=study_id, model=model, **fields))
 
@@ -761,13 +862,21 @@ class Store:
 
         def stored() -> bool | None:
             with self.session() as s:
-                return s.scalar(select(LayoutChoiceRow.channels_last).where(LayoutChoiceRow.study_id == study_id, LayoutChoiceRow.key == key))
+                return s.scalar(
+                    select(LayoutChoiceRow.channels_last).where(
+                        LayoutChoiceRow.study_id == study_id, LayoutChoiceRow.key == key
+                    )
+                )
 
         choice = stored()
         if choice is not None:
             return bool(choice)
         measured = measure()
-        return measured if self._add_once(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured)) else bool(stored())
+        return (
+            measured
+            if self._add_once(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured))
+            else bool(stored())
+        )
 
     def _add_once(self, row: Base) -> bool:
         """Add ``row`` unless a unique constraint says another process added its twin first;

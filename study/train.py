@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,7 +47,9 @@ class TrainData:
     hflip: bool = True
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device, hflip: bool = True) -> "TrainData":
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device, hflip: bool = True
+    ) -> TrainData:
         """Copy (memory-mapped) arrays to ``device`` once; batches are then slices on the device."""
         imgs = torch.from_numpy(np.ascontiguousarray(images))
         return cls(imgs.to(device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device), num_classes, hflip)
@@ -170,7 +172,14 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim
 
 @torch.inference_mode()
 def evaluate(
-    model, data: TrainData, indices: torch.Tensor, input_size: int, mean, std, device: torch.device, channels_last: bool | None = None
+    model,
+    data: TrainData,
+    indices: torch.Tensor,
+    input_size: int,
+    mean,
+    std,
+    device: torch.device,
+    channels_last: bool | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """(loss, accuracy, predictions) of ``model`` on ``data`` at ``indices``, without augmentation.
 
@@ -227,7 +236,9 @@ class TrainLoop:
     def batch_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model input and labels of the subset's images at ``positions``, augmented."""
         idx = self.train_idx[positions]
-        x = to_model_input(self.data.batch(idx), self.input_size, self.mean, self.std, self.augment, self.aug_gen, self.channels_last)
+        x = to_model_input(
+            self.data.batch(idx), self.input_size, self.mean, self.std, self.augment, self.aug_gen, self.channels_last
+        )
         return x, self.data.labels[idx]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,9 +286,19 @@ def build_loop(
     factory = model_factory or (lambda name, num_classes: create_model(name, num_classes, hp))
     input_size = input_size_for(model_name, hp.input_size, data.image_size)
     batch, steps_per_round, rounds = budget(len(train_idx), hp)
-    channels_last = use_channels_last(speed.channels_last, model_name, lambda: factory(model_name, data.num_classes), input_size, batch, device, speed.layout_choices)
+    channels_last = use_channels_last(
+        speed.channels_last,
+        model_name,
+        lambda: factory(model_name, data.num_classes),
+        input_size,
+        batch,
+        device,
+        speed.layout_choices,
+    )
     torch.manual_seed(seed)
-    model, plain = prepare_model(factory(model_name, data.num_classes), (model_name, data.num_classes), device, channels_last, speed)
+    model, plain = prepare_model(
+        factory(model_name, data.num_classes), (model_name, data.num_classes), device, channels_last, speed
+    )
     mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(plain, hp.normalization))
     optimizer = _optimizer(plain, hp)
     return TrainLoop(
@@ -326,7 +347,14 @@ def train_run(
     loop = build_loop(data, train_idx, model_name, hp, seed, device, model_factory, speed)
     val_t = torch.as_tensor(np.asarray(val_idx), dtype=torch.long, device=device)
     test_t = torch.as_tensor(np.asarray(test_idx), dtype=torch.long, device=device)
-    evaluation = dict(data=data, input_size=loop.input_size, mean=loop.mean, std=loop.std, device=device, channels_last=loop.channels_last)
+    evaluation = dict(
+        data=data,
+        input_size=loop.input_size,
+        mean=loop.mean,
+        std=loop.std,
+        device=device,
+        channels_last=loop.channels_last,
+    )
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
@@ -342,7 +370,16 @@ def train_run(
             raise DivergedError(f"training loss became {train_loss} in round {epoch} (lr={hp.lr:g})")
         step_seconds += time.perf_counter() - epoch_start
         val_loss, val_acc, _ = evaluate(loop.plain, indices=val_t, **evaluation)
-        stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc, loop.scheduler.get_last_lr()[0], time.perf_counter() - epoch_start, images_seen)
+        stats = EpochStats(
+            epoch,
+            train_loss,
+            correct.item() / seen,
+            val_loss,
+            val_acc,
+            loop.scheduler.get_last_lr()[0],
+            time.perf_counter() - epoch_start,
+            images_seen,
+        )
         history.append(stats)
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch

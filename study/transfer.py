@@ -139,7 +139,9 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], model_name: str
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         if wrong:
-            problems.append(f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]])}")
+            problems.append(
+                f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]])}"
+            )
         raise UserError(
             f"weights file {path!r} does not fit model {model_name!r} ({'; '.join(problems)}); "
             f"give a state dict of timm's {model_name!r}, e.g. saved with torch.save(model.state_dict(), FILE)"
@@ -164,7 +166,9 @@ def stage_groups(model: nn.Module, model_name: str) -> list[list[str]]:
     try:
         matcher = model.group_matcher(coarse=True)
     except (AttributeError, NotImplementedError):
-        raise UserError(f"model {model_name!r} does not describe its stages to timm; use train.finetune='head' or freeze_stages=0") from None
+        raise UserError(
+            f"model {model_name!r} does not describe its stages to timm; use train.finetune='head' or freeze_stages=0"
+        ) from None
     groups = group_parameters(model, matcher)
     return [groups[i] for i in sorted(groups)]
 

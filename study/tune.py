@@ -27,7 +27,8 @@ import dataclasses
 import functools
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -37,7 +38,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study.config import StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
-from study.store import DONE, FAILED, MAX_ATTEMPTS, Cell, NamedLock, TuningJobRow, _dead_here, make_engine, schema_lock, tuning_study_name, worker_id
+from study.store import (
+    DONE,
+    FAILED,
+    MAX_ATTEMPTS,
+    Cell,
+    NamedLock,
+    TuningJobRow,
+    _dead_here,
+    make_engine,
+    schema_lock,
+    tuning_study_name,
+    worker_id,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what the trial budget counts
 CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose parameters the final runs use
@@ -47,7 +60,9 @@ TrainFn = Callable[[TrainConfig, Callable[[Any], None]], Any]
 
 
 @functools.lru_cache(maxsize=8)
-def optuna_storage(url: str, heartbeat: float | None = None, grace_period: float | None = None) -> optuna.storages.RDBStorage:
+def optuna_storage(
+    url: str, heartbeat: float | None = None, grace_period: float | None = None
+) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage on the study's database (one per process and URL). With
     ``heartbeat`` (seconds), each running trial records a heartbeat; one silent for
     ``grace_period`` is failed by the next worker that looks, and enqueued again
@@ -151,10 +166,18 @@ def tune_cell(
             on_trial(frozen)
 
 
-def open_tuning_study(study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int) -> optuna.Study:
+def open_tuning_study(
+    study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int
+) -> optuna.Study:
     """The cell's Optuna study (made if new), with the trials of dead workers failed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=make_pruner(tune, epochs), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        pruner=make_pruner(tune, epochs),
+        load_if_exists=True,
+    )
     fail_dead_trials(study)
     return study
 
@@ -233,7 +256,15 @@ def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: Tun
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Trials of the study by state: complete, pruned, failed, running."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {name: states.count(state) for name, state in (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL), ("running", TrialState.RUNNING))}
+    return {
+        name: states.count(state)
+        for name, state in (
+            ("complete", TrialState.COMPLETE),
+            ("pruned", TrialState.PRUNED),
+            ("failed", TrialState.FAIL),
+            ("running", TrialState.RUNNING),
+        )
+    }
 
 
 def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict | None:
@@ -264,28 +295,59 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
 
     def train(hp: TrainConfig, on_epoch: Callable[[Any], None]):
         # Validation stands in for the test split too: tuning never looks at a test image.
-        return train_run(state.data, train_idx, ctx.splits.val, ctx.splits.val, job.model, hp, tune.subset_seed, state.device, on_epoch=on_epoch, speed=state.speed)
+        return train_run(
+            state.data,
+            train_idx,
+            ctx.splits.val,
+            ctx.splits.val,
+            job.model,
+            hp,
+            tune.subset_seed,
+            state.device,
+            on_epoch=on_epoch,
+            speed=state.speed,
+        )
 
-    attrs = {"study": cfg.name, "model": job.model, "size_kind": job.size_kind, "size_value": job.size_value, "n_train": int(len(train_idx)), "subset_seed": tune.subset_seed}
+    attrs = {
+        "study": cfg.name,
+        "model": job.model,
+        "size_kind": job.size_kind,
+        "size_value": job.size_value,
+        "n_train": int(len(train_idx)),
+        "subset_seed": tune.subset_seed,
+    }
     summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "failed", "trials_run": 0}
-    bar = tqdm(total=tune.trials, desc=f"  tune {job.optuna_study}", unit="trial", leave=False, disable=not show_progress)
+    bar = tqdm(
+        total=tune.trials, desc=f"  tune {job.optuna_study}", unit="trial", leave=False, disable=not show_progress
+    )
 
     def on_start(trial: optuna.Trial) -> None:
         ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number}")
 
     def on_trial(trial: FrozenTrial) -> None:
         summary["trials_run"] += 1
-        ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number} {trial.state.name.lower()}", trials_done=1)
+        ctx.store.worker_doing(
+            ctx.study_id,
+            me,
+            f"tuning {job.optuna_study}: trial #{trial.number} {trial.state.name.lower()}",
+            trials_done=1,
+        )
         bar.update(1)
-        bar.set_postfix_str(f"#{trial.number} {trial.state.name.lower()} val_acc={trial.value if trial.value is not None else float('nan'):.3f}")
+        bar.set_postfix_str(
+            f"#{trial.number} {trial.state.name.lower()} val_acc={trial.value if trial.value is not None else float('nan'):.3f}"
+        )
 
     try:
         with Heartbeat(ctx.store, job.id, me, interval=cfg.heartbeat, table=TuningJobRow):
-            study = tune_cell(job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start)
+            study = tune_cell(
+                job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start
+            )
         if budget_spent(study, tune):
             return {**summary, **close_tuning(ctx.store, job, study)}
         summary["status"] = "helped"  # the budget's last trials run on other workers; they close the job
-    except Exception as exc:  # a trial crashed (recorded failed in Optuna): the job fails; --retry-failed tunes it again
+    except (
+        Exception
+    ) as exc:  # a trial crashed (recorded failed in Optuna): the job fails; --retry-failed tunes it again
         ctx.store.close_tuning(job.id, FAILED, f"{type(exc).__name__}: {exc}")
         summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:

@@ -84,7 +84,11 @@ def truncate(path: Path) -> Path:
 
 
 TINY_WNIDS = ["n01443537", "n01629819", "n01641577"]
-TINY_WORDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander, Salamandra salamandra", "n01641577": "bullfrog, Rana catesbeiana"}
+TINY_WORDS = {
+    "n01443537": "goldfish, Carassius auratus",
+    "n01629819": "European fire salamander, Salamandra salamandra",
+    "n01641577": "bullfrog, Rana catesbeiana",
+}
 
 
 def write_tiny_imagenet(parent: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
@@ -103,12 +107,16 @@ def write_tiny_imagenet(parent: Path, n_train: int = 8, n_val: int = 3, seed: in
         for i in range(n_train):
             save_image(folder / f"{wnid}_{i}.JPEG", class_image(rng, label, (64, 64)), modes[i % 4])
         save_image(folder / f"{wnid}_rgba.png", class_image(rng, label, (64, 64)), "RGBA")
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)))
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(
+            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train))
+        )
     truncate(root / "train" / TINY_WNIDS[0] / "images" / f"{TINY_WNIDS[0]}_0.JPEG")
     lines = []
     for i in range(n_val * len(TINY_WNIDS)):
         label = i % len(TINY_WNIDS)
-        save_image(root / "val" / "images" / f"val_{i}.JPEG", class_image(rng, label, (64, 64)), "L" if i == 1 else "RGB")
+        save_image(
+            root / "val" / "images" / f"val_{i}.JPEG", class_image(rng, label, (64, 64)), "L" if i == 1 else "RGB"
+        )
         lines.append(f"val_{i}.JPEG\t{TINY_WNIDS[label]}\t0\t0\t63\t63\n")
     (root / "val" / "val_annotations.txt").write_text("".join(lines))
     for i in range(2):
@@ -164,7 +172,11 @@ def write_flickr(root: Path, n: int = 8, seed: int = 2) -> Path:
     RGBA PNG among them), and the caption text folder beside it."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        save_image(root / "Flicker8k_Dataset" / f"{1000 + i}_{i:04x}.jpg", class_image(rng, 0, (40, 60)), "L" if i == 2 else "RGB")
+        save_image(
+            root / "Flicker8k_Dataset" / f"{1000 + i}_{i:04x}.jpg",
+            class_image(rng, 0, (40, 60)),
+            "L" if i == 2 else "RGB",
+        )
     save_image(root / "Flicker8k_Dataset" / "1998_rgba.png", class_image(rng, 0, (40, 60)), "RGBA")
     (root / "Flicker8k_Dataset" / "1999_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (root / "Flickr8k_text").mkdir()
@@ -184,10 +196,19 @@ def cli(capsys):
     return run
 
 
-def run_subprocess(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_subprocess(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m study ARGS`` as a real process (``env`` adds environment variables)."""
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "study", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # -- PostgreSQL for the tests marked `distributed` ---------------------------------------------
@@ -238,16 +259,28 @@ def postgres_server():
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = folder / "data", _free_port()
     try:
-        subprocess.run([*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options, "-w", "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options, "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
         _no_postgres(f"a throwaway PostgreSQL cluster could not be started ({exc})")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 

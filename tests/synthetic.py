@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from sqlalchemy import update
 
 from study.store import Cell, ModelCostRow, RunRow, Store
@@ -19,7 +18,7 @@ WORKER = "synthetic:1"
 
 def power_law(n: float, a: float, b: float, c: float) -> float:
     """acc(n) = a - b * n^-c, the known curve the synthetic runs are drawn around."""
-    return a - b * n ** -c
+    return a - b * n**-c
 
 
 @dataclass
@@ -51,20 +50,68 @@ def make_study(
     fixes the subset), except the cells listed in ``failed`` (recorded as failed with a
     DivergedError) and ``pending`` (never run). Test predictions are right on exactly
     round(acc * n_test) items, epochs are plausible, and ``costs`` rows go to model_costs."""
-    curves = curves or {"mobilenetv2_100": (0.93, 4.0, 0.55), "mobilevit_xxs": (0.95, 6.0, 0.55), "resnet18": (0.90, 3.0, 0.5)}
+    curves = curves or {
+        "mobilenetv2_100": (0.93, 4.0, 0.55),
+        "mobilevit_xxs": (0.95, 6.0, 0.55),
+        "resnet18": (0.90, 3.0, 0.5),
+    }
     rng = np.random.default_rng(seed)
     store = Store(f"sqlite:///{path}")
     y_test = np.arange(n_test) % len(CLASS_NAMES)
-    dataset = {"name": "synthetic-digits", "class_names": CLASS_NAMES, "n_images": pool + n_test + 500, "image_shape": [16, 16, 3],
-               "class_counts": [(pool + n_test + 500) // 5] * 5, "official_test_split": False, "skipped_files": 0}
-    splits = {"n_test": n_test, "n_val": 500, "n_pool": pool, "dropped_duplicates": 0, "duplicate_groups": 0, "warnings": []}
-    config = {"name": name, "models": sorted(curves), "fractions": list(fractions), "seeds": seeds,
-              "data": {"dataset": "digits", "image_size": 16, "min_per_class": 2, "root": "", "test_root": "", "cache_dir": ""},
-              "train": {"epochs": 3, "min_steps": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "augment": "standard", "normalization": "model"}}
+    dataset = {
+        "name": "synthetic-digits",
+        "class_names": CLASS_NAMES,
+        "n_images": pool + n_test + 500,
+        "image_shape": [16, 16, 3],
+        "class_counts": [(pool + n_test + 500) // 5] * 5,
+        "official_test_split": False,
+        "skipped_files": 0,
+    }
+    splits = {
+        "n_test": n_test,
+        "n_val": 500,
+        "n_pool": pool,
+        "dropped_duplicates": 0,
+        "duplicate_groups": 0,
+        "warnings": [],
+    }
+    config = {
+        "name": name,
+        "models": sorted(curves),
+        "fractions": list(fractions),
+        "seeds": seeds,
+        "data": {
+            "dataset": "digits",
+            "image_size": 16,
+            "min_per_class": 2,
+            "root": "",
+            "test_root": "",
+            "cache_dir": "",
+        },
+        "train": {
+            "epochs": 3,
+            "min_steps": 10,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "augment": "standard",
+            "normalization": "model",
+        },
+    }
     study_id = store.open_study(name, "fp", {"synthetic": True}, config, dataset, splits, y_test)
     sizes = {f: int(round(f * pool)) for f in fractions}
-    store.add_cells(study_id, [(Cell(m, "fraction", f, s), sizes[f], sizes[f] / pool) for f in fractions for m in sorted(curves) for s in range(seeds)])
-    seed_effect = rng.normal(0, noise, size=(len(fractions), seeds))  # the subset drawn by a seed helps or hurts every model
+    store.add_cells(
+        study_id,
+        [
+            (Cell(m, "fraction", f, s), sizes[f], sizes[f] / pool)
+            for f in fractions
+            for m in sorted(curves)
+            for s in range(seeds)
+        ],
+    )
+    seed_effect = rng.normal(
+        0, noise, size=(len(fractions), seeds)
+    )  # the subset drawn by a seed helps or hurts every model
     out = SyntheticStudy(store.url, name, y_test, curves, sizes)
     held = []  # runs claimed but left unfinished: put back to pending below
     while (run := store.claim(study_id, WORKER)) is not None:
@@ -73,23 +120,61 @@ def make_study(
             held.append(run.id)
             continue
         if key in failed:
-            store.fail(run.id, WORKER, "DivergedError: loss became nan at epoch 2\nTraceback (most recent call last): ...")
+            store.fail(
+                run.id, WORKER, "DivergedError: loss became nan at epoch 2\nTraceback (most recent call last): ..."
+            )
             continue
         n = run.n_train
-        mean = power_law(n, *curves[run.model]) + seed_effect[fractions.index(run.size_value), run.seed] + rng.normal(0, noise / 2)
+        mean = (
+            power_law(n, *curves[run.model])
+            + seed_effect[fractions.index(run.size_value), run.seed]
+            + rng.normal(0, noise / 2)
+        )
         correct = int(round(np.clip(mean, 0, 1) * n_test))
         predictions = y_test.copy()
         wrong = rng.choice(n_test, n_test - correct, replace=False)
         predictions[wrong] = (y_test[wrong] + 1 + rng.integers(0, len(CLASS_NAMES) - 1, len(wrong))) % len(CLASS_NAMES)
         acc = correct / n_test
         out.accuracies[key] = acc
-        epochs = [{"epoch": e, "train_loss": 1.6 / e, "train_acc": min(1.0, acc * (0.8 + 0.1 * e)), "val_loss": 1.7 / e, "val_acc": acc * (0.85 + 0.05 * e),
-                   "lr": 1e-3, "seconds": n / 900, "images_seen": n * e} for e in (1, 2, 3)]
-        fields = {"hparams": config["train"], "hparams_source": "config", "val_acc": acc, "test_acc": acc, "test_loss": 1.0 - acc, "test_f1": acc,
-                  "best_epoch": 3, "epochs_run": 3, "train_seconds": 3 * n / 900 + 0.5, "images_per_second": 900.0 * (1 + 0.1 * sorted(curves).index(run.model)),
-                  "n_params": {"mobilenetv2_100": 2_236_682, "mobilevit_xxs": 951_666, "resnet18": 11_181_642}.get(run.model, 100_000),
-                  "peak_memory_mb": 850.0, "device": "cpu",
-                  "environment": {"python": "3.11.7", "torch": "2.14.1", "timm": "1.0.31", "numpy": "2.4.6", "device": "cpu", "host": "testhost", "cpu_count": 2}}
+        epochs = [
+            {
+                "epoch": e,
+                "train_loss": 1.6 / e,
+                "train_acc": min(1.0, acc * (0.8 + 0.1 * e)),
+                "val_loss": 1.7 / e,
+                "val_acc": acc * (0.85 + 0.05 * e),
+                "lr": 1e-3,
+                "seconds": n / 900,
+                "images_seen": n * e,
+            }
+            for e in (1, 2, 3)
+        ]
+        fields = {
+            "hparams": config["train"],
+            "hparams_source": "config",
+            "val_acc": acc,
+            "test_acc": acc,
+            "test_loss": 1.0 - acc,
+            "test_f1": acc,
+            "best_epoch": 3,
+            "epochs_run": 3,
+            "train_seconds": 3 * n / 900 + 0.5,
+            "images_per_second": 900.0 * (1 + 0.1 * sorted(curves).index(run.model)),
+            "n_params": {"mobilenetv2_100": 2_236_682, "mobilevit_xxs": 951_666, "resnet18": 11_181_642}.get(
+                run.model, 100_000
+            ),
+            "peak_memory_mb": 850.0,
+            "device": "cpu",
+            "environment": {
+                "python": "3.11.7",
+                "torch": "2.14.1",
+                "timm": "1.0.31",
+                "numpy": "2.4.6",
+                "device": "cpu",
+                "host": "testhost",
+                "cpu_count": 2,
+            },
+        }
         assert store.finish(run.id, WORKER, fields, epochs, predictions)
     with store.session() as s:
         s.execute(update(RunRow).where(RunRow.id.in_(held)).values(status="pending", worker=None))
@@ -100,8 +185,26 @@ def make_study(
 
 
 REALISTIC_COSTS = {
-    "mobilenetv2_100": {"input_size": 16, "n_params": 2_236_682, "macs": 1.9e6, "size_mb": 8.6, "latency_p50_ms_1t": 2.1, "latency_p95_ms_1t": 2.6,
-                        "latency_p50_ms_all": 1.4, "latency_p95_ms_all": 1.9, "threads_all": 2},
-    "resnet18": {"input_size": 16, "n_params": 11_181_642, "macs": 9.3e6, "size_mb": 42.7, "latency_p50_ms_1t": 3.2, "latency_p95_ms_1t": 3.9,
-                 "latency_p50_ms_all": 2.0, "latency_p95_ms_all": 2.4, "threads_all": 2},
+    "mobilenetv2_100": {
+        "input_size": 16,
+        "n_params": 2_236_682,
+        "macs": 1.9e6,
+        "size_mb": 8.6,
+        "latency_p50_ms_1t": 2.1,
+        "latency_p95_ms_1t": 2.6,
+        "latency_p50_ms_all": 1.4,
+        "latency_p95_ms_all": 1.9,
+        "threads_all": 2,
+    },
+    "resnet18": {
+        "input_size": 16,
+        "n_params": 11_181_642,
+        "macs": 9.3e6,
+        "size_mb": 42.7,
+        "latency_p50_ms_1t": 3.2,
+        "latency_p95_ms_1t": 3.9,
+        "latency_p50_ms_all": 2.0,
+        "latency_p95_ms_all": 2.4,
+        "threads_all": 2,
+    },
 }

@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.curves import FAMILIES, aicc, curve_bands, fit_family, fit_learning_curves, monotonicity_problem, summarize
+from analysis.curves import (
+    FAMILIES,
+    aicc,
+    curve_bands,
+    fit_family,
+    fit_learning_curves,
+    monotonicity_problem,
+    summarize,
+)
 from analysis.efficiency import data_needed, data_ratios, efficiency_scores, targets_table
 
 SIZES = np.array([50, 100, 200, 400, 800, 1600])
@@ -20,12 +28,20 @@ def _runs(curves: dict, seeds: int = 8, noise: float = 0.01, sizes=SIZES, seed: 
     for model, f in curves.items():
         for s in range(seeds):
             for n in sizes:
-                rows.append({"model": model, "seed": s, "n_train": int(n), "fraction": n / sizes.max(), "test_acc": f(n) + rng.normal(0, noise)})
+                rows.append(
+                    {
+                        "model": model,
+                        "seed": s,
+                        "n_train": int(n),
+                        "fraction": n / sizes.max(),
+                        "test_acc": f(n) + rng.normal(0, noise),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def _power(n, a=TRUE["a"], b=TRUE["b"], c=TRUE["c"]):
-    return a - b * n ** -c
+    return a - b * n**-c
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +55,7 @@ def test_power_law_parameters_are_recovered(known):
     curve = curves.curves["power"]
     assert curve.family.name == "pow3"  # the true family wins on AICc
     a, b_scaled, c = curve.theta
-    b = b_scaled * curve.n_scale ** c  # back from x = n / n_scale to natural units
+    b = b_scaled * curve.n_scale**c  # back from x = n / n_scale to natural units
     assert a == pytest.approx(TRUE["a"], abs=0.015)
     assert c == pytest.approx(TRUE["c"], abs=0.08)
     assert b == pytest.approx(TRUE["b"], rel=0.3)
@@ -64,7 +80,9 @@ def test_true_images_needed_lies_inside_the_bootstrap_interval(known):
 def test_unreachable_and_extrapolated_targets_are_flagged(known):
     _, curves = known
     needed = data_needed(curves, targets_table(curves.summary, [0.4, 0.9, 0.99])).set_index(["model", "target"])
-    assert needed.loc[("saturating", 0.9), "status"] == "not reached" and np.isinf(needed.loc[("saturating", 0.9), "n_star"])
+    assert needed.loc[("saturating", 0.9), "status"] == "not reached" and np.isinf(
+        needed.loc[("saturating", 0.9), "n_star"]
+    )
     far = needed.loc[("power", 0.9)]  # true n* = 22,500: far beyond twice the largest size (1,600)
     assert far["status"] == "extrapolated" and far["extrapolated"] and far["n_star"] > 3200
     assert needed.loc[("power", 0.99), "status"] == "not reached"  # above the asymptote
@@ -124,7 +142,9 @@ def test_a_curve_that_falls_is_reported_and_not_fitted():
 
 
 def test_noise_dips_are_not_called_non_monotone():
-    s = pd.DataFrame({"n_train": [100, 200, 400], "mean": [0.80, 0.795, 0.85], "std": [0.02, 0.02, 0.02], "n_seeds": [3, 3, 3]})
+    s = pd.DataFrame(
+        {"n_train": [100, 200, 400], "mean": [0.80, 0.795, 0.85], "std": [0.02, 0.02, 0.02], "n_seeds": [3, 3, 3]}
+    )
     assert monotonicity_problem(s) == ""
     s.loc[1, "mean"] = 0.70
     assert "falls from 0.800 at 100 images to 0.700 at 200" in monotonicity_problem(s)
@@ -158,7 +178,7 @@ def test_extrapolation_selection_and_rejection_of_bad_fits():
 
 def test_fits_are_finite_for_every_family_on_clean_data():
     x = np.repeat([0.05, 0.1, 0.25, 0.5, 1.0], 3)
-    y = 0.9 - 0.05 * x ** -0.5 + np.random.default_rng(0).normal(0, 0.005, len(x))
+    y = 0.9 - 0.05 * x**-0.5 + np.random.default_rng(0).normal(0, 0.005, len(x))
     for name, family in FAMILIES.items():
         theta = fit_family(family, x, y)
         assert theta is not None, name
@@ -167,7 +187,9 @@ def test_fits_are_finite_for_every_family_on_clean_data():
 
 
 def test_summary_interval_is_student_t_clipped_to_accuracy_range():
-    runs = pd.DataFrame({"model": "m", "n_train": 10, "fraction": 1.0, "seed": [0, 1, 2], "test_acc": [0.90, 0.95, 1.0]})
+    runs = pd.DataFrame(
+        {"model": "m", "n_train": 10, "fraction": 1.0, "seed": [0, 1, 2], "test_acc": [0.90, 0.95, 1.0]}
+    )
     s = summarize(runs).iloc[0]
     half = 4.302652729911275 * 0.05 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert s["mean"] == pytest.approx(0.95) and s["ci_low"] == pytest.approx(0.95 - half)
@@ -185,7 +207,13 @@ def test_efficiency_score_interval_covers_the_true_score_at_close_to_the_nominal
     for i in range(trials):
         seed_effect = rng.normal(0, 0.02, size=(6, 1))
         acc = true_means + seed_effect + rng.normal(0, 0.01, size=(6, 4))
-        runs = pd.DataFrame([{"model": "m", "seed": s, "n_train": n, "fraction": n / 800, "test_acc": acc[s, j]} for s in range(6) for j, n in enumerate(sizes)])
+        runs = pd.DataFrame(
+            [
+                {"model": "m", "seed": s, "n_train": n, "fraction": n / 800, "test_acc": acc[s, j]}
+                for s in range(6)
+                for j, n in enumerate(sizes)
+            ]
+        )
         row = efficiency_scores(fit_learning_curves(runs, families=(), n_boot=400, seed=i)).iloc[0]
         hits += row["ci_low"] <= true_score <= row["ci_high"]
     assert 0.90 <= hits / trials <= 0.99, hits / trials

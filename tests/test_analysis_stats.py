@@ -36,8 +36,18 @@ def _runs() -> pd.DataFrame:
     for (model, frac), values in ACC.items():
         for seed, acc in enumerate(values):
             run_id += 1
-            rows.append({"run_id": run_id, "model": model, "size_kind": "fraction", "size_value": frac, "fraction": frac,
-                         "n_train": int(1000 * frac), "seed": seed, "test_acc": acc})
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "model": model,
+                    "size_kind": "fraction",
+                    "size_value": frac,
+                    "fraction": frac,
+                    "n_train": int(1000 * frac),
+                    "seed": seed,
+                    "test_acc": acc,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -55,7 +65,9 @@ def test_holm_matches_a_hand_computed_example():
     p = [0.01, 0.04, 0.03, 0.005]
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm([0.5, np.nan, 0.01]) == pytest.approx([0.5, np.nan, 0.02], nan_ok=True)  # NaN neither counts nor changes
+    assert holm([0.5, np.nan, 0.01]) == pytest.approx(
+        [0.5, np.nan, 0.02], nan_ok=True
+    )  # NaN neither counts nor changes
     assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # capped at 1
 
 
@@ -65,7 +77,7 @@ def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs():
     b_count, c_count, p = mcnemar_exact(a, b)
     assert (b_count, c_count) == (30, 8)
     n, k = 38, 8
-    reference = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)  # exact two-sided binomial, by hand
+    reference = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)  # exact two-sided binomial, by hand
     assert p == pytest.approx(reference, rel=1e-12)
     assert mcnemar_exact(a, a)[2] == 1.0
 

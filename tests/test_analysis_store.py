@@ -20,7 +20,9 @@ from tests.synthetic import REALISTIC_COSTS, make_study
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "s.db"
-    made = make_study(path, seeds=3, failed=(("resnet18", 0.1, 2),), pending=(("mobilevit_xxs", 1.0, 1),), costs=REALISTIC_COSTS)
+    made = make_study(
+        path, seeds=3, failed=(("resnet18", 0.1, 2),), pending=(("mobilevit_xxs", 1.0, 1),), costs=REALISTIC_COSTS
+    )
     return made, load_study(made.url)
 
 
@@ -31,7 +33,13 @@ def analysed(study):
 
 def test_import_without_torch():
     code = "import analysis, reports, analysis.study_analysis, reports.build; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -39,7 +47,11 @@ def test_costs_come_from_the_model_costs_table(study):
     _, data = study
     assert sorted(data.costs["model"]) == ["mobilenetv2_100", "resnet18"]
     costs = model_costs(data.costs, data.runs).set_index("model")
-    assert costs.loc["resnet18", "latency_p50_ms_1t"] == 3.2 and costs.loc["resnet18", "macs"] == 9.3e6 and costs.loc["resnet18", "threads_all"] == 2
+    assert (
+        costs.loc["resnet18", "latency_p50_ms_1t"] == 3.2
+        and costs.loc["resnet18", "macs"] == 9.3e6
+        and costs.loc["resnet18", "threads_all"] == 2
+    )
     assert costs.loc["resnet18", "measured"] and not costs.loc["mobilevit_xxs", "measured"]
     assert np.isnan(costs.loc["mobilevit_xxs", "latency_p50_ms_1t"])
     assert costs.loc["mobilevit_xxs", "n_params"] == 951_666  # from its runs when not measured
@@ -76,13 +88,24 @@ def test_warnings_name_failed_and_missing_runs_and_seed_limits(study, analysed):
 
 
 def test_chance_perfect_and_leak_warnings(tmp_path):
-    made = make_study(tmp_path / "s.db", curves={"lucky": (1.2, 0.0, 0.5), "guessing": (0.15, 0.0, 0.5)}, fractions=(0.5, 1.0), seeds=2)
+    made = make_study(
+        tmp_path / "s.db",
+        curves={"lucky": (1.2, 0.0, 0.5), "guessing": (0.15, 0.0, 0.5)},
+        fractions=(0.5, 1.0),
+        seeds=2,
+    )
     store = Store(made.url)
     from study.store import StudyRow
 
     with store.session() as s:
         row = s.query(StudyRow).one()
-        row.splits = {**row.splits, "dropped_duplicates": 3, "warnings": ["3 training/validation image(s) were exact copies of held-out images and were dropped to prevent leakage"]}
+        row.splits = {
+            **row.splits,
+            "dropped_duplicates": 3,
+            "warnings": [
+                "3 training/validation image(s) were exact copies of held-out images and were dropped to prevent leakage"
+            ],
+        }
     data = load_study(made.url)
     assert chance_level(data.y_test) == pytest.approx(0.2)
     w = sanity_checks(data)

@@ -40,7 +40,7 @@ def test_flip_only_when_allowed():
     x[:, :, :, :2] = 1  # bright left edge
     flipped = BatchAugment("light", 0.0001, hflip=True)(x, torch.Generator().manual_seed(0))
     kept = BatchAugment("light", 0.0001, hflip=False)(x, torch.Generator().manual_seed(0))
-    right_bright = lambda t: (t[:, 0, :, -2:].mean(dim=(1, 2)) > 0.5)  # noqa: E731
+    right_bright = lambda t: t[:, 0, :, -2:].mean(dim=(1, 2)) > 0.5  # noqa: E731
     assert right_bright(flipped).any() and not right_bright(kept).any()
 
 
@@ -84,7 +84,9 @@ def test_model_input_layout_is_the_one_asked_for_whatever_the_path(augment, chan
     """The uint8 batch arrives NHWC; the model must get the layout chosen for it, not one left
     over from the conversion (it decides which kernels run, and how fast)."""
     mean, std = torch.zeros(3), torch.ones(3)
-    out = to_model_input(_batch(n=2, size=16), 16, mean, std, augment, torch.Generator().manual_seed(0), channels_last=channels_last)
+    out = to_model_input(
+        _batch(n=2, size=16), 16, mean, std, augment, torch.Generator().manual_seed(0), channels_last=channels_last
+    )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
 

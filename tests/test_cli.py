@@ -45,26 +45,51 @@ def test_bad_input_is_refused_in_one_line(cli, tmp_path, args, fragment):
 
 def test_empty_folder_and_unreadable_class_are_refused(cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", tmp_path / "empty"), "has no class folders")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", tmp_path / "empty"),
+        "has no class folders",
+    )
     root = write_imagefolder(tmp_path / "data", {"a": 8})
     (root / "b").mkdir()
     (root / "b" / "x.jpg").write_bytes(b"garbage")
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root), "class folder")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root), "class folder"
+    )
 
 
 def test_class_too_small_to_split_is_refused(cli, tmp_path):
     root = write_imagefolder(tmp_path / "data", {"big": 12, "tiny": 3})
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root), "class 'tiny' has 3 image(s)")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root),
+        "class 'tiny' has 3 image(s)",
+    )
 
 
 def test_a_changed_setting_is_refused_without_touching_stored_results(cli, tmp_path):
     code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--no-report")
     assert code == 0
     before = (tmp_path / "study.db").read_bytes()
-    _refused(cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01"), "was run with train.lr=0.0, this config has train.lr=0.01")
+    _refused(
+        cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01"),
+        "was run with train.lr=0.0, this config has train.lr=0.01",
+    )
     code, out, _ = cli("status", "--out", tmp_path)
     assert code == 0 and "done     1" in out
-    code, _, _ = cli("run", "--out", tmp_path, *SMALL, "--fractions", "1.0", "--seeds", "1", "--lr", "0.01", "--name", "other", "--no-report")
+    code, _, _ = cli(
+        "run",
+        "--out",
+        tmp_path,
+        *SMALL,
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
+        "--lr",
+        "0.01",
+        "--name",
+        "other",
+        "--no-report",
+    )
     assert code == 0
     assert len(before) > 0
 
@@ -79,7 +104,20 @@ def test_init_writes_a_config_that_runs(cli, tmp_path):
 def test_imagefolder_study_end_to_end_skips_a_corrupt_file(cli, tmp_path):
     root = write_imagefolder(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
     (root / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    code, out, err = cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "imagefolder", "--data-root", root, "--fractions", "0.5,1", "--seeds", "2")
+    code, out, err = cli(
+        "run",
+        "--out",
+        tmp_path / "o",
+        *SMALL,
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        root,
+        "--fractions",
+        "0.5,1",
+        "--seeds",
+        "2",
+    )
     assert code == 0, err
     assert "1 file(s) could not be decoded and were skipped" in err
     rows = list(csv.DictReader(open(tmp_path / "o" / "results.csv")))
@@ -93,7 +131,17 @@ def test_digits_study_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 4
-    for column in ("dataset", "model", "fraction", "n_train", "seed", "test_acc", "test_loss", "train_seconds", "images_per_second"):
+    for column in (
+        "dataset",
+        "model",
+        "fraction",
+        "n_train",
+        "seed",
+        "test_acc",
+        "test_loss",
+        "train_seconds",
+        "images_per_second",
+    ):
         assert rows[0][column] != ""
     assert {r["seed"] for r in rows} == {"0", "1"}
     assert (out / "report" / "index.html").exists() and (out / "report" / "figures" / "learning_curves.png").exists()
@@ -112,14 +160,40 @@ def test_a_study_killed_at_any_moment_resumes_without_losing_or_repeating_runs(t
     """SIGKILL with no run finished yet, after one, after several; each time the SQLite file is
     intact and every finished run is still there, unchanged; the last start finishes the rest."""
     out = tmp_path / "o"
-    args = ["run", "--out", out, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "12",
-            "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--threads", "1", "--quiet", "--no-report"]
+    args = [
+        "run",
+        "--out",
+        out,
+        "--models",
+        FAST_MODEL,
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--min-steps",
+        "12",
+        "--fractions",
+        "0.5,1.0",
+        "--seeds",
+        "3",
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-report",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     db_path = out / "study.db"
     kept: dict[int, str] = {}
     for finished in (0, 1, 3):  # finished runs when the kill lands
-        proc = subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", *map(str, args)],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 300
         while time.time() < deadline:
             time.sleep(0.05)
@@ -147,4 +221,6 @@ def test_a_study_killed_at_any_moment_resumes_without_losing_or_repeating_runs(t
     per_run = db.execute("select run_id, count(*) from epochs group by run_id").fetchall()
     assert len(per_run) == 6 and all(n == 2 for _, n in per_run)  # nothing duplicated
     assert db.execute("select count(*) from predictions").fetchone()[0] == 6
-    assert db.execute("pragma integrity_check").fetchone() == ("ok",) and db.execute("pragma journal_mode").fetchone() == ("wal",)
+    assert db.execute("pragma integrity_check").fetchone() == ("ok",) and db.execute(
+        "pragma journal_mode"
+    ).fetchone() == ("wal",)

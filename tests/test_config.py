@@ -14,7 +14,7 @@ def test_defaults_are_valid_and_name_the_default_models():
 
 def test_toml_file_is_read_and_flags_override_it(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('seeds = 4\nfractions = [0.5, 1.0]\n[train]\nepochs = 3\nlr = 0.01\n[data]\nimage_size = 24\n')
+    path.write_text("seeds = 4\nfractions = [0.5, 1.0]\n[train]\nepochs = 3\nlr = 0.01\n[data]\nimage_size = 24\n")
     cfg = config.load(path, {"train.epochs": "5", "seeds": None})
     assert cfg.seeds == 4  # None overrides are ignored
     assert cfg.train.epochs == 5  # a flag wins over the file
@@ -68,12 +68,36 @@ def test_missing_and_malformed_files(tmp_path):
 def test_a_worker_rebuilds_the_config_from_the_stored_one_with_its_own_machine_settings():
     from study.config import from_stored, to_dict
 
-    stored = to_dict(config.load(None, {"models": "test_resnet", "seeds": "2", "train.epochs": "3", "device": "cuda", "jobs": "4",
-                                        "backend": "dask", "scheduler": "tcp://head:8786", "grace_period": "60", "data.root": "/shared/data",
-                                        "compile": True, "channels_last": "on"}))
+    stored = to_dict(
+        config.load(
+            None,
+            {
+                "models": "test_resnet",
+                "seeds": "2",
+                "train.epochs": "3",
+                "device": "cuda",
+                "jobs": "4",
+                "backend": "dask",
+                "scheduler": "tcp://head:8786",
+                "grace_period": "60",
+                "data.root": "/shared/data",
+                "compile": True,
+                "channels_last": "on",
+            },
+        )
+    )
     stored["retired_key"] = 1  # written by an older version
     cfg = from_stored(stored, {"storage": "postgresql+psycopg://db/study", "data.root": "/local/data", "threads": "2"})
-    assert cfg.models == ["test_resnet"] and cfg.seeds == 2 and cfg.train.epochs == 3 and cfg.grace_period == 60  # the study's
-    assert (cfg.device, cfg.jobs, cfg.backend, cfg.scheduler, cfg.threads, cfg.compile) == ("auto", 0, "loky", "", 2, False)  # this machine's
+    assert (
+        cfg.models == ["test_resnet"] and cfg.seeds == 2 and cfg.train.epochs == 3 and cfg.grace_period == 60
+    )  # the study's
+    assert (cfg.device, cfg.jobs, cfg.backend, cfg.scheduler, cfg.threads, cfg.compile) == (
+        "auto",
+        0,
+        "loky",
+        "",
+        2,
+        False,
+    )  # this machine's
     assert cfg.channels_last == "on"  # the study's layout, unless this worker forces another
     assert cfg.data.root == "/local/data" and cfg.storage_url == "postgresql+psycopg://db/study"

@@ -107,13 +107,37 @@ def test_peak_memory_is_measured_from_the_start_of_each_run():
 
 
 def test_a_study_records_costs_once_and_per_run_throughput_and_memory(cli, tmp_path):
-    args = ["run", "--out", tmp_path, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--fractions", "0.1", "--seeds", "1", "--jobs", "1", "--quiet", "--no-report"]
+    args = [
+        "run",
+        "--out",
+        tmp_path,
+        "--models",
+        FAST_MODEL,
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "2",
+        "--fractions",
+        "0.1",
+        "--seeds",
+        "1",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--no-report",
+    ]
     assert cli(*args)[0] == 0
     assert cli(*args, "--seeds", "2")[0] == 0  # a new seed, same models: costs not measured again
     db = sqlite3.connect(tmp_path / "study.db")
-    rows = db.execute("select model, input_size, macs, latency_p50_ms_1t, latency_p50_ms_all from model_costs").fetchall()
+    rows = db.execute(
+        "select model, input_size, macs, latency_p50_ms_1t, latency_p50_ms_all from model_costs"
+    ).fetchall()
     assert len(rows) == 1 and rows[0][0] == FAST_MODEL and rows[0][1] == 16 and all(v > 0 for v in rows[0][2:])
     runs = db.execute("select images_per_second, peak_memory_mb from runs where status = 'done'").fetchall()
     assert len(runs) == 2 and all(ips > 0 and 0 < mb < 64 * 1024 for ips, mb in runs)
     assert cli("run", "--out", tmp_path / "other", *args[3:], "--no-costs")[0] == 0
-    assert sqlite3.connect(tmp_path / "other" / "study.db").execute("select count(*) from model_costs").fetchone()[0] == 0
+    assert (
+        sqlite3.connect(tmp_path / "other" / "study.db").execute("select count(*) from model_costs").fetchone()[0] == 0
+    )

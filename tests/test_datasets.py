@@ -1,4 +1,3 @@
-import os
 import time
 
 import numpy as np
@@ -55,7 +54,9 @@ def test_decode_cache_is_reused_then_invalidated_by_a_changed_folder(tmp_path):
 def test_separate_test_folder_becomes_the_test_split(tmp_path):
     root = write_imagefolder(tmp_path / "train", {"a": 6, "b": 6})
     test = write_imagefolder(tmp_path / "test", {"a": 2, "b": 3}, seed=5)
-    ds = load_dataset(DataConfig(dataset="imagefolder", root=str(root), test_root=str(test), image_size=16), tmp_path / "c")
+    ds = load_dataset(
+        DataConfig(dataset="imagefolder", root=str(root), test_root=str(test), image_size=16), tmp_path / "c"
+    )
     assert ds.test_mask.sum() == 5 and len(ds) == 17
     assert np.bincount(ds.labels[ds.test_mask]).tolist() == [2, 3]
 
@@ -66,7 +67,14 @@ def test_separate_test_folder_becomes_the_test_split(tmp_path):
         (lambda root: None, "does not exist"),
         (lambda root: root.mkdir(), "has no class folders"),
         (lambda root: (write_imagefolder(root, {"a": 4}), (root / "b").mkdir()), "class folder"),
-        (lambda root: (write_imagefolder(root, {"a": 4}), (root / "b").mkdir(), (root / "b" / "x.png").write_text("no")), "has no readable image"),
+        (
+            lambda root: (
+                write_imagefolder(root, {"a": 4}),
+                (root / "b").mkdir(),
+                (root / "b" / "x.png").write_text("no"),
+            ),
+            "has no readable image",
+        ),
     ],
 )
 def test_bad_folders_are_refused_clearly(tmp_path, make, fragment):
@@ -78,5 +86,8 @@ def test_bad_folders_are_refused_clearly(tmp_path, make, fragment):
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-    with pytest.raises(UserError, match="dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, text-recognition, tiny-imagenet"):
+    with pytest.raises(
+        UserError,
+        match="dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, text-recognition, tiny-imagenet",
+    ):
         load_dataset(DataConfig(dataset="mnist"), tmp_path)

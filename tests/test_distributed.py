@@ -16,16 +16,37 @@ from sqlalchemy import create_engine, text
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess
 
 # Heartbeats every half second, taken over after 3 s of silence: a kill is noticed quickly.
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1",
-         "--heartbeat", "0.5", "--grace-period", "3", "--quiet"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--heartbeat",
+    "0.5",
+    "--grace-period",
+    "3",
+    "--quiet",
+]
 CELLS = ["--fractions", "0.25,0.5,1.0", "--seeds", "2"]  # 6 runs
 
 
 def _start(*args: str, host: str | None = None) -> subprocess.Popen:
     """A `python -m study` process in its own process group; ``host`` poses as another machine."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **({"STUDY_WORKER_HOST": host} if host else {})}
-    return subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "study", *map(str, args)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -38,11 +59,19 @@ def _runs(url: str, name: str) -> dict[str, dict]:
     """Every run of study ``name``, by cell, with its epoch and prediction counts."""
     engine = create_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "select r.cell_key, r.status, r.test_acc, r.attempts, r.worker, r.id,"
-            " (select count(*) from epochs e where e.run_id = r.id) as n_epochs,"
-            " (select count(*) from predictions p where p.run_id = r.id) as n_predictions"
-            " from runs r join dataset_studies s on s.id = r.study_id where s.name = :name"), {"name": name}).mappings().all()
+        rows = (
+            conn.execute(
+                text(
+                    "select r.cell_key, r.status, r.test_acc, r.attempts, r.worker, r.id,"
+                    " (select count(*) from epochs e where e.run_id = r.id) as n_epochs,"
+                    " (select count(*) from predictions p where p.run_id = r.id) as n_predictions"
+                    " from runs r join dataset_studies s on s.id = r.study_id where s.name = :name"
+                ),
+                {"name": name},
+            )
+            .mappings()
+            .all()
+        )
     engine.dispose()
     return {r["cell_key"]: dict(r) for r in rows}
 
@@ -70,12 +99,19 @@ def _wait_for(url: str, query: str, deadline: float = 240):
 def test_three_workers_on_postgres_finish_every_run_once_as_one_worker_would(postgres_url, tmp_path):
     """Three processes start at once on a fresh database (they race to create the tables and the
     study); together they do every run exactly once, with the results one worker gets alone."""
-    procs = [_start("run", "--storage", postgres_url, "--out", tmp_path / f"w{i}", *SMALL, *CELLS, "--jobs", "1", "--no-report") for i in range(3)]
+    procs = [
+        _start(
+            "run", "--storage", postgres_url, "--out", tmp_path / f"w{i}", *SMALL, *CELLS, "--jobs", "1", "--no-report"
+        )
+        for i in range(3)
+    ]
     for proc in procs:
         _finish(proc)
     shared = _runs(postgres_url, "default")
     assert len(shared) == 6 and {r["status"] for r in shared.values()} == {"done"}
-    assert all(r["attempts"] == 1 and r["n_epochs"] == 2 and r["n_predictions"] == 1 for r in shared.values())  # each run once
+    assert all(
+        r["attempts"] == 1 and r["n_epochs"] == 2 and r["n_predictions"] == 1 for r in shared.values()
+    )  # each run once
     engine = create_engine(postgres_url)
     with engine.connect() as conn:
         workers = conn.execute(text("select name, runs_done from workers")).all()
@@ -97,7 +133,20 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     "machine-b", which knows the study only from the store, finishes the rest and, once A's
     heartbeats have been silent for the grace period, A's run too."""
     slow_runs = ["--epochs", "3", "--min-steps", "60"]  # a few seconds a run: the kill lands inside one
-    a = _start("run", "--storage", postgres_url, "--out", tmp_path / "a", *SMALL, *slow_runs, *CELLS, "--jobs", "1", "--no-report", host="machine-a")
+    a = _start(
+        "run",
+        "--storage",
+        postgres_url,
+        "--out",
+        tmp_path / "a",
+        *SMALL,
+        *slow_runs,
+        *CELLS,
+        "--jobs",
+        "1",
+        "--no-report",
+        host="machine-a",
+    )
     (held_id,) = _wait_for(postgres_url, "select id from runs where status = 'running' and worker like 'machine-a:%'")
     time.sleep(1.0)  # a round or so into the run
     os.killpg(a.pid, signal.SIGKILL)
@@ -107,7 +156,9 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     out = _finish(b)
     assert "6 done, 0 failed, 0 left" in out
     runs = _runs(postgres_url, "default")
-    assert len(runs) == 6 and all(r["status"] == "done" and r["n_epochs"] == 3 and r["n_predictions"] == 1 for r in runs.values())
+    assert len(runs) == 6 and all(
+        r["status"] == "done" and r["n_epochs"] == 3 and r["n_predictions"] == 1 for r in runs.values()
+    )
     (taken_over,) = [r for r in runs.values() if r["id"] == held_id]
     assert taken_over["attempts"] == 2 and taken_over["worker"].startswith("machine-b:")
 
@@ -127,14 +178,31 @@ def test_a_dask_cluster_of_two_workers_runs_a_study(cli, tmp_path):
     import torch
 
     threads = torch.get_num_threads()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        code, out, err = cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "2", "--backend", "dask",
-                             "--scheduler", cluster.scheduler_address, "--no-report")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        code, out, err = cli(
+            "run",
+            "--out",
+            tmp_path,
+            *SMALL,
+            "--fractions",
+            "0.5,1.0",
+            "--seeds",
+            "2",
+            "--backend",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+            "--no-report",
+        )
     torch.set_num_threads(threads)
     assert code == 0, err
     assert "4 done, 0 failed, 0 left" in out
     runs = _runs(f"sqlite:///{tmp_path / 'study.db'}", "default")
-    assert len(runs) == 4 and all(r["status"] == "done" and r["attempts"] == 1 and r["n_epochs"] == 2 for r in runs.values())
+    assert len(runs) == 4 and all(
+        r["status"] == "done" and r["attempts"] == 1 and r["n_epochs"] == 2 for r in runs.values()
+    )
     assert len({r["worker"] for r in runs.values()}) == 2  # both dask workers (threads of this process) took runs
 
 
@@ -154,8 +222,25 @@ def test_bad_backend_values_are_refused_in_one_line(cli, tmp_path, args, fragmen
 
 def test_an_unreachable_scheduler_is_refused_in_one_line(cli, tmp_path):
     pytest.importorskip("distributed")
-    code, _, err = cli("run", "--out", tmp_path, "--models", FAST_MODEL, "--image-size", "16", "--fractions", "1.0", "--seeds", "1",
-                       "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9", "--quiet", "--no-report")
+    code, _, err = cli(
+        "run",
+        "--out",
+        tmp_path,
+        "--models",
+        FAST_MODEL,
+        "--image-size",
+        "16",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
+        "--backend",
+        "dask",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--quiet",
+        "--no-report",
+    )
     assert code == 2 and err.count("\n") == 1 and "cannot reach the dask scheduler at 'tcp://127.0.0.1:9'" in err
 
 
@@ -167,19 +252,22 @@ def test_a_worker_needs_a_study_to_join(cli, tmp_path):
     assert code == 2 and "no study 'other' in" in err and "studies there: 'default'" in err
 
 
-
 def test_a_worker_started_before_its_study_waits_for_it_with_wait(cli, tmp_path):
     """SLURM may start the workers before `study run` has created the study: with --wait they
     poll the store for it instead of exiting, then share its runs."""
     worker = _start("worker", "--out", tmp_path, "--wait", "120", "--jobs", "1", "--threads", "1", "--quiet")
     time.sleep(1.0)
     assert worker.poll() is None  # still waiting: no database yet
-    assert cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--no-report")[0] == 0
+    assert (
+        cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--no-report")[0]
+        == 0
+    )
     out = _finish(worker, timeout=120)
     assert "study 'default': 6 done, 0 failed, 0 left" in out  # it joined and stayed until nothing was left
     engine = create_engine(f"sqlite:///{tmp_path / 'study.db'}")
     with engine.connect() as db:
         assert db.execute(text("select count(*), max(attempts) from runs where status = 'done'")).one() == (6, 1)
+
 
 @pytest.mark.distributed
 @pytest.mark.slow
@@ -190,14 +278,37 @@ def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_r
     import optuna
 
     toml = tmp_path / "tune.toml"
-    toml.write_text('[tune]\npruner = "none"\nstartup_trials = 2\nlr = [1e-3, 3e-2]\naugment = []\naugment_strength = []\nnormalization = []\nweight_decay = []\n')
-    args = ["--storage", postgres_url, *SMALL, "--min-steps", "30", "--fractions", "0.25", "--seeds", "1", "--trials", "8", "--jobs", "1"]
-    a, b = (_start("run", "--config", toml, "--out", tmp_path / m, *args, "--no-report", host=f"machine-{m}") for m in "ab")
-    running = "select t.number from trials t join trial_user_attributes u on u.trial_id = t.trial_id" \
-              " where t.state = 'RUNNING' and u.key = 'worker' and u.value_json like '\"{}:%'"
+    toml.write_text(
+        '[tune]\npruner = "none"\nstartup_trials = 2\nlr = [1e-3, 3e-2]\naugment = []\naugment_strength = []\nnormalization = []\nweight_decay = []\n'
+    )
+    args = [
+        "--storage",
+        postgres_url,
+        *SMALL,
+        "--min-steps",
+        "30",
+        "--fractions",
+        "0.25",
+        "--seeds",
+        "1",
+        "--trials",
+        "8",
+        "--jobs",
+        "1",
+    ]
+    a, b = (
+        _start("run", "--config", toml, "--out", tmp_path / m, *args, "--no-report", host=f"machine-{m}") for m in "ab"
+    )
+    running = (
+        "select t.number from trials t join trial_user_attributes u on u.trial_id = t.trial_id"
+        " where t.state = 'RUNNING' and u.key = 'worker' and u.value_json like '\"{}:%'"
+    )
     _wait_for(postgres_url, running.format("machine-b"))  # B has joined the cell...
-    (a_trial,) = _wait_for(postgres_url, running.format("machine-a") +  # ...while A tunes it too, its parameters drawn
-                           " and exists (select 1 from trial_params p where p.trial_id = t.trial_id)")
+    (a_trial,) = _wait_for(
+        postgres_url,
+        running.format("machine-a")  # ...while A tunes it too, its parameters drawn
+        + " and exists (select 1 from trial_params p where p.trial_id = t.trial_id)",
+    )
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     assert "1 done, 0 failed, 0 left" in _finish(b, timeout=500)
@@ -205,12 +316,19 @@ def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_r
     (name,) = optuna.get_all_study_names(postgres_url)
     study = optuna.load_study(study_name=name, storage=postgres_url)
     trials = study.get_trials()
-    assert {t.user_attrs["worker"].split(":")[0] for t in trials} == {"machine-a", "machine-b"}  # one Optuna study, two machines
+    assert {t.user_attrs["worker"].split(":")[0] for t in trials} == {
+        "machine-a",
+        "machine-b",
+    }  # one Optuna study, two machines
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 8
     (dead,) = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert dead.number == a_trial and dead.user_attrs["worker"].startswith("machine-a:")  # failed once silent...
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == a_trial]  # ...and run again
-    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == dead.params and retry.user_attrs["worker"].startswith("machine-b:")
+    assert (
+        retry.state == optuna.trial.TrialState.COMPLETE
+        and retry.params == dead.params
+        and retry.user_attrs["worker"].startswith("machine-b:")
+    )
     engine = create_engine(postgres_url)
     with engine.connect() as conn:
         job_status = conn.execute(text("select status from tuning_jobs")).scalar()

@@ -14,7 +14,20 @@ import study.train
 from study.execute import run_next
 from tests.conftest import FAST_MODEL
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet", "--no-report"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+    "--no-report",
+]
 
 
 def test_runs_that_raise_are_recorded_failed_the_study_goes_on_and_retry_failed_reruns_them(cli, tmp_path, monkeypatch):
@@ -23,7 +36,9 @@ def test_runs_that_raise_are_recorded_failed_the_study_goes_on_and_retry_failed_
     def faulty(data, train_idx, val_idx, test_idx, model, hp, seed, device, **kw):
         if seed == 1 and len(train_idx) < 300:  # the small fraction's second seed: the GPU runs out of memory
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if seed == 2 and len(train_idx) < 300:  # its third seed: a learning rate that makes the loss NaN (a real divergence)
+        if (
+            seed == 2 and len(train_idx) < 300
+        ):  # its third seed: a learning rate that makes the loss NaN (a real divergence)
             hp = hp.__class__(**{**hp.__dict__, "lr": 1e6})
         return real_train_run(data, train_idx, val_idx, test_idx, model, hp, seed, device, **kw)
 
@@ -34,7 +49,9 @@ def test_runs_that_raise_are_recorded_failed_the_study_goes_on_and_retry_failed_
     assert "4 done, 2 failed, 0 left" in out  # the study went on past both failures
     db = sqlite3.connect(tmp_path / "study.db")
     failed = dict(db.execute("select seed, error from runs where status = 'failed'").fetchall())
-    assert failed[1].startswith("OutOfMemoryError: CUDA out of memory") and failed[2].startswith("DivergedError: training loss became nan")
+    assert failed[1].startswith("OutOfMemoryError: CUDA out of memory") and failed[2].startswith(
+        "DivergedError: training loss became nan"
+    )
     done_before = dict(db.execute("select id, finished_at from runs where status = 'done'").fetchall())
     code, status, _ = cli("status", "--out", tmp_path)
     assert "failed   2" in status and "OutOfMemoryError: CUDA out of memory" in status
@@ -47,7 +64,9 @@ def test_runs_that_raise_are_recorded_failed_the_study_goes_on_and_retry_failed_
     assert all(status == "done" and error is None for _, status, _, _, error in rows)
     assert {i: f for i, _, _, f, _ in rows if i in done_before} == done_before  # finished runs were not redone
     assert sorted(a for i, _, a, _, _ in rows if i not in done_before) == [1, 1]  # retried with fresh attempts
-    assert db.execute("select count(*) from epochs").fetchone()[0] == 12 and db.execute("pragma integrity_check").fetchone() == ("ok",)
+    assert db.execute("select count(*) from epochs").fetchone()[0] == 12 and db.execute(
+        "pragma integrity_check"
+    ).fetchone() == ("ok",)
 
 
 def dies_in_its_first_run(cfg, threads=0, show_epochs=False, epoch_queue=None):
@@ -75,4 +94,6 @@ def test_a_worker_process_that_dies_gives_its_run_back(cli, tmp_path, monkeypatc
     # dies, so the run may have had one more attempt: claimed by the other process before it
     # was stopped too.
     assert len(attempts) == 4 and 2 <= max(attempts) <= 3
-    assert db.execute("select count(*) from epochs").fetchone()[0] == 8 and db.execute("pragma integrity_check").fetchone() == ("ok",)
+    assert db.execute("select count(*) from epochs").fetchone()[0] == 8 and db.execute(
+        "pragma integrity_check"
+    ).fetchone() == ("ok",)

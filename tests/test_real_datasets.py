@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import pickle
 import shutil
 import sqlite3
 from pathlib import Path
@@ -23,7 +22,24 @@ from study.datasets.text_recognition import build
 from study.errors import UserError
 from tests.conftest import FAST_MODEL, TINY_WNIDS, write_cifar, write_flickr, write_msra, write_tiny_imagenet
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--seeds", "1", "--jobs", "1", "--threads", "1", "--quiet", "--no-report"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--epochs",
+    "1",
+    "--min-steps",
+    "2",
+    "--seeds",
+    "1",
+    "--jobs",
+    "1",
+    "--threads",
+    "1",
+    "--quiet",
+    "--no-report",
+]
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +90,11 @@ def _study_row(out: Path) -> tuple[dict, dict]:
 
 def test_tiny_imagenet_reads_the_official_layout(tiny, tmp_path):
     ds = load_dataset(DataConfig(dataset="tiny-imagenet", root=str(tiny), image_size=16), tmp_path)
-    assert ds.class_names == ["goldfish", "European fire salamander", "bullfrog"]  # words.txt, first synonym, wnids sorted
+    assert ds.class_names == [
+        "goldfish",
+        "European fire salamander",
+        "bullfrog",
+    ]  # words.txt, first synonym, wnids sorted
     # 3 classes x (8 JPEG + 1 RGBA PNG) train, one truncated; 9 val images; test/ and *_boxes.txt ignored
     assert ds.images.shape == (3 * 9 - 1 + 9, 16, 16, 3) and ds.images.dtype == np.uint8
     assert ds.test_mask.sum() == 9 and np.bincount(ds.labels[ds.test_mask]).tolist() == [3, 3, 3]
@@ -98,19 +118,40 @@ def _break_words(root: Path):
     "breakage, fragment",
     [
         (_break_words, "words.txt line 2 is malformed ('this line has no tab'); expected '<wnid><TAB><names>'"),
-        (lambda r: (r / "words.txt").write_text("n01443537\tgoldfish\n"), "has no entry for class 'n01629819' of wnids.txt"),
+        (
+            lambda r: (r / "words.txt").write_text("n01443537\tgoldfish\n"),
+            "has no entry for class 'n01629819' of wnids.txt",
+        ),
         (lambda r: (r / "words.txt").write_bytes(b"\xff\xfe\x00garbage"), "words.txt is not a UTF-8 text file"),
-        (lambda r: shutil.rmtree(r / "train" / TINY_WNIDS[1] / "images") or (r / "train" / TINY_WNIDS[1] / "images").mkdir(), f"class folder '{{root}}/train/{TINY_WNIDS[1]}' has no readable image"),
-        (lambda r: shutil.rmtree(r / "train" / TINY_WNIDS[2]), f"has no folder for class '{TINY_WNIDS[2]}' of wnids.txt"),
-        (lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn00000000\t0\t0\t1\t1\n"), "line 1 labels 'val_0.JPEG' with 'n00000000', which is not a class"),
-        (lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\n"), "val_annotations.txt line 1 is malformed"),
+        (
+            lambda r: (
+                shutil.rmtree(r / "train" / TINY_WNIDS[1] / "images")
+                or (r / "train" / TINY_WNIDS[1] / "images").mkdir()
+            ),
+            f"class folder '{{root}}/train/{TINY_WNIDS[1]}' has no readable image",
+        ),
+        (
+            lambda r: shutil.rmtree(r / "train" / TINY_WNIDS[2]),
+            f"has no folder for class '{TINY_WNIDS[2]}' of wnids.txt",
+        ),
+        (
+            lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn00000000\t0\t0\t1\t1\n"),
+            "line 1 labels 'val_0.JPEG' with 'n00000000', which is not a class",
+        ),
+        (
+            lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\n"),
+            "val_annotations.txt line 1 is malformed",
+        ),
         (lambda r: (r / "wnids.txt").unlink(), "has no wnids.txt; expected a tiny-imagenet-200/ folder"),
     ],
 )
 def test_broken_tiny_imagenet_is_refused_in_one_line(cli, tiny, tmp_path, breakage, fragment):
     root = shutil.copytree(tiny, tmp_path / "tiny-imagenet-200")
     breakage(root)
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "tiny-imagenet", "--data-root", root), fragment.format(root=root))
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "tiny-imagenet", "--data-root", root),
+        fragment.format(root=root),
+    )
 
 
 def test_val_annotation_naming_a_missing_file_is_skipped_and_counted(tiny, tmp_path):
@@ -122,7 +163,18 @@ def test_val_annotation_naming_a_missing_file_is_skipped_and_counted(tiny, tmp_p
 
 
 def test_tiny_imagenet_study_end_to_end(cli, tiny, tmp_path):
-    code, out, err = cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "tiny-imagenet", "--data-root", tiny, "--fractions", "0.5,1")
+    code, out, err = cli(
+        "run",
+        "--out",
+        tmp_path / "o",
+        *SMALL,
+        "--dataset",
+        "tiny-imagenet",
+        "--data-root",
+        tiny,
+        "--fractions",
+        "0.5,1",
+    )
     assert code == 0, err
     assert "1 file(s) could not be decoded and were skipped" in err
     assert len(list(csv.DictReader(open(tmp_path / "o" / "results.csv")))) == 2
@@ -140,7 +192,9 @@ def test_cifar10_is_read_by_torchvision_from_its_own_format(cifar10, tmp_path):
     (warning,) = ds.warnings  # the copy written here cannot match the published checksums
     assert "data_batch_1" in warning and "differ from the published checksums" in warning
     # the batches folder itself is accepted too, and a new size is decoded from the same copy
-    again = load_dataset(DataConfig(dataset="cifar10", root=str(cifar10 / "cifar-10-batches-py"), image_size=16), tmp_path)
+    again = load_dataset(
+        DataConfig(dataset="cifar10", root=str(cifar10 / "cifar-10-batches-py"), image_size=16), tmp_path
+    )
     assert again.images.shape[1:] == (16, 16, 3)
 
 
@@ -150,11 +204,17 @@ def test_cifar100_uses_the_fine_labels(cifar100, tmp_path):
 
 
 def test_missing_or_corrupt_cifar_copy_is_refused(cli, cifar10, tmp_path):
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar10", "--data-root", tmp_path), "holds no CIFAR-10 copy (cifar-10-batches-py/data_batch_1 is missing)")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar10", "--data-root", tmp_path),
+        "holds no CIFAR-10 copy (cifar-10-batches-py/data_batch_1 is missing)",
+    )
     root = shutil.copytree(cifar10, tmp_path / "copy")
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar10", "--data-root", root), "could not be read (UnpicklingError")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar10", "--data-root", root),
+        "could not be read (UnpicklingError",
+    )
 
 
 def test_failed_download_says_how_to_provide_the_copy(cli, tmp_path, monkeypatch):
@@ -164,12 +224,26 @@ def test_failed_download_says_how_to_provide_the_copy(cli, tmp_path, monkeypatch
         raise URLError("no route to host")
 
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
-    _refused(cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar100"), "could not download CIFAR-100 from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
+    _refused(
+        cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", "cifar100"),
+        "could not download CIFAR-100 from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    )
 
 
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_study_end_to_end(cli, request, tmp_path, kind):
-    code, out, err = cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", kind, "--data-root", request.getfixturevalue(kind), "--fractions", "1")
+    code, out, err = cli(
+        "run",
+        "--out",
+        tmp_path / "o",
+        *SMALL,
+        "--dataset",
+        kind,
+        "--data-root",
+        request.getfixturevalue(kind),
+        "--fractions",
+        "1",
+    )
     assert code == 0, err
     assert "differ from the published checksums" in err
     dataset, splits = _study_row(tmp_path / "o")
@@ -200,9 +274,18 @@ def test_text_build_is_balanced_resized_and_leak_free(text_build, sources):
             assert r["class"] == "no_text" and (sources[1] / r["source_file"]).is_file()
     by_split = {s: {r["source_file"] for r in rows if r["split"] == s} for s in ("train", "test")}
     assert not by_split["train"] & by_split["test"] and len(by_split["train"]) == 14 and len(by_split["test"]) == 4
-    pixels = {s: {hashlib.sha1((np.asarray(Image.open(text_build / r["file"]))).tobytes()).hexdigest() for r in rows if r["split"] == s} for s in ("train", "test")}
+    pixels = {
+        s: {
+            hashlib.sha1((np.asarray(Image.open(text_build / r["file"]))).tobytes()).hexdigest()
+            for r in rows
+            if r["split"] == s
+        }
+        for s in ("train", "test")
+    }
     assert not pixels["train"] & pixels["test"]
-    assert sorted(p.name for p in text_build.rglob("*.png")) == sorted(Path(r["file"]).name for r in rows)  # manifest = files
+    assert sorted(p.name for p in text_build.rglob("*.png")) == sorted(
+        Path(r["file"]).name for r in rows
+    )  # manifest = files
     summary = json.loads((text_build / "build.json").read_text())
     assert len(summary["skipped"]) == 2  # the truncated MSRA photo and the corrupt Flickr8k file, replaced
     assert not any(r["source_file"].endswith(("IMG_0100.JPG", "corrupt.jpg")) for r in rows)
@@ -211,16 +294,67 @@ def test_text_build_is_balanced_resized_and_leak_free(text_build, sources):
 
 def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
     msra, flickr = sources
-    code, out, err = cli("datasets", "build-text-recognition", "--msra", msra, "--flickr", flickr, "--out", tmp_path / "a", "--per-class", "6", "--size", "20")
+    code, out, err = cli(
+        "datasets",
+        "build-text-recognition",
+        "--msra",
+        msra,
+        "--flickr",
+        flickr,
+        "--out",
+        tmp_path / "a",
+        "--per-class",
+        "6",
+        "--size",
+        "20",
+    )
     assert code == 0, err
-    assert "train/text 5" in out and "--dataset text-recognition --data-root" in out and "unreadable source file(s) skipped, e.g." in err
-    cli("datasets", "build-text-recognition", "--msra", msra, "--flickr", flickr, "--out", tmp_path / "b", "--per-class", "6", "--size", "20")
-    cli("datasets", "build-text-recognition", "--msra", msra, "--flickr", flickr, "--out", tmp_path / "c", "--per-class", "6", "--size", "20", "--seed", "3")
+    assert (
+        "train/text 5" in out
+        and "--dataset text-recognition --data-root" in out
+        and "unreadable source file(s) skipped, e.g." in err
+    )
+    cli(
+        "datasets",
+        "build-text-recognition",
+        "--msra",
+        msra,
+        "--flickr",
+        flickr,
+        "--out",
+        tmp_path / "b",
+        "--per-class",
+        "6",
+        "--size",
+        "20",
+    )
+    cli(
+        "datasets",
+        "build-text-recognition",
+        "--msra",
+        msra,
+        "--flickr",
+        flickr,
+        "--out",
+        tmp_path / "c",
+        "--per-class",
+        "6",
+        "--size",
+        "20",
+        "--seed",
+        "3",
+    )
     assert _manifest(tmp_path / "a") == _manifest(tmp_path / "b") != _manifest(tmp_path / "c")
     args = ["datasets", "build-text-recognition", "--msra", msra, "--flickr", flickr]
     _refused(cli(*args, "--out", tmp_path / "a"), "already exists and is not empty; pass --force")
-    _refused(cli(*args, "--out", tmp_path / "d", "--per-class", "40"), "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32; lower --per-class")
-    _refused(cli("datasets", "build-text-recognition", "--msra", flickr, "--flickr", flickr, "--out", tmp_path / "e"), "has no train/ folder")
+    _refused(
+        cli(*args, "--out", tmp_path / "d", "--per-class", "40"),
+        "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32; lower --per-class",
+    )
+    _refused(
+        cli("datasets", "build-text-recognition", "--msra", flickr, "--flickr", flickr, "--out", tmp_path / "e"),
+        "has no train/ folder",
+    )
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     _refused(cli(*args, "--out", tmp_path / "notes", "--force"), "exists and is not an earlier build (no manifest.csv)")
@@ -239,7 +373,11 @@ def test_text_recognition_dataset_reads_the_build(text_build, tmp_path):
 
 @pytest.mark.parametrize("how", ["text-recognition", "imagefolder"])
 def test_text_study_end_to_end(cli, text_build, tmp_path, how):
-    where = ["--data-root", text_build] if how == "text-recognition" else ["--data-root", text_build / "train", "--test-root", text_build / "test"]
+    where = (
+        ["--data-root", text_build]
+        if how == "text-recognition"
+        else ["--data-root", text_build / "train", "--test-root", text_build / "test"]
+    )
     code, out, err = cli("run", "--out", tmp_path / "o", *SMALL, "--dataset", how, *where, "--fractions", "1")
     assert code == 0, err
     dataset, splits = _study_row(tmp_path / "o")

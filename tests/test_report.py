@@ -32,8 +32,16 @@ from tests.conftest import FAST_MODEL, ROOT
 from tests.synthetic import REALISTIC_COSTS, make_study
 
 SECTION_IDS = ["answer", "learning-curves", "comparison", "costs", "tuning", "runs", "warnings", "methods"]
-MD_HEADINGS = ["## 1. The answer", "## 2. Learning curves", "## 3. Comparison per size and significance", "## 4. Costs", "## 5. Tuning",
-               "## 6. Per-run detail", "## 7. Warnings", "## Methods"]
+MD_HEADINGS = [
+    "## 1. The answer",
+    "## 2. Learning curves",
+    "## 3. Comparison per size and significance",
+    "## 4. Costs",
+    "## 5. Tuning",
+    "## 6. Per-run detail",
+    "## 7. Warnings",
+    "## Methods",
+]
 HALF_UNIT = 0.0005 + 1e-9  # a number printed to one decimal of a percent is within this of the DataFrame value
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -114,14 +122,40 @@ def tuning_tables() -> SimpleNamespace:
     for model, base in (("mobilenetv2_100", 0.70), ("resnet18", 0.66)):
         values = base + np.array([0.0, 0.05, 0.02, 0.08, 0.01, 0.09])
         for t, v in enumerate(values):
-            trials.append({"model": model, "size_kind": "fraction", "size_value": 0.5, "optuna_study": f"synthetic|tune|{model}|fraction=0.5",
-                           "trial": t, "state": "PRUNED" if t in (2, 4) else "COMPLETE", "value": v, "epochs_run": 3,
-                           "param_lr": 10 ** (-4 + 0.3 * t), "param_augment": ["none", "standard", "strong"][t % 3]})
-        best.append({"model": model, "size_kind": "fraction", "size_value": 0.5, "optuna_study": f"synthetic|tune|{model}|fraction=0.5",
-                     "best_trial": 5, "best_value": values[5], "n_trials": 6, "n_complete": 4, "n_pruned": 2, "n_failed": 0,
-                     "param_augment": "strong", "param_lr": 10 ** (-4 + 1.5)})
-        importances += [{"model": model, "size_kind": "fraction", "size_value": 0.5, "param": "lr", "importance": 0.8},
-                        {"model": model, "size_kind": "fraction", "size_value": 0.5, "param": "augment", "importance": 0.2}]
+            trials.append(
+                {
+                    "model": model,
+                    "size_kind": "fraction",
+                    "size_value": 0.5,
+                    "optuna_study": f"synthetic|tune|{model}|fraction=0.5",
+                    "trial": t,
+                    "state": "PRUNED" if t in (2, 4) else "COMPLETE",
+                    "value": v,
+                    "epochs_run": 3,
+                    "param_lr": 10 ** (-4 + 0.3 * t),
+                    "param_augment": ["none", "standard", "strong"][t % 3],
+                }
+            )
+        best.append(
+            {
+                "model": model,
+                "size_kind": "fraction",
+                "size_value": 0.5,
+                "optuna_study": f"synthetic|tune|{model}|fraction=0.5",
+                "best_trial": 5,
+                "best_value": values[5],
+                "n_trials": 6,
+                "n_complete": 4,
+                "n_pruned": 2,
+                "n_failed": 0,
+                "param_augment": "strong",
+                "param_lr": 10 ** (-4 + 1.5),
+            }
+        )
+        importances += [
+            {"model": model, "size_kind": "fraction", "size_value": 0.5, "param": "lr", "importance": 0.8},
+            {"model": model, "size_kind": "fraction", "size_value": 0.5, "param": "augment", "importance": 0.2},
+        ]
     best_frame = pd.DataFrame(best)
     best_frame["best_trial"] = best_frame["best_trial"].astype("Int64")
     return SimpleNamespace(trials=pd.DataFrame(trials), best=best_frame, importances=pd.DataFrame(importances))
@@ -131,12 +165,23 @@ def tuning_tables() -> SimpleNamespace:
 def synthetic(tmp_path_factory):
     """A written report of the synthetic study and the analysis it shows."""
     out = tmp_path_factory.mktemp("synthetic")
-    made = make_study(out / "study.db", seeds=5, failed=(("resnet18", 0.1, 4),), pending=(("mobilevit_xxs", 1.0, 3),), costs=REALISTIC_COSTS)
+    made = make_study(
+        out / "study.db",
+        seeds=5,
+        failed=(("resnet18", 0.1, 4),),
+        pending=(("mobilevit_xxs", 1.0, 3),),
+        costs=REALISTIC_COSTS,
+    )
     data = load_study(made.url)
     analysis = analyse(data, n_boot_curves=60, n_boot_stats=400)
     folder = write_report(data, out, tuning=tuning_tables(), analysis=analysis)
-    return SimpleNamespace(folder=folder, analysis=analysis, data=data, page=parse_page(folder / "index.html"),
-                           md=(folder / "report.md").read_text(encoding="utf-8"))
+    return SimpleNamespace(
+        folder=folder,
+        analysis=analysis,
+        data=data,
+        page=parse_page(folder / "index.html"),
+        md=(folder / "report.md").read_text(encoding="utf-8"),
+    )
 
 
 def test_every_section_is_present_in_order(synthetic):
@@ -145,9 +190,25 @@ def test_every_section_is_present_in_order(synthetic):
     positions = [synthetic.md.index(h + "\n") for h in MD_HEADINGS]
     assert positions == sorted(positions)
     html = (synthetic.folder / "index.html").read_text(encoding="utf-8")
-    for table in ("answer-table", "fits-table", "needed-table", "scores-table", "per-size-table", "pairwise-table", "posthoc-table",
-                  "model-costs-table", "training-costs-table", "time-to-target-table", "tuning-best-table", "tuning-importances-table",
-                  "warnings-table", "missing-table", "sizes-table", "train-config-table", "environment-table"):
+    for table in (
+        "answer-table",
+        "fits-table",
+        "needed-table",
+        "scores-table",
+        "per-size-table",
+        "pairwise-table",
+        "posthoc-table",
+        "model-costs-table",
+        "training-costs-table",
+        "time-to-target-table",
+        "tuning-best-table",
+        "tuning-importances-table",
+        "warnings-table",
+        "missing-table",
+        "sizes-table",
+        "train-config-table",
+        "environment-table",
+    ):
         assert table in synthetic.page.tables, table
     assert html.count("<details>") == 3  # one collapsible per model
     assert "most data-efficient model is" in html and "To reach 90% of the best full-data accuracy" in html
@@ -155,8 +216,18 @@ def test_every_section_is_present_in_order(synthetic):
 
 def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
     figures = sorted(p.name for p in (synthetic.folder / "figures").glob("*.png"))
-    expected = {"learning_curves.png", "data_needed.png", "average_ranks.png", "accuracy_vs_cost.png", "tuning_history.png"}
-    expected |= {f"{kind}_{m}.png" for kind in ("training", "confusion") for m in ("mobilenetv2_100", "mobilevit_xxs", "resnet18")}
+    expected = {
+        "learning_curves.png",
+        "data_needed.png",
+        "average_ranks.png",
+        "accuracy_vs_cost.png",
+        "tuning_history.png",
+    }
+    expected |= {
+        f"{kind}_{m}.png"
+        for kind in ("training", "confusion")
+        for m in ("mobilenetv2_100", "mobilevit_xxs", "resnet18")
+    }
     assert set(figures) == expected
     for name in figures:
         with Image.open(synthetic.folder / "figures" / name) as img:
@@ -182,7 +253,12 @@ def test_html_is_one_self_contained_file_that_parses(synthetic):
 
 
 def test_text_is_escaped(tmp_path):
-    made = make_study(tmp_path / "study.db", curves={"<b>evil</b>": (0.9, 2.0, 0.5), "plain": (0.85, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2)
+    made = make_study(
+        tmp_path / "study.db",
+        curves={"<b>evil</b>": (0.9, 2.0, 0.5), "plain": (0.85, 2.0, 0.5)},
+        fractions=(0.5, 1.0),
+        seeds=2,
+    )
     data = load_study(made.url)
     folder = write_report(data, tmp_path, analysis=analyse(data, n_boot_curves=10, n_boot_stats=100))
     html = (folder / "index.html").read_text(encoding="utf-8")
@@ -206,7 +282,10 @@ def test_per_size_and_pairwise_tables_match_the_analysis(synthetic):
     for n_text, _, model, mean_std, seeds, ci in rows:
         s = summary.loc[(model, int(first_number(n_text)))]
         mean_text, std_text = mean_std.split(" ± ")
-        assert abs(first_number(mean_text) / 100 - s["mean"]) <= HALF_UNIT and abs(first_number(std_text) / 100 - s["std"]) <= HALF_UNIT
+        assert (
+            abs(first_number(mean_text) / 100 - s["mean"]) <= HALF_UNIT
+            and abs(first_number(std_text) / 100 - s["std"]) <= HALF_UNIT
+        )
         assert int(seeds) == s["n_seeds"] and ci == f"[{pct(s['ci_low'])}, {pct(s['ci_high'])}]"
     header, rows = _html_table(synthetic, "pairwise-table")
     pw = a.comparisons.pairwise.set_index(["n_train", "model_a", "model_b"])
@@ -236,7 +315,9 @@ def test_answer_needed_and_cost_tables_match_the_analysis(synthetic):
     for row in rows:
         c = costs.loc[row[0]]
         if c["measured"]:
-            assert float(row[5]) == pytest.approx(c["latency_p50_ms_1t"]) and float(row[7]) == pytest.approx(c["latency_p50_ms_all"])
+            assert float(row[5]) == pytest.approx(c["latency_p50_ms_1t"]) and float(row[7]) == pytest.approx(
+                c["latency_p50_ms_all"]
+            )
         else:
             assert row[5] == "—"
     header, rows = _html_table(synthetic, "needed-table")
@@ -261,8 +342,14 @@ def test_failed_and_missing_runs_are_said(synthetic):
     assert "alert" in page.ids
     header, rows = _html_table(synthetic, "warnings-table")
     by_check = {r[1]: r for r in rows}
-    assert by_check["diverged_run"][0] == "error" and "resnet18 with 200 images, seed 4 failed: DivergedError" in by_check["diverged_run"][2]
-    assert "mobilevit_xxs with 2,000 images: 1 planned run(s) have no result yet (seeds 3; status pending)" == by_check["missing_runs"][2]
+    assert (
+        by_check["diverged_run"][0] == "error"
+        and "resnet18 with 200 images, seed 4 failed: DivergedError" in by_check["diverged_run"][2]
+    )
+    assert (
+        "mobilevit_xxs with 2,000 images: 1 planned run(s) have no result yet (seeds 3; status pending)"
+        == by_check["missing_runs"][2]
+    )
     header, rows = _html_table(synthetic, "missing-table")
     assert ["mobilevit_xxs", "2,000", "pending", "3"] in rows and ["resnet18", "200", "failed", "4"] in rows
     assert "58 of 60 planned runs finished (1 failed, 1 not run yet)" in synthetic.md
@@ -271,8 +358,14 @@ def test_failed_and_missing_runs_are_said(synthetic):
 
 def test_a_study_with_nothing_finished_still_reports_what_is_missing(tmp_path):
     cells = tuple((m, f, s) for m in ("a", "b") for f in (0.5, 1.0) for s in range(2))
-    made = make_study(tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.8, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2,
-                      pending=cells[:5], failed=cells[5:])
+    made = make_study(
+        tmp_path / "study.db",
+        curves={"a": (0.9, 2.0, 0.5), "b": (0.8, 2.0, 0.5)},
+        fractions=(0.5, 1.0),
+        seeds=2,
+        pending=cells[:5],
+        failed=cells[5:],
+    )
     folder = write_report(load_study(made.url), tmp_path)
     page = parse_page(folder / "index.html")
     assert page.errors == [] and [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
@@ -310,8 +403,28 @@ def test_every_table_is_written_as_csv(synthetic):
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "o"
-    code = main(["run", "--out", str(out), "--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2",
-                 "--fractions", "0.1,0.25", "--seeds", "1", "--jobs", "1", "--quiet"])  # small subsets: few steps
+    code = main(
+        [
+            "run",
+            "--out",
+            str(out),
+            "--models",
+            FAST_MODEL,
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "2",
+            "--fractions",
+            "0.1,0.25",
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+            "--quiet",
+        ]
+    )  # small subsets: few steps
     assert code == 0
     return out
 
@@ -332,10 +445,23 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_real_study_report_is_regenerated_from_the_store_alone_and_identically(real_study):
     folder = real_study / "report"
     before = _files(folder)
-    assert {"index.html", "report.md", "figures/learning_curves.png", "figures/confusion_test_resnet.png", "pairwise.csv"} <= set(before)
+    assert {
+        "index.html",
+        "report.md",
+        "figures/learning_curves.png",
+        "figures/confusion_test_resnet.png",
+        "pairwise.csv",
+    } <= set(before)
     # `study report` in a process where importing torch fails: the report needs only the store
     code = f"{BLOCK_TORCH}from study.cli import main; raise SystemExit(main(['report', '--out', {str(real_study)!r}]))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     after = _files(folder)
     assert after.keys() == before.keys()
@@ -391,8 +517,18 @@ def test_headless_chromium_renders_every_image(synthetic, tmp_path):
     html = (synthetic.folder / "index.html").read_text(encoding="utf-8")
     page = tmp_path / "index.html"
     page.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+    ]
     proc = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     match = re.search(r'<pre id="image-check">(.*?)</pre>', proc.stdout, re.S)
@@ -406,7 +542,9 @@ def test_headless_chromium_renders_every_image(synthetic, tmp_path):
 
 
 def test_report_command_takes_targets_and_refuses_bad_ones(real_study, tmp_path, cli):
-    code, out, err = cli("report", "--storage", f"sqlite:///{real_study / 'study.db'}", "--out", tmp_path, "--targets", "0.3,0.5")
+    code, out, err = cli(
+        "report", "--storage", f"sqlite:///{real_study / 'study.db'}", "--out", tmp_path, "--targets", "0.3,0.5"
+    )
     assert code == 0, err
     targets = pd.read_csv(tmp_path / "report" / "targets.csv")
     assert targets["target"].tolist() == [0.3, 0.5]
@@ -425,18 +563,28 @@ def test_tuning_read_from_a_real_optuna_study_in_the_store(tmp_path):
 
     from study.store import tuning_study_name
 
-    made = make_study(tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.85, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2)
+    made = make_study(
+        tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.85, 2.0, 0.5)}, fractions=(0.5, 1.0), seeds=2
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for model in ("a", "b"):
-        study = optuna.create_study(storage=made.url, study_name=tuning_study_name(made.name, model, "fraction", 0.5), direction="maximize",
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(
+            storage=made.url,
+            study_name=tuning_study_name(made.name, model, "fraction", 0.5),
+            direction="maximize",
+            sampler=optuna.samplers.RandomSampler(seed=0),
+        )
         for key, value in {"study": made.name, "model": model, "size_kind": "fraction", "size_value": 0.5}.items():
             study.set_user_attr(key, value)
 
         def objective(trial):
             trial.set_user_attr("epochs_run", 3)
             lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-            return 0.9 - abs(np.log10(lr) + 3) / 10 + (0.02 if trial.suggest_categorical("augment", ["none", "light"]) == "light" else 0)
+            return (
+                0.9
+                - abs(np.log10(lr) + 3) / 10
+                + (0.02 if trial.suggest_categorical("augment", ["none", "light"]) == "light" else 0)
+            )
 
         study.optimize(objective, n_trials=6)
     data = load_study(made.url)

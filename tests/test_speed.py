@@ -71,23 +71,34 @@ def test_layout_measurement_leaves_the_seeded_random_stream_alone():
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    faster = channels_last_is_faster(lambda: timm.create_model(FAST_MODEL, num_classes=3), 16, 4, torch.device("cpu"), steps=1)
+    faster = channels_last_is_faster(
+        lambda: timm.create_model(FAST_MODEL, num_classes=3), 16, 4, torch.device("cpu"), steps=1
+    )
     assert isinstance(faster, bool)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_run_in_either_layout_learns_the_same():
     data, idx = _data(), np.arange(36)
-    runs = [train_run(data, idx[::2], idx[1::2], idx[1::2], FAST_MODEL, HP, 0, torch.device("cpu"), speed=Speed(channels_last=cl)) for cl in ("off", "on")]
+    runs = [
+        train_run(
+            data, idx[::2], idx[1::2], idx[1::2], FAST_MODEL, HP, 0, torch.device("cpu"), speed=Speed(channels_last=cl)
+        )
+        for cl in ("off", "on")
+    ]
     assert runs[0].extra["channels_last"] is False and runs[1].extra["channels_last"] is True
-    np.testing.assert_allclose([e.train_loss for e in runs[0].history], [e.train_loss for e in runs[1].history], rtol=1e-3)
+    np.testing.assert_allclose(
+        [e.train_loss for e in runs[0].history], [e.train_loss for e in runs[1].history], rtol=1e-3
+    )
 
 
 def test_a_compiled_model_is_compiled_once_and_each_run_starts_from_fresh_weights():
     data, idx = _data(), np.arange(36)
     args = (data, idx[::2], idx[1::2], idx[1::2], FAST_MODEL, HP)
     cpu = torch.device("cpu")
-    eager = Speed(channels_last="off", compile=True, compile_backend="eager")  # dynamo without code generation: fast and exact
+    eager = Speed(
+        channels_last="off", compile=True, compile_backend="eager"
+    )  # dynamo without code generation: fast and exact
     before = speed.compiled_models()
     compiled = [train_run(*args, seed, cpu, speed=eager) for seed in (0, 1)]
     assert speed.compiled_models() == before + 1

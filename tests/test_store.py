@@ -25,7 +25,9 @@ def _claim_all(url, sid, queue):
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.distributed)])
 def test_parallel_processes_claim_each_run_exactly_once(tmp_path, database, request):
-    store, sid = _study(tmp_path, n=30, url=request.getfixturevalue("postgres_url") if database == "postgresql" else None)
+    store, sid = _study(
+        tmp_path, n=30, url=request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    )
     queue = mp.get_context("spawn").Queue()
     procs = [mp.get_context("spawn").Process(target=_claim_all, args=(store.url, sid, queue)) for _ in range(3)]
     for p in procs:
@@ -81,7 +83,11 @@ def test_a_silent_run_is_taken_over_after_the_grace_period_and_failed_after_max_
         assert store.claim(sid, f"machine-{attempt}:1").attempts == attempt
     assert store.release_stale(sid, grace_seconds=0) == 1
     (row,) = store.runs(sid)
-    assert row.status == FAILED and f"its worker stopped {MAX_ATTEMPTS} times" in row.error and "--retry-failed" in row.error
+    assert (
+        row.status == FAILED
+        and f"its worker stopped {MAX_ATTEMPTS} times" in row.error
+        and "--retry-failed" in row.error
+    )
     assert store.retry_failed(sid) == 1 and store.claim(sid, "w:1").attempts == 1  # fresh attempts
 
 

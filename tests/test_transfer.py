@@ -7,7 +7,6 @@ import dataclasses
 import math
 
 import numpy as np
-
 import pytest
 import timm
 import torch
@@ -17,7 +16,7 @@ from study import config
 from study.config import StudyConfig, TrainConfig
 from study.context import study_settings
 from study.errors import UserError
-from study.models import create_model, input_size_for, interpolation_warning, preflight, _skeleton
+from study.models import _skeleton, create_model, input_size_for, interpolation_warning, preflight
 from study.store import settings_fingerprint
 from study.train import TrainData, train_run
 from tests.conftest import FAST_MODEL, run_subprocess, write_imagefolder
@@ -94,12 +93,16 @@ def test_offline_without_cache_stops_before_any_work_with_one_clear_line(cli, tm
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    code, out, err = cli("run", "--out", tmp_path / "o", "--models", FAST_MODEL, "--pretrained", "--image-size", "16", "--quiet")
+    code, out, err = cli(
+        "run", "--out", tmp_path / "o", "--models", FAST_MODEL, "--pretrained", "--image-size", "16", "--quiet"
+    )
     assert code == 2
     (line,) = err.strip().splitlines()
     assert f"cannot get timm's pretrained weights for '{FAST_MODEL}' ({HUB_ID}): HF_HUB_OFFLINE=1" in line
     assert f"--weights {FAST_MODEL}=FILE" in line and "Traceback" not in err
-    assert not (tmp_path / "o" / "study.db").exists() and not (tmp_path / "o" / "cache").exists()  # nothing decoded or trained
+    assert (
+        not (tmp_path / "o" / "study.db").exists() and not (tmp_path / "o" / "cache").exists()
+    )  # nothing decoded or trained
 
 
 @pytest.mark.parametrize(
@@ -107,14 +110,33 @@ def test_offline_without_cache_stops_before_any_work_with_one_clear_line(cli, tm
     [
         (lambda p: None, "does not exist"),
         (lambda p: p.write_bytes(b"not a safetensors file at all"), "could not be read"),
-        (lambda p: save_file({k: v.contiguous() for k, v in timm.create_model("test_efficientnet").state_dict().items()}, p), "does not fit model 'test_resnet'"),
-        (lambda p: save_file({k: v for k, v in _source_state().items() if not k.startswith("layer4")}, p), "tensor(s) missing, e.g. layer4"),
+        (
+            lambda p: save_file(
+                {k: v.contiguous() for k, v in timm.create_model("test_efficientnet").state_dict().items()}, p
+            ),
+            "does not fit model 'test_resnet'",
+        ),
+        (
+            lambda p: save_file({k: v for k, v in _source_state().items() if not k.startswith("layer4")}, p),
+            "tensor(s) missing, e.g. layer4",
+        ),
     ],
 )
 def test_unusable_weights_file_is_refused_before_training(cli, tmp_path, make, fragment):
     path = tmp_path / "w.safetensors"
     make(path)
-    code, out, err = cli("run", "--out", tmp_path / "o", "--models", FAST_MODEL, "--weights", f"{FAST_MODEL}={path}", "--image-size", "16", "--quiet")
+    code, out, err = cli(
+        "run",
+        "--out",
+        tmp_path / "o",
+        "--models",
+        FAST_MODEL,
+        "--weights",
+        f"{FAST_MODEL}={path}",
+        "--image-size",
+        "16",
+        "--quiet",
+    )
     assert code == 2, err
     (line,) = err.strip().splitlines()
     assert fragment in line and str(path) in line
@@ -123,14 +145,19 @@ def test_unusable_weights_file_is_refused_before_training(cli, tmp_path, make, f
 
 def _captured_training(tmp_path, hp: TrainConfig):
     """Train test_resnet on a small real image folder and return (model after training, file state)."""
-    from study.datasets import load_dataset
     from study.config import DataConfig
+    from study.datasets import load_dataset
 
     state = _source_state()
     path = _write(state, tmp_path / "w.safetensors")
-    hp = dataclasses.replace(hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none").resolved(FAST_MODEL)
+    hp = dataclasses.replace(
+        hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none"
+    ).resolved(FAST_MODEL)
     assert hp.lr == 1e-4  # 'auto' learning rate: fine-tuning, since the model starts from a file
-    ds = load_dataset(DataConfig(dataset="imagefolder", root=str(write_imagefolder(tmp_path / "d", {"a": 8, "b": 8})), image_size=16), tmp_path / "c")
+    ds = load_dataset(
+        DataConfig(dataset="imagefolder", root=str(write_imagefolder(tmp_path / "d", {"a": 8, "b": 8})), image_size=16),
+        tmp_path / "c",
+    )
     data = TrainData.from_arrays(np.array(ds.images), ds.labels, ds.num_classes, torch.device("cpu"), ds.hflip)
     built = []
 
@@ -139,7 +166,9 @@ def _captured_training(tmp_path, hp: TrainConfig):
         return built[-1]
 
     idx = np.arange(len(ds))
-    train_run(data, idx[::2], idx[1::2], idx[1::2], FAST_MODEL, hp, seed=0, device=torch.device("cpu"), model_factory=factory)
+    train_run(
+        data, idx[::2], idx[1::2], idx[1::2], FAST_MODEL, hp, seed=0, device=torch.device("cpu"), model_factory=factory
+    )
     return built[0], state
 
 
@@ -157,7 +186,11 @@ def test_freezing_the_first_stages_keeps_them_and_trains_the_rest(tmp_path):
     assert len(frozen) > 20
     for name in frozen:  # weights and BatchNorm statistics alike
         assert torch.equal(after[name], state[name]), name
-    changed = [n for n in after if n.startswith(("layer3", "layer4")) and n.endswith("weight") and not torch.equal(after[n], state[n])]
+    changed = [
+        n
+        for n in after
+        if n.startswith(("layer3", "layer4")) and n.endswith("weight") and not torch.equal(after[n], state[n])
+    ]
     assert changed, "the unfrozen stages should train"
 
 
@@ -179,7 +212,9 @@ def test_every_new_model_starts_at_a_loss_near_ln_classes(name, hub_cache):
 
 
 def test_too_many_frozen_stages_names_the_model_s_count():
-    with pytest.raises(UserError, match=r"train.freeze_stages=5 is more than the 4 stages of model 'test_resnet'; use 1 to 4"):
+    with pytest.raises(
+        UserError, match=r"train.freeze_stages=5 is more than the 4 stages of model 'test_resnet'; use 1 to 4"
+    ):
         preflight([FAST_MODEL], TrainConfig(freeze_stages=5), 16)
 
 
@@ -192,7 +227,10 @@ def test_input_size_native_or_configured():
 def test_mobilevit_warns_off_multiples_of_64_only():
     skeleton = _skeleton("mobilevit_xxs")
     message = interpolation_warning(skeleton, "mobilevit_xxs", 224)
-    assert "at input 224 px interpolates inside its MobileViT blocks" in message and "a multiple of 64, e.g. 192 or 256" in message
+    assert (
+        "at input 224 px interpolates inside its MobileViT blocks" in message
+        and "a multiple of 64, e.g. 192 or 256" in message
+    )
     assert interpolation_warning(skeleton, "mobilevit_xxs", 256) is None
     assert interpolation_warning(_skeleton(FAST_MODEL), FAST_MODEL, 224) is None
     warnings = preflight(["mobilevit_xxs", FAST_MODEL], TrainConfig(input_size=224), 32)
@@ -232,7 +270,9 @@ def test_weights_count_in_the_study_fingerprint_by_content_not_location(tmp_path
     other = _write(_source_state(seed=99), tmp_path / "c.safetensors")
 
     def fingerprint(path) -> str:
-        cfg = StudyConfig(models=[FAST_MODEL], train=TrainConfig(pretrained=True, weights=[f"{FAST_MODEL}={path}"])).validate()
+        cfg = StudyConfig(
+            models=[FAST_MODEL], train=TrainConfig(pretrained=True, weights=[f"{FAST_MODEL}={path}"])
+        ).validate()
         return settings_fingerprint(study_settings(cfg, "digest"))
 
     assert fingerprint(first) == fingerprint(moved)
@@ -246,9 +286,32 @@ def test_pretrained_study_runs_offline_from_a_filled_cache(hub_cache, tmp_path):
     cache, _ = hub_cache
     root = write_imagefolder(tmp_path / "data", {"a": 8, "b": 8})
     proc = run_subprocess(
-        "run", "--out", tmp_path / "o", "--dataset", "imagefolder", "--data-root", root, "--models", FAST_MODEL, "--pretrained",
-        "--finetune", "head", "--image-size", "16", "--epochs", "1", "--min-steps", "2", "--fractions", "1", "--seeds", "1",
-        "--jobs", "1", "--quiet", "--no-report",
+        "run",
+        "--out",
+        tmp_path / "o",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        root,
+        "--models",
+        FAST_MODEL,
+        "--pretrained",
+        "--finetune",
+        "head",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "2",
+        "--fractions",
+        "1",
+        "--seeds",
+        "1",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--no-report",
         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)},
     )
     assert proc.returncode == 0, proc.stderr

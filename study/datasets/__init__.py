@@ -7,8 +7,8 @@ memory-map it. Add a dataset by writing a loader module and registering it in `L
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from study.config import DataConfig
 from study.datasets.base import Dataset

@@ -55,7 +55,14 @@ def load(cfg: DataConfig, cache_dir: Path, name: str) -> Dataset:
     cls = _torchvision_class(name)
     root = _locate(cls, name, cfg.root, Path(cache_dir))
     files = [root / cls.base_folder / f for f in _file_names(cls)]
-    key = cache_key({"dataset": name, "root": str(root.resolve()), "files": source_fingerprint({"": files}, root), "image_size": cfg.image_size})
+    key = cache_key(
+        {
+            "dataset": name,
+            "root": str(root.resolve()),
+            "files": source_fingerprint({"": files}, root),
+            "image_size": cfg.image_size,
+        }
+    )
     return load_or_decode(cache_dir, name, key, lambda: _decode(cls, name, root, cfg.image_size))
 
 

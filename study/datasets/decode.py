@@ -6,8 +6,8 @@ draft mode lets libjpeg decode large photos at a reduced scale directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from joblib import Parallel, delayed

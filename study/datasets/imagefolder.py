@@ -68,11 +68,17 @@ def load(cfg: DataConfig, cache_dir: Path) -> Dataset:
     """Images under ``cfg.root`` labelled by class folder; ``cfg.test_root`` (optional) is the
     official test split and must use the same class names."""
     if not cfg.root:
-        raise UserError("dataset 'imagefolder' needs data.root (--data-root DIR): a folder with one subfolder per class")
-    return load_folders("imagefolder", Path(cfg.root), Path(cfg.test_root) if cfg.test_root else None, cfg.image_size, cache_dir)
+        raise UserError(
+            "dataset 'imagefolder' needs data.root (--data-root DIR): a folder with one subfolder per class"
+        )
+    return load_folders(
+        "imagefolder", Path(cfg.root), Path(cfg.test_root) if cfg.test_root else None, cfg.image_size, cache_dir
+    )
 
 
-def load_folders(name: str, root: Path, test_root: Path | None, size: int, cache_dir: Path, hflip: bool = True) -> Dataset:
+def load_folders(
+    name: str, root: Path, test_root: Path | None, size: int, cache_dir: Path, hflip: bool = True
+) -> Dataset:
     """A class-folder tree at ``root`` and optionally a test tree of the same classes, decoded
     once into the cache as dataset ``name``."""
     train_files = list_class_files(root)
@@ -82,7 +88,9 @@ def load_folders(name: str, root: Path, test_root: Path | None, size: int, cache
         test_files = list_class_files(test_root, "data.test_root")
         extra = sorted(set(test_files) - set(class_names))
         if extra:
-            raise UserError(f"data.test_root has class folder {extra[0]!r} that data.root lacks; classes: {', '.join(class_names)}")
+            raise UserError(
+                f"data.test_root has class folder {extra[0]!r} that data.root lacks; classes: {', '.join(class_names)}"
+            )
     key = cache_key(
         {
             "dataset": name,
@@ -108,7 +116,9 @@ def load_folders(name: str, root: Path, test_root: Path | None, size: int, cache
     return load_or_decode(cache_dir, name, key, decode)
 
 
-def _decode_test(files: dict[str, list[Path]], class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _decode_test(
+    files: dict[str, list[Path]], class_names: list[str], size: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     # A test folder may lack a class (a small test set); it is not refused for that.
     index = {name: i for i, name in enumerate(class_names)}
     paths = [p for name in files for p in files[name]]

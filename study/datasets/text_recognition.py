@@ -77,7 +77,9 @@ class _Pick:
 def msra_splits(msra: Path) -> tuple[list[Path], list[Path]]:
     """MSRA-TD500's train and test images (folder names matched case-insensitively)."""
     if not msra.is_dir():
-        raise UserError(f"--msra {str(msra)!r} is not a folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files")
+        raise UserError(
+            f"--msra {str(msra)!r} is not a folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files"
+        )
     base = msra
     if not _subfolder(base, "train") and (msra / "MSRA-TD500").is_dir():
         base = msra / "MSRA-TD500"
@@ -85,7 +87,9 @@ def msra_splits(msra: Path) -> tuple[list[Path], list[Path]]:
     for split in ("train", "test"):
         folder = _subfolder(base, split)
         if folder is None:
-            raise UserError(f"--msra {str(msra)!r} has no {split}/ folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files")
+            raise UserError(
+                f"--msra {str(msra)!r} has no {split}/ folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files"
+            )
         found[split] = _images_in(folder)
         if not found[split]:
             raise UserError(f"{folder} holds no image; expected IMG_xxxx.JPG files beside their .gt files")
@@ -95,13 +99,17 @@ def msra_splits(msra: Path) -> tuple[list[Path], list[Path]]:
 def flickr_images(flickr: Path) -> list[Path]:
     """Flickr8k's photos, from Flicker8k_Dataset/ (official zip), Images/ (Kaggle) or the folder itself."""
     if not flickr.is_dir():
-        raise UserError(f"--flickr {str(flickr)!r} is not a folder; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files")
+        raise UserError(
+            f"--flickr {str(flickr)!r} is not a folder; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files"
+        )
     for name in FLICKR_FOLDERS:
         if (flickr / name).is_dir():
             return _images_in(flickr / name)
     images = _images_in(flickr)
     if not images:
-        raise UserError(f"--flickr {str(flickr)!r} holds no image; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files")
+        raise UserError(
+            f"--flickr {str(flickr)!r} holds no image; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files"
+        )
     return images
 
 
@@ -112,22 +120,39 @@ def _subfolder(folder: Path, name: str) -> Path | None:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
-def build(msra: Path, flickr: Path, out: Path, per_class: int = 200, size: int = 224, seed: int = 0, test_fraction: float = 0.2, force: bool = False) -> dict:
+def build(
+    msra: Path,
+    flickr: Path,
+    out: Path,
+    per_class: int = 200,
+    size: int = 224,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    force: bool = False,
+) -> dict:
     """Sample, resize and write the dataset; returns the summary also written to build.json."""
     if per_class < 2:
-        raise UserError(f"--per-class {per_class} is too small; use at least 2 (one training and one test image per class)")
+        raise UserError(
+            f"--per-class {per_class} is too small; use at least 2 (one training and one test image per class)"
+        )
     if not 8 <= size <= 4096:
         raise UserError(f"--size {size} is invalid; use a side between 8 and 4096 px")
     if not 0 < test_fraction < 1:
         raise UserError(f"--test-fraction {test_fraction} must lie strictly between 0 and 1")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not out.is_dir() or not (out / MANIFEST).is_file():  # --force never deletes what it did not write
-            raise UserError(f"--out {str(out)!r} exists and is not an earlier build (no {MANIFEST}); choose another folder")
+            raise UserError(
+                f"--out {str(out)!r} exists and is not an earlier build (no {MANIFEST}); choose another folder"
+            )
         if not force:
-            raise UserError(f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another folder")
+            raise UserError(
+                f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another folder"
+            )
     msra_train, msra_test = msra_splits(msra)
     photos = flickr_images(flickr)
     n_test = min(per_class - 1, max(1, round(per_class * test_fraction)))
@@ -137,7 +162,9 @@ def build(msra: Path, flickr: Path, out: Path, per_class: int = 200, size: int =
     picks: list[_Pick] = []
     skipped: list[str] = []
 
-    def pick(split: str, label: str, source: str, root: Path, source_split: str, candidates: list[Path], k: int) -> list[Path]:
+    def pick(
+        split: str, label: str, source: str, root: Path, source_split: str, candidates: list[Path], k: int
+    ) -> list[Path]:
         """Choose ``k`` readable images among ``candidates``; returns the candidates not tried."""
         images, paths, bad, rest = _take(candidates, k, size)
         skipped.extend(bad)
@@ -183,7 +210,16 @@ def _write(out: Path, picks: list[_Pick], summary: dict) -> None:
             for img, path in zip(p.images, p.paths):
                 file = folder / f"{p.source}_{path.stem}.png"
                 Image.fromarray(img).save(file)  # PNG: no second lossy compression
-                rows.append([p.split, p.label, str(file.relative_to(tmp)), p.source, p.source_split, str(path.relative_to(p.source_root))])
+                rows.append(
+                    [
+                        p.split,
+                        p.label,
+                        str(file.relative_to(tmp)),
+                        p.source,
+                        p.source_split,
+                        str(path.relative_to(p.source_root)),
+                    ]
+                )
         with open(tmp / MANIFEST, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(MANIFEST_COLUMNS)

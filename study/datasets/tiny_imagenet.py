@@ -84,7 +84,9 @@ def _lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}); restore it from the zip") from None
+        raise UserError(
+            f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}); restore it from the zip"
+        ) from None
 
 
 def read_wnids(path: Path) -> list[str]:
@@ -107,11 +109,15 @@ def class_names(path: Path, wnids: list[str]) -> list[str]:
             continue
         wnid, tab, text = line.partition("\t")
         if not tab or not wnid.strip() or not text.strip():
-            raise UserError(f"{path} line {number} is malformed ({line[:60]!r}); expected '<wnid><TAB><names>', e.g. 'n01443537<TAB>goldfish, Carassius auratus'")
+            raise UserError(
+                f"{path} line {number} is malformed ({line[:60]!r}); expected '<wnid><TAB><names>', e.g. 'n01443537<TAB>goldfish, Carassius auratus'"
+            )
         words[wnid.strip()] = text.split(",")[0].strip()
     absent = [w for w in wnids if w not in words]
     if absent:
-        raise UserError(f"{path} has no entry for class {absent[0]!r} of wnids.txt ({len(absent)} class(es) lack one); restore words.txt from the zip")
+        raise UserError(
+            f"{path} has no entry for class {absent[0]!r} of wnids.txt ({len(absent)} class(es) lack one); restore words.txt from the zip"
+        )
     names = [words[w] for w in wnids]
     shared = Counter(names)
     return [f"{n} ({w})" if shared[n] > 1 else n for n, w in zip(names, wnids)]
@@ -122,10 +128,14 @@ def _train_files(train: Path, wnids: list[str]) -> dict[str, list[Path]]:
     folders = list_class_files(train, "tiny-imagenet train/")
     unknown = sorted(set(folders) - set(wnids))
     if unknown:
-        raise UserError(f"{train / unknown[0]} is not a class of wnids.txt; expected only the {len(wnids)} wnid folders in train/")
+        raise UserError(
+            f"{train / unknown[0]} is not a class of wnids.txt; expected only the {len(wnids)} wnid folders in train/"
+        )
     absent = [w for w in wnids if w not in folders]
     if absent:
-        raise UserError(f"{train} has no folder for class {absent[0]!r} of wnids.txt ({len(absent)} missing); expected {_LAYOUT}")
+        raise UserError(
+            f"{train} has no folder for class {absent[0]!r} of wnids.txt ({len(absent)} missing); expected {_LAYOUT}"
+        )
     return {w: [p for p in folders[w] if p.suffix.lower() in IMAGE_SUFFIXES] for w in wnids}
 
 
@@ -139,10 +149,14 @@ def _val_files(val: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray, lis
             continue
         fields = line.split("\t")
         if len(fields) < 2 or not fields[0].strip():
-            raise UserError(f"{annotations} line {number} is malformed ({line[:60]!r}); expected '<file><TAB><wnid><TAB><box>'")
+            raise UserError(
+                f"{annotations} line {number} is malformed ({line[:60]!r}); expected '<file><TAB><wnid><TAB><box>'"
+            )
         name, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in index:
-            raise UserError(f"{annotations} line {number} labels {name!r} with {wnid!r}, which is not a class of wnids.txt")
+            raise UserError(
+                f"{annotations} line {number} labels {name!r} with {wnid!r}, which is not a class of wnids.txt"
+            )
         path = val / "images" / name
         if not path.is_file():
             missing.append(f"{path}: listed in val_annotations.txt line {number} but missing")
