@@ -154,7 +154,8 @@ def _seed_notes(comparisons: Comparisons, add) -> None:
             "note",
             "too_few_seeds",
             f"{n_pairs} seeds per cell: bootstrap intervals over so few seeds are too narrow (in simulation a 95% "
-            "interval from 3 seeds covers the truth about 75% of the time, from 6 seeds about 95%); run with --seeds 5 or more",
+            "interval from 3 seeds covers the truth about 75% of the time, from 6 seeds about 95%); run with --seeds "
+            "5 or more",
         )
     m = int(pw["p_wilcoxon"].notna().sum())
     needed = seeds_needed_wilcoxon(alpha, m)
@@ -163,7 +164,8 @@ def _seed_notes(comparisons: Comparisons, add) -> None:
             "note",
             "too_few_seeds",
             f"with {n_pairs} paired seeds the smallest possible two-sided Wilcoxon p is {2 / 2**n_pairs:.3g}, so "
-            f"after Holm's correction over {m} comparisons it can never reach {alpha:g}; {needed} seeds would be needed "
+            f"after Holm's correction over {m} comparisons it can never reach {alpha:g}; {needed} seeds would be "
+            "needed "
             "(the paired t-test and McNemar's test are not limited this way)",
         )
     power = pw["seeds_for_power"].dropna()
@@ -172,6 +174,7 @@ def _seed_notes(comparisons: Comparisons, add) -> None:
         add(
             "note",
             "too_few_seeds",
-            f"{len(power)} of {len(pw)} comparisons would need more seeds than the {n_pairs} run to detect their observed "
+            f"{len(power)} of {len(pw)} comparisons would need more seeds than the {n_pairs} run to detect their "
+            "observed "
             f"difference with 80% power (paired t-test; median {int(power.median())} seeds)",
         )

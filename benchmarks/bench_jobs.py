@@ -47,8 +47,10 @@ def run_study(out: Path, cache: Path, jobs: str, args) -> float:
     config = out.parent / f"{out.name}.toml"
     config.write_text(f'[data]\ncache_dir = "{cache}"\n')
     command = [
-        sys.executable, "-m", "study", "run", "--config", str(config), "--out", str(out), "--models", args.models, "--fractions", args.fractions,
-        "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--device", "cpu", "--jobs", jobs,
+        sys.executable, "-m", "study", "run", "--config", str(config), "--out", str(out),
+        "--models", args.models, "--fractions", args.fractions,
+        "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
+        "--device", "cpu", "--jobs", jobs,
         "--no-report", "--no-costs", "--quiet",
     ]  # fmt: skip
     start = time.perf_counter()
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
     load_dataset(DataConfig(image_size=args.image_size), work / "cache")  # decoded once, before timing
     n_runs = len(args.models.split(",")) * len(args.fractions.split(",")) * args.seeds
     print(
-        f"study: models={args.models} fractions={args.fractions} seeds={args.seeds} epochs={args.epochs} image={args.image_size} runs={n_runs} cores={available_cores()}"
+        f"study: models={args.models} fractions={args.fractions} seeds={args.seeds} epochs={args.epochs} "
+        f"image={args.image_size} runs={n_runs} cores={available_cores()}"
     )
     load_before = os.getloadavg()[0]
     seconds: dict[str, list[float]] = {s: [] for s in settings}
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
         workers, threads = plan_workers(int(jobs), "cpu", n_runs)
         times = " ".join(f"{s:.1f}" for s in seconds[jobs])
         print(
-            f"--jobs {jobs:3s} ({workers} worker(s) x {threads} thread(s)): {statistics.median(seconds[jobs]):7.1f} s   runs: {times}"
+            f"--jobs {jobs:3s} ({workers} worker(s) x {threads} thread(s)): {statistics.median(seconds[jobs]):7.1f} "
+            f"s   runs: {times}"
         )
     a, b = settings[0], settings[1]
     ratio = statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))

@@ -40,15 +40,21 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"input={args.image_size} batch={args.batch_size} device={device} threads={torch.get_num_threads()} load_1m={os.getloadavg()[0]:.2f} torch={torch.__version__}"
+        f"input={args.image_size} batch={args.batch_size} device={device} threads={torch.get_num_threads()} "
+        f"load_1m={os.getloadavg()[0]:.2f} torch={torch.__version__}"
     )
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         seconds = layout_seconds(
-            lambda: timm.create_model(name, num_classes=10), args.image_size, args.batch_size, device, args.steps
+            lambda name=name: timm.create_model(name, num_classes=10),
+            args.image_size,
+            args.batch_size,
+            device,
+            args.steps,
         )
         plain, cl = (args.batch_size / seconds[layout] for layout in (False, True))
         print(
-            f"{name:20s} default {plain:8.1f} img/s   channels_last {cl:8.1f} img/s   channels_last/default={cl / plain:.3f}"
+            f"{name:20s} default {plain:8.1f} img/s   channels_last {cl:8.1f} img/s   "
+            f"channels_last/default={cl / plain:.3f}"
         )
     return 0
 

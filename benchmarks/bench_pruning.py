@@ -99,17 +99,20 @@ def main(argv=None) -> None:
             epochs[pruner] += rounds
             best[pruner].append(study.best_value)
             print(
-                f"{pruner:10s} {seed:4d} {rounds:7d} {states.count('COMPLETE'):8d} {states.count('PRUNED'):6d} {study.best_value:8.4f} {seconds:8.1f}"
+                f"{pruner:10s} {seed:4d} {rounds:7d} {states.count('COMPLETE'):8d} {states.count('PRUNED'):6d} "
+                f"{study.best_value:8.4f} {seconds:8.1f}"
             )
     mean_best = {p: sum(v) / len(v) for p, v in best.items()}
     for pruner in pruners:
         print(f"{pruner:10s} total epochs={epochs[pruner]} mean best_val={mean_best[pruner]:.4f}")
     if args.hyperband:
         print(
-            f"hyperband/unpruned epochs={epochs['hyperband'] / epochs['none']:.3f} best_val hyperband/unpruned={mean_best['hyperband'] / mean_best['none']:.3f}"
+            f"hyperband/unpruned epochs={epochs['hyperband'] / epochs['none']:.3f} best_val "
+            f"hyperband/unpruned={mean_best['hyperband'] / mean_best['none']:.3f}"
         )
     print(
-        f"pruned/unpruned epochs={epochs['median'] / epochs['none']:.3f} best_val pruned/unpruned={mean_best['median'] / mean_best['none']:.3f}"
+        f"pruned/unpruned epochs={epochs['median'] / epochs['none']:.3f} best_val "
+        f"pruned/unpruned={mean_best['median'] / mean_best['none']:.3f}"
     )
 
 

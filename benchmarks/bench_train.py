@@ -201,11 +201,13 @@ def main(argv=None) -> int:
 
         build = lambda: timm.create_model(args.model, num_classes=loop.data.num_classes)  # noqa: E731
         print(
-            f"channels_last=auto would choose {use_channels_last('auto', args.model, build, args.image_size, args.batch_size, device)}"
+            "channels_last=auto would choose "
+            f"{use_channels_last('auto', args.model, build, args.image_size, args.batch_size, device)}"
         )
     print(
         f"model={args.model} input={args.image_size} source={args.source_size} batch={args.batch_size} device={device} "
-        f"threads={torch.get_num_threads()} channels_last={loop.channels_last} compile={args.compile} augment={args.augment} "
+        f"threads={torch.get_num_threads()} channels_last={loop.channels_last} compile={args.compile} "
+        f"augment={args.augment} "
         f"loader_workers={args.loader_workers} steps={args.steps}x{args.repeats} torch={torch.__version__}",
         flush=True,
     )
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
     }
     for name, values in ips.items():
         print(
-            f"{labels[name]:50s} {statistics.median(values):9.1f} img/s   blocks: {' '.join(f'{v:.1f}' for v in values)}"
+            f"{labels[name]:50s} {statistics.median(values):9.1f} img/s   blocks: "
+            f"{' '.join(f'{v:.1f}' for v in values)}"
         )
 
     def paired(a: str, b: str) -> float:
@@ -260,7 +263,8 @@ def main(argv=None) -> int:
     data_ms = (time.perf_counter() - start) / args.steps * 1000
     step_ms = args.batch_size / statistics.median(ips["limit"]) * 1000
     print(
-        f"{'data path alone (batch_at, information only)':50s} {data_ms:9.2f} ms/batch = {data_ms / step_ms:.1%} of a limit step ({step_ms:.1f} ms)"
+        f"{'data path alone (batch_at, information only)':50s} {data_ms:9.2f} ms/batch = {data_ms / step_ms:.1%} of "
+        f"a limit step ({step_ms:.1f} ms)"
     )
 
     val = torch.as_tensor(splits.val, device=device)
@@ -270,8 +274,10 @@ def main(argv=None) -> int:
     print(f"{'validation pass (evaluate, information only)':50s} {eval_ips:9.1f} img/s")
     medians = {name: statistics.median(values) for name, values in ips.items()}
     print(
-        f"result model={args.model} input={args.image_size} batch={args.batch_size} device={device.type} channels_last={loop.channels_last} "
-        f"compile={args.compile} limit={medians['limit']:.1f} harness={medians['harness']:.1f} reference={medians.get('reference', float('nan')):.1f}"
+        f"result model={args.model} input={args.image_size} batch={args.batch_size} device={device.type} "
+        f"channels_last={loop.channels_last} "
+        f"compile={args.compile} limit={medians['limit']:.1f} harness={medians['harness']:.1f} "
+        f"reference={medians.get('reference', float('nan')):.1f}"
     )
     print(f"harness/limit={paired('harness', 'limit'):.3f} harness/reference={paired('harness', 'reference'):.3f}")
     return 0

@@ -19,8 +19,10 @@ def study_sentence(a: StudyAnalysis) -> str:
     seeds = runs["seed"].nunique()
     name = a.data.dataset.get("name", "the dataset")
     text = (
-        f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of {name} "
-        f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} seed(s) each"
+        f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of "
+        f"{name} "
+        f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} "
+        "seed(s) each"
     )
     text += f"; {len(done)} of {len(runs)} planned runs finished"
     missing = len(runs) - len(done)
@@ -37,7 +39,10 @@ def best_sentence(a: StudyAnalysis) -> str:
         return "No run has finished yet, so there is no answer to give."
     largest = s[s["n_train"] == s["n_train"].max()].sort_values(["mean", "model"], ascending=[False, True])
     top = largest.iloc[0]
-    text = f"With all {count(top['n_train'])} training images, {top['model']} is the most accurate: {pct(top['mean'])} {interval(top['ci_low'], top['ci_high'])}"
+    text = (
+        f"With all {count(top['n_train'])} training images, {top['model']} is the most accurate: {pct(top['mean'])} "
+        f"{interval(top['ci_low'], top['ci_high'])}"
+    )
     if len(largest) > 1:
         second = largest.iloc[1]
         text += f", ahead of {second['model']} at {pct(second['mean'])}"
@@ -120,7 +125,8 @@ def significance_sentences(a: StudyAnalysis) -> list[str]:
     tested = int(pw["p_t"].notna().sum())
     sig = pw[pw["significant"]]
     out = [
-        f"{len(sig)} of {len(pw)} pairwise differences are significant (paired t-test over seeds, Holm-adjusted p < {alpha:g}; "
+        f"{len(sig)} of {len(pw)} pairwise differences are significant (paired t-test over seeds, Holm-adjusted p < "
+        f"{alpha:g}; "
         f"{tested} could be tested)."
     ]
     largest = pw[pw["n_train"] == pw["n_train"].max()]
@@ -135,7 +141,8 @@ def significance_sentences(a: StudyAnalysis) -> list[str]:
     mc = pw[pw["p_mcnemar_holm"] < alpha]
     if len(mc):
         out.append(
-            f"McNemar's exact test on the test predictions separates {len(mc)} of {len(pw)} pairs (Holm-adjusted); it measures "
+            f"McNemar's exact test on the test predictions separates {len(mc)} of {len(pw)} pairs (Holm-adjusted); "
+            "it measures "
             "the test set's sampling noise for these trained models, not the variation between training runs."
         )
     return out
@@ -150,7 +157,8 @@ def cost_sentence(a: StudyAnalysis) -> str:
         return ""
     fastest = lat.iloc[0]
     return (
-        f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} ms p50)"
+        f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} "
+        "ms p50)"
         + (
             f"; {', '.join(f'{r.model} {num(r.latency_p50_ms_1t)} ms' for r in lat.iloc[1:].itertuples())}."
             if len(lat) > 1

@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_seconds,
         default=0.0,
-        help="wait up to this long for the study to appear in the store (workers started before `study run`); default 0",
+        help=(
+            "wait up to this long for the study to appear in the store (workers started before `study run`); default 0"
+        ),
     )
 
     status = sub.add_parser("status", help="runs done, running, failed and left")
@@ -268,11 +270,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         record_study_costs(ctx, progress=not args.quiet)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
     print(
-        f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left"
+        f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, "
+        f"{counts['pending'] + counts['running']} left"
     )
     if counts["tuning_failed"]:
         print(
-            f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then --retry-failed)"
+            f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then "
+            "--retry-failed)"
         )
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
@@ -314,7 +318,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         listed = ", ".join(repr(n) for n in names) or "none"
         what = f"no study {args.name!r}" if args.name else f"{len(names)} studies"
         raise UserError(
-            f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass --study NAME"
+            f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass "
+            "--study NAME"
         )
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
@@ -325,7 +330,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ctx.store.retry_failed(ctx.study_id)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
     print(
-        f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} left"
+        f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} "
+        "left"
     )
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
@@ -429,7 +435,8 @@ def _print_workers(url: str, data) -> None:
         silent = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else float("inf")
         state = "presumed dead" if silent > grace and not w.doing.startswith("idle") else w.doing
         print(
-            f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) done"
+            f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) "
+            "done"
         )
 
 
@@ -508,7 +515,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
     print(
-        f"wrote {args.out}: {counts} images of {args.size}x{args.size} px; sources in {args.out / text_recognition.MANIFEST}"
+        f"wrote {args.out}: {counts} images of {args.size}x{args.size} px; sources in "
+        f"{args.out / text_recognition.MANIFEST}"
     )
     if summary["skipped"]:
         print(

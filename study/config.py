@@ -104,7 +104,8 @@ class TrainConfig:
         _check(
             self.input_size == NATIVE
             or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
-            f"train.input_size={self.input_size!r} is invalid; use 0 (= data.image_size), '{NATIVE}' (the model's pretrained size) or a size of 8 px or more",
+            f"train.input_size={self.input_size!r} is invalid; use 0 (= data.image_size), '{NATIVE}' (the model's "
+            "pretrained size) or a size of 8 px or more",
         )
         _check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing} must lie in [0, 1)")
         _check(
@@ -114,7 +115,8 @@ class TrainConfig:
         _check(self.freeze_stages >= 0, f"train.freeze_stages={self.freeze_stages} must be 0 (none frozen) or more")
         _check(
             self.finetune == "full" or self.freeze_stages == 0,
-            f"train.freeze_stages={self.freeze_stages} only applies to train.finetune='full'; finetune='head' already freezes every stage",
+            f"train.freeze_stages={self.freeze_stages} only applies to train.finetune='full'; finetune='head' "
+            "already freezes every stage",
         )
         _ = self.weight_files  # parsing refuses malformed entries
 
@@ -127,7 +129,8 @@ class TrainConfig:
             model, path = model.strip(), path.strip()
             _check(
                 bool(sep and model and path),
-                f"train.weights entry {entry!r} is invalid; use MODEL=PATH, e.g. mobilevit_xxs=weights/mobilevit_xxs.safetensors",
+                f"train.weights entry {entry!r} is invalid; use MODEL=PATH, e.g. "
+                "mobilevit_xxs=weights/mobilevit_xxs.safetensors",
             )
             _check(model not in files, f"train.weights names model {model!r} twice; give one file per model")
             files[model] = path
@@ -257,7 +260,8 @@ class StudyConfig:
         if self.backend == "dask":
             _check(
                 bool(self.scheduler.strip()),
-                "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a cluster)",
+                "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a "
+                "cluster)",
             )
         else:
             _check(
@@ -270,7 +274,8 @@ class StudyConfig:
         )
         _check(
             math.isfinite(self.grace_period) and self.grace_period > self.heartbeat,
-            f"grace_period={self.grace_period} is invalid; use more seconds than heartbeat={self.heartbeat:g} (a few heartbeats), e.g. 180",
+            f"grace_period={self.grace_period} is invalid; use more seconds than heartbeat={self.heartbeat:g} (a few "
+            "heartbeats), e.g. 180",
         )
         _check(
             self.channels_last in CHANNELS_LAST,
@@ -281,7 +286,8 @@ class StudyConfig:
         for model in self.train.weight_files:
             _check(
                 model in self.models,
-                f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give weights only for models of the study",
+                f"train.weights names model {model!r}, which is not in models ({', '.join(self.models)}); give "
+                "weights only for models of the study",
             )
         self.tune.validate()
         return self

@@ -192,6 +192,10 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
         def on_epoch(stats) -> None:
             bar.update(1)
             bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
+            # The workers table shows each run's progress (`status`, and tests that act mid-run).
+            ctx.store.worker_doing(
+                ctx.study_id, me, f"run {cell.key}: epoch {stats.epoch}/{hp.epochs}, val_acc {stats.val_acc:.3f}"
+            )
             if epoch_queue is not None:
                 epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
 
@@ -288,7 +292,8 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
                         if restart == MAX_RESTARTS:
                             raise
                         tqdm.write(
-                            "a worker process died (killed, or out of memory); its run goes back to the queue and the workers restart"
+                            "a worker process died (killed, or out of memory); its run goes back to the queue and "
+                            "the workers restart"
                         )
                         store.release_stale(study_id, cfg.grace_period)
     finally:
@@ -325,7 +330,8 @@ class _Reports:
             if summary.get("kind") == "tuning":
                 if summary["status"] == "tuned":
                     tqdm.write(
-                        f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial #{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
+                        f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial "
+                        f"#{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
                     )
                 elif summary["status"] == "failed":
                     tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
@@ -353,7 +359,8 @@ def dask_client(address: str):
         return Client(address, timeout=15)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(
-            f"cannot reach the dask scheduler at {address!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"cannot reach the dask scheduler at {address!r} "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
             "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786"
         ) from None
 

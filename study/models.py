@@ -98,7 +98,8 @@ def preflight(models: list[str], hp: TrainConfig, image_size: int) -> list[str]:
         transfer.frozen_parameters(skeleton, name, hp.finetune, hp.freeze_stages)
         if source is None and (hp.finetune == "head" or hp.freeze_stages):
             warnings.append(
-                f"model {name!r} has no pretrained weights (no --pretrained or --weights), yet train.finetune/freeze_stages keep parts of it at their random initialisation"
+                f"model {name!r} has no pretrained weights (no --pretrained or --weights), yet "
+                "train.finetune/freeze_stages keep parts of it at their random initialisation"
             )
         size = input_size_for(name, hp.input_size, image_size)
         message = interpolation_warning(skeleton, name, size)
@@ -139,7 +140,8 @@ def interpolation_warning(model: nn.Module, model_name: str, input_size: int) ->
     name, side, patch = bad[0]
     suggestion = f"{below} or {above}" if below else str(above)
     return (
-        f"model {model_name!r} at input {input_size} px interpolates inside its MobileViT blocks ({name} sees a {side}x{side} map, "
+        f"model {model_name!r} at input {input_size} px interpolates inside its MobileViT blocks ({name} sees a "
+        f"{side}x{side} map, "
         f"not a multiple of its {patch}-px patches); use train.input_size a multiple of {multiple}, e.g. {suggestion}"
     )
 

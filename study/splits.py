@@ -132,7 +132,8 @@ def _drop_leaks(splits: Splits, hashes: np.ndarray) -> None:
     splits.dropped_duplicates = dropped
     if dropped:
         splits.warnings.append(
-            f"{dropped} training/validation image(s) were exact copies of held-out images and were dropped to prevent leakage"
+            f"{dropped} training/validation image(s) were exact copies of held-out images and were dropped to "
+            "prevent leakage"
         )
     elif splits.duplicate_groups:
         splits.warnings.append(f"{splits.duplicate_groups} image(s) occur more than once within a split")
@@ -180,7 +181,8 @@ def per_class_subsets(
             if k > len(members):
                 name = class_names[c] if class_names else str(c)
                 raise UserError(
-                    f"per_class {k} is more than class {name!r} has in the training pool ({len(members)}); use at most {len(members)}"
+                    f"per_class {k} is more than class {name!r} has in the training pool ({len(members)}); use at "
+                    f"most {len(members)}"
                 )
         out[k] = np.sort(np.concatenate([members[:k] for members in order]))
     return out

@@ -483,7 +483,8 @@ class Store:
         if row is None:
             names = ", ".join(repr(n) for n in self.study_names()) or "none"
             raise UserError(
-                f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or pass --name"
+                f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or "
+                "pass --name"
             )
         self._refuse_other_settings(row, fingerprint, settings)
         return row.id
@@ -558,7 +559,8 @@ class Store:
                         values = {
                             "status": FAILED,
                             "finished_at": db_now(),
-                            "error": f"its worker stopped {row.attempts} times before finishing it (last {row.worker}: killed, out of memory, "
+                            "error": f"its worker stopped {row.attempts} times before finishing it "
+                            f"(last {row.worker}: killed, out of memory, "
                             "or the machine went down); run with --retry-failed to try again",
                         }
                     # Conditional on the row being unchanged since read: never steal a fresh claim.

@@ -46,7 +46,8 @@ def weights_source(model_name: str, pretrained: bool, files: dict[str, str]) -> 
         location = (cfg.hf_hub_id or cfg.url or cfg.file or "") if cfg is not None else ""
         if not location:
             raise UserError(
-                f"model {model_name!r} has no pretrained weights in timm; drop it from models, pass --weights {model_name}=FILE, "
+                f"model {model_name!r} has no pretrained weights in timm; drop it from models, pass --weights "
+                f"{model_name}=FILE, "
                 "or run without --pretrained"
             )
         return WeightsSource("hub", location)
@@ -140,7 +141,8 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], model_name: str
             problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         if wrong:
             problems.append(
-                f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]])}"
+                f"{len(wrong)} of another shape, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs "
+                f"{tuple(expected[wrong[0]])}"
             )
         raise UserError(
             f"weights file {path!r} does not fit model {model_name!r} ({'; '.join(problems)}); "

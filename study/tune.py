@@ -334,7 +334,8 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
         )
         bar.update(1)
         bar.set_postfix_str(
-            f"#{trial.number} {trial.state.name.lower()} val_acc={trial.value if trial.value is not None else float('nan'):.3f}"
+            f"#{trial.number} {trial.state.name.lower()} "
+            f"val_acc={trial.value if trial.value is not None else float('nan'):.3f}"
         )
 
     try:

@@ -32,7 +32,10 @@ def analysed(study):
 
 
 def test_import_without_torch():
-    code = "import analysis, reports, analysis.study_analysis, reports.build; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = (
+        "import analysis, reports, analysis.study_analysis, reports.build; import sys; assert 'torch' not in "
+        "sys.modules, 'torch was imported'"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -103,7 +106,8 @@ def test_chance_perfect_and_leak_warnings(tmp_path):
             **row.splits,
             "dropped_duplicates": 3,
             "warnings": [
-                "3 training/validation image(s) were exact copies of held-out images and were dropped to prevent leakage"
+                "3 training/validation image(s) were exact copies of held-out images and were dropped to prevent "
+                "leakage"
             ],
         }
     data = load_study(made.url)

@@ -88,6 +88,8 @@ def test_bad_folders_are_refused_clearly(tmp_path, make, fragment):
 def test_unknown_dataset_lists_valid_names(tmp_path):
     with pytest.raises(
         UserError,
-        match="dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, text-recognition, tiny-imagenet",
+        match=(
+            "dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, text-recognition, tiny-imagenet"
+        ),
     ):
         load_dataset(DataConfig(dataset="mnist"), tmp_path)

@@ -349,7 +349,8 @@ def test_text_build_command_seeds_and_refusals(cli, sources, tmp_path):
     _refused(cli(*args, "--out", tmp_path / "a"), "already exists and is not empty; pass --force")
     _refused(
         cli(*args, "--out", tmp_path / "d", "--per-class", "40"),
-        "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32; lower --per-class",
+        "msra-td500 train/ has 7 readable image(s) for the train split of class 'text', but --per-class 40 needs 32; "
+        "lower --per-class",
     )
     _refused(
         cli("datasets", "build-text-recognition", "--msra", flickr, "--flickr", flickr, "--out", tmp_path / "e"),

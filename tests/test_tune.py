@@ -72,7 +72,10 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
 
     out = tmp_path / "o"
     base = [*SMALL, "--out", out, "--lr", "1e-6", "--min-steps", "20", "--no-report"]
-    space = '[tune]\nlr = [3e-3, 3e-2]\naugment = ["none", "light"]\nnormalization = ["model"]\naugment_strength = []\nstartup_trials = 2\n'
+    space = (
+        '[tune]\nlr = [3e-3, 3e-2]\naugment = ["none", "light"]\nnormalization = ["model"]\naugment_strength = '
+        "[]\nstartup_trials = 2\n"
+    )
     toml = _toml(tmp_path, space)
     code, out_text, err = cli(
         "run",
@@ -113,7 +116,8 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
         best = study.best_trial
         assert best.value > untuned_val + 0.2
         rows = db.execute(
-            "select hparams, hparams_source, val_acc from runs r join dataset_studies s on r.study_id = s.id where s.name = 'tuned' and r.size_value = ?",
+            "select hparams, hparams_source, val_acc from runs r join dataset_studies s on r.study_id = s.id where "
+            "s.name = 'tuned' and r.size_value = ?",
             (fraction,),
         ).fetchall()
         assert len(rows) == 2
@@ -134,7 +138,8 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
 
     # Tuning on does not skip the costs: the model's are measured once, each final run's too.
     costs = db.execute(
-        "select m.model, m.macs, m.latency_p50_ms_1t from model_costs m join dataset_studies s on m.study_id = s.id where s.name = 'tuned'"
+        "select m.model, m.macs, m.latency_p50_ms_1t from model_costs m join dataset_studies s on m.study_id = s.id "
+        "where s.name = 'tuned'"
     ).fetchall()
     assert [c[0] for c in costs] == [FAST_MODEL] and costs[0][1] > 0 and costs[0][2] > 0
     per_run = db.execute(

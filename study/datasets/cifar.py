@@ -68,7 +68,10 @@ def load(cfg: DataConfig, cache_dir: Path, name: str) -> Dataset:
 
 def _locate(cls, name: str, data_root: str, cache_dir: Path) -> Path:
     """torchvision's root holding the copy: the given one, or a download into the cache."""
-    layout = f"torchvision's layout, <root>/{cls.base_folder}/ with {', '.join(f for f, _ in cls.train_list[:2])}, …, {cls.meta['filename']}"
+    layout = (
+        f"torchvision's layout, <root>/{cls.base_folder}/ with {', '.join(f for f, _ in cls.train_list[:2])}, …, "
+        f"{cls.meta['filename']}"
+    )
     if data_root:
         root = Path(data_root)
         if root.name == cls.base_folder:  # the batches folder itself was given
@@ -108,7 +111,8 @@ def _decode(cls, name: str, root: Path, size: int) -> Dataset:
         train, test = reader(root=str(root), train=True), reader(root=str(root), train=False)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
         raise UserError(
-            f"{TITLES[name]} copy in {root / cls.base_folder} could not be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'truncated'}); "
+            f"{TITLES[name]} copy in {root / cls.base_folder} could not be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); "
             "delete it and download it again"
         ) from None
     images = np.concatenate([train.data, test.data])

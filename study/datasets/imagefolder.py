@@ -38,7 +38,7 @@ def source_fingerprint(files: dict[str, list[Path]], root: Path) -> list:
     """Names, sizes and modification times of every source file: cheap to compute, and it
     changes whenever a file is added, removed, renamed or rewritten."""
     out = []
-    for name, paths in files.items():
+    for _name, paths in files.items():
         for p in paths:
             st = p.stat()
             out.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])

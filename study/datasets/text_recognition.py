@@ -78,7 +78,8 @@ def msra_splits(msra: Path) -> tuple[list[Path], list[Path]]:
     """MSRA-TD500's train and test images (folder names matched case-insensitively)."""
     if not msra.is_dir():
         raise UserError(
-            f"--msra {str(msra)!r} is not a folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files"
+            f"--msra {str(msra)!r} is not a folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and "
+            ".gt files"
         )
     base = msra
     if not _subfolder(base, "train") and (msra / "MSRA-TD500").is_dir():
@@ -88,7 +89,8 @@ def msra_splits(msra: Path) -> tuple[list[Path], list[Path]]:
         folder = _subfolder(base, split)
         if folder is None:
             raise UserError(
-                f"--msra {str(msra)!r} has no {split}/ folder; expected MSRA-TD500/ with train/ and test/ of IMG_xxxx.JPG and .gt files"
+                f"--msra {str(msra)!r} has no {split}/ folder; expected MSRA-TD500/ with train/ and test/ of "
+                "IMG_xxxx.JPG and .gt files"
             )
         found[split] = _images_in(folder)
         if not found[split]:
@@ -100,7 +102,8 @@ def flickr_images(flickr: Path) -> list[Path]:
     """Flickr8k's photos, from Flicker8k_Dataset/ (official zip), Images/ (Kaggle) or the folder itself."""
     if not flickr.is_dir():
         raise UserError(
-            f"--flickr {str(flickr)!r} is not a folder; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files"
+            f"--flickr {str(flickr)!r} is not a folder; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg "
+            "files"
         )
     for name in FLICKR_FOLDERS:
         if (flickr / name).is_dir():
@@ -108,7 +111,8 @@ def flickr_images(flickr: Path) -> list[Path]:
     images = _images_in(flickr)
     if not images:
         raise UserError(
-            f"--flickr {str(flickr)!r} holds no image; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg files"
+            f"--flickr {str(flickr)!r} holds no image; expected Flickr8k with Flicker8k_Dataset/ or Images/ of .jpg "
+            "files"
         )
     return images
 
@@ -151,7 +155,8 @@ def build(
             )
         if not force:
             raise UserError(
-                f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another folder"
+                f"--out {str(out)!r} already exists and is not empty; pass --force to replace it or choose another "
+                "folder"
             )
     msra_train, msra_test = msra_splits(msra)
     photos = flickr_images(flickr)

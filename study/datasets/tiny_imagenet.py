@@ -110,13 +110,15 @@ def class_names(path: Path, wnids: list[str]) -> list[str]:
         wnid, tab, text = line.partition("\t")
         if not tab or not wnid.strip() or not text.strip():
             raise UserError(
-                f"{path} line {number} is malformed ({line[:60]!r}); expected '<wnid><TAB><names>', e.g. 'n01443537<TAB>goldfish, Carassius auratus'"
+                f"{path} line {number} is malformed ({line[:60]!r}); expected '<wnid><TAB><names>', e.g. "
+                "'n01443537<TAB>goldfish, Carassius auratus'"
             )
         words[wnid.strip()] = text.split(",")[0].strip()
     absent = [w for w in wnids if w not in words]
     if absent:
         raise UserError(
-            f"{path} has no entry for class {absent[0]!r} of wnids.txt ({len(absent)} class(es) lack one); restore words.txt from the zip"
+            f"{path} has no entry for class {absent[0]!r} of wnids.txt ({len(absent)} class(es) lack one); restore "
+            "words.txt from the zip"
         )
     names = [words[w] for w in wnids]
     shared = Counter(names)
