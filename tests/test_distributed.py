@@ -132,7 +132,9 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     """Worker A ("machine-a") is killed with SIGKILL while it trains; `study worker` on
     "machine-b", which knows the study only from the store, finishes the rest and, once A's
     heartbeats have been silent for the grace period, A's run too."""
-    slow_runs = ["--epochs", "3", "--min-steps", "60"]  # a few seconds a run: the kill lands inside one
+    # Eight epochs of 40 steps a run: killed once its first epoch is reported, the run has seven
+    # epochs left, many times longer than the store's poll, so the kill lands inside it on any machine.
+    slow_runs = ["--epochs", "8", "--min-steps", "320"]
     a = _start(
         "run",
         "--storage",
@@ -147,8 +149,11 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
         "--no-report",
         host="machine-a",
     )
-    (held_id,) = _wait_for(postgres_url, "select id from runs where status = 'running' and worker like 'machine-a:%'")
-    time.sleep(1.0)  # a round or so into the run
+    (held_id,) = _wait_for(
+        postgres_url,
+        "select r.id from runs r join workers w on w.name = r.worker where r.status = 'running'"
+        " and r.worker like 'machine-a:%' and w.doing like 'run %: epoch 1/8,%'",
+    )
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
 
@@ -157,7 +162,7 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     assert "6 done, 0 failed, 0 left" in out
     runs = _runs(postgres_url, "default")
     assert len(runs) == 6 and all(
-        r["status"] == "done" and r["n_epochs"] == 3 and r["n_predictions"] == 1 for r in runs.values()
+        r["status"] == "done" and r["n_epochs"] == 8 and r["n_predictions"] == 1 for r in runs.values()
     )
     (taken_over,) = [r for r in runs.values() if r["id"] == held_id]
     assert taken_over["attempts"] == 2 and taken_over["worker"].startswith("machine-b:")
