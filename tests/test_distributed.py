@@ -284,7 +284,8 @@ def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_r
 
     toml = tmp_path / "tune.toml"
     toml.write_text(
-        '[tune]\npruner = "none"\nstartup_trials = 2\nlr = [1e-3, 3e-2]\naugment = []\naugment_strength = []\nnormalization = []\nweight_decay = []\n'
+        '[tune]\npruner = "none"\nstartup_trials = 2\nlr = [1e-3, 3e-2]\n'
+        "augment = []\naugment_strength = []\nnormalization = []\nweight_decay = []\n"
     )
     args = [
         "--storage",
