@@ -72,6 +72,12 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="channels-last memory layout: auto (measured once per study, model and kind of device) | on | off",
     )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="memory a run's images may take on the device, e.g. 256MB or 2GB; beyond it they stream from the cache "
+        "(default: half the free memory)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -160,6 +166,7 @@ _OVERRIDES = {
     "compile": "compile",
     "channels_last": "channels_last",
     "costs": "costs",
+    "memory_budget": "memory_budget",
 }
 
 
@@ -297,6 +304,7 @@ _WORKER_OVERRIDES = (
     "grace_period",
     "compile",
     "channels_last",
+    "memory_budget",
 )
 
 

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -216,6 +217,7 @@ class StudyConfig:
     compile: bool = False  # torch.compile each model once per worker
     channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
+    memory_budget: str = ""  # what a run's images may take on its device ("256MB", "2GB"); "" = half the free memory
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -281,6 +283,8 @@ class StudyConfig:
             self.channels_last in CHANNELS_LAST,
             f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}",
         )
+        if self.memory_budget:
+            parse_bytes(self.memory_budget)
         self.data.validate()
         self.train.validate()
         for model in self.train.weight_files:
@@ -291,6 +295,18 @@ class StudyConfig:
             )
         self.tune.validate()
         return self
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """A memory size such as ``256MB``, ``2GB``, ``1.5GiB`` or ``1000000`` in bytes (binary units:
+    1 MB = 1024² bytes). Raises UserError for anything else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"memory_budget={text!r} is invalid; use a size such as 256MB, 2GB or 1.5GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _check(ok: bool, message: str) -> None:
@@ -320,7 +336,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile")
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget")
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -460,6 +476,7 @@ grace_period = 180                  # seconds without one after which another wo
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
+# memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
 
 [data]
 dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition

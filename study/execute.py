@@ -15,7 +15,6 @@ import os
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -90,23 +89,21 @@ _REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker na
 
 
 def _worker_state(cfg: StudyConfig) -> _WorkerState:
-    """The dataset on the training device, loaded once per worker process and reused."""
+    """The cached dataset (memory-mapped) and the device, opened once per worker process and reused."""
     import json
 
     key = json.dumps(to_dict(cfg), sort_keys=True)
     with _STATE_LOCK:
         if key not in _STATE:
             from study.context import ATTACH, open_context
+            from study.images import image_source, memory_budget
             from study.speed import Speed
-            from study.train import TrainData, resolve_device
+            from study.train import resolve_device
 
             ctx = open_context(cfg, mode=ATTACH)
             device = resolve_device(cfg.device)
-            with warnings.catch_warnings():  # a read-only memmap is only ever read
-                warnings.simplefilter("ignore", UserWarning)
-                data = TrainData.from_arrays(
-                    ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip
-                )
+            # The cache's memory map; each run takes the images it uses, resident or streamed.
+            data = image_source(ctx.dataset, device, memory_budget(cfg.memory_budget, device))
             _STATE.clear()
             _STATE[key] = _WorkerState(
                 ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id))
