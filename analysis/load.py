@@ -10,6 +10,7 @@ from sqlalchemy import inspect, select
 
 from study.errors import UserError
 from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
+from study.subsets import list_name
 
 RUN_COLUMNS = [
     "run_id",
@@ -17,6 +18,7 @@ RUN_COLUMNS = [
     "model",
     "size_kind",
     "size_value",
+    "subset_list",
     "fraction",
     "n_train",
     "seed",
@@ -65,6 +67,7 @@ RESULTS_CSV_COLUMNS = [
     "images_per_second",
     "size_kind",
     "size_value",
+    "subset_list",
     "val_acc",
     "best_epoch",
     "epochs_run",
@@ -144,9 +147,10 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     run_frame = pd.DataFrame(
         [
             {
-                **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")},
+                **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset", "subset_list")},
                 "run_id": r.id,
                 "dataset": dataset_name,
+                "subset_list": _subset_list(study.config, r.size_kind, r.size_value),
             }
             for r in runs
         ],
@@ -167,6 +171,14 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
     )
+
+
+def _subset_list(config: dict | None, kind: str, value: float) -> str:
+    """The file name of the subset list a run of kind 'list' trained on; '' for other runs."""
+    lists = (config or {}).get("subset_lists") or []
+    if kind != "list" or not 0 <= int(value) < len(lists):
+        return ""
+    return list_name(lists[int(value)])
 
 
 def _cost_rows(store: Store, study_id: int) -> list[dict]:

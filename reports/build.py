@@ -285,7 +285,11 @@ def _details(a: StudyAnalysis, models: list[str]) -> list[dict]:
 def _methods(a: StudyAnalysis) -> dict[str, Any]:
     data = a.data
     cfg = data.config or {}
-    sizes = data.runs[["size_kind", "size_value", "n_train", "fraction"]].drop_duplicates().sort_values("n_train")
+    sizes = (
+        data.runs[["size_kind", "size_value", "subset_list", "n_train", "fraction"]]
+        .drop_duplicates()
+        .sort_values("n_train")
+    )
     envs: dict[str, dict] = {}
     for env, n in (
         data.done["environment"]

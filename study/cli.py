@@ -83,7 +83,8 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dataset", help="digits (default) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition"
+        "--dataset",
+        help="digits (default) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition",
     )
     p.add_argument(
         "--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)"
@@ -92,6 +93,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
+    p.add_argument(
+        "--subset-list",
+        metavar="FILE",
+        action="append",
+        help="a file of training image names, one a line: adds a size of exactly those images, for every seed "
+        "(repeatable)",
+    )
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
     p.add_argument("--epochs", metavar="N", help="training rounds per run (one pass over full data each)")
     p.add_argument("--min-steps", metavar="N", help="floor on optimiser steps per run, for small fractions")
@@ -141,6 +149,7 @@ _OVERRIDES = {
     "models": "models",
     "fractions": "fractions",
     "per_class": "per_class",
+    "subset_list": "subset_lists",
     "seeds": "seeds",
     "epochs": "train.epochs",
     "min_steps": "train.min_steps",

@@ -204,6 +204,8 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
+    # Files of training image names, one a line: each adds a size whose subset is exactly that list, for every seed.
+    subset_lists: list[str] = field(default_factory=list)
     seeds: int = 3
     device: str = "auto"
     jobs: int = 0  # parallel runs; 0 = sized to the machine (loky) or to the cluster (dask)
@@ -233,17 +235,28 @@ class StudyConfig:
 
     @property
     def sizes(self) -> list[tuple[str, float]]:
-        """The subset sizes of the study as (kind, value): ('fraction', 0.25) or ('per_class', 10)."""
+        """The subset sizes of the study as (kind, value): ('fraction', 0.25) or ('per_class', 10), then
+        ('list', i) for the i-th of ``subset_lists``."""
+        lists = [("list", float(i)) for i in range(len(self.subset_lists))]
         if self.per_class:
-            return [("per_class", float(k)) for k in self.per_class]
-        return [("fraction", f) for f in self.fractions]
+            return [("per_class", float(k)) for k in self.per_class] + lists
+        return [("fraction", f) for f in self.fractions] + lists
 
     def validate(self) -> StudyConfig:
         """Check every value; raise UserError naming the first bad one. Returns self."""
         _check(bool(self.name.strip()), "name must not be empty")
         _check(bool(self.models), "models must name at least one model")
         _check(len(set(self.models)) == len(self.models), f"models={self.models} lists a model twice")
-        _check(bool(self.fractions) or bool(self.per_class), "fractions or per_class must name at least one size")
+        _check(
+            bool(self.fractions) or bool(self.per_class) or bool(self.subset_lists),
+            "fractions, per_class or subset_lists must name at least one size",
+        )
+        from study.subsets import list_name, read_list
+
+        for path in self.subset_lists:
+            read_list(path)  # exists, is text, names an image
+        names = [list_name(p) for p in self.subset_lists]
+        _check(len(set(names)) == len(names), f"subset_lists={self.subset_lists} names two lists alike; rename one")
         for f in self.fractions:
             _check(
                 isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1,
@@ -465,6 +478,7 @@ out = "study-out"          # results, cache and report go here
 models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
 fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
 # per_class = [5, 10, 50]           # images per class instead of fractions
+# subset_lists = ["1percent.txt"]   # files of training image names: each a size of exactly those images
 seeds = 3                           # each seed draws its own subsets, init and augmentation
 device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine (or the dask cluster)
@@ -479,7 +493,7 @@ costs = true                        # measure MACs, size and CPU latency of each
 # memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
 
 [data]
-dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition
+dataset = "digits"  # digits (bundled) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition
 # root = "path/to/images" # imagefolder: one subfolder per class; tiny-imagenet: tiny-imagenet-200/;
                           # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
                           # text-recognition: the output of `study datasets build-text-recognition`
