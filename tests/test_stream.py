@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import TrainConfig
-from study.images import ImageFile, ImageSource, StreamedData, TrainData
+from study.config import DataConfig, TrainConfig
+from study.datasets import load_dataset
+from study.images import ImageFile, ImageSource, StreamedData, TrainData, image_source
 from study.train import train_run
 from tests.conftest import FAST_MODEL, class_image
 
@@ -49,13 +50,17 @@ def test_image_file_refuses_a_truncated_cache(tmp_path):
         file.read_into(np.array([41]), np.empty((1, *images.shape[1:]), np.uint8))
 
 
-def test_resident_data_on_a_cpu_is_the_shared_memory_map_not_a_copy(tmp_path):
-    images, labels = _cache(tmp_path)
-    source = ImageSource(images, labels, 3, CPU, budget=2**30, path=str(tmp_path / "images.npy"))
+def test_workers_on_a_cpu_share_the_caches_memory_map_not_a_copy(tmp_path):
+    """What a worker process builds from the cache (``execute._worker_state``): the images of a
+    resident run are the read-only map's own pages, which every worker of the machine shares."""
+    dataset = load_dataset(DataConfig(dataset="digits", image_size=16), tmp_path)
+    source = image_source(dataset, CPU, budget=2**30)
+    assert source.path == str(tmp_path / f"digits-{dataset.key}" / "images.npy")
+    assert isinstance(source.images, np.memmap) and not source.images.flags.writeable
     data = source.for_run(np.arange(10), np.arange(20, 30))
-    assert isinstance(data, TrainData)
-    start = images.ctypes.data
-    assert start <= data.images.data_ptr() < start + images.nbytes  # the map's own pages
+    assert isinstance(data, TrainData) and source.decisions == ["resident"]
+    start = source.images.ctypes.data
+    assert start <= data.images.data_ptr() < start + source.images.nbytes  # the map itself: no copy
 
 
 def test_a_run_over_its_budget_streams_and_matches_the_resident_run(tmp_path):

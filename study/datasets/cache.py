@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from study.datasets.base import Dataset
+from study.splits import content_hashes
 
 # Bump when decoding changes in a way that alters pixels, to invalidate every cache.
 DECODE_VERSION = 1
@@ -229,13 +230,6 @@ def _write(folder: Path, dataset: Dataset) -> None:
 def _write_meta(folder: Path, name: str, class_names, hflip: bool, skipped: list[str], warnings: list[str]) -> None:
     meta = {"name": name, "class_names": class_names, "hflip": hflip, "skipped": skipped, "warnings": warnings}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: it marks the cache whole
-
-
-def content_hashes(images: np.ndarray) -> np.ndarray:
-    """A 128-bit digest of each image's pixels, as an array of 16-byte strings."""
-    return np.array(
-        [hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).digest() for img in images], dtype="S16"
-    )
 
 
 def cached_hashes(dataset: Dataset) -> np.ndarray:

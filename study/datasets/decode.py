@@ -8,13 +8,14 @@ rows straight into the preallocated memory-mapped cache file.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image, UnidentifiedImageError
+
+from study.splits import content_hashes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _CHUNK = 512  # files per parallel task: large enough to amortise process start-up
@@ -86,7 +87,7 @@ def decode_chunk_into(images_path: str, hashes_path: str, paths: Sequence[str], 
             skipped.append(f"{row}\t{result}")
             continue
         images[row] = result
-        hashes[row] = hashlib.blake2b(np.ascontiguousarray(result).tobytes(), digest_size=16).digest()
+        hashes[row] = content_hashes(result[None])[0]
     images.flush()
     hashes.flush()
     return skipped
