@@ -16,9 +16,10 @@ gains from reading done while the other way trained. The ratio is the median of 
 per-block ratios. The page cache is whatever the machine has (the file was just written: warm
 on a machine with the RAM for it); the reads never map the file, so they do not count in RSS.
 
-Peak memory: two fresh child processes train the same model for ``--steps`` steps: one
-streaming under the budget (with an evaluation pass, which streams too), one on a single
-in-memory batch (the model's own memory: torch, weights, optimiser state, activations).
+Peak memory: two fresh child processes train the same model for ``--steps`` steps and run an
+evaluation pass: one streaming under the budget (evaluation streams too), one on a single
+evaluation batch in memory (the model's own memory: torch, weights, optimiser state, training
+and evaluation activations).
 Their peak RSS (VmHWM) is printed; the streamed worker's must stay within the budget
 plus the model's own memory.
 
@@ -61,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each way first")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks of each way, alternating")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as a study's CPU workers)")
-    p.add_argument("--work", default="", help="folder for the synthetic cache (default: a temporary one, removed)")
+    p.add_argument(
+        "--work", default="", help="folder for the synthetic cache, kept for the next run (default: temporary, removed)"
+    )
     p.add_argument("--child", default="", help=argparse.SUPPRESS)  # stream | model: a peak-memory child
     return p.parse_args(argv)
 
@@ -107,7 +110,7 @@ def child(args) -> None:
     """Train in this fresh process and print its peak RSS in MB as JSON."""
     from study.config import parse_bytes
     from study.images import ImageSource, TrainData
-    from study.train import evaluate
+    from study.train import EVAL_BATCH, evaluate
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
@@ -118,13 +121,14 @@ def child(args) -> None:
         data = source.for_run(np.arange(len(images)))
         assert source.decisions == ["streamed"], source.decisions
         n = len(images)
-    else:  # the model's own memory: one batch of images in RAM
-        n = args.batch_size
+        evaluated = np.arange(0, len(images), 7)
+    else:  # the model's own memory: one evaluation batch of images in RAM
+        n = EVAL_BATCH
         data = TrainData.from_arrays(np.array(images[:n]), labels[:n], CLASSES, cpu)
+        evaluated = np.arange(n)
     loop = loop_for(data, args, n, cpu)
     timed(loop, args.warmup + args.steps)
-    if args.child == "stream":
-        evaluate(loop.plain, data, np.arange(0, len(images), 7), loop.input_size, loop.mean, loop.std, cpu, False)
+    evaluate(loop.plain, data, evaluated, loop.input_size, loop.mean, loop.std, cpu, False)  # its batches are larger
     loop.close()
     print(json.dumps({"peak_rss_mb": peak_rss_now()}))
 

@@ -14,6 +14,7 @@ the loop's, on the device, unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -201,7 +202,7 @@ class StreamedData:
     """Images read from the cache file as the run goes, a few batches ahead of the loop.
 
     ``chunk_bytes`` is how much one read takes in (several batches, sorted by file position);
-    at most ``PREFETCH_CHUNKS + 1`` chunks are held at a time, on the host and on the device.
+    at most ``PREFETCH_CHUNKS + 2`` chunks are held at a time, on the host and on the device.
     """
 
     file: ImageFile
@@ -230,21 +231,24 @@ class StreamedData:
             while True:  # the same endless position stream the resident loop takes
                 yield train_idx[order.take(steps, cpu).numpy()].reshape(-1)
 
-        return _Prefetcher(self, chunks(), order.batch)
+        return _Prefetcher(self, chunks(), order.batch, steps * order.batch)
 
     def eval_batches(self, indices: np.ndarray, batch: int) -> Iterator[Batch]:
         indices = np.asarray(indices, dtype=np.int64)
         rows = self._rows_per_chunk(batch)
-        stream = _Prefetcher(self, (indices[s : s + rows] for s in range(0, len(indices), rows)), batch)
+        stream = _Prefetcher(self, (indices[s : s + rows] for s in range(0, len(indices), rows)), batch, rows)
         try:
             yield from stream.take(-(-len(indices) // batch))
         finally:
             stream.close()
 
-    def read(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and labels at ``indices`` on the device; pinned host memory on CUDA."""
+    def read(self, indices: np.ndarray, host: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at ``indices`` on the device, read into ``host`` (on a CPU, a
+        reused buffer of at least ``len(indices)`` rows) or into new pinned memory on CUDA."""
         pin = self.device.type == "cuda"
-        host = torch.empty((len(indices), *self.file.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        if host is None:
+            host = torch.empty((len(indices), *self.file.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        host = host[: len(indices)]
         self.file.read_into(indices, host.numpy())
         labels = torch.from_numpy(self.labels[indices])
         if not pin:
@@ -256,8 +260,8 @@ class _Prefetcher(BatchStream):
     """Reads chunks of dataset indices on a background thread (on CUDA, copying them on a side
     stream); ``take`` hands their batches out in order."""
 
-    def __init__(self, data: StreamedData, chunks: Iterator[np.ndarray], batch: int):
-        self.batch = batch
+    def __init__(self, data: StreamedData, chunks: Iterator[np.ndarray], batch: int, rows: int):
+        self.batch, self.rows = batch, rows  # rows: the most images a chunk holds
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_CHUNKS)
         self._stop = threading.Event()
         self._pending: list[Batch] = []
@@ -266,19 +270,25 @@ class _Prefetcher(BatchStream):
 
     def _fill(self, data: StreamedData, chunks: Iterator[np.ndarray]) -> None:
         cuda = data.device.type == "cuda"
-        side = torch.cuda.Stream(data.device) if cuda else None
         try:
-            for indices in chunks:
-                if cuda:
-                    with torch.cuda.stream(side):
-                        x, y = data.read(indices)
-                        ready = torch.cuda.Event()
-                        ready.record(side)
-                    item = (x, y, ready)
-                else:
-                    item = (*data.read(indices), None)
-                if not self._put(item):
-                    return
+            with torch.cuda.device(data.device) if cuda else contextlib.nullcontext():  # this thread's GPU
+                side = torch.cuda.Stream() if cuda else None
+                ring: list[torch.Tensor] = []  # CPU: buffers reused in turn, so memory stays flat
+                for k, indices in enumerate(chunks):
+                    if cuda:  # pinned buffers come from torch's host cache, reused once their copy is done
+                        with torch.cuda.stream(side):
+                            x, y = data.read(indices)
+                            ready = torch.cuda.Event()
+                            ready.record(side)
+                        item = (x, y, ready)
+                    else:
+                        # A chunk's buffer comes round again after PREFETCH_CHUNKS + 2 chunks: by then the
+                        # loop has taken the next chunk from the queue, so it is done with this one.
+                        if len(ring) < PREFETCH_CHUNKS + 2:
+                            ring.append(torch.empty((self.rows, *data.file.shape[1:]), dtype=torch.uint8))
+                        item = (*data.read(indices, ring[k % len(ring)]), None)
+                    if not self._put(item):
+                        return
             self._put(None)  # a finite stream (evaluation) ends
         except BaseException as exc:  # handed to the loop, which raises it
             self._put(exc)
@@ -345,7 +355,8 @@ class ImageSource:
                 self.num_classes,
                 self.device,
                 self.hflip,
-                chunk_bytes=max(1, min(CHUNK_BYTES, self.budget // (2 * (PREFETCH_CHUNKS + 2)))),
+                # Training and evaluation each hold PREFETCH_CHUNKS + 2 chunks: a quarter of the budget each.
+                chunk_bytes=max(1, min(CHUNK_BYTES, self.budget // (4 * (PREFETCH_CHUNKS + 2)))),
             )
         self.decisions.append("resident")
         return TrainData.from_arrays(

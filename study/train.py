@@ -32,13 +32,12 @@ from study.augment import BatchAugment, to_model_input
 from study.config import TrainConfig
 from study.costs import PeakMemory
 from study.errors import DivergedError
-from study.images import BatchStream, ImageSource, RunData, TrainData
+from study.images import BatchStream, ImageSource, RunData
+from study.images import TrainData as TrainData  # where tests and benchmarks have always found it
 from study.models import count_parameters, create_model, input_size_for, normalization
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
-
-__all__ = ["TrainData", "BatchOrder", "build_loop", "evaluate", "train_run"]  # TrainData lives in study.images
 
 
 @dataclass
@@ -343,6 +342,7 @@ def train_run(
 
 
 def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, device, memory, on_epoch) -> RunResult:
+    """``train_run``'s rounds, validation and test, on a built loop (which the caller closes)."""
     val_t, test_t = np.asarray(val_idx), np.asarray(test_idx)
     evaluation = dict(
         data=data,

@@ -11,6 +11,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from study import execute
 from study.config import DataConfig, StudyConfig
 from study.context import load_data_and_lists
 from study.datasets import load_dataset
@@ -144,9 +145,13 @@ def test_a_study_with_a_subset_list_and_streamed_data_runs_end_to_end(cli, tmp_p
         "2",
         "--memory-budget",
         "4KB",
+        "--jobs",
+        "1",
         "--quiet",
     )
     assert code == 0, err
+    (state,) = execute._STATE.values()  # --jobs 1: the runs were done in this process
+    assert set(state.data.decisions) == {"streamed"} and len(state.data.decisions) == 4
     data = load_study(f"sqlite:///{out / 'study.db'}")
     done = data.done
     assert len(done) == 4 and set(done["size_kind"]) == {"fraction", "list"}

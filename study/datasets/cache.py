@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from study.datasets.base import Dataset
+from study.errors import UserError
 from study.splits import content_hashes
 
 # Bump when decoding changes in a way that alters pixels, to invalidate every cache.
@@ -111,6 +112,10 @@ def _decode_files(partial: Path, plan: FilePlan, size: int, progress: bool | Non
     from tqdm.auto import tqdm
 
     n = len(plan.paths)
+    if n == 0:  # nothing to decode: the loader's check says what is missing
+        if plan.check is not None:
+            plan.check(np.zeros(0, np.int64), None if plan.test is None else np.zeros(0, bool))
+        raise UserError(f"dataset {plan.name!r} has no image files to decode")
     images_path, hashes_path = partial / "decoding.npy", partial / "hashes-decoding.npy"
     record = partial / "chunks.jsonl"
     if not (images_path.exists() and hashes_path.exists()):
