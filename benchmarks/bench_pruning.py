@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from study.config import DataConfig, StudyConfig, TrainConfig, TuneConfig
-    from study.context import load_data
+    from study.plan import load_data
     from study.splits import training_subset
     from study.train import TrainData, train_run
     from study.tune import optuna_storage, tune_cell

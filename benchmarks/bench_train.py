@@ -85,7 +85,7 @@ def harness_loop(args, device: torch.device, cache_dir: Path):
     a full training subset, and the training loop a run of it would use."""
     from study import splits as splitting
     from study.config import DataConfig, StudyConfig, TrainConfig
-    from study.context import load_data
+    from study.plan import load_data
     from study.speed import Speed
     from study.train import TrainData, build_loop
 

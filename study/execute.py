@@ -11,92 +11,36 @@ for the grace period is taken over by a worker that has nothing else to do.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from study.config import StudyConfig, to_dict
-from study.errors import UserError
-from study.store import Cell, RunRow, worker_id
+from study.machine import dask_client, plan_workers, torch_threads
+from study.plan import WorkerState
+from study.store import Cell, Heartbeat, RunRow, worker_id
 
 MAX_RESTARTS = 20  # times the local worker processes are restarted after one of them died
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def plan_workers(jobs: int, device: str, pending: int) -> tuple[int, int]:
-    """(worker processes, torch threads per worker), never oversubscribing the cores.
-
-    On a GPU one worker owns the device. On CPU, small models train faster as several
-    single-thread processes than as one multi-thread process, so ``jobs=0`` uses one worker per
-    core (as many as there are runs).
-    """
-    cores = available_cores()
-    if device == "cuda":
-        workers = jobs or 1
-    else:
-        workers = jobs or cores
-    workers = max(1, min(workers, max(1, pending)))
-    return workers, max(1, cores // workers)
-
-
-class Heartbeat:
-    """Refreshes a run's (or tuning job's) claim from a background thread while it works."""
-
-    def __init__(self, store, run_id: int, worker: str, interval: float, table: type = RunRow):
-        self._store, self._run_id, self._worker, self._interval, self._table = store, run_id, worker, interval, table
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._store.heartbeat(self._run_id, self._worker, table=self._table)
-            except Exception:  # a missed beat is retried; the grace period covers several
-                pass
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@dataclass
-class _WorkerState:
-    ctx: Any
-    data: Any
-    device: Any
-    speed: Any  # study.speed.Speed: layout and compilation, for every run of this worker
-
-
-_STATE: dict[str, _WorkerState] = {}
+_STATE: dict[str, WorkerState] = {}
 _STATE_LOCK = threading.Lock()  # a dask worker runs several tasks at once in threads
 _REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker name) already in ``workers``
 
 
-def _worker_state(cfg: StudyConfig) -> _WorkerState:
+def _worker_state(cfg: StudyConfig) -> WorkerState:
     """The dataset on the training device, loaded once per worker process and reused."""
     import json
 
     key = json.dumps(to_dict(cfg), sort_keys=True)
     with _STATE_LOCK:
         if key not in _STATE:
-            from study.context import ATTACH, open_context
+            from study.plan import ATTACH, open_context
             from study.speed import Speed
             from study.train import TrainData, resolve_device
 
@@ -108,7 +52,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
                     ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip
                 )
             _STATE.clear()
-            _STATE[key] = _WorkerState(
+            _STATE[key] = WorkerState(
                 ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id))
             )
         state = _STATE[key]
@@ -117,19 +61,6 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
         state.ctx.store.register_worker(state.ctx.study_id, me)
         _REGISTERED.add((cfg.storage_url, cfg.name, me))
     return state
-
-
-def torch_threads(cfg: StudyConfig, threads: int = 0) -> int:
-    """Torch threads for a task here: ``cfg.threads``, else ``threads`` (planned by the main
-    process), else this machine's cores shared among the dask worker's threads."""
-    if cfg.threads or threads:
-        return cfg.threads or threads
-    try:
-        from distributed import get_worker
-
-        return max(1, available_cores() // get_worker().state.nthreads)
-    except (ImportError, ValueError):  # not in a dask worker
-        return available_cores()
 
 
 def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
@@ -176,9 +107,9 @@ def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoc
         time.sleep(min(2.0, cfg.heartbeat))
 
 
-def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> dict:
+def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> dict:
     """Train a claimed run under heartbeats and record it, done or failed with its error."""
-    from study.context import environment
+    from study.machine import environment
     from study.train import train_run
 
     ctx = state.ctx
@@ -343,37 +274,6 @@ class _Reports:
                 self.bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
             elif summary["status"] == "failed":
                 tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
-
-
-def dask_client(address: str):
-    """A dask.distributed client of the scheduler at ``address``; a missing package or an
-    unreachable scheduler is the user's to fix."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UserError(
-            "backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)"
-        ) from None
-    try:
-        _probe(address)
-        return Client(address, timeout=15)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(
-            f"cannot reach the dask scheduler at {address!r} "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786"
-        ) from None
-
-
-def _probe(address: str) -> None:
-    """Fail at once on a TCP address nobody listens on (the client would retry for its whole
-    timeout first); other schemes are left to the client."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if parts.scheme == "tcp" and parts.hostname and parts.port:
-        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
 
 
 class _EpochProgress:

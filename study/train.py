@@ -29,8 +29,8 @@ from torch import nn
 
 from study.augment import BatchAugment, to_model_input
 from study.config import TrainConfig
-from study.costs import PeakMemory
 from study.errors import DivergedError
+from study.machine import PeakMemory
 from study.models import count_parameters, create_model, input_size_for, normalization
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 

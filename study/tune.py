@@ -24,30 +24,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy.exc
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from study.config import StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
+from study.plan import WorkerState
 from study.store import (
     DONE,
     FAILED,
-    MAX_ATTEMPTS,
     Cell,
+    Heartbeat,
     NamedLock,
     TuningJobRow,
-    _dead_here,
-    make_engine,
-    schema_lock,
+    dead_here,
+    optuna_storage,
     tuning_study_name,
     worker_id,
 )
@@ -57,37 +53,6 @@ CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose pa
 
 # train(hyper-parameters, on_epoch) -> a result with ``val_acc``; on_epoch may raise to stop.
 TrainFn = Callable[[TrainConfig, Callable[[Any], None]], Any]
-
-
-@functools.lru_cache(maxsize=8)
-def optuna_storage(
-    url: str, heartbeat: float | None = None, grace_period: float | None = None
-) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on the study's database (one per process and URL). With
-    ``heartbeat`` (seconds), each running trial records a heartbeat; one silent for
-    ``grace_period`` is failed by the next worker that looks, and enqueued again
-    (``RetryFailedTrialCallback``) with its parameters."""
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    attempts = 5
-    for attempt in range(1, attempts + 1):
-        try:
-            with warnings.catch_warnings(), schema_lock(make_engine(url)):  # one creator of Optuna's tables at a time
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                beats: dict[str, Any] = {}
-                if heartbeat:
-                    beats = {
-                        "heartbeat_interval": max(1, round(heartbeat)),  # Optuna counts whole seconds
-                        "grace_period": max(2, round(grace_period or 2 * heartbeat)),
-                        # Optuna 4.9 renamed RetryFailedTrialCallback / failed_trial_callback to these.
-                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_ATTEMPTS - 1),
-                    }
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
-        except sqlalchemy.exc.OperationalError:
-            # SQLite: processes opening a fresh database at once race to create Optuna's tables
-            # ("table ... already exists"): the loser finds them created when it tries again.
-            if attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
 
 
 def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -192,7 +157,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
     storage = study._storage  # the study's own storage (Optuna exposes no accessor)
     retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _dead_here(trial.user_attrs.get("worker")):
+        if not dead_here(trial.user_attrs.get("worker")):
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
@@ -267,7 +232,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict | None:
+def tune_next(cfg: StudyConfig, state: WorkerState, show_progress: bool = False) -> dict | None:
     """Join the first open tuning job of the study that still has trials to start, and run
     trials for it until its budget is spent or covered by other workers' running trials; close
     the job when its budget is spent. Returns a summary, or None when no tuning job needs this
@@ -284,10 +249,9 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
     return None
 
 
-def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_progress: bool) -> dict:
+def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, show_progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from study.execute import Heartbeat
     from study.train import train_run
 
     ctx, me, tune = state.ctx, worker_id(), cfg.tune

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import execute, speed
+from study import machine, speed
 from study.config import TrainConfig
 from study.speed import Speed, channels_last_is_faster, use_channels_last
 from study.train import BatchOrder, TrainData, build_loop, train_run
@@ -132,7 +132,7 @@ def test_the_loop_trains_what_it_is_given_and_counts_correct_predictions():
     ],
 )
 def test_workers_and_threads_never_oversubscribe_the_cores(monkeypatch, cores, jobs, device, pending, expected):
-    monkeypatch.setattr(execute, "available_cores", lambda: cores)
-    workers, threads = execute.plan_workers(jobs, device, pending)
+    monkeypatch.setattr(machine, "available_cores", lambda: cores)
+    workers, threads = machine.plan_workers(jobs, device, pending)
     assert (workers, threads) == expected
     assert workers * threads <= max(cores, workers)

@@ -35,7 +35,7 @@ def _toml(tmp_path, text: str):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Digits at 16 px on the CPU, with a training subset, for tuning one cell directly."""
-    from study.context import load_data
+    from study.plan import load_data
     from study.splits import training_subset
     from study.train import TrainData
 
