@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from study.errors import UserError
 from study.store.schema import MAX_ATTEMPTS, STUDY_TABLE, Base
 
 if TYPE_CHECKING:
@@ -151,6 +152,23 @@ def create_tables(engine: Engine) -> None:
     with schema_lock(engine):
         upgrade(engine)
         Base.metadata.create_all(engine)
+
+
+def open_database(url: str, create: bool = True) -> Engine:
+    """An engine on the study database at ``url``, brought up to date (``upgrade``), its tables
+    created unless ``create`` is False (readers create nothing). A bad URL or an unreachable
+    server is the user's to fix: a ``UserError`` naming the URL."""
+    try:
+        engine = make_engine(url)
+        if create:
+            retry_conflicts(lambda: create_tables(engine), errors=(IntegrityError, OperationalError, ProgrammingError))
+        else:
+            upgrade(engine)
+    except Exception as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    return engine
 
 
 def upgrade(engine: Engine) -> None:

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import exists, func, inspect, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from study.errors import UserError
-from study.store.engine import create_tables, make_engine, missing_sqlite_file, retry_conflicts, upgrade
+from study.store.engine import missing_sqlite_file, open_database, retry_conflicts
 from study.store.schema import (
     DONE,
     FAILED,
@@ -56,18 +56,7 @@ class Store:
 
     def __init__(self, url: str, create: bool = True):
         self.url = url
-        try:
-            self.engine = make_engine(url)
-            if create:
-                retry_conflicts(
-                    lambda: create_tables(self.engine), errors=(IntegrityError, OperationalError, ProgrammingError)
-                )
-            else:
-                upgrade(self.engine)
-        except Exception as exc:  # a bad URL or unreachable server is the user's to fix
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+        self.engine = open_database(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
