@@ -84,7 +84,7 @@ class StudyData:
     """One study as read from the store.
 
     runs: one row per planned run (every status), columns ``RUN_COLUMNS``.
-    epochs: one row per round of a finished run: run_id, epoch, train_loss, train_acc,
+    epochs: one row per epoch of a finished run: run_id, epoch, train_loss, train_acc,
         val_loss, val_acc, lr, seconds, images_seen.
     predictions: run_id -> predicted class per test image (int32), for finished runs.
     y_test: the true test labels, in the predictions' order.

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 
     def harness(steps: int) -> None:
         loss_sum, _ = loop.run(steps)
-        loss_sum.item()  # the loop's one synchronisation, as train_run does once per round
+        loss_sum.item()  # the loop's one synchronisation, as train_run does once per epoch
 
     ways = {"limit": limit, "harness": harness}
     if not args.no_reference:

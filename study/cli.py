@@ -82,7 +82,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
-    p.add_argument("--epochs", metavar="N", help="training rounds per run (one pass over full data each)")
+    p.add_argument("--epochs", metavar="N", help="training epochs per run (one pass over full data each)")
     p.add_argument("--min-steps", metavar="N", help="floor on optimiser steps per run, for small fractions")
     p.add_argument("--batch-size", metavar="N")
     p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")

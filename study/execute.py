@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from study.config import StudyConfig, to_dict
 from study.machine import dask_client, plan_workers, torch_threads
+from study.outcomes import Outcome, RunOutcome, TuningOutcome
 from study.plan import WorkerState
 from study.store import Cell, Heartbeat, RunRow, worker_id
 
@@ -73,16 +75,16 @@ def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
     return cfg.train.resolved(run.model), "config"
 
 
-def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> dict | None:
+def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> Outcome | None:
     """Do one piece of the study's work: trials for a cell being tuned, or one run, claimed
-    from the store and recorded there. Returns a summary, or None when the study has nothing
+    from the store and recorded there. Returns what happened, or None when the study has nothing
     left for anyone (no pending run, none held by another worker, no cell being tuned).
 
     While every pending run waits (for a cell being tuned, or held by other workers that might
     die), the worker polls: it takes over runs whose worker fell silent for ``cfg.grace_period``.
 
     Progress: ``show_epochs`` draws an epoch bar here (one worker in the main process);
-    ``epoch_queue`` (a multiprocessing queue) sends each round to the main process instead.
+    ``epoch_queue`` (a multiprocessing queue) sends each epoch to the main process instead.
     """
     import torch
 
@@ -107,14 +109,14 @@ def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoc
         time.sleep(min(2.0, cfg.heartbeat))
 
 
-def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> dict:
+def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> RunOutcome:
     """Train a claimed run under heartbeats and record it, done or failed with its error."""
     from study.machine import environment
     from study.train import train_run
 
     ctx = state.ctx
     cell = Cell(run.model, run.size_kind, run.size_value, run.seed)
-    summary = {"cell": cell.key, "status": "failed"}
+    outcome = RunOutcome(cell.key)
     bar = None
     try:
         hp, source = hparams_for(cfg, run)
@@ -161,16 +163,16 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         }
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
-            summary.update(status="done", test_acc=result.test_acc)
+            outcome.status, outcome.test_acc = "done", result.test_acc
         else:
-            summary.update(status="lost")  # another worker took the run over meanwhile
+            outcome.status = "lost"  # another worker took the run over meanwhile
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
         ctx.store.fail(run.id, me, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-        summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        outcome.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
         if bar is not None:
             bar.close()
-    return summary
+    return outcome
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:
@@ -253,32 +255,32 @@ class _Reports:
         self.store, self.study_id, self.bar = store, study_id, bar
         self.finished = False
 
-    def consume(self, summaries) -> None:
-        for summary in summaries:
-            if summary is None:
+    def consume(self, outcomes: Iterable[Outcome | None]) -> None:
+        for outcome in outcomes:
+            if outcome is None:
                 self.finished = True  # nothing is left for anyone: submit no more tasks
                 continue
-            if summary.get("kind") == "tuning":
-                if summary["status"] == "tuned":
+            if isinstance(outcome, TuningOutcome):
+                if outcome.status == "tuned":
                     tqdm.write(
-                        f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial "
-                        f"#{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
+                        f"tuned {outcome.cell}: best val_acc={outcome.best_value:.3f} (trial "
+                        f"#{outcome.best_trial}; {outcome.complete} complete, {outcome.pruned} pruned)"
                     )
-                elif summary["status"] == "failed":
-                    tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
+                elif outcome.status == "failed":
+                    tqdm.write(f"tuning {outcome.cell} failed: {outcome.error}")
                 continue
             counts = self.store.counts(self.study_id)
             self.bar.n = counts["done"] + counts["failed"]
             self.bar.refresh()
-            if summary["status"] == "done":
-                self.bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
-            elif summary["status"] == "failed":
-                tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
+            if outcome.status == "done":
+                self.bar.set_postfix_str(f"{outcome.cell} test_acc={outcome.test_acc:.3f}")
+            elif outcome.status == "failed":
+                tqdm.write(f"run {outcome.cell} failed: {outcome.error}")
 
 
 class _EpochProgress:
     """An epoch bar in the main process fed by worker processes through a queue: parallel
-    workers cannot share a terminal line, but each round they finish shows here."""
+    workers cannot share a terminal line, but each epoch they finish shows here."""
 
     def __init__(self, total: int):
         import multiprocessing
@@ -293,7 +295,7 @@ class _EpochProgress:
         while (item := self.queue.get()) is not None:
             cell, epoch, val_acc = item
             self._bar.update(1)
-            self._bar.set_postfix_str(f"{cell} round {epoch} val_acc={val_acc:.3f}")
+            self._bar.set_postfix_str(f"{cell} epoch {epoch} val_acc={val_acc:.3f}")
 
     def close(self) -> None:
         self.queue.put(None)

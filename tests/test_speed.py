@@ -112,7 +112,7 @@ def test_a_compiled_model_is_compiled_once_and_each_run_starts_from_fresh_weight
 def test_the_loop_trains_what_it_is_given_and_counts_correct_predictions():
     data = _data()
     loop = build_loop(data, np.arange(36), FAST_MODEL, HP, 0, torch.device("cpu"))
-    assert loop.batch == 8 and loop.steps_per_round * loop.rounds >= HP.min_steps
+    assert loop.batch == 8 and loop.steps_per_epoch * loop.epochs >= HP.min_steps
     before = [p.detach().clone() for p in loop.plain.parameters()]
     loss_sum, correct = loop.run(3)
     assert loss_sum.item() > 0 and 0 <= correct.item() <= 3 * 8

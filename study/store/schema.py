@@ -130,7 +130,7 @@ class RunRow(Claimed, Base):
 
 
 class EpochRow(Base):
-    """Training and validation metrics of one round of one run."""
+    """Training and validation metrics of one epoch of one run."""
 
     __tablename__ = "epochs"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
