@@ -17,14 +17,13 @@ import traceback
 import warnings
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
 
 from tqdm.auto import tqdm
 
-from study.config import StudyConfig, to_dict
+from study.config import StudyConfig, TrainConfig, to_dict
 from study.machine import dask_client, plan_workers, torch_threads
 from study.outcomes import Outcome, RunOutcome, TuningOutcome
-from study.plan import WorkerState
+from study.plan import ATTACH, WorkerState, open_context
 from study.store import Cell, Heartbeat, RunRow, worker_id
 
 MAX_RESTARTS = 20  # times the local worker processes are restarted after one of them died
@@ -42,7 +41,6 @@ def _worker_state(cfg: StudyConfig) -> WorkerState:
     key = json.dumps(to_dict(cfg), sort_keys=True)
     with _STATE_LOCK:
         if key not in _STATE:
-            from study.plan import ATTACH, open_context
             from study.speed import Speed
             from study.train import TrainData, resolve_device
 
@@ -65,7 +63,7 @@ def _worker_state(cfg: StudyConfig) -> WorkerState:
     return state
 
 
-def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
+def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[TrainConfig, str]:
     """The hyper-parameters a run uses and where they came from: the best trial of its cell's
     Optuna study when the study tunes, else the config's ``[train]``."""
     if cfg.tune.trials:
