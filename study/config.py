@@ -466,13 +466,14 @@ dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cif
                           # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
                           # text-recognition: the output of `study datasets build-text-recognition`
 # test_root = ""          # imagefolder: optional separate folder of test images
+# cache_dir = ""          # where decoded arrays are cached; default <out>/cache
 image_size = 32           # images are decoded once at this size and cached
 test_fraction = 0.2       # held-out test split when the dataset has none of its own
 val_fraction = 0.2        # validation part of the training pool (tuning, early stopping)
 min_per_class = 2         # every subset keeps at least this many images per class
 
 [train]
-epochs = 6                # epochs: one pass over the run's subset each, more for small subsets
+epochs = 6                # each one pass over the run's subset, more for small subsets
 min_steps = 40            # floor on optimiser steps for small fractions
 batch_size = 32
 optimizer = "adamw"       # adamw | adam | sgd

@@ -1,10 +1,13 @@
-"""Every command-line flag that sets a setting reaches a real config key: a flag that maps to
-nothing would be silently ignored."""
+"""Settings are declared once, in ``study/config.py``'s dataclasses; these tests keep what is
+derived by hand in step with them: every command-line flag that sets a setting reaches a real
+config key (a flag that maps to nothing would be silently ignored), the worker's flags are the
+machine's, and ``study init``'s example names every setting."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -55,3 +58,15 @@ def test_a_flag_value_reaches_the_config():
     args = cli.build_parser().parse_args(["run", "--epochs", "7", "--grace-period", "55", "--pruner", "none"])
     cfg = cli._config(args)
     assert (cfg.train.epochs, cfg.grace_period, cfg.tune.pruner) == (7, 55.0, "none")
+
+
+def test_init_example_names_every_setting():
+    """``study init`` writes every setting (commented where it has no useful default)."""
+    section, written = "", set()
+    for line in config.EXAMPLE_TOML.splitlines():
+        text = line.lstrip("# ").strip()
+        if match := re.match(r"^\[(\w+)\]", text):
+            section = match.group(1)
+        elif match := re.match(r"^(\w+)\s*=", text):
+            written.add(f"{section}.{match.group(1)}" if section else match.group(1))
+    assert written == _config_keys()
