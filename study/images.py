@@ -176,7 +176,7 @@ class TrainData:
 
 
 class BatchStream:
-    """Training batches, taken a round at a time; ``close`` ends any reading ahead."""
+    """Training batches, taken an epoch at a time; ``close`` ends any reading ahead."""
 
     def take(self, steps: int) -> Iterator[Batch]:
         raise NotImplementedError
@@ -190,7 +190,7 @@ class _ResidentStream(BatchStream):
         self.data, self.train_idx, self.order, self.device = data, train_idx, order, device
 
     def take(self, steps: int) -> Iterator[Batch]:
-        # A round's positions go to the device at once, so the loop never waits for a copy.
+        # An epoch's positions go to the device at once, so the loop never waits for a copy.
         positions = self.order.take(steps, self.device)
         for i in range(steps):
             idx = self.train_idx[positions[i]]

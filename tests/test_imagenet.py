@@ -13,9 +13,9 @@ from PIL import Image
 
 from study import execute
 from study.config import DataConfig, StudyConfig
-from study.context import load_data_and_lists
 from study.datasets import load_dataset
 from study.errors import UserError
+from study.plan import load_data_and_lists
 from tests.conftest import FAST_MODEL, class_image
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
