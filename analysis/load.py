@@ -9,6 +9,7 @@ import pandas as pd
 from sqlalchemy import inspect, select
 
 from study.errors import UserError
+from study.masking import mask_urls, masked_url
 from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
 
 RUN_COLUMNS = [
@@ -128,13 +129,14 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     if name is None:
         if len(names) != 1:
             raise UserError(
-                f"the store {url} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --name"
+                f"the store {masked_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "name one with --name"
             )
         name = names[0]
     with store.session() as s:
         study = s.scalar(select(StudyRow).where(StudyRow.name == name))
         if study is None:
-            raise UserError(f"study {name!r} is not in {url}; studies there: {', '.join(names) or 'none'}")
+            raise UserError(f"study {name!r} is not in {masked_url(url)}; studies there: {', '.join(names) or 'none'}")
         runs = list(s.scalars(select(RunRow).where(RunRow.study_id == study.id).order_by(RunRow.id)))
         run_ids = [r.id for r in runs if r.status == DONE]
         epochs = list(s.scalars(select(EpochRow).where(EpochRow.run_id.in_(run_ids)))) if run_ids else []
@@ -157,7 +159,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     return StudyData(
         name=study.name,
         settings=study.settings,
-        config=study.config,
+        config=_masked_config(study.config),
         dataset=study.dataset,
         splits=study.splits,
         runs=run_frame,
@@ -167,6 +169,14 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
     )
+
+
+def _masked_config(config: dict) -> dict:
+    """The stored config as shown (report, manifest): its storage URL without the password,
+    also in databases written before the URL was masked on the way in."""
+    if config.get("storage"):
+        return {**config, "storage": masked_url(config["storage"])}
+    return config
 
 
 def _cost_rows(store: Store, study_id: int) -> list[dict]:
@@ -182,7 +192,9 @@ def _names(store: Store) -> list[str]:
     try:
         return store.study_names()
     except Exception as exc:  # no tables: not a study database
-        raise UserError(f"{store.url} is not a study database ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"{masked_url(store.url)} is not a study database ({mask_urls(str(exc).splitlines()[0])})"
+        ) from None
 
 
 def results_table(data: StudyData) -> pd.DataFrame:

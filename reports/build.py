@@ -25,6 +25,7 @@ from analysis.study_analysis import StudyAnalysis, analyse
 from reports import figures
 from reports import format as fmt
 from reports.narrative import answer_paragraphs, missing_summary
+from study.masking import masked_url
 
 ENVIRONMENT_KEYS = [
     "python",
@@ -310,4 +311,5 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "n_boot_curves": len(a.curves.draws),
         "confidence": a.curves.confidence,
         "families": list(a.curves.families),
+        "store": masked_url(data.storage_url) if data.storage_url else "",
     }

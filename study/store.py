@@ -55,6 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql.expression import FunctionElement
 
 from study.errors import UserError
+from study.masking import mask_urls, masked_url
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -434,7 +435,8 @@ class Store:
         except Exception as exc:  # a bad URL or unreachable server is the user's to fix
             if isinstance(exc, UserError):
                 raise
-            raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+            reason = mask_urls(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise UserError(f"cannot open storage {masked_url(url)!r}: {reason}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
@@ -483,8 +485,8 @@ class Store:
         if row is None:
             names = ", ".join(repr(n) for n in self.study_names()) or "none"
             raise UserError(
-                f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or "
-                "pass --name"
+                f"no study {name!r} in {masked_url(self.url)} (studies there: {names}); "
+                "start it with `python -m study run`, or pass --name"
             )
         self._refuse_other_settings(row, fingerprint, settings)
         return row.id
@@ -493,8 +495,8 @@ class Store:
         if row.fingerprint != fingerprint:
             key, old, new = _first_difference(row.settings, settings)
             raise UserError(
-                f"study {row.name!r} in {self.url} was run with {key}={old!r}, this config has {key}={new!r}; "
-                "use the same settings to resume, or --name NEW for a separate study"
+                f"study {row.name!r} in {masked_url(self.url)} was run with {key}={old!r}, "
+                f"this config has {key}={new!r}; use the same settings to resume, or --name NEW for a separate study"
             )
 
     def study(self, name: str) -> StudyRow | None:
@@ -571,6 +573,33 @@ class Store:
                     )
                     released += res.rowcount
         return released
+
+    def hand_back(self, study_id: int, worker: str) -> dict[str, int]:
+        """A stopped command's work back to pending at once: the runs and tuning jobs held by
+        ``worker`` (the command's own process) or by processes of this host that are gone (its
+        pool's workers, stopped with it). The attempt a run used is given back too: being
+        stopped is not the run's failure. Returns how many runs and tuning jobs went back."""
+        handed = {"runs": 0, "tuning_jobs": 0}
+        with self.session(write=True) as s:
+            for table, key in ((RunRow, "runs"), (TuningJobRow, "tuning_jobs")):
+                held = s.execute(
+                    select(table.id, table.worker)
+                    .where(table.study_id == study_id, table.status == RUNNING)
+                    .order_by(table.id)
+                ).all()
+                for row_id, holder in held:
+                    if holder != worker and not _dead_here(holder):
+                        continue
+                    values: dict[str, Any] = {"status": PENDING, "worker": None}
+                    if table is RunRow:
+                        values["attempts"] = table.attempts - 1  # a claim counted one
+                    res = s.execute(
+                        update(table)
+                        .where(table.id == row_id, table.status == RUNNING, table.worker == holder)
+                        .values(**values)
+                    )
+                    handed[key] += res.rowcount
+        return handed
 
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
         """Atomically take the next pending run of the study, or None when none is left.
@@ -664,7 +693,7 @@ class Store:
             s.execute(
                 update(table)
                 .where(table.id == run_id, table.worker == worker, table.status == RUNNING)
-                .values(status=FAILED, finished_at=db_now(), error=error[:4000])
+                .values(status=FAILED, finished_at=db_now(), error=mask_urls(error)[:4000])
             )
 
     def retry_failed(self, study_id: int) -> int:
@@ -730,7 +759,7 @@ class Store:
             res = s.execute(
                 update(TuningJobRow)
                 .where(TuningJobRow.id == job_id, TuningJobRow.status.in_((PENDING, RUNNING)))
-                .values(status=status, finished_at=db_now(), error=error[:4000] if error else None)
+                .values(status=status, finished_at=db_now(), error=mask_urls(error)[:4000] if error else None)
             )
             return res.rowcount == 1
 
@@ -804,7 +833,9 @@ class Store:
             s.execute(
                 update(WorkerRow)
                 .where(WorkerRow.study_id == study_id, WorkerRow.name == worker)
-                .values(doing=doing[:500], heartbeat_at=db_now(), trials_done=WorkerRow.trials_done + trials_done)
+                .values(
+                    doing=mask_urls(doing)[:500], heartbeat_at=db_now(), trials_done=WorkerRow.trials_done + trials_done
+                )
             )
 
     def workers(self, study_id: int) -> list[WorkerRow]:
