@@ -351,6 +351,7 @@ def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | Non
 
     deadline = time.monotonic() + wait
     store: Store | None = None
+    said = False
     while True:
         if store is None and _missing_sqlite_file(url) is None:
             store = Store(url)
@@ -358,6 +359,10 @@ def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | Non
         chosen = name or (names[0] if len(names) == 1 else None)
         if chosen in names or time.monotonic() >= deadline:
             return store, (chosen if chosen in names else None), names
+        if not said:  # once, so that whoever started the worker (or a test) sees it is waiting
+            what = f"study {name!r}" if name else "a study"
+            print(f"study: waiting up to {wait:g} s for {what} in {masked_url(url)}", file=sys.stderr, flush=True)
+            said = True
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
@@ -371,16 +376,20 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets:
     """Write results.csv and the report from the store. A full disk or an I/O error is one line
     (``WriteError``); the store is only read, so nothing stored is touched."""
     from analysis.load import load_study, results_table
+    from study.store import NamedLock, Store
 
-    data = load_study(url, name)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(out / "results.csv", lambda path: results_table(data).to_csv(path, index=False))
-        if report:
-            from reports import write_report
+        # Two commands finishing one study together (two terminals on one --out) take turns: the
+        # one that writes last reads the store last, and neither deletes the other's figures.
+        with NamedLock(Store(url, create=False).engine, f"outputs:{out.absolute()}"):
+            data = load_study(url, name)
+            out.mkdir(parents=True, exist_ok=True)
+            _replace_atomically(out / "results.csv", lambda path: results_table(data).to_csv(path, index=False))
+            if report:
+                from reports import write_report
 
-            folder = write_report(data, out, targets=targets)
-            print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
+                folder = write_report(data, out, targets=targets)
+                print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
     except OSError as exc:
         where = exc.filename or out
         raise WriteError(

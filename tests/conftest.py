@@ -184,6 +184,17 @@ def write_flickr(root: Path, n: int = 8, seed: int = 2) -> Path:
     return root
 
 
+def silence(store, table, row_id: int, seconds: float) -> None:
+    """Make a claim look silent for ``seconds`` by the database's clock (its last heartbeat set
+    back), as a worker that stopped beating would leave it, without waiting that long."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    with store.session() as s:
+        s.execute(update(table).where(table.id == row_id).values(heartbeat_at=store.now() - timedelta(seconds=seconds)))
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``python -m study ARGS`` in-process; returns (exit status, stdout, stderr)."""

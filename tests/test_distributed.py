@@ -261,8 +261,8 @@ def test_a_worker_started_before_its_study_waits_for_it_with_wait(cli, tmp_path)
     """SLURM may start the workers before `study run` has created the study: with --wait they
     poll the store for it instead of exiting, then share its runs."""
     worker = _start("worker", "--out", tmp_path, "--wait", "120", "--jobs", "1", "--threads", "1", "--quiet")
-    time.sleep(1.0)
-    assert worker.poll() is None  # still waiting: no database yet
+    assert worker.stderr.readline().startswith("study: waiting up to 120 s for a study in sqlite:///")
+    assert worker.poll() is None  # it said it waits (no database yet), and it does
     assert (
         cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--no-report")[0]
         == 0
