@@ -170,7 +170,7 @@ def open_tuning_study(
     study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int
 ) -> optuna.Study:
     """The cell's Optuna study (made if new), with the trials of dead workers failed."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress and failed trials are ours to show
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -194,6 +194,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
         if not _dead_here(trial.user_attrs.get("worker")):
             continue
         try:
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 _retry(study, trial._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -207,7 +208,6 @@ def _retry(study: optuna.Study, trial_id: int) -> None:
     retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     if retry is not None:
         retry(study, storage.get_trial(trial_id))
-    storage.set_trial_user_attr(trial_id, "interrupted", True)
 
 
 def budget_left(study: optuna.Study, tune: TuneConfig) -> int:
@@ -252,6 +252,9 @@ def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: Tun
             rounds += 1  # the round whose loss diverged was trained too
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:  # the command is stopping (study.stopping); Optuna fails the trial
+            trial.set_user_attr("interrupted", True)
+            raise
         finally:
             trial.set_user_attr("epochs_run", rounds)
 
