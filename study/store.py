@@ -544,34 +544,43 @@ class Store:
         ``MAX_ATTEMPTS`` times (killed for memory each time, say) is failed instead, so one run
         cannot take every worker down in turn. Tuning jobs without any heartbeat for the grace
         period go back to pending too (their trials are judged by Optuna's own heartbeats).
-        Returns how many runs and jobs were released or failed."""
-        released = 0
-        with self.session(write=True) as s:
+        Returns how many runs and jobs were released or failed.
+
+        Every worker calls this before each claim, and nearly always nothing is stale: the
+        candidates are found by a read, and only when there are any is a write lock taken
+        (on SQLite, a write transaction would queue every worker behind every other)."""
+        with self.session() as s:
             cutoff = s.scalar(select(db_now())) - timedelta(seconds=grace_seconds)
+            stale = []
             for table in (RunRow, TuningJobRow):
-                # In id order, so that workers releasing at once lock rows in one order (no deadlock).
-                for row in s.scalars(
-                    select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)
+                for row in s.execute(
+                    select(table.id, table.worker, table.heartbeat_at, table.attempts).where(
+                        table.study_id == study_id, table.status == RUNNING
+                    )
                 ):
                     silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
-                    if not (silent or (table is RunRow and _dead_here(row.worker))):
-                        continue
-                    values: dict[str, Any] = {"status": PENDING, "worker": None}
-                    if table is RunRow and row.attempts >= MAX_ATTEMPTS:
-                        values = {
-                            "status": FAILED,
-                            "finished_at": db_now(),
-                            "error": f"its worker stopped {row.attempts} times before finishing it "
-                            f"(last {row.worker}: killed, out of memory, "
-                            "or the machine went down); run with --retry-failed to try again",
-                        }
-                    # Conditional on the row being unchanged since read: never steal a fresh claim.
-                    res = s.execute(
-                        update(table)
-                        .where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
-                        .values(**values)
-                    )
-                    released += res.rowcount
+                    if silent or (table is RunRow and _dead_here(row.worker)):
+                        stale.append((table, row, silent))
+        if not stale:
+            return 0
+        released = 0
+        with self.session(write=True) as s:
+            # In id order, so that workers releasing at once lock rows in one order (no deadlock).
+            for table, row, silent in sorted(stale, key=lambda t: (t[0].__tablename__, t[1].id)):
+                values: dict[str, Any] = {"status": PENDING, "worker": None}
+                if table is RunRow and row.attempts >= MAX_ATTEMPTS:
+                    values = {
+                        "status": FAILED,
+                        "finished_at": db_now(),
+                        "error": f"its worker stopped {row.attempts} times before finishing it "
+                        f"(last {row.worker}: killed, out of memory, "
+                        "or the machine went down); run with --retry-failed to try again",
+                    }
+                # Conditional on the row being as read: never steal a fresh claim or a fresh heartbeat.
+                query = update(table).where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
+                if silent and row.heartbeat_at is not None:
+                    query = query.where(table.heartbeat_at < cutoff)
+                released += s.execute(query.values(**values)).rowcount
         return released
 
     def hand_back(self, study_id: int, worker: str) -> dict[str, int]:
@@ -613,12 +622,9 @@ class Store:
         )
         if models is not None:
             query = query.where(RunRow.model.in_(models))
-        run = self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
-        if run is not None:
-            self.worker_doing(study_id, worker, f"run {run.cell_key}")
-        return run
+        return self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
 
-    def _claim_next(self, table: Claimable, candidates, worker: str):
+    def _claim_next(self, table: type[RunRow], candidates, worker: str) -> RunRow | None:
         # PostgreSQL: the candidate row is locked and rows other workers are claiming are skipped,
         # so concurrent claims take different rows without waiting (the usual job-queue idiom).
         # SQLite ignores FOR UPDATE; the transaction holds its write lock from the start (BEGIN IMMEDIATE),
@@ -642,7 +648,14 @@ class Store:
                     )
                 )
                 if res.rowcount == 1:
-                    return s.get(table, row_id)
+                    run = s.get(table, row_id)
+                    # What the worker does, in the same transaction: one write per claim, not two.
+                    s.execute(
+                        update(WorkerRow)
+                        .where(WorkerRow.study_id == run.study_id, WorkerRow.name == worker)
+                        .values(doing=f"run {run.cell_key}"[:500], heartbeat_at=db_now())
+                    )
+                    return run
 
     def heartbeat(self, run_id: int, worker: str, table: Claimable = RunRow) -> bool:
         """Refresh a run's claim (and its worker's row); False if the run is no longer this

@@ -79,9 +79,11 @@ def test_a_silent_run_is_taken_over_after_the_grace_period_and_failed_after_max_
     assert not store.heartbeat(run.id, "machine-a:1")  # the first worker learns it lost the run...
     assert not store.finish(run.id, "machine-a:1", {"test_acc": 0.1}, [], np.array([0]))  # ...and cannot record it
     for attempt in range(3, MAX_ATTEMPTS + 1):  # its workers keep dying (killed for memory, say)
-        store.release_stale(sid, grace_seconds=0)
+        silence(store, RunRow, run.id, 60)
+        store.release_stale(sid, grace_seconds=30)
         assert store.claim(sid, f"machine-{attempt}:1").attempts == attempt
-    assert store.release_stale(sid, grace_seconds=0) == 1
+    silence(store, RunRow, run.id, 60)
+    assert store.release_stale(sid, grace_seconds=30) == 1
     (row,) = store.runs(sid)
     assert (
         row.status == FAILED
