@@ -267,7 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ctx = open_context(cfg)
     for warning in ctx.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
     if cfg.costs:
@@ -332,7 +332,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
     for warning in ctx.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)

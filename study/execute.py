@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from study.config import StudyConfig, to_dict
 from study.errors import UserError
+from study.masking import mask_urls
 from study.stopping import Stopped, ignore_interrupts
 from study.store import Cell, RunRow, worker_id
 
@@ -381,7 +382,7 @@ class _Reports:
                         f"#{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
                     )
                 elif summary["status"] == "failed":
-                    tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
+                    tqdm.write(f"tuning {summary['cell']} failed: {mask_urls(summary.get('error', ''))}")
                 continue
             counts = self.store.counts(self.study_id)
             self.bar.n = counts["done"] + counts["failed"]
@@ -389,7 +390,7 @@ class _Reports:
             if summary["status"] == "done":
                 self.bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
             elif summary["status"] == "failed":
-                tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
+                tqdm.write(f"run {summary['cell']} failed: {mask_urls(summary.get('error', ''))}")
 
 
 def dask_client(address: str):

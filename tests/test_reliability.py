@@ -223,6 +223,39 @@ def test_a_stopped_run_hands_its_runs_back_at_once_and_a_resume_does_each_run_on
 
 
 @pytest.mark.slow
+def test_a_stopped_study_worker_hands_its_run_to_the_command_still_running_at_once(tmp_path):
+    """`study worker` joins a running `study run`; stopped by SIGTERM in the middle of a run, it
+    hands that run back at once, and the other command does it (no grace period waited for:
+    the grace period here is longer than the test allows)."""
+    long_grace = [*TINY, "--epochs", "8", "--min-steps", "320", "--heartbeat", "1", "--grace-period", "3600"]
+    db_path = tmp_path / "study.db"
+    runner = _start("run", "--out", tmp_path, *long_grace, *CELLS, "--jobs", "1", "--no-report")
+    _poll(db_path, "select name from workers where doing like 'run %: epoch 1/8,%'")
+    (main_worker,) = _poll(db_path, "select name from workers")[0]
+    worker = _start("worker", "--out", tmp_path, "--jobs", "1", "--threads", "1", "--quiet")
+    ((run_id,),) = _poll(
+        db_path,
+        f"select r.id from runs r join workers w on w.name = r.worker where r.status = 'running'"
+        f" and w.name != '{main_worker}' and w.doing like 'run %: epoch 1/8,%'",
+    )
+    os.kill(worker.pid, signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 143 and "1 run(s)" in err and "resume with: python -m study worker" in err, err
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("select status, attempts from runs where id = ?", (run_id,)).fetchone() in (
+            ("pending", 0),
+            ("running", 1),  # already taken by the command still running
+        )
+    out, err = runner.communicate(timeout=600)
+    assert runner.returncode == 0 and "4 done, 0 failed, 0 left" in out, err
+    with sqlite3.connect(db_path) as db:
+        assert db.execute(
+            "select worker like ?, attempts from runs where id = ?", (f"{main_worker}%", run_id)
+        ).fetchone() == (1, 1)
+        assert db.execute("select count(*), max(attempts) from runs where status = 'done'").fetchone() == (4, 1)
+
+
+@pytest.mark.slow
 def test_a_stopped_worker_fails_its_trial_so_it_reruns_and_a_resume_spends_the_budget_once(tmp_path):
     import optuna
 
