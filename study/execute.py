@@ -444,7 +444,10 @@ class _EpochProgress:
             self._bar.set_postfix_str(f"{cell} round {epoch} val_acc={val_acc:.3f}")
 
     def close(self) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout=5)
+        try:
+            self.queue.put(None)
+            self._thread.join(timeout=5)
+        except (OSError, EOFError):  # the manager's process was stopped with the rest (SIGTERM to the group)
+            pass
         self._bar.close()
         self._manager.shutdown()

@@ -312,3 +312,27 @@ def test_two_run_commands_on_one_out_share_the_study_and_do_each_run_once(tmp_pa
     workers = db.execute("select name, runs_done from workers").fetchall()
     assert sum(n for _, n in workers) == 6  # the runs, split between the two commands' workers
     assert (tmp_path / "report" / "index.html").is_file() and len(pd.read_csv(tmp_path / "results.csv")) == 6
+
+
+def test_the_first_signal_raises_stopped_and_a_second_exits_at_once():
+    script = (
+        "import os, signal\n"
+        "from study.stopping import Stopped, stop_on_signals\n"
+        "with stop_on_signals():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        while True: pass\n"
+        "    except Stopped as stop:\n"
+        "        print('first', stop, stop.exit_status, flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        while True: pass  # handing back, when the second signal comes\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout == "first SIGTERM 143\n" and proc.returncode == 130
+    assert proc.stderr == "study: stopped at once; the next command takes back what was in flight\n"
