@@ -58,11 +58,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def count_write_transactions(engine) -> list[int]:
+    """A one-element counter of the transactions that took the write lock (SQLite's BEGIN
+    IMMEDIATE) or wrote a row: what workers queue for, independent of this machine's speed."""
+    from sqlalchemy import event
+
+    count, writing = [0], set()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _seen(conn, cursor, statement, *args):  # noqa: ANN001
+        if statement.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE") or "IMMEDIATE" in statement:
+            writing.add(id(conn))
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn):  # noqa: ANN001
+        if id(conn) in writing:
+            writing.discard(id(conn))
+            count[0] += 1
+
+    return count
+
+
 def work(url: str, study_id: int, start, queue) -> None:
     """One worker process: the store calls of ``run_next`` per run, until nothing is left."""
     store = Store(url)
     me = worker_id()
     store.register_worker(study_id, me)
+    writes = count_write_transactions(store.engine)
     start.wait()
     claimed, lost = [], 0
     while True:
@@ -73,9 +95,10 @@ def work(url: str, study_id: int, start, queue) -> None:
         lost += not store.heartbeat(run.id, me)
         store.finish(run.id, me, {"test_acc": 0.5, "val_acc": 0.5, "epochs_run": 3}, EPOCHS, PREDICTIONS)
         claimed.append(run.id)
+    written = writes[0]
     store.worker_doing(study_id, me, "idle: nothing left to do")
     store.engine.dispose()
-    queue.put((claimed, lost))
+    queue.put((claimed, lost, written))
 
 
 def measure(url: str, runs: int, workers: int) -> dict:
@@ -97,7 +120,7 @@ def measure(url: str, runs: int, workers: int) -> dict:
     seconds = time.perf_counter() - began
     for proc in procs:
         proc.join()
-    claimed = [run_id for ids, _ in results for run_id in ids]
+    claimed = [run_id for ids, _, _ in results for run_id in ids]
     rows = store.runs(study_id)
     with store.engine.connect() as conn:
         from sqlalchemy import text
@@ -108,10 +131,11 @@ def measure(url: str, runs: int, workers: int) -> dict:
         "done": sum(r.status == DONE for r in rows),
         "attempts_1": sum(r.attempts == 1 for r in rows),
         "duplicate_claims": len(claimed) - len(set(claimed)),
-        "lost_heartbeats": sum(lost for _, lost in results),
+        "lost_heartbeats": sum(lost for _, lost, _ in results),
+        "writes_per_run": sum(w for _, _, w in results) / runs,
         "predictions": tuple(predictions),
         "epochs": epochs,
-        "per_worker": sorted(len(ids) for ids, _ in results),
+        "per_worker": sorted(len(ids) for ids, _, _ in results),
     }
     ok = (
         checks["done"] == runs
@@ -154,7 +178,8 @@ def main(argv=None) -> int:
                 failed |= not result["ok"]
                 print(
                     f"{kind:10s} workers={n}: {result['seconds']:6.2f} s, {result['rate']:7.1f} claims/s, "
-                    f"ratio to 1 worker {result['rate'] / base:.2f}; exactly once: {'yes' if result['ok'] else 'NO'} "
+                    f"ratio to 1 worker {result['rate'] / base:.2f}, {result['writes_per_run']:.2f} write "
+                    f"transactions per run; exactly once: {'yes' if result['ok'] else 'NO'} "
                     f"(done {result['done']}, attempts=1 {result['attempts_1']}, duplicates "
                     f"{result['duplicate_claims']}, lost heartbeats {result['lost_heartbeats']}, "
                     f"runs per worker {result['per_worker']})",
