@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from study.stopping import stop_on_signals  # noqa: E402
 from study.store import DONE, Cell, Store, worker_id  # noqa: E402
 
 EPOCHS = [
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     stores = [s.strip() for s in args.stores.split(",")]
     failed = False
     print(f"{args.runs} runs per study; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    with ExitStack() as stack:
+    with stop_on_signals(), ExitStack() as stack:  # Ctrl-C or SIGTERM still stops the server and deletes it
         server = None
         if "postgresql" in stores:
             from tests.postgres import throwaway_postgres
