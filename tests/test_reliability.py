@@ -140,6 +140,14 @@ def test_a_full_disk_while_writing_the_outputs_is_one_line_and_leaves_store_and_
     assert db.execute("select id, status, finished_at, test_acc from runs order by id").fetchall() == runs_before
     assert db.execute("pragma integrity_check").fetchone() == ("ok",)
 
+    monkeypatch.undo()
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)  # the disk fills up while the figures are drawn
+    code, out, err = cli("report", "--out", tmp_path)
+    assert code == 1 and err.count("\n") == 1 and "No space left on device" in err and ".png'" in err
+    assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+
     monkeypatch.undo()  # space freed: the report is written from the store alone
     code, out, err = cli("report", "--out", tmp_path)
     assert code == 0 and (tmp_path / "report" / "index.html").is_file(), err
