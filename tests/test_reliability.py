@@ -61,6 +61,7 @@ def test_a_password_is_masked_in_the_error_of_an_unreachable_store(cli, tmp_path
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # a whole study and its report on PostgreSQL
 def test_a_password_is_masked_in_status_the_workers_table_the_store_and_the_report(cli, postgres_url, tmp_path):
     """The throwaway server trusts every login, so a URL with a password opens it: a whole study
     is run and reported, and the password appears nowhere that is shown or stored."""
