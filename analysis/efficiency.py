@@ -385,11 +385,12 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
     smaller of their smallest measured sizes to ``extend`` x the larger largest size.
 
     n_cross: the last sign change of fit_A - fit_B on that range (after it the order holds).
-    Interval: the sizes around it where the interval of the difference contains 0; the
+    Interval: from the first to the last size where the interval of the difference contains 0; the
     difference's interval combines the paired leave-one-seed-out jackknife (same seeds left out
     of both fits), both curves' lack of fit and their extrapolation error; 0 or inf where it
     runs off the searched range. status: 'within the measured range', 'beyond the measured
-    range' (extrapolated) or 'no crossover'."""
+    range' (extrapolated) or 'no crossover' (then ci_low / ci_high, where present, bound the
+    sizes at which the curves are within each other's interval, so a crossing is not ruled out)."""
     confidence = curves.confidence if confidence is None else confidence
     z = stats.norm.ppf(0.5 + confidence / 2)
     rows = []
@@ -410,27 +411,33 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         sign = np.sign(diff)
         changes = np.flatnonzero(sign[:-1] * sign[1:] < 0)
         row = {"model_a": a, "model_b": b}
+        covers = np.abs(diff) <= half
         if not len(changes):
             ahead = a if diff[-1] > 0 else b
-            row.update(n_cross=np.nan, ci_low=np.nan, ci_high=np.nan, extrapolated=False, status="no crossover")
+            row.update(n_cross=np.nan, extrapolated=False, status="no crossover")
             row["sentence"] = (
                 f"{a} and {b}: no crossover within the measured range or up to {extend:g}× beyond it "
-                f"({ahead} ahead throughout)"
+                f"({ahead} ahead throughout"
             )
+            if covers.any():  # where the curves are within each other's interval, a crossing is not ruled out
+                lo_c, hi_c = float(grid[covers][0]), float(grid[covers][-1])
+                row.update(ci_low=lo_c, ci_high=hi_c)
+                row["sentence"] += f"; a crossing between {lo_c:,.0f} and {hi_c:,.0f} images is not ruled out)"
+            else:
+                row.update(ci_low=np.nan, ci_high=np.nan)
+                row["sentence"] += ", beyond the 95% interval everywhere)"
             rows.append(row)
             continue
         i = int(changes[-1])
         f = diff[i] / (diff[i] - diff[i + 1])
         n_cross = float(np.exp(np.log(grid[i]) + f * (np.log(grid[i + 1]) - np.log(grid[i]))))
-        covers = np.abs(diff) <= half
-        left = i
-        while left > 0 and covers[left - 1]:
-            left -= 1
-        right = i + 1
-        while right < len(grid) - 1 and covers[right + 1]:
-            right += 1
-        ci_low = 0.0 if left == 0 and covers[0] else float(grid[left])
-        ci_high = np.inf if right == len(grid) - 1 and covers[-1] else float(grid[right])
+        # every size where the difference's interval holds 0 could be the crossing: the interval
+        # spans them all (from the first to the last), so it covers as often as the band does there
+        where = np.flatnonzero(covers)
+        if len(where) == 0:
+            where = np.array([i, i + 1])
+        ci_low = 0.0 if where[0] == 0 else float(grid[where[0]])
+        ci_high = np.inf if where[-1] == len(grid) - 1 else float(grid[where[-1]])
         beyond = n_cross > min(ca.n_max, cb.n_max)
         first, second = (a, b) if diff[i + 1] > 0 else (b, a)
         row.update(n_cross=n_cross, ci_low=ci_low, ci_high=ci_high, extrapolated=bool(beyond))

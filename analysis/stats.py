@@ -83,7 +83,8 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
     b + c trials with probability 1/2 (1 when there is no discordant item)."""
     a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     b, c = int((a & ~b_).sum()), int((~a & b_).sum())
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    # the binomial(b + c, 1/2) is symmetric, so the exact two-sided p is twice the smaller tail
+    p = 1.0 if b + c == 0 else float(min(1.0, 2 * stats.binom.cdf(min(b, c), b + c, 0.5)))
     return b, c, p
 
 
@@ -315,12 +316,9 @@ def paired_comparisons(
     rows, by_seed = [], []
     sizes = runs.groupby(["size_kind", "size_value"], sort=True)
     for (kind, value), group in sizes:
-        table = group.pivot_table(index="seed", columns="model", values=metric, aggfunc="first")
-        ids = (
-            group.pivot_table(index="seed", columns="model", values="run_id", aggfunc="first")
-            if "run_id" in group
-            else None
-        )
+        first = group.drop_duplicates(["seed", "model"]).set_index(["seed", "model"])
+        table = first[metric].unstack("model")
+        ids = first["run_id"].unstack("model") if "run_id" in group else None
         for a, b in combinations(sorted(table.columns), 2):
             pair = table[[a, b]].dropna()
             d = (pair[a] - pair[b]).to_numpy(float)

@@ -1,7 +1,7 @@
 """Calibration of the report's intervals and tests: simulated studies whose truth is known.
 
 Run:  PYTHONPATH=. python benchmarks/bench_calibration.py            (full: the table in docs/statistics.md)
-      PYTHONPATH=. python benchmarks/bench_calibration.py --quick    (a fifth of the repetitions)
+      PYTHONPATH=. python benchmarks/bench_calibration.py --quick    (about a quarter of the repetitions)
 
 A simulated study: models trained on nested sizes 250, 500, 1000, 2000 with S = 3, 5 or 10
 seeds, tested on ONE shared test set of 400 items with per-item difficulty (logit scale, sd 1.5).
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from analysis.curves import DEFAULT_SELECTION, FAMILIES, fit_learning_curves, predict
+from analysis.curves import DEFAULT_SELECTION, FAMILIES, fit_learning_curves, monotonicity_problem, predict
 from analysis.efficiency import crossovers, data_needed, efficiency_scores, score_differences
 from analysis.stats import holm, paired_comparisons, rank_tests
 
@@ -210,15 +210,13 @@ def _tests_rep(seed: int, n_seeds: int) -> dict[str, float]:
         cov += list((s["ci_low"].to_numpy() <= truth[m]) & (truth[m] <= s["ci_high"].to_numpy()))
     out["cov_mean_accuracy"] = cov
 
-    # monotonicity check: false alarms on a flat and a rising curve, power on a 4-point dip
+    # monotonicity check: false alarms on a flat and a rising curve, power on a 3-point drop
     flat = _runs({"f": st.correct("flat"), "r": st.correct("pow3")})[0]
-    from analysis.curves import monotonicity_problem
-
     pts = flat.assign(acc=flat["test_acc"])
     out["t1_monotonicity"] = [bool(monotonicity_problem(pts[pts["model"] == m], ALPHA)) for m in ("f", "r")]
-    dip = _runs({"d": st.correct("pow3", 0.0)})[0].assign(acc=lambda t: t["test_acc"])
-    dip.loc[dip["n_train"] == 1000, "acc"] -= 0.04
-    out["pw_monotonicity_4pt_dip"] = bool(monotonicity_problem(dip, ALPHA))
+    dip = pts[pts["model"] == "f"].copy()
+    dip.loc[dip["n_train"] == 1000, "acc"] -= 0.03  # the flat curve falls 3 points at 1,000 images
+    out["pw_monotonicity_3pt_drop"] = bool(monotonicity_problem(dip, ALPHA))
     return out
 
 
@@ -294,7 +292,7 @@ def _crossover_rep(seed: int, n_seeds: int) -> dict[str, float]:
     true_cross = float(grid[change[0]])
     row = crossovers(curves).iloc[0]
     out["true_cross"] = true_cross
-    out["cov_crossover"] = bool(np.isfinite(row["n_cross"]) and row["ci_low"] <= true_cross <= row["ci_high"])
+    out["cov_crossover"] = bool(row["ci_low"] <= true_cross <= row["ci_high"])  # NaN bounds: not covered
     out["crossover_found"] = bool(np.isfinite(row["n_cross"]))
     return out
 
@@ -321,12 +319,12 @@ def _rate(values) -> tuple[float, float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fifth of the repetitions (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="about a quarter of the repetitions (a smoke run)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
-    reps_tests = 100 if args.quick else 500
-    reps_shape = 12 if args.quick else 60  # per shape: 9 shapes x 60 = 540 curves per seed count
-    reps_cross = 40 if args.quick else 200
+    reps_tests = 60 if args.quick else 250
+    reps_shape = 8 if args.quick else 30  # per shape: 9 shapes x 30 = 270 curves per seed count
+    reps_cross = 30 if args.quick else 120
     start = time.time()
     par = Parallel(n_jobs=args.jobs, batch_size=4)
     rows = []
