@@ -713,7 +713,12 @@ def _parameter_rows(curve: Curve, confidence: float) -> list[dict]:
             i = fam.params.index(param)
             row = {"model": curve.model, "family": name, "weight": curve.weights[name], "parameter": label}
             row.update(estimate=float(theta[i]), n_seeds=len(curve.jackknife), note="")
-            if len(curve.jackknife) >= 2:
+            at_bound = min(abs(theta[i] - fam.lower[i]), abs(theta[i] - fam.upper[i])) < 1e-6 * (
+                fam.upper[i] - fam.lower[i]
+            )
+            if at_bound:
+                row.update(ci_low=np.nan, ci_high=np.nan, note=f"at the family's bound ({theta[i]:.3g}): no interval")
+            elif len(curve.jackknife) >= 2:
                 dev = np.array([[j[name][i] - theta[i]] for j in curve.jackknife])
                 half = float(jackknife_half_width(dev, confidence)[0])
                 row.update(ci_low=float(theta[i]) - half, ci_high=float(theta[i]) + half)

@@ -420,9 +420,12 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
                 f"({ahead} ahead throughout"
             )
             if covers.any():  # where the curves are within each other's interval, a crossing is not ruled out
-                lo_c, hi_c = float(grid[covers][0]), float(grid[covers][-1])
+                lo_c = 0.0 if covers[0] else float(grid[covers][0])
+                hi_c = np.inf if covers[-1] else float(grid[covers][-1])
                 row.update(ci_low=lo_c, ci_high=hi_c)
-                row["sentence"] += f"; a crossing between {lo_c:,.0f} and {hi_c:,.0f} images is not ruled out)"
+                lo_text = "below the measured range" if lo_c == 0 else f"{lo_c:,.0f} images"
+                hi_text = f"{extend:g}× beyond the measured range" if np.isinf(hi_c) else f"{hi_c:,.0f} images"
+                row["sentence"] += f"; the 95% interval does not rule out a crossing from {lo_text} to {hi_text})"
             else:
                 row.update(ci_low=np.nan, ci_high=np.nan)
                 row["sentence"] += ", beyond the 95% interval everywhere)"
