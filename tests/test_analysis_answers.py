@@ -132,3 +132,13 @@ def test_a_single_model_with_two_seeds_warns_with_the_seeds_needed():
     assert "2 seeds per size" in rows.iloc[0]["message"] and "--seeds 5" in rows.iloc[0]["message"]
     five = sanity_checks(_study(_runs({"only": slow}, seeds=5)))
     assert not (five["check"] == "too_few_seeds").any()
+
+
+def test_a_family_that_misfits_the_means_is_warned_about_and_its_band_widened():
+    s_shaped = lambda n: 0.5 + 0.4 / (1 + (n / 400) ** -4)  # noqa: E731
+    runs = _runs({"s": s_shaped}, seeds=6, noise=0.003, luck=0.003)
+    curves = fit_learning_curves(runs, families=("pow3",), select="pow3")
+    lof = curves.lack_of_fit.set_index("model").loc["s"]
+    assert lof["p_value"] < 0.01 and lof["misfit_sd"] > 0.01 and "misses the measured means" in lof["warning"]
+    warnings = sanity_checks(_study(runs), curves)
+    assert (warnings["check"] == "lack_of_fit").any()
