@@ -33,7 +33,7 @@ from joblib import Parallel, delayed
 
 from analysis.curves import DEFAULT_SELECTION, FAMILIES, fit_learning_curves, monotonicity_problem, predict
 from analysis.efficiency import crossovers, data_needed, efficiency_scores, score_differences
-from analysis.stats import holm, paired_comparisons, rank_tests
+from analysis.stats import paired_comparisons, rank_tests
 
 SIZES = np.array([250, 500, 1000, 2000])
 N_MAX = float(SIZES.max())
@@ -177,32 +177,7 @@ def _tests_rep(seed: int, n_seeds: int) -> dict[str, float]:
     out["info_mcnemar_procedure_null"] = list(null["p_mcnemar"] < ALPHA)
     out["pw_mcnemar"] = list(alt["p_mcnemar"] < ALPHA)
     out["t1_mcnemar"] = list(twin["p_mcnemar"] < ALPHA)
-    # Holm over a table of null rows only (a vs c at every size): the chance of any 'significant'
-    out["t1_holm_any_significant"] = bool((holm(null["p_t"].to_numpy(float)) < ALPHA).any())
-
-    # rank tests: three exchangeable models (a, c, and a fresh one), then b among them
-    runs_null = pd.concat([runs[runs["model"].isin(["a", "c"])], _runs({"d": st.correct("pow3")})[0]])
-    rt = rank_tests(runs_null, ALPHA)
-    out["t1_friedman_seeds"] = bool(rt.friedman["p_value"].iloc[0] < ALPHA)
-    out["t1_nemenyi_any"] = bool(rt.posthoc["significant"].any())
-    out["t1_friedman_per_size"] = list(rt.by_size["p_value"] < ALPHA)
-    rt_alt = rank_tests(runs[runs["model"].isin(["a", "b", "c"])], ALPHA)
-    out["pw_friedman_seeds"] = bool(rt_alt.friedman["p_value"].iloc[0] < ALPHA)
-    out["pw_nemenyi_b"] = bool(
-        rt_alt.posthoc[(rt_alt.posthoc["model_a"] == "a") & (rt_alt.posthoc["model_b"] == "b")]["significant"].iloc[0]
-    )
-
-    # efficiency score: interval of a model's score and of a paired difference, and its test
     curves = fit_learning_curves(runs[runs["model"].isin(["a", "b", "c"])], families=())
-    scores = efficiency_scores(curves).set_index("model")
-    true_score = {m: _area(truth[m]) for m in truth}
-    out["cov_score"] = [scores.loc[m, "ci_low"] <= true_score[m] <= scores.loc[m, "ci_high"] for m in truth]
-    sd = score_differences(curves, ALPHA, N_TEST).set_index(["model_a", "model_b"])
-    out["cov_score_diff"] = [
-        sd.loc[(a, b), "ci_low"] <= true_score[a] - true_score[b] <= sd.loc[(a, b), "ci_high"] for a, b in sd.index
-    ]
-    out["t1_score_diff"] = bool(sd.loc[("a", "c"), "p_t"] < ALPHA)
-    out["pw_score_diff"] = bool(sd.loc[("a", "b"), "p_t"] < ALPHA)
     summary = curves.summary
     cov = []
     for m in truth:
@@ -217,6 +192,38 @@ def _tests_rep(seed: int, n_seeds: int) -> dict[str, float]:
     dip = pts[pts["model"] == "f"].copy()
     dip.loc[dip["n_train"] == 1000, "acc"] -= 0.03  # the flat curve falls 3 points at 1,000 images
     out["pw_monotonicity_3pt_drop"] = bool(monotonicity_problem(dip, ALPHA))
+    return out
+
+
+def _family_rep(seed: int, n_seeds: int) -> dict[str, float]:
+    """The rows with one entry per study (a family-wise or whole-study answer), run on their own
+    so that they can have more repetitions: Holm's 'significant' over a table of null rows,
+    Friedman and Nemenyi with seeds as blocks, and the data-efficiency score and its
+    differences. 'a', 'c' and 'd' share the truth; 'b' is 'a' shifted by EFFECT_LOGIT."""
+    rng = np.random.default_rng(seed)
+    st = Study(rng, n_seeds)
+    runs = _runs({m: st.correct("pow3", EFFECT_LOGIT if m == "b" else 0.0) for m in ("a", "b", "c", "d")})[0]
+    out: dict[str, float] = {}
+    nulls = paired_comparisons(runs[runs["model"].isin(["a", "c"])], alpha=ALPHA, n_test=N_TEST).pairwise
+    out["t1_holm_any_significant"] = bool(nulls["significant"].any())  # Holm over the 4 sizes' null rows
+    rt = rank_tests(runs[runs["model"].isin(["a", "c", "d"])], ALPHA)
+    out["t1_friedman_seeds"] = bool(rt.friedman["p_value"].iloc[0] < ALPHA)
+    out["t1_nemenyi_any"] = bool(rt.posthoc["significant"].any())
+    out["t1_friedman_per_size"] = list(rt.by_size["p_value"] < ALPHA)
+    rt_alt = rank_tests(runs[runs["model"].isin(["a", "b", "c"])], ALPHA)
+    out["pw_friedman_seeds"] = bool(rt_alt.friedman["p_value"].iloc[0] < ALPHA)
+    post = rt_alt.posthoc
+    out["pw_nemenyi_b"] = bool(post[(post["model_a"] == "a") & (post["model_b"] == "b")]["significant"].iloc[0])
+    curves = fit_learning_curves(runs[runs["model"].isin(["a", "b", "c"])], families=())
+    truth = {m: _area(st.truth("pow3", SIZES, EFFECT_LOGIT if m == "b" else 0.0)) for m in ("a", "b", "c")}
+    scores = efficiency_scores(curves).set_index("model")
+    out["cov_score"] = [scores.loc[m, "ci_low"] <= truth[m] <= scores.loc[m, "ci_high"] for m in truth]
+    sd = score_differences(curves, ALPHA, N_TEST).set_index(["model_a", "model_b"])
+    out["cov_score_diff"] = [
+        sd.loc[(a, b), "ci_low"] <= truth[a] - truth[b] <= sd.loc[(a, b), "ci_high"] for a, b in sd.index
+    ]
+    out["t1_score_diff"] = bool(sd.loc[("a", "c"), "p_t"] < ALPHA)
+    out["pw_score_diff"] = bool(sd.loc[("a", "b"), "p_t"] < ALPHA)
     return out
 
 
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     reps_tests = 60 if args.quick else 250
+    reps_family = 120 if args.quick else 600  # one entry per study: SE <= 0.009 at 0.05 and at 0.95
     reps_shape = 8 if args.quick else 30  # per shape: 9 shapes x 30 = 270 curves per seed count
     reps_cross = 30 if args.quick else 120
     start = time.time()
@@ -333,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for n_seeds in SEED_COUNTS:
         base = 1_000_000 * n_seeds
         tests = _merge(par(delayed(_tests_rep)(base + i, n_seeds) for i in range(reps_tests)))
+        tests.update(_merge(par(delayed(_family_rep)(base + 700_000 + i, n_seeds) for i in range(reps_family))))
         curve_results = par(
             delayed(_curve_rep)(base + 10_000 * j + i, n_seeds, shape)
             for j, shape in enumerate(SHAPES)
