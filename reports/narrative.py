@@ -86,7 +86,11 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
                 for m, (r, lo, hi) in zip(others, ratios)
             ]
             if ratios:
-                text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
+                text += (
+                    f" Relative to {best}, the others need: "
+                    + "; ".join(ratios)
+                    + " as many images (intervals of at least 95%)."
+                )
         out.append(text)
     return out
 
@@ -121,7 +125,8 @@ def crossover_sentences(a: StudyAnalysis) -> list[str]:
     found = cross[cross["status"] != "no crossover"]
     if found.empty:
         return ["No two fitted learning curves cross within the measured range or up to 4× beyond it."]
-    return [f"{r['sentence']} (95% CI)." for _, r in found.iterrows()]
+    # the interval spans every size where the difference's 95% interval holds 0: it covers at least 95%
+    return [f"{r['sentence']} (interval of at least 95%)." for _, r in found.iterrows()]
 
 
 def score_difference_sentence(a: StudyAnalysis) -> str:
