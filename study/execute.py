@@ -231,6 +231,7 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
             summary.update(status="done", test_acc=result.test_acc)
+            _keep_weights(cfg, ctx.store, run, result.weights)
         else:
             summary.update(status="lost")  # another worker took the run over meanwhile
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
@@ -240,6 +241,14 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
         if bar is not None:
             bar.close()
     return summary
+
+
+def _keep_weights(cfg: StudyConfig, store, run: RunRow, weights: dict) -> None:
+    """Keep a finished run's trained weights in the store when it may be exported (study/deploy.py)."""
+    from study.deploy import keeps_weights, weights_bytes
+
+    if keeps_weights(cfg, run):
+        store.save_weights(run.id, weights_bytes(weights))
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:

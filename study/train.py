@@ -92,6 +92,7 @@ class RunResult:
     device: str
     epochs_run: int = 0
     extra: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # the tested (best round's) state dict, kept for export
 
 
 def resolve_device(name: str) -> torch.device:
@@ -408,4 +409,5 @@ def train_run(
         device=str(device),
         epochs_run=len(history),
         extra={"channels_last": loop.channels_last, "compiled": loop.model is not loop.plain},
+        weights=best_state,
     )
