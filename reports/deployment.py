@@ -126,6 +126,7 @@ def context(table: pd.DataFrame | None, data: StudyData, budgets: tuple[float, f
         "enabled": bool(deploy_cfg.get("enabled", True)),
         "runs": deploy_cfg.get("runs", "best"),
         "load_average": None,
+        "weights_kept": _weights_kept(data),
     }
     if table is None or table.empty:
         return ctx
@@ -137,6 +138,16 @@ def context(table: pd.DataFrame | None, data: StudyData, budgets: tuple[float, f
     if latency or size:
         ctx["choices"] = _records(best_within_budget(table, latency, size))
     return ctx
+
+
+def _weights_kept(data: StudyData) -> bool:
+    """Whether some run of the study kept its weights for export."""
+    from study.store import Store
+
+    if not data.storage_url:
+        return False
+    store = Store(data.storage_url, create=False)
+    return bool(store.runs_with_weights(store.study(data.name).id))
 
 
 def _installed(name: str) -> bool:

@@ -415,7 +415,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     cfg = config.from_stored(store.study(name).config, overrides)
     ctx = open_context(cfg, mode=ATTACH)
     lines = deploy_study(ctx, progress=not args.quiet)
-    for line in lines or ["nothing to deploy: every chosen run is deployed already, or no run kept its weights"]:
+    for line in lines or ["nothing to deploy: every chosen run is deployed already"]:
         print(line)
     return 0
 

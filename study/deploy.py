@@ -54,6 +54,10 @@ VARIANTS = ((PYTORCH, FP32), (ONNXRUNTIME, FP32), (ONNXRUNTIME, INT8_DYNAMIC), (
 EVAL_BATCH = 64
 OPSET = 18
 CALIBRATION_BATCH = 32
+NO_WEIGHTS = (
+    "nothing to deploy: no finished run of this study kept its weights (trained with --no-deploy, or before "
+    "deployment existed); a new study (--name) keeps them"
+)
 
 
 def missing_dependency() -> str | None:
@@ -412,7 +416,10 @@ def deploy_study(ctx, progress: bool = True, seconds: float | None = None) -> li
     if missing:
         return [f"deployment skipped: {missing}"]
     done_before = {d.run_id for d in store.deployments(sid)}
-    chosen = [r for r in runs_to_deploy(store, sid, cfg.deploy.runs) if r.id not in done_before]
+    candidates = runs_to_deploy(store, sid, cfg.deploy.runs)
+    if not candidates:
+        return [NO_WEIGHTS]
+    chosen = [r for r in candidates if r.id not in done_before]
     lines = []
     for run in chosen:
         if progress:
@@ -448,7 +455,9 @@ def _deploy_run(ctx, run: RunRow, seconds: float | None) -> list[dict[str, Any]]
     model = load_trained(run.model, dataset.num_classes, ctx.store.weights(run.id))
     input_size = input_size_for(run.model, hp.input_size, cfg.data.image_size)
     mean, std = (torch.tensor(v) for v in normalization(model, hp.normalization))
-    images = torch.from_numpy(np.ascontiguousarray(dataset.images))
+    with warnings.catch_warnings():  # a read-only memmap is only ever read
+        warnings.simplefilter("ignore", UserWarning)
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images))
 
     def inputs(indices: np.ndarray) -> np.ndarray:
         batch = images.index_select(0, torch.as_tensor(np.asarray(indices), dtype=torch.long))

@@ -122,6 +122,9 @@ def test_without_onnxruntime_the_study_skips_deployment_and_the_report_says_how(
     made = make_study(tmp_path / "study.db", seeds=2)
     store = Store(made.url)
     ctx = SimpleNamespace(cfg=StudyConfig(), store=store, study_id=store.study(made.name).id)
+    for run in store.runs(ctx.study_id, DONE):  # kept by the workers, as a study run without the extra keeps them
+        if run.size_value == 1.0:
+            store.save_weights(run.id, b"safetensors bytes")
     assert study.deploy.deploy_study(ctx) == [
         "deployment skipped: onnxruntime is not installed (pip install 'study[deploy]')"
     ]
@@ -132,3 +135,10 @@ def test_without_onnxruntime_the_study_skips_deployment_and_the_report_says_how(
     assert "pip install 'study[deploy]'" in md
     assert "## 4. Costs" in md and "## 5. Tuning" in md  # the rest of the report is there
     assert list(pd.read_csv(tmp_path / "report" / "deployment.csv").columns) == CSV_COLUMNS
+
+
+def test_a_study_whose_runs_kept_no_weights_says_so(tmp_path, cli):
+    made = make_study(tmp_path / "study.db", seeds=2)
+    assert cli("report", "--out", tmp_path, "--name", made.name)[0] == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "No run of this study kept its trained weights" in md and "A new study (`--name`)" in md
