@@ -107,7 +107,7 @@ def draw(table: pd.DataFrame | None, models: list[str], path: Path) -> Path | No
         figures.plt.Line2D([], [], color="#333333", marker="o", markerfacecolor="none", linestyle="", label="PyTorch")
     )
     handles.append(figures.plt.Line2D([], [], color="#555555", linestyle="--", label="Pareto front"))
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="lower right")
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return figures.save(fig, path)
 
 
