@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import platform
@@ -388,7 +387,7 @@ def deploy_model(
 
 
 def _details(reps_1: int, reps_all: int, **extra: Any) -> dict[str, Any]:
-    import onnxruntime  # noqa: F401  (versions below; deployment runs only where it imports)
+    import onnxruntime
 
     return {
         "batch": 1,
@@ -399,7 +398,7 @@ def _details(reps_1: int, reps_all: int, **extra: Any) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # others' work skews latency
         "torch": torch.__version__,
-        "onnxruntime": sys.modules["onnxruntime"].__version__,
+        "onnxruntime": onnxruntime.__version__,
         "opset": OPSET,
         **extra,
     }
@@ -475,8 +474,7 @@ def _deploy_run(ctx, run: RunRow, seconds: float | None) -> list[dict[str, Any]]
     folder = Path(cfg.out) / "deploy" / _slug(run.cell_key)
     rows = deploy_model(model, input_size, evaluation, calibration, folder, seconds)
     for row in rows:
-        row.setdefault("details", {})
-        row["details"] = json.loads(json.dumps({**(row["details"] or {}), "input_size": input_size}))
+        row["details"] = {**(row.get("details") or {}), "input_size": input_size}
     return rows
 
 

@@ -152,13 +152,11 @@ class DataDependent(nn.Module):
 
 def test_a_model_the_exporter_cannot_handle_is_recorded_with_its_reason(trained, tmp_path):
     model = DataDependent(trained.model).eval()
-    evaluation = Evaluation(*[np.zeros((0,))] * 3)
-    x = trained.calibration  # unused by a failed export
     images = np.random.default_rng(0).standard_normal((4, 3, SIDE, SIDE)).astype(np.float32)
     with torch.inference_mode():
         logits = model(torch.from_numpy(images)).numpy()
     evaluation = Evaluation(images, logits.argmax(1), logits)
-    rows = deploy_model(model, SIDE, evaluation, x, tmp_path, seconds=SECONDS)
+    rows = deploy_model(model, SIDE, evaluation, trained.calibration, tmp_path, seconds=SECONDS)
     by = {(r["runtime"], r["precision"]): r for r in rows}
     assert by[(PYTORCH, FP32)]["status"] == "done"  # PyTorch still timed
     failed = by[(ONNXRUNTIME, FP32)]
