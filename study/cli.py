@@ -410,7 +410,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from study.store import Store
 
     store = Store(url, create=False)
-    name = name or (store.study_names() or ["default"])[0]
+    names = store.study_names()
+    if name is None and len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise UserError(f"the store {url} holds {len(names)} studies ({listed}); name one with --name")
+    name = name or names[0]
+    if name not in names:
+        raise UserError(f"study {name!r} is not in {url}; studies there: {', '.join(names) or 'none'}")
     overrides = {"storage": url, "name": name, "out": str(out), "deploy.runs": args.deploy_runs}
     cfg = config.from_stored(store.study(name).config, overrides)
     ctx = open_context(cfg, mode=ATTACH)

@@ -142,3 +142,10 @@ def test_a_study_whose_runs_kept_no_weights_says_so(tmp_path, cli):
     assert cli("report", "--out", tmp_path, "--name", made.name)[0] == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "No run of this study kept its trained weights" in md and "A new study (`--name`)" in md
+
+
+def test_deploy_command_refuses_bad_input(stored, cli, tmp_path):
+    code, _, err = cli("deploy", "--out", tmp_path, "--name", "nope")
+    assert code == 2 and "study 'nope' is not in" in err and "synthetic" in err
+    code, _, err = cli("deploy", "--out", tmp_path, "--name", stored.name, "--deploy-runs", "some")
+    assert code == 2 and "deploy.runs='some' is unknown; valid: best, all" in err
