@@ -244,11 +244,12 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
 
 
 def _keep_weights(cfg: StudyConfig, store, run: RunRow, weights: dict) -> None:
-    """Keep a finished run's trained weights in the store when it may be exported (study/deploy.py)."""
+    """Keep a finished run's trained weights in the store when it may be exported (study/deploy.py):
+    with ``deploy.runs = "best"`` only the best seed's so far, per model at the largest size."""
     from study.deploy import keeps_weights, weights_bytes
 
     if keeps_weights(cfg, run):
-        store.save_weights(run.id, weights_bytes(weights))
+        store.save_weights(run.id, weights_bytes(weights), best_only=cfg.deploy.runs == "best")
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:

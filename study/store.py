@@ -921,14 +921,36 @@ class Store:
         )
 
     # -- deployment (issue 17) ----------------------------------------------------------------
-    def save_weights(self, run_id: int, data: bytes, format: str = "safetensors") -> None:
-        """Keep a finished run's trained weights (replacing any kept before)."""
+    def save_weights(self, run_id: int, data: bytes, best_only: bool = False, format: str = "safetensors") -> bool:
+        """Keep a finished run's trained weights (replacing any kept before for it); returns
+        whether they were kept. ``best_only``: keep one run per (model, size), the best by
+        validation accuracy and then the lowest seed, whichever order the runs finish in: the
+        run's weights are kept only if they beat those kept, which are then dropped."""
         with self.session(write=True) as s:
+            run = s.get(RunRow, run_id)
+            if best_only:
+                rivals = s.execute(
+                    select(RunRow.id, RunRow.val_acc, RunRow.seed)
+                    .join(RunWeightsRow, RunWeightsRow.run_id == RunRow.id)
+                    .where(
+                        RunRow.study_id == run.study_id,
+                        RunRow.model == run.model,
+                        RunRow.size_kind == run.size_kind,
+                        RunRow.size_value == run.size_value,
+                        RunRow.id != run_id,
+                    )
+                ).all()
+                mine = (run.val_acc or 0.0, -run.seed)
+                if any((acc or 0.0, -seed) >= mine for _, acc, seed in rivals):
+                    return False
+                for rival_id, _, _ in rivals:
+                    s.delete(s.get(RunWeightsRow, rival_id))
             row = s.get(RunWeightsRow, run_id)
             if row is None:
                 s.add(RunWeightsRow(run_id=run_id, format=format, data=data))
             else:
                 row.format, row.data = format, data
+            return True
 
     def weights(self, run_id: int) -> bytes | None:
         """A run's kept weights (safetensors bytes), or None."""

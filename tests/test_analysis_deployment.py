@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis.deployment import CSV_COLUMNS, best_within_budget, deployment_csv, load_deployments, pareto_front
-from study.store import DONE, Store
+from study.store import DONE, RunRow, Store
 from tests.synthetic import make_study
 
 # (model, runtime, precision): size MB, p50 ms with one thread, test accuracy
@@ -149,3 +149,21 @@ def test_deploy_command_refuses_bad_input(stored, cli, tmp_path):
     assert code == 2 and "study 'nope' is not in" in err and "synthetic" in err
     code, _, err = cli("deploy", "--out", tmp_path, "--name", stored.name, "--deploy-runs", "some")
     assert code == 2 and "deploy.runs='some' is unknown; valid: best, all" in err
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_only_the_best_seeds_weights_are_kept_whatever_the_order(tmp_path, order):
+    made = make_study(tmp_path / "study.db", curves={"resnet18": (0.90, 3.0, 0.5)}, fractions=(1.0,), seeds=3)
+    store = Store(made.url)
+    study_id = store.study(made.name).id
+    runs = {r.seed: r for r in store.runs(study_id, DONE)}
+    val = {0: 0.80, 1: 0.85, 2: 0.85}  # seeds 1 and 2 tie: the lower seed wins
+    with store.session() as s:
+        for seed, acc in val.items():
+            s.get(RunRow, runs[seed].id).val_acc = acc
+    for seed in order:
+        store.save_weights(runs[seed].id, f"weights of seed {seed}".encode(), best_only=True)
+    assert store.runs_with_weights(study_id) == {runs[1].id}
+    assert store.weights(runs[1].id) == b"weights of seed 1"
+    store.save_weights(runs[0].id, b"all", best_only=False)  # deploy.runs = "all" keeps every run
+    assert store.runs_with_weights(study_id) == {runs[0].id, runs[1].id}

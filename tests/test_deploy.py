@@ -186,13 +186,14 @@ def test_a_study_exports_its_best_seeds_records_a_failure_and_reports(cli, tmp_p
     monkeypatch.setattr(study.deploy, "load_trained", untraceable_efficientnet)
     _run(cli, tmp_path)
     db = sqlite3.connect(tmp_path / "study.db")
-    kept = db.execute("select r.model, r.size_value from run_weights w join runs r on r.id = w.run_id").fetchall()
-    assert sorted(kept) == sorted([(FAST_MODEL, 0.25)] * 2 + [("test_efficientnet", 0.25)] * 2)
+    kept = {run_id for (run_id,) in db.execute("select run_id from run_weights")}
     runs = pd.read_sql("select id, model, size_value, seed, val_acc, test_acc from runs", db)
     deployed = pd.read_sql("select * from deployments", db)
     for _, g in runs[runs["size_value"] == 0.25].groupby("model"):
         best = g.sort_values(["val_acc", "seed"], ascending=[False, True]).iloc[0]
         assert set(deployed.loc[deployed["run_id"].isin(g["id"]), "run_id"]) == {best["id"]}
+        assert set(g["id"]) & kept == {best["id"]}  # only the best seed's weights stay in the store
+    assert len(kept) == 2
     mine = deployed[deployed["run_id"].isin(runs.loc[runs["model"] == FAST_MODEL, "id"])]
     assert set(mine["precision"]) == {FP32, INT8_DYNAMIC, INT8_STATIC} and (mine["status"] == "done").all()
     failed = deployed[deployed["status"] == "failed"]
