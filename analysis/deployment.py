@@ -11,8 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
 
-from study.store import DeploymentRow, RunRow, Store
+from study.errors import UserError
+from study.store.engine import open_database
+from study.store.schema import DeploymentRow, RunRow, RunWeightsRow, StudyRow
 
 INSTALL_HINT = "pip install 'study[deploy]'"
 DEPLOYMENT_COLUMNS = [
@@ -72,11 +75,11 @@ def load_deployments(url: str, study: str) -> pd.DataFrame:
     (status 'failed', the reason in ``error``). ``drop_from_fp32`` is the PyTorch fp32 test
     accuracy of the same run minus the variant's (positive: the variant is worse). Empty for a
     study without deployments (or a database written before the table existed)."""
-    store = Store(url, create=False)
-    if not inspect(store.engine).has_table(DeploymentRow.__tablename__):
+    engine = open_database(url, create=False)
+    if not inspect(engine).has_table(DeploymentRow.__tablename__):
         return pd.DataFrame(columns=DEPLOYMENT_COLUMNS)
-    study_id = store.study(study).id
-    with store.session() as s:
+    with Session(engine, expire_on_commit=False) as s:
+        study_id = _study_id(s, url, study)
         rows = s.execute(
             select(DeploymentRow, RunRow)
             .join(RunRow, RunRow.id == DeploymentRow.run_id)
@@ -100,6 +103,23 @@ def load_deployments(url: str, study: str) -> pd.DataFrame:
         )
     frame = pd.DataFrame(records, columns=DEPLOYMENT_COLUMNS)
     return _with_drop(_sorted(frame))
+
+
+def weights_kept(url: str, study: str) -> bool:
+    """Whether some run of the study kept its trained weights for export (``run_weights``)."""
+    engine = open_database(url, create=False)
+    if not inspect(engine).has_table(RunWeightsRow.__tablename__):
+        return False
+    with Session(engine) as s:
+        query = select(RunWeightsRow.run_id).join(RunRow, RunRow.id == RunWeightsRow.run_id)
+        return s.scalar(query.where(RunRow.study_id == _study_id(s, url, study)).limit(1)) is not None
+
+
+def _study_id(session: Session, url: str, study: str) -> int:
+    found = session.scalar(select(StudyRow.id).where(StudyRow.name == study))
+    if found is None:
+        raise UserError(f"study {study!r} is not in {url}")
+    return found
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

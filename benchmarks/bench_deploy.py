@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study import costs  # noqa: E402
 from study.deploy import ONNXRUNTIME, PYTORCH, load_trained, ort_latency_ms  # noqa: E402
-from study.execute import available_cores  # noqa: E402
+from study.machine import available_cores  # noqa: E402
 from study.store import Store  # noqa: E402
 
 

@@ -17,6 +17,7 @@ from analysis.deployment import (
     best_within_budget,
     deployment_csv,
     load_deployments,
+    weights_kept,
     with_front,
 )
 from analysis.load import StudyData
@@ -141,13 +142,7 @@ def context(table: pd.DataFrame | None, data: StudyData, budgets: tuple[float, f
 
 
 def _weights_kept(data: StudyData) -> bool:
-    """Whether some run of the study kept its weights for export."""
-    from study.store import Store
-
-    if not data.storage_url:
-        return False
-    store = Store(data.storage_url, create=False)
-    return bool(store.runs_with_weights(store.study(data.name).id))
+    return bool(data.storage_url) and weights_kept(data.storage_url, data.name)
 
 
 def _installed(name: str) -> bool:

@@ -310,7 +310,7 @@ def deploy_model(
     precision, status and the measured fields of a ``deployments`` row (error on failure).
 
     ``folder`` receives ``fp32.onnx``, ``int8-dynamic.onnx`` and ``int8-static.onnx``."""
-    from study.execute import available_cores
+    from study.machine import available_cores
     from study.models import model_size_mb
 
     folder.mkdir(parents=True, exist_ok=True)

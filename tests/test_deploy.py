@@ -21,7 +21,6 @@ import study.deploy  # noqa: E402
 from analysis.deployment import CSV_COLUMNS  # noqa: E402
 from study.augment import to_model_input  # noqa: E402
 from study.config import StudyConfig, TrainConfig  # noqa: E402
-from study.context import load_data  # noqa: E402
 from study.deploy import (  # noqa: E402
     FP32,
     INT8_DYNAMIC,
@@ -37,6 +36,7 @@ from study.deploy import (  # noqa: E402
     ort_session,
 )
 from study.models import normalization  # noqa: E402
+from study.plan import load_data  # noqa: E402
 from study.train import TrainData, train_run  # noqa: E402
 from tests.conftest import FAST_MODEL  # noqa: E402
 
