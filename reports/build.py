@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.load import StudyData, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
-from reports import figures
+from reports import deployment, figures
 from reports import format as fmt
 from reports.narrative import answer_paragraphs, missing_summary
 from study.masking import masked_url
@@ -101,12 +101,15 @@ def write_report(
     targets: list[float] | None = None,
     tuning: Any = None,
     analysis: StudyAnalysis | None = None,
+    budgets: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``<out_dir>/report/{index.html, report.md, figures/*.png, *.csv}``; returns the folder.
 
     ``targets``: absolute test accuracies for the images-needed estimates (default: 90% and 95%
     of the best full-data accuracy). ``tuning``: the study's ``analysis.tuning.TuningTables``
     (read from the store when not given). ``analysis``: a ready ``StudyAnalysis`` (else computed).
+    ``budgets``: (latency ms, size MB) for the "On a small device" answer (default: the study's
+    ``[deploy]`` settings; 0 = no budget).
     """
     folder = Path(out_dir) / "report"
     fig_dir = folder / "figures"
@@ -117,6 +120,11 @@ def write_report(
     if tuning is None:
         tuning = load_tuning(data)
     figs = _draw_figures(a, tuning, fig_dir)
+    deployed = deployment.load_deployment_table(a.data)
+    front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png")
+    if front is not None:
+        figs["accuracy_vs_latency"] = front
+    deployment.write_csv(deployed, a.data, folder)
 
     for name, table in a.tables().items():
         table.to_csv(folder / f"{name}.csv", index=False)
@@ -125,6 +133,7 @@ def write_report(
             getattr(tuning, name).to_csv(folder / f"tuning_{name}.csv", index=False)
 
     context = _context(a, tuning)
+    context["deployment"] = deployment.context(deployed, a.data, deployment.budgets_of(a.data, budgets))
     env = _env()
     md = env.get_template("report.md.j2").render(**context, figures={k: f"figures/{p.name}" for k, p in figs.items()})
     html = env.get_template("report.html.j2").render(**context, figures={k: _inline(p) for k, p in figs.items()})

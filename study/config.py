@@ -194,6 +194,36 @@ class TuneConfig:
         return [k for k in ("lr", "weight_decay", "augment", "augment_strength", "normalization") if getattr(self, k)]
 
 
+DEPLOY_RUNS = ("best", "all")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Export to ONNX, int8 quantization and CPU timing of trained models (study/deploy.py).
+
+    Not part of the study's fingerprint: it measures trained models, it does not change them.
+    """
+
+    enabled: bool = True  # export after the runs (needs `pip install 'study[deploy]'`)
+    runs: str = "best"  # best: each model's best seed (validation accuracy) at the largest size | all: every run
+    calibration_images: int = 300  # training images that calibrate static int8 (never test images)
+    latency_budget_ms: float = 0.0  # report: the most accurate model within p50 (one thread) <= this; 0 = none
+    size_budget_mb: float = 0.0  # report: ... and file size <= this; 0 = none
+
+    def validate(self) -> None:
+        _check(self.runs in DEPLOY_RUNS, f"deploy.runs={self.runs!r} is unknown; valid: {', '.join(DEPLOY_RUNS)}")
+        _check(
+            self.calibration_images >= 1,
+            f"deploy.calibration_images={self.calibration_images} must be at least 1, e.g. 300",
+        )
+        for key in ("latency_budget_ms", "size_budget_mb"):
+            value = getattr(self, key)
+            _check(
+                math.isfinite(value) and value >= 0,
+                f"deploy.{key}={value} is invalid; use a positive number, or 0 for no budget",
+            )
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs. Cells are models x sizes x seeds."""
@@ -223,6 +253,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -306,6 +337,7 @@ class StudyConfig:
                 "weights only for models of the study",
             )
         self.tune.validate()
+        self.deploy.validate()
         return self
 
 
@@ -536,4 +568,11 @@ weight_decay = [1e-6, 0.3]       # log-uniform
 augment = ["none", "light", "standard", "strong", "trivial"]
 augment_strength = [0.5, 2.0]    # uniform
 normalization = ["model", "imagenet", "half"]
+
+[deploy]                  # ONNX export, int8 quantization and CPU timing (pip install 'study[deploy]')
+enabled = true            # export after the runs; --no-deploy turns it off
+runs = "best"             # best: each model's best seed (by validation accuracy) at the largest size | all: every run
+calibration_images = 300  # training images that calibrate static int8 (never test images)
+latency_budget_ms = 0     # report: the most accurate model with p50 latency (one thread) within this; 0 = no budget
+size_budget_mb = 0        # report: ... and with a file within this size; 0 = no budget
 """

@@ -162,6 +162,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
             outcome.status, outcome.test_acc = "done", result.test_acc
+            _keep_weights(cfg, ctx.store, run, result.weights)
         else:
             outcome.status = "lost"  # another worker took the run over meanwhile
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
@@ -171,6 +172,15 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         if bar is not None:
             bar.close()
     return outcome
+
+
+def _keep_weights(cfg: StudyConfig, store, run: RunRow, weights: dict) -> None:
+    """Keep a finished run's trained weights in the store when it may be exported (study/deploy.py):
+    with ``deploy.runs = "best"`` only the best seed's so far, per model at the largest size."""
+    from study.deploy import keeps_weights, weights_bytes
+
+    if keeps_weights(cfg, run):
+        store.save_weights(run.id, weights_bytes(weights), best_only=cfg.deploy.runs == "best")
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:

@@ -68,6 +68,7 @@ class RunResult:
     device: str
     epochs_run: int = 0
     extra: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # the tested (best round's) state dict, kept for export
 
 
 def resolve_device(name: str) -> torch.device:
@@ -405,4 +406,5 @@ def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, d
         device=str(device),
         epochs_run=len(history),
         extra={"channels_last": loop.channels_last, "compiled": loop.model is not loop.plain},
+        weights=best_state,
     )
