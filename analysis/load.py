@@ -14,6 +14,7 @@ from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, Run
 RUN_COLUMNS = [
     "run_id",
     "dataset",
+    "arm",
     "model",
     "size_kind",
     "size_value",
@@ -54,6 +55,7 @@ COST_COLUMNS = [
 ]
 RESULTS_CSV_COLUMNS = [
     "dataset",
+    "arm",
     "model",
     "fraction",
     "n_train",
@@ -145,6 +147,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         [
             {
                 **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")},
+                "arm": r.arm or r.model,  # the way it trained (see config.Arm); the model's name by default
                 "run_id": r.id,
                 "dataset": dataset_name,
             }
@@ -187,4 +190,4 @@ def _names(store: Store) -> list[str]:
 
 def results_table(data: StudyData) -> pd.DataFrame:
     """One row per finished run, the columns of ``results.csv``."""
-    return data.done[RESULTS_CSV_COLUMNS].sort_values(["model", "n_train", "seed"]).reset_index(drop=True)
+    return data.done[RESULTS_CSV_COLUMNS].sort_values(["arm", "n_train", "seed"]).reset_index(drop=True)

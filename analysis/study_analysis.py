@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.arms import by_arm
 from analysis.confusion import confusion_matrices
 from analysis.costs import model_costs, time_to_target, training_costs
 from analysis.curves import LearningCurves, curve_bands, fit_learning_curves
@@ -104,7 +105,9 @@ def analyse(
 ) -> StudyAnalysis:
     """Analyse every finished run of ``data``. ``targets``: absolute test accuracies for the
     images-needed estimates (default: 90% and 95% of the best full-data accuracy). Bootstraps
-    are seeded by ``seed``, so the same store always gives the same numbers."""
+    are seeded by ``seed``, so the same store always gives the same numbers. Tables compare the
+    study's arms: their ``model`` column holds arm names (``arms.by_arm``)."""
+    data = by_arm(data)
     done = data.done
     done = done[done["test_acc"].notna()]
     curves = fit_learning_curves(done, select=select, n_boot=n_boot_curves, seed=seed, confidence=confidence)

@@ -83,7 +83,19 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         "--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)"
     )
     p.add_argument("--test-root", metavar="DIR", help="imagefolder: a separate folder of test images")
-    p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
+    p.add_argument(
+        "--models",
+        metavar="A,B",
+        help="timm model names, each an arm named after its model (default mobilevit_xxs,mobilenetv2_100,resnet18)",
+    )
+    p.add_argument(
+        "--arm",
+        dest="arms",
+        metavar="NAME=MODEL[,KEY=VALUE...]",
+        action="append",
+        help="a named way to train: a timm model plus [train] keys of its own, e.g. "
+        "vit-in1k=mobilevit_xxs,pretrained=true (weights=PATH: a weights file); repeatable",
+    )
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
@@ -133,6 +145,7 @@ _OVERRIDES = {
     "data_root": "data.root",
     "test_root": "data.test_root",
     "models": "models",
+    "arms": "arms",
     "fractions": "fractions",
     "per_class": "per_class",
     "seeds": "seeds",

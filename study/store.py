@@ -7,7 +7,7 @@ Work is claimed from the store: a worker marks a pending run as its own in one t
 conditional UPDATE on both), so parallel workers (processes or machines) never run the same cell
 twice. The holder refreshes a heartbeat; a run whose worker died (a dead process on this host, or
 no heartbeat for a grace period) is returned to pending and claimed again, and only the holder
-may record it. A finished run is written in one transaction. A run whose (model, size) has a
+may record it. A finished run is written in one transaction. A run whose (arm, size) has a
 tuning job waits until that job is done; several workers may tune one cell together (see
 study/tune.py). Every worker process has a row in ``workers``: what it does and when it was last
 heard from. Timestamps that workers compare come from the database's clock, not each machine's.
@@ -127,13 +127,15 @@ class Claimed:
 
 
 class RunRow(Claimed, Base):
-    """One cell (model, size, seed) of a study and, once done, its results."""
+    """One cell (arm, size, seed) of a study and, once done, its results. ``arm`` names the way
+    it trains (see ``config.Arm``), ``model`` the timm model it trains."""
 
     __tablename__ = "runs"
     __table_args__ = (UniqueConstraint("study_id", "cell_key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     cell_key: Mapped[str] = mapped_column(String(300))
+    arm: Mapped[str | None] = mapped_column(String(200), nullable=True)  # filled by upgrade_schema in older databases
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))  # 'fraction' | 'per_class'
     size_value: Mapped[float] = mapped_column(Float)
@@ -180,11 +182,12 @@ class PredictionRow(Base):
 
 
 class ModelCostRow(Base):
-    """What a model costs, measured once per (study, model) by the study side (it needs torch)
-    and read by the analysis side. Latencies are CPU inference at batch 1, in milliseconds."""
+    """What a model costs, measured once per (study, model, input size) by the study side (it
+    needs torch) and read by the analysis side. Latencies are CPU inference at batch 1, in
+    milliseconds. (Databases made before arms keep one row per model.)"""
 
     __tablename__ = "model_costs"
-    __table_args__ = (UniqueConstraint("study_id", "model"),)
+    __table_args__ = (UniqueConstraint("study_id", "model", "input_size"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     model: Mapped[str] = mapped_column(String(200))
@@ -216,7 +219,7 @@ class LayoutChoiceRow(Base):
 
 
 class TuningJobRow(Claimed, Base):
-    """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
+    """The tuning of one (arm, size) of a study: its Optuna study, claimed like a run so that
     one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
 
     __tablename__ = "tuning_jobs"
@@ -224,6 +227,7 @@ class TuningJobRow(Claimed, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     optuna_study: Mapped[str] = mapped_column(String(500))  # tuning_study_name(...)
+    arm: Mapped[str | None] = mapped_column(String(200), nullable=True)  # filled by upgrade_schema in older databases
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))
     size_value: Mapped[float] = mapped_column(Float)
@@ -249,30 +253,38 @@ class WorkerRow(Base):
 Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 
-def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
-    """Name of the Optuna study that tunes one (dataset study, model, size), in the same database.
+def tuning_study_name(study: str, arm: str, size_kind: str, size_value: float) -> str:
+    """Name of the Optuna study that tunes one (dataset study, arm, size), in the same database
+    (an arm named after its model, as every arm of a study without ``[[arms]]``, gives the name
+    of the model).
 
     Convention shared by the tuner (study/) and the analysis: the Optuna study carries user
     attributes ``study``, ``model``, ``size_kind``, ``size_value``; each trial carries
     ``epochs_run``; tuned runs record ``hparams_source = "tuned:<optuna study>#<trial number>"``.
     """
     size = f"{size_value:g}" if size_kind == "fraction" else str(int(size_value))
-    return f"{study}|tune|{model}|{size_kind}={size}"
+    return f"{study}|tune|{arm}|{size_kind}={size}"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a model trained on one subset size with one seed."""
+    """One unit of work: an arm (a model and how it trains) on one subset size with one seed.
+    ``arm`` defaults to the model's name, the arm of a study that lists models only."""
 
     model: str
     size_kind: str
     size_value: float
     seed: int
+    arm: str = ""
+
+    @property
+    def arm_name(self) -> str:
+        return self.arm or self.model
 
     @property
     def key(self) -> str:
         size = f"{self.size_value:g}" if self.size_kind == "fraction" else str(int(self.size_value))
-        return f"{self.model}|{self.size_kind}={size}|seed={self.seed}"
+        return f"{self.arm_name}|{self.size_kind}={size}|seed={self.seed}"
 
 
 def worker_host() -> str:
@@ -416,6 +428,19 @@ def _create_tables(engine: Engine) -> None:
     with schema_lock(engine):
         _rename_legacy_study_table(engine)
         Base.metadata.create_all(engine)
+        upgrade_schema(engine)
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring a database written before arms up to date: runs and tuning jobs get an ``arm``
+    column, filled with their model (what an arm named after its model is), keeping every row."""
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    for table in (RunRow.__tablename__, TuningJobRow.__tablename__):
+        if table in tables and "arm" not in {c["name"] for c in inspector.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN arm VARCHAR(200)")
+                conn.exec_driver_sql(f"UPDATE {table} SET arm = model WHERE arm IS NULL")
 
 
 class Store:
@@ -431,6 +456,7 @@ class Store:
                 )
             else:
                 _rename_legacy_study_table(self.engine)
+                upgrade_schema(self.engine)
         except Exception as exc:  # a bad URL or unreachable server is the user's to fix
             if isinstance(exc, UserError):
                 raise
@@ -472,6 +498,8 @@ class Store:
                     return row.id
                 self._refuse_other_settings(row, fingerprint, settings)
                 row.config = config
+                # Arms added to the study join those already in it (the fingerprint leaves arms out).
+                row.settings = {**settings, "arms": {**self._stored_arms(s, row), **settings.get("arms", {})}}
                 return row.id
 
         return retry_conflicts(open_or_create)  # workers starting together create it once
@@ -490,12 +518,34 @@ class Store:
         return row.id
 
     def _refuse_other_settings(self, row: StudyRow, fingerprint: str, settings: dict) -> None:
+        """Refuse settings whose fingerprint differs, and an arm of the study whose own settings
+        differ; new arms are welcome (they only add cells)."""
         if row.fingerprint != fingerprint:
-            key, old, new = _first_difference(row.settings, settings)
+            shared = ({k: v for k, v in d.items() if k != "arms"} for d in (row.settings, settings))
+            key, old, new = _first_difference(*shared)
             raise UserError(
                 f"study {row.name!r} in {self.url} was run with {key}={old!r}, this config has {key}={new!r}; "
                 "use the same settings to resume, or --name NEW for a separate study"
             )
+        with self.session() as s:
+            stored = self._stored_arms(s, row)
+        for name, arm in sorted(settings.get("arms", {}).items()):
+            if name in stored and stored[name] != arm:
+                key, old, new = _first_difference(stored[name], arm)
+                raise UserError(
+                    f"arm {name!r} of study {row.name!r} in {self.url} was run with {key}={old!r}, this config has "
+                    f"{key}={new!r}; an arm's settings cannot change: give the changed arm a new name, or use --name "
+                    "NEW for a separate study"
+                )
+
+    @staticmethod
+    def _stored_arms(s: Session, row: StudyRow) -> dict[str, dict]:
+        """The arms a study was run with: from its settings, or (written before arms) one per
+        model of its runs, named after it and trained with the study's ``[train]``."""
+        if "arms" in row.settings:
+            return dict(row.settings["arms"])
+        models = s.scalars(select(RunRow.model).where(RunRow.study_id == row.id).distinct())
+        return {model: {"model": model} for model in models}
 
     def study(self, name: str) -> StudyRow | None:
         with self.session() as s:
@@ -521,6 +571,7 @@ class Store:
                     RunRow(
                         study_id=study_id,
                         cell_key=c.key,
+                        arm=c.arm_name,
                         model=c.model,
                         size_kind=c.size_kind,
                         size_value=c.size_value,
@@ -575,7 +626,7 @@ class Store:
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
         """Atomically take the next pending run of the study, or None when none is left.
 
-        A run whose (model, size) has a tuning job that is not done yet is not claimable: its
+        A run whose (arm, size) has a tuning job that is not done yet is not claimable: its
         hyper-parameters are not known."""
         query = select(RunRow.id).where(
             RunRow.study_id == study_id,
@@ -680,15 +731,23 @@ class Store:
             )
 
     # -- tuning jobs --------------------------------------------------------------------------
-    def add_tuning_jobs(self, study_id: int, jobs: list[tuple[str, str, str, float]]) -> int:
-        """Add (optuna study name, model, size kind, size value) jobs not in the store yet."""
+    def add_tuning_jobs(self, study_id: int, jobs: list[tuple]) -> int:
+        """Add (optuna study name, model, size kind, size value[, arm]) jobs not in the store yet;
+        the arm defaults to the model."""
 
         def add() -> int:
             with self.session(write=True) as s:
                 existing = set(s.scalars(select(TuningJobRow.optuna_study).where(TuningJobRow.study_id == study_id)))
                 new = [
-                    TuningJobRow(study_id=study_id, optuna_study=name, model=model, size_kind=kind, size_value=value)
-                    for name, model, kind, value in jobs
+                    TuningJobRow(
+                        study_id=study_id,
+                        optuna_study=name,
+                        arm=arm[0] if arm else model,
+                        model=model,
+                        size_kind=kind,
+                        size_value=value,
+                    )
+                    for name, model, kind, value, *arm in jobs
                     if name not in existing
                 ]
                 s.add_all(new)
@@ -847,11 +906,17 @@ class Store:
             )
 
     def save_model_costs(self, study_id: int, model: str, fields: dict[str, Any]) -> bool:
-        """Store one model's costs unless they are stored already (by this or another process);
-        returns whether this call stored them."""
+        """Store one model's costs at ``fields["input_size"]`` unless they are stored already (by
+        this or another process); returns whether this call stored them."""
         with self.session() as s:
             if (
-                s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model))
+                s.scalar(
+                    select(ModelCostRow.id).where(
+                        ModelCostRow.study_id == study_id,
+                        ModelCostRow.model == model,
+                        ModelCostRow.input_size == fields["input_size"],
+                    )
+                )
                 is not None
             ):
                 return False
@@ -892,10 +957,10 @@ class Store:
 
 
 def _tuning_of(run: type[RunRow]):
-    """The tuning job of a run's (model, size), as a correlated subquery."""
+    """The tuning job of a run's (arm, size), as a correlated subquery."""
     return select(TuningJobRow.id).where(
         TuningJobRow.study_id == run.study_id,
-        TuningJobRow.model == run.model,
+        TuningJobRow.arm == run.arm,
         TuningJobRow.size_kind == run.size_kind,
         TuningJobRow.size_value == run.size_value,
     )
