@@ -10,15 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from analysis.load import StudyData
 
+PRETRAINING_COLUMNS = [
+    "model",
+    "scratch_arm",
+    "pretrained_arm",
+    "target",
+    "n_scratch",
+    "n_pretrained",
+    "images_saved",
+    "ratio",
+    "bound",
+    "ci_low",
+    "ci_high",
+    "extrapolated",
+    "sentence",
+]
+
 
 def arm_models(data: StudyData) -> dict[str, str]:
-    """Arm name -> timm model, from the study's runs."""
+    """Arm name -> timm model, from the study's runs (labelled by arm or not)."""
     runs = data.runs
-    return dict(zip(runs["arm"], runs["model"], strict=True)) if len(runs) else {}
+    model = "timm_model" if "timm_model" in runs else "model"
+    return dict(zip(runs["arm"], runs[model], strict=True)) if len(runs) else {}
+
+
+def starts_pretrained(data: StudyData) -> dict[str, bool]:
+    """Arm name -> whether its runs start from pretrained weights (timm's, or a weights file)."""
+    train = data.config.get("train", {})
+    study_files = {e.partition("=")[0].strip() for e in train.get("weights", []) or []}
+    out = {}
+    for arm, keys in arm_settings(data).items():
+        files = bool(keys["weights"]) if "weights" in keys else keys["model"] in study_files
+        out[arm] = bool(keys.get("pretrained", train.get("pretrained", False))) or files
+    return out
 
 
 def arm_settings(data: StudyData) -> dict[str, dict]:
@@ -59,3 +88,62 @@ def _arm_costs(data: StudyData, arm: str, model: str) -> dict | None:
     else:
         row = rows.iloc[0]
     return {**row.to_dict(), "model": arm}
+
+
+def pretraining_effect(data: StudyData, ratios: pd.DataFrame, needed: pd.DataFrame) -> pd.DataFrame:
+    """Images saved by pretraining (PRETRAINING_COLUMNS): for each model that a study trains both
+    from scratch and from pretrained weights, per pair of such arms and target, n*(scratch) /
+    n*(pretrained) with the paired bootstrap interval of ``efficiency.data_ratios`` (``ratios``
+    and ``needed`` are the analysis' tables, labelled by arm), and n*(scratch) - n*(pretrained).
+    ``extrapolated``: either estimate lies beyond the largest measured size."""
+    pretrained, models = starts_pretrained(data), arm_models(data)
+    rows = []
+    for model in sorted(set(models.values())):
+        arms = [a for a, m in models.items() if m == model]
+        for scratch in (a for a in arms if not pretrained[a]):
+            for warm in (a for a in arms if pretrained[a]):
+                for _, r in ratios.iterrows():
+                    if {r["model_a"], r["model_b"]} != {scratch, warm}:
+                        continue
+                    flip = r["model_a"] == warm  # data_ratios gives n*(a) / n*(b) in name order
+                    ratio, lo, hi = (r["ratio"], r["ci_low"], r["ci_high"])
+                    if flip:
+                        ratio, lo, hi = (_inverse(ratio), _inverse(hi), _inverse(lo))
+                    bound = {">=": "<=", "<=": ">="}.get(r["bound"], r["bound"]) if flip else r["bound"]
+                    n = {
+                        arm: needed[(needed["model"] == arm) & (needed["target"] == r["target"])]
+                        for arm in (scratch, warm)
+                    }
+                    n_s, n_p = (float(n[a]["n_star"].iloc[0]) if len(n[a]) else np.nan for a in (scratch, warm))
+                    extrapolated = any(bool(n[a]["extrapolated"].iloc[0]) for a in n if len(n[a]))
+                    at = {">=": "at least ", "<=": "at most "}.get(bound, "")
+                    sentence = (
+                        f"{model}: from scratch ({scratch}) it needs {at}{ratio:.2g}× [{lo:.2g}, {hi:.2g}] the "
+                        f"images it needs pretrained ({warm}) to reach {r['target']:.1%}"
+                        if np.isfinite(ratio)
+                        else f"{model}: no finite ratio of {scratch} to {warm} at {r['target']:.1%} ({r['sentence']})"
+                    ) + (" (an estimate beyond the largest measured size: extrapolated)" if extrapolated else "")
+                    rows.append(
+                        {
+                            "model": model,
+                            "scratch_arm": scratch,
+                            "pretrained_arm": warm,
+                            "target": r["target"],
+                            "n_scratch": n_s,
+                            "n_pretrained": n_p,
+                            "images_saved": n_s - n_p,
+                            "ratio": ratio,
+                            "bound": bound,
+                            "ci_low": lo,
+                            "ci_high": hi,
+                            "extrapolated": extrapolated,
+                            "sentence": sentence,
+                        }
+                    )
+    return pd.DataFrame(rows, columns=PRETRAINING_COLUMNS)
+
+
+def _inverse(v: float) -> float:
+    if np.isnan(v):
+        return np.nan
+    return np.inf if v == 0 else 1.0 / v
