@@ -272,27 +272,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.context import open_context
     from study.execute import execute
 
-    ctx = open_context(cfg)
-    for warning in ctx.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.retry_failed:
-        ctx.store.retry_failed(ctx.study_id)
-    if cfg.costs:
-        from study.costs import record_study_costs
+    # A study of several datasets is one study per dataset, every one checked before any trains.
+    studies = cfg.dataset_studies() or [cfg]
+    contexts = [open_context(study) for study in studies]
+    failed = 0
+    for study, ctx in zip(studies, contexts, strict=True):
+        for warning in ctx.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.retry_failed:
+            ctx.store.retry_failed(ctx.study_id)
+        if cfg.costs:
+            from study.costs import record_study_costs
 
-        record_study_costs(ctx, progress=not args.quiet)
-    counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
-    print(
-        f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, "
-        f"{counts['pending'] + counts['running']} left"
-    )
-    if counts["tuning_failed"]:
+            record_study_costs(ctx, progress=not args.quiet)
+        counts = execute(study, ctx.study_id, ctx.store, progress=not args.quiet)
         print(
-            f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then "
-            "--retry-failed)"
+            f"study {study.name!r}: {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['pending'] + counts['running']} left"
         )
+        if counts["tuning_failed"]:
+            print(
+                f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, "
+                "then --retry-failed)"
+            )
+        failed += counts["failed"] + counts["tuning_failed"]
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
-    return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
+    return 0 if failed == 0 else 1
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).
@@ -374,7 +379,25 @@ def _missing_sqlite_file(url: str) -> str | None:
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
+    from analysis.datasets import dataset_study_names
     from analysis.load import load_study, results_table
+
+    members = dataset_study_names(url, name)
+    if members:  # a study of several datasets: one report per dataset and one across them
+        from reports.datasets import write_datasets_report
+
+        datas = [load_study(url, member) for member in members]
+        out.mkdir(parents=True, exist_ok=True)
+        import pandas as pd
+
+        pd.concat([results_table(d) for d in datas]).to_csv(out / "results.csv", index=False)
+        if report:
+            folder = write_datasets_report(name, datas, out, targets=targets)
+            print(
+                f"report: {folder / 'index.html'}  and  {folder / 'report.md'} (one per dataset in {out / 'datasets'})"
+            )
+        print(f"results: {out / 'results.csv'}")
+        return
 
     data = load_study(url, name)
     out.mkdir(parents=True, exist_ok=True)
@@ -503,9 +526,10 @@ def _targets(text: str | None) -> list[float] | None:
 def cmd_report(args: argparse.Namespace) -> int:
     targets = _targets(args.targets)
     url, name, out = _located(args)
+    from analysis.datasets import only_study
     from analysis.load import load_study
 
-    _write_outputs(url, name or load_study(url).name, out, targets=targets)
+    _write_outputs(url, name or only_study(url) or load_study(url).name, out, targets=targets)
     return 0
 
 

@@ -62,6 +62,43 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a study of several (``[[datasets]]``): a name and its ``[data]`` keys (those
+    it does not set come from the study's ``[data]``). Each trains every arm in a study of its own,
+    ``<study>/<name>``, with its own splits and nested subsets."""
+
+    name: str
+    data: DataConfig
+
+    def table(self) -> dict[str, Any]:
+        """The dataset as one ``[[datasets]]`` table (how it is written to the store and read back)."""
+        return {"name": self.name, **dataclasses.asdict(self.data)}
+
+
+def _dataset_entry(table: Any) -> DatasetEntry:
+    """A ``[[datasets]]`` table as a DatasetEntry, its keys checked as ``[data]``'s."""
+    _check(isinstance(table, dict), f"datasets entry {table!r} must be a table with name and [data] keys")
+    name = table.get("name")
+    _check(
+        isinstance(name, str) and bool(name.strip()) and not set(name) & set("/|"),
+        f"dataset name {name!r} is invalid; give each [[datasets]] table a non-empty name without '/' or '|'",
+    )
+    rest = {k: v for k, v in table.items() if k != "name"}
+    return DatasetEntry(name, from_dict(DataConfig, rest, f"datasets.{name}."))
+
+
+def _datasets_over_data(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each ``[[datasets]]`` table completed by the study's ``[data]`` keys."""
+    if not raw.get("datasets"):
+        raw.pop("datasets", None)
+        return raw
+    _check(isinstance(raw["datasets"], list), "datasets must be a list of tables ([[datasets]] in TOML)")
+    base = raw.get("data", {}) if isinstance(raw.get("data"), dict) else {}
+    raw["datasets"] = [{**base, **t} if isinstance(t, dict) else t for t in raw["datasets"]]
+    return raw
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
@@ -304,6 +341,10 @@ class StudyConfig:
     channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     data: DataConfig = field(default_factory=DataConfig)
+    # [[datasets]]: several datasets, each a study "<name>/<dataset>" of its own (``dataset_studies``);
+    # empty = the one dataset of [data].
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    group: str = ""  # set on each dataset's study: the name of the study of several datasets it belongs to
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -327,6 +368,13 @@ class StudyConfig:
             if arm.name == name:
                 return arm
         raise UserError(f"arm {name!r} is not in this study; its arms: {', '.join(a.name for a in self.study_arms)}")
+
+    def dataset_studies(self) -> list[StudyConfig]:
+        """One study per ``[[datasets]]`` table, named ``<name>/<dataset>``; none without them."""
+        return [
+            dataclasses.replace(self, name=f"{self.name}/{d.name}", data=d.data, datasets=[], group=self.name)
+            for d in self.datasets
+        ]
 
     @property
     def sizes(self) -> list[tuple[str, float]]:
@@ -381,6 +429,13 @@ class StudyConfig:
             f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}",
         )
         self.data.validate()
+        names = [d.name for d in self.datasets]
+        for entry in self.datasets:
+            _check(names.count(entry.name) == 1, f"dataset name {entry.name!r} is given twice; name each one once")
+            try:
+                entry.data.validate()
+            except UserError as exc:
+                raise UserError(f"dataset {entry.name!r}: {str(exc).replace('data.', '')}") from None
         self.train.validate()
         names = [a.name for a in self.study_arms]
         for name in names:
@@ -423,7 +478,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    return from_dict(StudyConfig, _arms_with_models(_overridden(raw, overrides)), "").validate()
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
@@ -440,7 +495,7 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
         raw.pop(key, None)
     if raw.get("arms"):  # stored arms already include those named after models
         raw.pop("models", None)
-    return from_dict(StudyConfig, _arms_with_models(_overridden(raw, overrides)), "").validate()
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
 
 
 def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
@@ -481,6 +536,8 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
         hint = hints[name]
         if hint == list[Arm]:
             values[name] = [_arm(table) for table in value]
+        elif hint == list[DatasetEntry]:
+            values[name] = [_dataset_entry(table) for table in value]
         elif dataclasses.is_dataclass(hint):
             values[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
@@ -548,6 +605,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     plain = dataclasses.asdict(cfg)
     if isinstance(cfg, StudyConfig):
         plain["arms"] = [arm.table() for arm in cfg.arms]
+        plain["datasets"] = [entry.table() for entry in cfg.datasets]
     return plain
 
 
@@ -579,6 +637,12 @@ grace_period = 180                  # seconds without one after which another wo
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
+
+# [[datasets]] tables instead of one dataset: each a name plus [data] keys (the rest come from [data])
+# [[datasets]]
+# name = "tiny"
+# dataset = "tiny-imagenet"
+# root = "data/tiny-imagenet-200"
 
 [data]
 dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition
