@@ -117,12 +117,22 @@ def pretraining_effect(data: StudyData, ratios: pd.DataFrame, needed: pd.DataFra
                     n_s, n_p = (float(n[a]["n_star"].iloc[0]) if len(n[a]) else np.nan for a in (scratch, warm))
                     extrapolated = any(bool(n[a]["extrapolated"].iloc[0]) for a in n if len(n[a]))
                     at = {">=": "at least ", "<=": "at most "}.get(bound, "")
-                    sentence = (
-                        f"{model}: from scratch ({scratch}) it needs {at}{ratio:.2g}× [{lo:.2g}, {hi:.2g}] the "
-                        f"images it needs pretrained ({warm}) to reach {r['target']:.1%}"
-                        if np.isfinite(ratio)
-                        else f"{model}: no finite ratio of {scratch} to {warm} at {r['target']:.1%} ({r['sentence']})"
-                    ) + (" (an estimate beyond the largest measured size: extrapolated)" if extrapolated else "")
+                    target = f"{r['target']:.1%}"
+                    if np.isinf(n_p) or np.isinf(n_s):  # a curve that never reaches the target: no ratio to read
+                        never, other = (warm, scratch) if np.isinf(n_p) else (scratch, warm)
+                        sentence = f"{model}: {never} does not reach {target} on its fitted curve; {other} does"
+                        if np.isinf(n_p) and np.isinf(n_s):
+                            sentence = f"{model}: neither {scratch} nor {warm} reaches {target} on its fitted curve"
+                        ratio = lo = hi = np.nan
+                    elif np.isfinite(ratio):
+                        sentence = (
+                            f"{model}: from scratch ({scratch}) it needs {at}{ratio:.2g}× [{lo:.2g}, {hi:.2g}] the "
+                            f"images it needs pretrained ({warm}) to reach {target}"
+                        )
+                    else:
+                        sentence = f"{model}: no ratio of {scratch} to {warm} at {target} ({r['sentence']})"
+                    if extrapolated and np.isfinite(ratio):
+                        sentence += " (an estimate beyond twice the largest measured size: extrapolated)"
                     rows.append(
                         {
                             "model": model,
@@ -131,7 +141,7 @@ def pretraining_effect(data: StudyData, ratios: pd.DataFrame, needed: pd.DataFra
                             "target": r["target"],
                             "n_scratch": n_s,
                             "n_pretrained": n_p,
-                            "images_saved": n_s - n_p,
+                            "images_saved": n_s - n_p if np.isfinite(n_s) and np.isfinite(n_p) else np.nan,
                             "ratio": ratio,
                             "bound": bound,
                             "ci_low": lo,

@@ -86,7 +86,8 @@ def _context(name: str, c: DatasetComparison) -> dict:
         "name": name,
         "sections": sections,
         "overall": _records(ranks),
-        "best_overall": ranks.iloc[0]["model"] if len(ranks) else None,
+        # Every arm that shares the best average rank: a tie names them all.
+        "best_overall": list(ranks[np.isclose(ranks["average_rank"], ranks["average_rank"].min())]["model"]),
         "friedman": friedman,
         "posthoc": _records(c.overall.posthoc),
         "sizes": sizes,

@@ -394,7 +394,7 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets:
         if report:
             folder = write_datasets_report(name, datas, out, targets=targets)
             print(
-                f"report: {folder / 'index.html'}  and  {folder / 'report.md'} (one per dataset in {out / 'datasets'})"
+                f"report: {folder / 'index.html'}  and  {folder / 'report.md'} (each dataset's in {out / 'datasets'})"
             )
         print(f"results: {out / 'results.csv'}")
         return
@@ -444,7 +444,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if status == "failed"
                 else f"attempt {r['attempts']} by {r['worker']}"
             )
-            print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
+            print(f"  {status}: {r['arm']} n_train={r['n_train']} seed={r['seed']}: {detail}")
     _print_tuning_status(url, data)
     _print_workers(url, data)
     return 0
@@ -490,7 +490,7 @@ def _print_tuning_status(url: str, data) -> None:
     print(f"tuning: {sum(j.status == 'done' for j in jobs)} of {len(jobs)} cells tuned ({budget} trials each)")
     for job in jobs:
         size = f"{job.size_value:g}" if job.size_kind == "fraction" else str(int(job.size_value))
-        line = f"  {job.status:8s} {job.model} {job.size_kind}={size}:"
+        line = f"  {job.status:8s} {job.arm or job.model} {job.size_kind}={size}:"
         if job.optuna_study in best.index:
             b = best.loc[job.optuna_study]
             line += f" {b['n_complete']} complete, {b['n_pruned']} pruned, {b['n_failed']} failed of {budget}"

@@ -200,3 +200,46 @@ def test_a_database_written_before_arms_gets_an_arm_column_filled_with_the_model
             ("resnet18", "resnet18", "resnet18|fraction=1|seed=0")
         ]
         assert conn.execute("SELECT arm FROM tuning_jobs").fetchall() == [("resnet18",)]
+
+
+# -- the analysis of arms (a synthetic store: no training) ------------------------------------
+
+
+def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretrained(tmp_path):
+    from sqlalchemy import update
+
+    from analysis import analyse
+    from analysis.arms import pretraining_effect
+    from analysis.load import load_study
+    from reports import write_report
+    from study.store import RunRow, StudyRow
+    from tests.synthetic import make_study
+
+    # acc(n) = a - b n^-c: with b four times smaller, pretrained needs (1/4)^(1/c) = 1/16 the images.
+    curves = {"r18-scratch": (0.95, 8.0, 0.5), "r18-in1k": (0.95, 2.0, 0.5), "mnv2": (0.95, 4.0, 0.5)}
+    made = make_study(tmp_path / "s.db", curves=curves, fractions=(0.05, 0.1, 0.25, 0.5, 1.0), seeds=3, noise=0.002)
+    store = Store(made.url, create=False)
+    arms = {
+        "r18-scratch": {"model": "resnet18"},
+        "r18-in1k": {"model": "resnet18", "pretrained": True},
+        "mnv2": {"model": "mobilenetv2_100", "pretrained": True},
+    }
+    with store.session() as s:
+        for arm, keys in arms.items():
+            s.execute(update(RunRow).where(RunRow.arm == arm).values(model=keys["model"]))
+        s.execute(update(StudyRow).values(settings={"arms": arms}))
+    data = load_study(made.url)
+    assert set(zip(data.runs["arm"], data.runs["model"])) == {(a, k["model"]) for a, k in arms.items()}
+    a = analyse(data, n_boot_curves=30, n_boot_stats=100)
+    assert sorted(a.answer["model"]) == sorted(arms)  # the analysis compares arms, by name
+    effect = pretraining_effect(a.data, a.ratios, a.needed)
+    assert set(effect["model"]) == {"resnet18"}  # only resnet18 is trained both ways
+    assert set(zip(effect["scratch_arm"], effect["pretrained_arm"])) == {("r18-scratch", "r18-in1k")}
+    for _, r in effect.iterrows():
+        assert r["ratio"] == pytest.approx(16, rel=0.25)
+        assert r["ci_low"] <= r["ratio"] <= r["ci_high"]
+        assert r["images_saved"] == pytest.approx(r["n_scratch"] - r["n_pretrained"])
+    folder = write_report(data, tmp_path / "out", analysis=a)
+    report = (folder / "report.md").read_text()
+    assert "## Arms" in report and "| r18-in1k | resnet18 | pretrained weights | pretrained=True |" in report
+    assert "from scratch (r18-scratch) it needs" in report and "the images it needs pretrained (r18-in1k)" in report
