@@ -243,3 +243,38 @@ def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretra
     report = (folder / "report.md").read_text()
     assert "## Arms" in report and "| r18-in1k | resnet18 | pretrained weights | pretrained=True |" in report
     assert "from scratch (r18-scratch) it needs" in report and "the images it needs pretrained (r18-in1k)" in report
+
+
+def test_cells_and_tuning_jobs_are_per_arm_and_costs_per_model_and_input_size(tmp_path):
+    import numpy as np
+
+    from study.context import plan_cells, plan_tuning
+    from study.costs import record_model_costs
+    from tests.test_costs import tiny_conv_net
+
+    cfg = config.load(
+        None,
+        {
+            "arms": [f"small={FAST_MODEL}", f"large={FAST_MODEL},input_size=32"],
+            "fractions": "0.5,1",
+            "seeds": "2",
+            "tune.trials": "3",
+        },
+    )
+    cells = plan_cells(cfg)
+    assert len(cells) == 2 * 2 * 2 and {c.arm for c in cells} == {"small", "large"}
+    assert {c.model for c in cells} == {FAST_MODEL}
+    assert cells[0].key == "small|fraction=0.5|seed=0"
+    jobs = plan_tuning(cfg)
+    assert [(j[0], j[4]) for j in jobs[:2]] == [
+        ("default|tune|small|fraction=0.5", "small"),
+        ("default|tune|large|fraction=0.5", "large"),
+    ]
+    # The arms of one model at two input sizes: its costs are measured at each size once.
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    sid = store.open_study("s", "fp", {}, {}, {}, {}, np.array([0]))
+    pairs = [(FAST_MODEL, 16), (FAST_MODEL, 32), (FAST_MODEL, 16)]
+    factory = lambda name, n: tiny_conv_net()  # noqa: E731  fast; costs only need a module
+    assert record_model_costs(store, sid, pairs, 10, factory, progress=False) == [FAST_MODEL, FAST_MODEL]
+    assert sorted(r.input_size for r in store.model_costs(sid)) == [16, 32]
+    assert record_model_costs(store, sid, pairs, 10, factory, progress=False) == []
