@@ -10,7 +10,6 @@ seeded, so the same store always gives the same files.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from analysis.load import StudyData
+from analysis.load import StudyData, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import figures
 from reports import format as fmt
@@ -80,16 +79,6 @@ def _slug(name: str) -> str:
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with pandas' missing values turned into NaN/None the filters understand."""
     return [{k: (None if v is pd.NA else v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def load_tuning(data: StudyData):
-    """The study's tuning tables (``analysis.tuning``, issue 3) when that module exists and the
-    study's database is known; None otherwise."""
-    if not data.storage_url or importlib.util.find_spec("analysis.tuning") is None:
-        return None
-    from analysis.tuning import tuning_tables
-
-    return tuning_tables(data.storage_url, data.name)
 
 
 def write_report(

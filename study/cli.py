@@ -10,15 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from study.errors import UserError
-
-if TYPE_CHECKING:
-    from study.store import Store
 
 
 def _seconds(text: str) -> float:
@@ -99,7 +94,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
-    p.add_argument("--epochs", metavar="N", help="training rounds per run (one pass over full data each)")
+    p.add_argument("--epochs", metavar="N", help="training epochs per run (one pass over full data each)")
     p.add_argument("--min-steps", metavar="N", help="floor on optimiser steps per run, for small fractions")
     p.add_argument("--batch-size", metavar="N")
     p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")
@@ -269,8 +264,8 @@ def _config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from study.context import open_context
     from study.execute import execute
+    from study.plan import open_context
 
     # A study of several datasets is one study per dataset, every one checked before any trains.
     studies = cfg.dataset_studies() or [cfg]
@@ -322,15 +317,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Join a study from the store alone: its config is the stored one, with this machine's
     flags; the data this machine decodes must give the study's fingerprint."""
     from study import config
-    from study.context import JOIN, open_context
     from study.execute import execute
+    from study.plan import JOIN, open_context
+    from study.store import missing_sqlite_file, study_to_join
 
     local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
     url = local.storage_url
-    store, name, names = _study_to_join(url, args.name, args.wait)
+    store, name, names = study_to_join(url, args.name, args.wait)
     if store is None:
         raise UserError(
-            f"no study database at {_missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
+            f"no study database at {missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
         )
     if name is None:
         listed = ", ".join(repr(n) for n in names) or "none"
@@ -352,30 +348,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "left"
     )
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
-
-
-def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None, str | None, list[str]]:
-    """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
-    only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
-    not exist (a worker never creates one), the study None while there is none such."""
-    from study.store import Store
-
-    deadline = time.monotonic() + wait
-    store: Store | None = None
-    while True:
-        if store is None and _missing_sqlite_file(url) is None:
-            store = Store(url)
-        names = store.study_names() if store is not None else []
-        chosen = name or (names[0] if len(names) == 1 else None)
-        if chosen in names or time.monotonic() >= deadline:
-            return store, (chosen if chosen in names else None), names
-        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The database file of a SQLite ``url`` where it does not exist, else None."""
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
-    return path if path is not None and not Path(path).is_file() else None
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
@@ -413,94 +385,24 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets:
 def _located(args: argparse.Namespace) -> tuple[str, str | None, Path]:
     """(storage URL, study name, out folder) from flags and config, without validating the rest."""
     from study import config
+    from study.store import missing_sqlite_file
 
     overrides = {k: getattr(args, k) for k in ("out", "storage", "name")}
     cfg = config.load(args.config, overrides)
     url = cfg.storage_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise UserError(
-            f"no study database at {url[len('sqlite:///') :]}; run `python -m study run` first or pass --out/--storage"
-        )
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise UserError(f"no study database at {missing}; run `python -m study run` first or pass --out/--storage")
     name = cfg.name if (args.name or args.config) else None
     return url, name, Path(cfg.out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from analysis.load import load_study
+    from study.status import print_status
 
     url, name, _ = _located(args)
-    data = load_study(url, name)
-    runs = data.runs
-    counts = runs["status"].value_counts().to_dict()
-    total = len(runs)
-    print(f"study {data.name!r} ({url}): {total} runs")
-    for status in ("done", "running", "failed", "pending"):
-        label = "left" if status == "pending" else status
-        print(f"  {label:8s} {counts.get(status, 0)}")
-    for status in ("running", "failed"):
-        for _, r in runs[runs["status"] == status].iterrows():
-            detail = (
-                (r["error"] or "").splitlines()[0]
-                if status == "failed"
-                else f"attempt {r['attempts']} by {r['worker']}"
-            )
-            print(f"  {status}: {r['arm']} n_train={r['n_train']} seed={r['seed']}: {detail}")
-    _print_tuning_status(url, data)
-    _print_workers(url, data)
+    print_status(url, name)
     return 0
-
-
-def _print_workers(url: str, data) -> None:
-    """Each worker process that worked on the study: what it does, when it was last heard from
-    (by the database's clock), and what it finished; silent past the grace period = presumed dead."""
-    from study.store import Store
-
-    store = Store(url, create=False)
-    workers = store.workers(store.study(data.name).id)
-    if not workers:
-        return
-    grace = float(data.config.get("grace_period", 180.0))
-    now = store.now()
-    alive = [
-        w
-        for w in workers
-        if w.heartbeat_at and (now - w.heartbeat_at).total_seconds() <= grace and not w.doing.startswith("idle")
-    ]
-    print(f"workers: {len(alive)} active of {len(workers)} (grace period {grace:g} s)")
-    for w in workers:
-        silent = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else float("inf")
-        state = "presumed dead" if silent > grace and not w.doing.startswith("idle") else w.doing
-        print(
-            f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) "
-            "done"
-        )
-
-
-def _print_tuning_status(url: str, data) -> None:
-    """Per tuned cell: its job's state, trials finished of the budget, and the best so far."""
-    from analysis.tuning import tuning_tables
-    from study.store import Store
-
-    store = Store(url, create=False)
-    jobs = store.tuning_jobs(store.study(data.name).id)
-    if not jobs:
-        return
-    budget = int(data.config.get("tune", {}).get("trials", 0))
-    best = tuning_tables(url, data.name).best.set_index("optuna_study")
-    print(f"tuning: {sum(j.status == 'done' for j in jobs)} of {len(jobs)} cells tuned ({budget} trials each)")
-    for job in jobs:
-        size = f"{job.size_value:g}" if job.size_kind == "fraction" else str(int(job.size_value))
-        line = f"  {job.status:8s} {job.arm or job.model} {job.size_kind}={size}:"
-        if job.optuna_study in best.index:
-            b = best.loc[job.optuna_study]
-            line += f" {b['n_complete']} complete, {b['n_pruned']} pruned, {b['n_failed']} failed of {budget}"
-            if b["n_complete"]:
-                line += f"; best val_acc {b['best_value']:.3f} (trial #{b['best_trial']})"
-        else:
-            line += f" 0 of {budget} trials"
-        if job.status == "failed" and job.error:
-            line += f"; error: {job.error.splitlines()[0]}"
-        print(line)
 
 
 def _targets(text: str | None) -> list[float] | None:

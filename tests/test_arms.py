@@ -248,8 +248,8 @@ def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretra
 def test_cells_and_tuning_jobs_are_per_arm_and_costs_per_model_and_input_size(tmp_path):
     import numpy as np
 
-    from study.context import plan_cells, plan_tuning
     from study.costs import record_model_costs
+    from study.plan import plan_cells, plan_tuning
     from tests.test_costs import tiny_conv_net
 
     cfg = config.load(
