@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from analysis.stats import RankTests, rank_tests
 from analysis.study_analysis import StudyAnalysis
-from study.store import Store, StudyRow
+from study.store.engine import open_database
+from study.store.schema import StudyRow
 
 SIZE_RANK_COLUMNS = ["size_kind", "size_value", "model", "average_rank", "n_datasets"]
 NORMALISED_COLUMNS = [
@@ -39,23 +41,23 @@ NORMALISED_COLUMNS = [
 def dataset_study_names(url: str, group: str) -> list[str]:
     """The studies, one per dataset, of the study of several datasets called ``group`` (in the
     order they were made); none when ``group`` is a study of one dataset or not in the store."""
-    store = Store(url, create=False)
+    return [name for name, config in _configs(url) if config.get("group") == group and name != group]
+
+
+def _configs(url: str) -> list[tuple[str, dict]]:
+    """(name, config) of every study in the store, in the order they were made; none when the
+    database is not a study database (``load_study`` says so)."""
     try:
-        with store.session() as s:
+        with Session(open_database(url, create=False)) as s, s.begin():
             rows = s.execute(select(StudyRow.name, StudyRow.config).order_by(StudyRow.id)).all()
-    except Exception:  # not a study database: load_study says so
+    except Exception:
         return []
-    return [name for name, config in rows if (config or {}).get("group") == group and name != group]
+    return [(name, config or {}) for name, config in rows]
 
 
 def only_study(url: str) -> str | None:
     """The study of several datasets that every study in the store belongs to, if there is one."""
-    store = Store(url, create=False)
-    try:
-        with store.session() as s:
-            groups = {(config or {}).get("group", "") for config in s.scalars(select(StudyRow.config))}
-    except Exception:
-        return None
+    groups = {config.get("group", "") for _, config in _configs(url)}
     return groups.pop() if len(groups) == 1 and "" not in groups else None
 
 

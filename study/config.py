@@ -618,11 +618,9 @@ out = "study-out"          # results, cache and report go here
 # storage = "sqlite:///study-out/study.db"   # or postgresql+psycopg://user@host/db
 
 models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
-# [[arms]] tables instead (or as well): a named way to train, a model plus [train] keys of its own
-# [[arms]]
-# name = "vit-in1k"
-# model = "mobilevit_xxs"
-# pretrained = true       # any [train] key; weights = "PATH" is a weights file of this arm's model
+# Arms instead (or as well): named ways to train, a model plus any [train] keys of its own (an arm's
+# weights key is one file of its model); [[arms]] tables work too (docs/arms.md)
+# arms = [{ name = "vit-in1k", model = "mobilevit_xxs", pretrained = true }, { name = "r18", model = "resnet18" }]
 fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
 # per_class = [5, 10, 50]           # images per class instead of fractions
 seeds = 3                           # each seed draws its own subsets, init and augmentation
@@ -637,11 +635,10 @@ compile = false                     # torch.compile each model once per worker (
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
 
-# [[datasets]] tables instead of one dataset: each a name plus [data] keys (the rest come from [data])
-# [[datasets]]
-# name = "tiny"
-# dataset = "tiny-imagenet"
-# root = "data/tiny-imagenet-200"
+# Several datasets instead of one: each a name plus [data] keys (the rest come from [data]); every arm
+# trains on every dataset, each a study "<name>/<dataset>" of its own; [[datasets]] tables work too
+# datasets = [{ name = "tiny", dataset = "tiny-imagenet", root = "data/tiny-imagenet-200" }, { name = "digits" }]
+# group = ""              # set by the study itself on each dataset's study: the study of several datasets
 
 [data]
 dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition
