@@ -93,9 +93,9 @@ def _arm_costs(data: StudyData, arm: str, model: str) -> dict | None:
 def pretraining_effect(data: StudyData, ratios: pd.DataFrame, needed: pd.DataFrame) -> pd.DataFrame:
     """Images saved by pretraining (PRETRAINING_COLUMNS): for each model that a study trains both
     from scratch and from pretrained weights, per pair of such arms and target, n*(scratch) /
-    n*(pretrained) with the paired bootstrap interval of ``efficiency.data_ratios`` (``ratios``
+    n*(pretrained) with the interval of ``efficiency.data_ratios`` (``ratios``
     and ``needed`` are the analysis' tables, labelled by arm), and n*(scratch) - n*(pretrained).
-    ``extrapolated``: either estimate lies beyond the largest measured size."""
+    ``extrapolated``: either estimate lies beyond its largest measured size."""
     pretrained, models = starts_pretrained(data), arm_models(data)
     rows = []
     for model in sorted(set(models.values())):
@@ -132,7 +132,7 @@ def pretraining_effect(data: StudyData, ratios: pd.DataFrame, needed: pd.DataFra
                     else:
                         sentence = f"{model}: no ratio of {scratch} to {warm} at {target} ({r['sentence']})"
                     if extrapolated and np.isfinite(ratio):
-                        sentence += " (an estimate beyond twice the largest measured size: extrapolated)"
+                        sentence += " (an estimate beyond the largest measured size: extrapolated)"
                     rows.append(
                         {
                             "model": model,

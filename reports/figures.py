@@ -73,8 +73,8 @@ def learning_curves(
 ) -> Path:
     """Mean test accuracy against training-set size (log axis) with its 95% CI over seeds (error
     bars), one colour per model; the fitted curve (``analysis.curves.curve_bands``) solid over
-    the measured sizes and dashed beyond them, with its bootstrap band; target accuracies as
-    dotted lines. A model without a fit has its means joined by a thin line."""
+    the measured sizes and dashed beyond them, with its 95% interval (seed noise, lack of fit,
+    extrapolation); target accuracies as dotted lines. A model without a fit has its means joined by a thin line."""
     colours = _colours(summary["model"].unique(), colours)
     markers = model_markers(list(colours))
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
@@ -135,7 +135,7 @@ def learning_curves(
 
 def data_needed(needed: pd.DataFrame, targets: pd.DataFrame, path: Path, colours: dict[str, str] | None = None) -> Path:
     """Images needed to reach each target (``analysis.efficiency.data_needed``), per model,
-    with bootstrap intervals; log axis. Estimates beyond twice the largest measured size are
+    with their 95% intervals; log axis. Estimates beyond the largest measured size are
     hollow; unreached targets are written out instead of drawn."""
     colours = _colours(needed["model"].unique(), colours)
     models = sorted(needed["model"].unique())
@@ -181,7 +181,7 @@ def data_needed(needed: pd.DataFrame, targets: pd.DataFrame, path: Path, colours
     ax.invert_yaxis()
     _log_axis(ax)
     ax.set_xlabel("training images needed (log scale; dotted: largest measured size; hollow: extrapolated)")
-    ax.set_title("Images needed to reach each target (95% bootstrap CI)")
+    ax.set_title("Images needed to reach each target (95% CI)")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     return save(fig, path)
 
@@ -203,7 +203,7 @@ def _cliques(ranks: pd.Series, cd: float) -> list[tuple[int, int]]:
 def average_ranks(
     ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colours: dict[str, str] | None = None
 ) -> Path:
-    """Critical-difference diagram: average rank of each model over every (size, seed) block
+    """Critical-difference diagram: average rank of each model over the seeds (ranks averaged over sizes)
     (1 = most accurate), the Nemenyi critical difference as a scale bar, and thick bars joining
     models whose ranks are closer than it (not significantly different)."""
     colours = _colours(ranks["model"], colours)
@@ -250,7 +250,7 @@ def average_ranks(
             )
     p = f["p_value"]
     subtitle = f"Friedman p = {p:.3g}" if np.isfinite(p) else "no Friedman test (needs 3+ models)"
-    ax.set_title(f"Average rank over {int(f['n_blocks'])} (size, seed) blocks; {subtitle}", fontsize=10)
+    ax.set_title(f"Average rank over {int(f['n_blocks'])} seeds (ranks averaged over sizes); {subtitle}", fontsize=10)
     ax.axis("off")
     return save(fig, path)
 

@@ -62,7 +62,7 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
             elif np.isinf(r["n_star"]):
                 parts.append(f"{r['model']}: not reached on its fitted curve")
             else:
-                flag = " (extrapolated)" if r["extrapolated"] else ""
+                flag = f" (extrapolated {r['extrapolation_factor']:.2g}× beyond the data)" if r["extrapolated"] else ""
                 if r["upper_bound"]:
                     parts.append(f"{r['model']} at most {count(r['n_star'])} (reached at the smallest measured size)")
                 else:
@@ -82,10 +82,15 @@ def needed_sentences(a: StudyAnalysis) -> list[str]:
             at_least = "at least " if reached.iloc[0]["upper_bound"] else ""
             ratios = [
                 f"{m} {at_least}{num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}"
+                + _ratio_extrapolation(a.ratios, t["target"], m, best)
                 for m, (r, lo, hi) in zip(others, ratios)
             ]
             if ratios:
-                text += f" Relative to {best}, the others need: " + "; ".join(ratios) + " as many images."
+                text += (
+                    f" Relative to {best}, the others need: "
+                    + "; ".join(ratios)
+                    + " as many images (intervals of at least 95%)."
+                )
         out.append(text)
     return out
 
@@ -100,6 +105,45 @@ def _ratio_to(ratios: pd.DataFrame, target: float, model: str, reference: str) -
     r = rows[(rows["model_a"] == reference) & (rows["model_b"] == model)].iloc[0]
     with np.errstate(divide="ignore"):
         return 1 / r["ratio"], 1 / r["ci_high"], 1 / r["ci_low"]
+
+
+def _ratio_extrapolation(ratios: pd.DataFrame, target: float, model: str, reference: str) -> str:
+    """' (extrapolated 71× beyond the data)' when the ratio rests on an n* beyond the data."""
+    rows = ratios[(ratios["target"] == target) & ratios["model_a"].isin([model, reference])]
+    rows = rows[rows["model_b"].isin([model, reference])]
+    if not len(rows) or not rows["extrapolated"].iloc[0]:
+        return ""
+    return f" (extrapolated {rows['extrapolation_factor'].iloc[0]:.2g}× beyond the data)"
+
+
+def crossover_sentences(a: StudyAnalysis) -> list[str]:
+    """Where one model's curve overtakes another's, with its 95% interval (analysis.efficiency.crossovers);
+    one sentence when no fitted curves cross."""
+    cross = a.crossovers
+    if cross.empty:
+        return []
+    found = cross[cross["status"] != "no crossover"]
+    if found.empty:
+        return ["No two fitted learning curves cross within the measured range or up to 4× beyond it."]
+    # the interval spans every size where the difference's 95% interval holds 0: it covers at least 95%
+    return [f"{r['sentence']} (interval of at least 95%)." for _, r in found.iterrows()]
+
+
+def score_difference_sentence(a: StudyAnalysis) -> str:
+    """Which data-efficiency scores differ (paired over seeds, Holm), from ``a.score_differences``."""
+    sd = a.score_differences.dropna(subset=["diff"])
+    if sd.empty:
+        return ""
+    sig = sd[sd["significant"]]
+    items = [
+        f"{r['model_a']} − {r['model_b']} {num(r['diff'])} {interval(r['ci_low'], r['ci_high'], num)}"
+        for _, r in sig.iterrows()
+    ]
+    head = (
+        f"{len(sig)} of {len(sd)} differences in data-efficiency score are significant (paired t-test over seeds, "
+        f"Holm-adjusted p < {a.comparisons.alpha:g})"
+    )
+    return head + (": " + "; ".join(items) + "." if items else ".")
 
 
 def efficiency_sentence(a: StudyAnalysis) -> str:
@@ -173,9 +217,12 @@ def answer_paragraphs(a: StudyAnalysis) -> list[str]:
     needed = needed_sentences(a)
     if needed:
         paragraphs.append(" ".join(needed))
-    eff = efficiency_sentence(a)
+    eff = " ".join(x for x in (efficiency_sentence(a), score_difference_sentence(a)) if x)
     if eff:
         paragraphs.append(eff)
+    cross = crossover_sentences(a)
+    if cross:
+        paragraphs.append(" ".join(cross))
     paragraphs.append(" ".join(significance_sentences(a)))
     cost = cost_sentence(a)
     if cost:

@@ -18,7 +18,7 @@ from tests.conftest import FAST_MODEL, write_imagefolder
 def _toml(path, folder, extra: str = "") -> str:
     path.write_text(
         f"""fractions = [0.34, 0.67, 1.0]
-seeds = 2
+seeds = 3
 threads = 1
 jobs = 1
 {extra}
@@ -94,7 +94,7 @@ def test_two_dataset_study_reports_each_dataset_and_compares_arms_across_them(cl
     digits, shapes = (store.study(n) for n in store.study_names())
     assert digits.splits["n_pool"] != shapes.splits["n_pool"]  # each dataset has its own splits
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 2 * 3 * 3 * 2  # datasets x arms x sizes x seeds
+    assert len(rows) == 2 * 3 * 3 * 3  # datasets x arms x sizes x seeds
     assert {r["dataset"] for r in rows} == {"digits", "imagefolder"}
 
     # One full report per dataset, labelled by arm.
