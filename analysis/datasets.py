@@ -128,7 +128,7 @@ def compare_datasets(analyses: dict[str, StudyAnalysis], alpha: float = 0.05) ->
 
 def _ranks(frame: pd.DataFrame, metric: str, alpha: float) -> RankTests:
     """``stats.rank_tests`` with the datasets as its blocks (one size, each dataset a 'seed')."""
-    blocks = frame.assign(size_kind="all", size_value=0.0, seed=frame["dataset"])
+    blocks = frame.assign(size_kind="all", size_value=0.0, fraction=1.0, n_train=0, seed=frame["dataset"])
     return rank_tests(blocks, alpha, metric=metric)
 
 
