@@ -3,7 +3,8 @@ runtime, precision, file size, CPU latency at batch 1, test accuracy and its dro
 which variants are Pareto-optimal in accuracy against latency; and which model is the most
 accurate within a latency and size budget at each training-set size. No torch.
 
-``arm`` is the model's name (one arm per model until arms exist).
+Variants are labelled by arm (the model's name for a study of plain models), in ``model`` as in
+the rest of the analysis and in ``arm`` in deployment.csv.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def load_deployments(url: str, study: str) -> pd.DataFrame:
         records.append(
             {
                 "run_id": r.id,
-                "model": r.model,
+                "model": r.arm or r.model,  # labelled by arm, as the rest of the report
                 "size_kind": r.size_kind,
                 "size_value": r.size_value,
                 "fraction": r.fraction,

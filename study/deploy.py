@@ -100,16 +100,16 @@ def load_trained(model_name: str, num_classes: int, data: bytes) -> nn.Module:
 
 
 def runs_to_deploy(store: Store, study_id: int, which: str = "best") -> list[RunRow]:
-    """The finished runs with kept weights to export: all of them, or per model the best seed
+    """The finished runs with kept weights to export: all of them, or per arm the best seed
     (highest validation accuracy, then the lowest seed) at the largest size with kept weights.
     Chosen on validation accuracy so that no test image decides which model ships."""
     kept = store.runs_with_weights(study_id)
     runs = [r for r in store.runs(study_id, DONE) if r.id in kept]
     if which == "all":
-        return sorted(runs, key=lambda r: (r.model, r.size_value, r.seed))
+        return sorted(runs, key=lambda r: (r.arm or r.model, r.size_value, r.seed))
     chosen = []
-    for model in sorted({r.model for r in runs}):
-        mine = [r for r in runs if r.model == model]
+    for arm in sorted({r.arm or r.model for r in runs}):
+        mine = [r for r in runs if (r.arm or r.model) == arm]
         largest = max(r.size_value for r in mine)
         at_largest = [r for r in mine if r.size_value == largest]
         chosen.append(min(at_largest, key=lambda r: (-(r.val_acc or 0.0), r.seed)))

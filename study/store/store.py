@@ -589,7 +589,7 @@ class Store:
     # -- deployment (issue 17) ----------------------------------------------------------------
     def save_weights(self, run_id: int, data: bytes, best_only: bool = False, format: str = "safetensors") -> bool:
         """Keep a finished run's trained weights (replacing any kept before for it); returns
-        whether they were kept. ``best_only``: keep one run per (model, size), the best by
+        whether they were kept. ``best_only``: keep one run per (arm, size), the best by
         validation accuracy and then the lowest seed, whichever order the runs finish in: the
         run's weights are kept only if they beat those kept, which are then dropped."""
         with self.session(write=True) as s:
@@ -600,7 +600,7 @@ class Store:
                     .join(RunWeightsRow, RunWeightsRow.run_id == RunRow.id)
                     .where(
                         RunRow.study_id == run.study_id,
-                        RunRow.model == run.model,
+                        RunRow.arm == run.arm,
                         RunRow.size_kind == run.size_kind,
                         RunRow.size_value == run.size_value,
                         RunRow.id != run_id,
