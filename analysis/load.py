@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import inspect, select
 
+from study.budget_control import control_name, is_control
 from study.errors import UserError
 from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
 
@@ -124,7 +125,7 @@ class StudyData:
 def load_study(url: str, name: str | None = None) -> StudyData:
     """Read study ``name`` (or the only study) from the database at ``url``."""
     store = Store(url, create=False)
-    names = _names(store)
+    names = [n for n in _names(store) if not is_control(n)]  # a budget control belongs to its study
     if name is None:
         if len(names) != 1:
             raise UserError(
@@ -167,6 +168,18 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
     )
+
+
+def load_control(data: StudyData) -> StudyData | None:
+    """The budget control of ``data``'s study (``study.budget_control``) when the store holds
+    one with a finished run; None otherwise."""
+    if not data.storage_url:
+        return None
+    store = Store(data.storage_url, create=False)
+    if control_name(data.name) not in store.study_names():
+        return None
+    control = load_study(data.storage_url, control_name(data.name))
+    return control if len(control.done) else None
 
 
 def _cost_rows(store: Store, study_id: int) -> list[dict]:

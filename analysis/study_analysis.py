@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.confusion import confusion_matrices
+from analysis.convergence import budget_words, cell_convergence, convergence_messages, run_convergence
 from analysis.costs import model_costs, time_to_target, training_costs
 from analysis.curves import LearningCurves, curve_bands, fit_learning_curves
 from analysis.efficiency import data_needed, data_ratios, efficiency_scores, targets_table
@@ -58,6 +59,9 @@ class StudyAnalysis:
     confusion: pd.DataFrame
     warnings: pd.DataFrame
     answer: pd.DataFrame
+    convergence_runs: pd.DataFrame | None = None  # analysis.convergence.run_convergence
+    convergence: pd.DataFrame | None = None  # analysis.convergence.cell_convergence
+    control: StudyData | None = None  # the budget control (study.budget_control), when it ran
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -89,6 +93,8 @@ class StudyAnalysis:
             "time_to_target": self.time_to_target,
             "confusion_full_data": self.confusion,
             "warnings": self.warnings,
+            "convergence": self.convergence if self.convergence is not None else pd.DataFrame(),
+            "convergence_runs": self.convergence_runs if self.convergence_runs is not None else pd.DataFrame(),
         }
 
 
@@ -101,10 +107,12 @@ def analyse(
     n_boot_curves: int = 200,
     n_boot_stats: int = 2000,
     seed: int = 0,
+    control: StudyData | None = None,
 ) -> StudyAnalysis:
     """Analyse every finished run of ``data``. ``targets``: absolute test accuracies for the
     images-needed estimates (default: 90% and 95% of the best full-data accuracy). Bootstraps
-    are seeded by ``seed``, so the same store always gives the same numbers."""
+    are seeded by ``seed``, so the same store always gives the same numbers. ``control``: the
+    study's budget control (``study.budget_control``), for the convergence check."""
     done = data.done
     done = done[done["test_acc"].notna()]
     curves = fit_learning_curves(done, select=select, n_boot=n_boot_curves, seed=seed, confidence=confidence)
@@ -133,7 +141,30 @@ def analyse(
         answer=pd.DataFrame(),
     )
     analysis.answer = answer_table(analysis)
+    analysis.control = control
+    analysis.convergence_runs = run_convergence(done, data.epochs)
+    control_done = control.done[control.done["test_acc"].notna()] if control is not None else None
+    analysis.convergence = cell_convergence(done, analysis.convergence_runs, control_done)
+    analysis.warnings = _with_convergence(analysis.warnings, analysis.convergence, data.config)
     return analysis
+
+
+def _with_convergence(warnings: pd.DataFrame, cells: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The sanity warnings with one 'not_converged' warning per cell that had not converged,
+    placed after the errors."""
+    rows = [
+        {"severity": "warning", "check": "not_converged", "model": m, "n_train": n, "seed": pd.NA, "message": text}
+        for m, n, text in convergence_messages(cells, budget_words(config))
+    ]
+    if not rows:
+        return warnings
+    added = pd.DataFrame(rows, columns=warnings.columns)
+    errors = warnings[warnings["severity"] == "error"]
+    rest = warnings[warnings["severity"] != "error"]
+    out = pd.concat([errors, added, rest], ignore_index=True)
+    for col in ("n_train", "seed"):
+        out[col] = out[col].astype("Int64")
+    return out
 
 
 def answer_table(analysis: StudyAnalysis) -> pd.DataFrame:

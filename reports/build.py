@@ -20,11 +20,15 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from analysis.load import StudyData
+from analysis.confusion import confusion_matrices
+from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
+from analysis.load import StudyData, load_control
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import figures
 from reports import format as fmt
+from reports import tables as paper
 from reports.narrative import answer_paragraphs, missing_summary
+from reports.verdict import verdict
 
 ENVIRONMENT_KEYS = [
     "python",
@@ -107,20 +111,24 @@ def write_report(
     folder = Path(out_dir) / "report"
     fig_dir = folder / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for stale in fig_dir.glob("*.png"):  # figures of models or sections that are gone
-        stale.unlink()
-    a = analysis or analyse(data, targets=targets)
+    for fmt_ in figures.FORMATS:  # figures of models or sections that are gone
+        for stale in fig_dir.glob(f"*.{fmt_}"):
+            stale.unlink()
+    a = analysis or analyse(data, targets=targets, control=load_control(data))
     if tuning is None:
         tuning = load_tuning(data)
-    figs = _draw_figures(a, tuning, fig_dir)
+    names = fmt.display_names(data.config, sorted(data.runs["model"].unique()))
+    figs = _draw_figures(a, tuning, fig_dir, names)
 
     for name, table in a.tables().items():
         table.to_csv(folder / f"{name}.csv", index=False)
+    main = _main_tables(a, names)
+    paper.write_tables({k: (t, caption) for k, (t, caption, _) in main.items()}, folder)
     if tuning is not None:
         for name in ("trials", "best", "importances"):
             getattr(tuning, name).to_csv(folder / f"tuning_{name}.csv", index=False)
 
-    context = _context(a, tuning)
+    context = _context(a, tuning, names, main)
     env = _env()
     md = env.get_template("report.md.j2").render(**context, figures={k: f"figures/{p.name}" for k, p in figs.items()})
     html = env.get_template("report.html.j2").render(**context, figures={k: _inline(p) for k, p in figs.items()})
@@ -129,27 +137,61 @@ def write_report(
     return folder
 
 
-def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
+def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.DataFrame, str, list[str]]]:
+    """The paper tables: name -> (table, caption, notes on columns left out)."""
+    level = f"{100 * a.curves.confidence:g}%"
+    pairs, pair_notes = paper.pairs_table(a, names)
+    return {
+        "table_accuracy": (
+            paper.accuracy_table(a, names),
+            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per model and training-set size.",
+            [],
+        ),
+        "table_pairs": (
+            pairs,
+            "Paired differences in test accuracy (better model first), paired by seed; tie: not significant by the "
+            f"paired t-test, Holm-adjusted at {a.comparisons.alpha:g}.",
+            pair_notes,
+        ),
+        "table_costs": (
+            paper.costs_table(a, names),
+            "Inference cost per model: CPU latency at batch 1 (p50 / p95 over repeated timings).",
+            [],
+        ),
+        "table_convergence": (
+            paper.convergence_table(a, names),
+            "Convergence per model and size (definition in the report's Convergence section).",
+            [],
+        ),
+    }
+
+
+def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]) -> dict[str, Path]:
     """Every figure of the report, keyed by name; a figure with nothing to show is left out."""
     models = sorted(a.data.runs["model"].unique())
     colours = figures.model_colours(models)
     figs: dict[str, Path | None] = {}
     if len(a.summary):
         figs["learning_curves"] = figures.learning_curves(
-            a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets
+            a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets, names
         )
     if len(a.needed) and np.isfinite(a.needed["n_star"].astype(float)).any():
-        figs["data_needed"] = figures.data_needed(a.needed, a.targets, fig_dir / "data_needed.png", colours)
+        figs["data_needed"] = figures.data_needed(a.needed, a.targets, fig_dir / "data_needed.png", colours, names)
     if len(a.ranks.ranks) >= 2:
         figs["average_ranks"] = figures.average_ranks(
-            a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours
+            a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours, names
         )
     if len(a.answer) and a.answer["acc_largest"].notna().any():
         figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(
-            a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours
+            a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours, names
         )
     if tuning is not None and len(tuning.trials):
-        figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours)
+        figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours, names)
+    done = a.data.done
+    sizes = sorted(int(n) for n in done["n_train"].unique())
+    confusions = [confusion_matrices(a.data, n) for n in dict.fromkeys([sizes[0], sizes[-1]])] if sizes else []
+    loss = a.data.epochs[["train_loss", "val_loss"]].to_numpy(float) if len(a.data.epochs) else np.empty(0)
+    loss_max = float(np.nanpercentile(loss, 99)) * 1.05 if loss.size else None  # one loss scale for every model
     used = set()
     for model in models:
         slug = _slug(model)
@@ -157,13 +199,20 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
             slug += "_"
         used.add(slug)
         figs[f"training:{model}"] = figures.training_curves(
-            a.data.epochs, a.data.done, model, fig_dir / f"training_{slug}.png", colours[model]
+            a.data.epochs, done, model, fig_dir / f"training_{slug}.png", colours[model], sizes, loss_max
         )
-        figs[f"confusion:{model}"] = figures.confusion_matrix(a.confusion, model, fig_dir / f"confusion_{slug}.png")
+        figs[f"confusion:{model}"] = figures.confusion_matrix(
+            confusions, model, fig_dir / f"confusion_{slug}.png", names
+        )
     return {k: p for k, p in figs.items() if p is not None}
 
 
-def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
+def _table(table: pd.DataFrame) -> dict[str, Any]:
+    """A display table for the templates: its header and rows of strings."""
+    return {"columns": list(table.columns), "rows": [list(r) for r in table.itertuples(index=False)]}
+
+
+def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dict[str, Any]:
     data = a.data
     runs = data.runs
     counts = runs["status"].value_counts().to_dict()
@@ -181,7 +230,17 @@ def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
         "total": len(runs),
         "models": models,
         "colours": figures.model_colours(models),
-        "paragraphs": answer_paragraphs(a),
+        "paragraphs": answer_paragraphs(a, names),
+        "names": names,
+        "verdict": verdict(a, names),
+        "paper": {k: {**_table(t), "caption": caption, "notes": notes} for k, (t, caption, notes) in main.items()},
+        "convergence_counts": _convergence_counts(a),
+        "convergence_rules": {
+            "rise": 100 * RISE_TOLERANCE,
+            "floor": 100 * GAIN_FLOOR,
+            "multiple": NOISE_MULTIPLE,
+            "control": a.control is not None,
+        },
         "answer": _records(a.answer),
         "targets": _records(a.targets),
         "needed_by_model": needed_by_model,
@@ -211,6 +270,19 @@ def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
         "n_warnings": int(severity_counts.get("warning", 0)),
         "missing": _records(missing_summary(a)),
         "methods": _methods(a),
+    }
+
+
+def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:
+    runs, cells = a.convergence_runs, a.convergence
+    if runs is None or cells is None:
+        return {"runs": 0, "best_is_last": 0, "rising": 0, "cells": 0, "not_converged": 0}
+    return {
+        "runs": len(runs),
+        "best_is_last": int(runs["best_is_last"].sum()),
+        "rising": int(runs["rising"].sum()),
+        "cells": len(cells),
+        "not_converged": int((~cells["converged"]).sum()),
     }
 
 
@@ -298,10 +370,11 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         envs[env] = {**json.loads(env), "runs": int(n)}
     env_keys = [k for k in ENVIRONMENT_KEYS if any(k in e for e in envs.values())]
     tune = cfg.get("tune") or {}
+    train = cfg.get("train", {})
     return {
         "sizes": _records(sizes),
         "seeds": int(data.runs["seed"].nunique()),
-        "train": cfg.get("train", {}),
+        "train": train,
         "data": cfg.get("data", {}),
         "tune": tune if tune.get("trials") else {},
         "environments": list(envs.values()),
@@ -310,4 +383,118 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "n_boot_curves": len(a.curves.draws),
         "confidence": a.curves.confidence,
         "families": list(a.curves.families),
+        "resolved": resolved_settings(a),
+        "steps": _steps(train, sizes["n_train"].tolist()),
+        "policy": _policy(train),
+        "command": reproduce_command(cfg),
     }
+
+
+def _train_config(train: dict):
+    """The stored ``[train]`` section as a TrainConfig (keys unknown to this version dropped)."""
+    from study.config import TrainConfig, from_dict
+
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    try:
+        return from_dict(TrainConfig, {k: v for k, v in train.items() if k in known}, "train.")
+    except Exception:  # a config this version cannot read: the methods show what is stored
+        return None
+
+
+def _steps(train: dict, sizes: list[int]) -> list[dict]:
+    hp = _train_config(train)
+    if hp is None:
+        return []
+    out = []
+    for n in sizes:
+        batch, per_epoch, epochs = hp.budget(int(n))
+        out.append(
+            {
+                "n_train": int(n),
+                "batch": batch,
+                "steps_per_epoch": per_epoch,
+                "epochs": epochs,
+                "steps": per_epoch * epochs,
+            }
+        )
+    return out
+
+
+def _policy(train: dict) -> str:
+    """The optimiser, schedule, initialisation and budget policy in words, with their values."""
+    from study.config import WARMUP_DIVISOR
+
+    epochs, min_steps = train.get("epochs", "—"), train.get("min_steps", "—")
+    optimiser = {"adamw": "AdamW (decoupled weight decay)", "adam": "Adam (L2 weight decay)", "sgd": "SGD"}.get(
+        train.get("optimizer", ""), str(train.get("optimizer", "—"))
+    )
+    if train.get("optimizer") == "sgd":
+        optimiser += " with Nesterov momentum 0.9"
+    return (
+        f"Every run trains for {epochs} epochs; an epoch is one pass over the run's subset, or as many passes as "
+        f"give at least {min_steps} / {epochs} optimiser steps for small subsets (table below). Optimiser: "
+        f"{optimiser}, weight decay {train.get('weight_decay', '—')} on weights, none on biases and normalisation "
+        f"parameters. Learning rate: linear warm-up over the first 1/{WARMUP_DIVISOR} of the run's optimiser steps "
+        "to its peak, then cosine decay to zero, updated every step. Initialisation: timm's for every layer except "
+        "the new classifier, drawn from a normal distribution with standard deviation 0.01 truncated at two "
+        "standard deviations, bias zero. Validation follows each epoch and the best epoch's weights are tested."
+    )
+
+
+def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
+    """(setting, value used) for every training and data setting, with 'auto' values replaced by
+    what the runs used: the learning rate from each run's stored hyper-parameters, the input size
+    from the data's image size or the measured costs."""
+    cfg = a.data.config or {}
+    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
+    done = a.data.done
+    lrs = sorted({float(h["lr"]) for h in done["hparams"].dropna() if isinstance(h, dict) and h.get("lr")})
+    if lrs:
+        train["lr"] = ", ".join(f"{v:g}" for v in lrs) + (" (auto)" if not train.get("lr") else "")
+    size = train.get("input_size", 0)
+    if size in (0, "0", None):
+        train["input_size"] = f"{data.get('image_size', '—')} px (= data.image_size)"
+    elif size == "native":
+        measured = a.model_costs.dropna(subset=["input_size"])
+        per_model = ", ".join(f"{m} {int(v)} px" for m, v in zip(measured["model"], measured["input_size"]))
+        train["input_size"] = f"native: {per_model}" if per_model else "native (each model's pretrained size)"
+    else:
+        train["input_size"] = f"{size} px"
+    if not train.get("patience"):
+        train["patience"] = "0 (no early stopping)"
+    if not train.get("weights"):
+        train["weights"] = "none"
+    rows = [(f"train.{k}", str(v)) for k, v in sorted(train.items())]
+    rows += [(f"data.{k}", str(v)) for k, v in sorted(data.items()) if k not in ("root", "test_root", "cache_dir")]
+    for key in ("budget_control",):
+        if key in cfg:
+            rows.append((key, str(cfg[key])))
+    return rows
+
+
+def reproduce_command(cfg: dict) -> str:
+    """A ``python -m study run`` command line that gives this study's settings explicitly."""
+    train, data = cfg.get("train", {}), cfg.get("data", {})
+    parts = ["python -m study run"]
+
+    def flag(name: str, value) -> None:
+        if value in (None, "", [], False):
+            return
+        if isinstance(value, list):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        parts.append(f"--{name} {value}")
+
+    flag("name", cfg.get("name"))
+    flag("dataset", data.get("dataset"))
+    flag("models", cfg.get("models"))
+    flag("per-class" if cfg.get("per_class") else "fractions", cfg.get("per_class") or cfg.get("fractions"))
+    flag("seeds", cfg.get("seeds"))
+    for key in ("epochs", "min_steps", "batch_size", "lr", "augment", "input_size"):
+        if key in train:
+            flag(key.replace("_", "-"), train[key])
+    flag("image-size", data.get("image_size"))
+    if train.get("pretrained"):
+        parts.append("--pretrained")
+    if not cfg.get("budget_control", True):
+        parts.append("--no-budget-control")
+    return " ".join(parts)

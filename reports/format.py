@@ -107,6 +107,26 @@ def md_cell(v) -> str:
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
+def join_words(items: list[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 model', '3 models'."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def display_names(config: dict | None, models) -> dict[str, str]:
+    """The report's name of each model: the study's ``display_names``, else the readable default
+    of ``study.config.DISPLAY_NAMES``, else the timm id itself."""
+    from study.config import DISPLAY_NAMES
+
+    chosen = {**DISPLAY_NAMES, **((config or {}).get("display_names") or {})}
+    return {m: chosen.get(m, m) for m in models}
+
+
 FILTERS = {
     "pct": pct,
     "pp": pp,

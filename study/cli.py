@@ -33,7 +33,12 @@ def _seconds(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
+    """argparse that reports a bad flag in one line (no usage block) with exit status 2, and
+    takes no abbreviations: ``--frac 0.5`` is refused, not read as ``--fractions``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see `python -m {self.prog} --help`)")
@@ -87,10 +92,19 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
-    p.add_argument("--epochs", metavar="N", help="training rounds per run (one pass over full data each)")
-    p.add_argument("--min-steps", metavar="N", help="floor on optimiser steps per run, for small fractions")
-    p.add_argument("--batch-size", metavar="N")
-    p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")
+    p.add_argument(
+        "--epochs",
+        metavar="N",
+        help="epochs per run: passes over the run's subset; a small subset repeats passes within an epoch until "
+        "it has min-steps / epochs optimiser steps",
+    )
+    p.add_argument(
+        "--min-steps", metavar="N", help="floor on optimiser steps per run, so small subsets are not starved"
+    )
+    p.add_argument("--batch-size", metavar="N", help="images per optimiser step (smaller subsets use their size)")
+    p.add_argument(
+        "--lr", metavar="LR", help="peak learning rate of AdamW (0 = auto: 2e-3 from scratch, 1e-4 pretrained)"
+    )
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")
     p.add_argument(
@@ -121,6 +135,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
     p.add_argument(
         "--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency"
+    )
+    p.add_argument(
+        "--no-budget-control",
+        dest="budget_control",
+        action="store_const",
+        const=False,
+        help="skip the convergence check (seed 0 at the smallest and largest size retrained with twice the budget)",
     )
 
 
@@ -160,7 +181,45 @@ _OVERRIDES = {
     "compile": "compile",
     "channels_last": "channels_last",
     "costs": "costs",
+    "budget_control": "budget_control",
 }
+
+
+def _config_default(key: str):
+    """The built-in default of a dotted config key, e.g. 'train.epochs' -> 8."""
+    from study.config import StudyConfig
+
+    value = StudyConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every flag's help ends with its default: the config's built-in value for flags that set
+    config keys, argparse's own otherwise."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _with_defaults(sub)
+            continue
+        if action.help in (None, argparse.SUPPRESS) or "default" in action.help or not action.option_strings:
+            continue
+        if action.dest in ("help",):
+            continue
+        if action.dest in _OVERRIDES:
+            value = _config_default(_OVERRIDES[action.dest])
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value) or "none"
+            elif isinstance(value, bool):
+                value = "on" if value else "off"
+            elif value == "" or value == 0 and action.dest in ("lr", "input_size"):
+                value = {"lr": "0 = auto", "input_size": "0 = --image-size"}.get(action.dest, "none")
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
+            value = "off"
+        else:
+            value = "none" if action.default is None else action.default
+        action.help += f" (default: {value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of each class in the test split (default 0.2)",
     )
     text.add_argument("--force", action="store_true", help="replace an existing output folder")
+    _with_defaults(parser)
     return parser
 
 
@@ -273,6 +333,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, "
         f"{counts['pending'] + counts['running']} left"
     )
+    _run_budget_control(cfg, quiet=args.quiet)
     if counts["tuning_failed"]:
         print(
             f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then "
@@ -280,6 +341,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
+
+
+def _run_budget_control(cfg, quiet: bool) -> None:
+    """Train the study's budget control (``study.budget_control``) when it has one."""
+    from study.budget_control import FACTOR, control_config
+
+    control = control_config(cfg)
+    if control is None:
+        return
+    from study.context import open_context
+    from study.execute import execute
+
+    print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
+    ctx = open_context(control)
+    counts = execute(control, ctx.study_id, ctx.store, progress=not quiet)
+    print(f"budget control: {counts['done']} done, {counts['failed']} failed")
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).
@@ -340,6 +417,7 @@ def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | Non
     """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
     only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
     not exist (a worker never creates one), the study None while there is none such."""
+    from study.budget_control import is_control
     from study.store import Store
 
     deadline = time.monotonic() + wait
@@ -347,7 +425,7 @@ def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | Non
     while True:
         if store is None and _missing_sqlite_file(url) is None:
             store = Store(url)
-        names = store.study_names() if store is not None else []
+        names = [n for n in store.study_names() if not is_control(n)] if store is not None else []
         chosen = name or (names[0] if len(names) == 1 else None)
         if chosen in names or time.monotonic() >= deadline:
             return store, (chosen if chosen in names else None), names
@@ -401,6 +479,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for status in ("done", "running", "failed", "pending"):
         label = "left" if status == "pending" else status
         print(f"  {label:8s} {counts.get(status, 0)}")
+    from study.status_grid import eta_line, grid_lines
+
+    for line in grid_lines(runs):
+        print(f"  {line}")
+    running = int((runs["status"] == "running").sum())
+    print(f"  {eta_line(runs, running or _planned_workers(data.config))}")
     for status in ("running", "failed"):
         for _, r in runs[runs["status"] == status].iterrows():
             detail = (
@@ -412,6 +496,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_tuning_status(url, data)
     _print_workers(url, data)
     return 0
+
+
+def _planned_workers(config: dict) -> int:
+    """Parallel workers a study plans when none is running: its jobs setting, else one per core."""
+    import os
+
+    return int(config.get("jobs") or os.cpu_count() or 1)
 
 
 def _print_workers(url: str, data) -> None:

@@ -22,6 +22,21 @@ from typing import Any
 from study.errors import UserError
 
 DEFAULT_MODELS = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]
+# Names the report shows for timm ids (figures, tables, text); ``display_names`` in the config adds or replaces.
+DISPLAY_NAMES = {
+    "mobilevit_xxs": "MobileViT-XXS",
+    "mobilevit_xs": "MobileViT-XS",
+    "mobilevit_s": "MobileViT-S",
+    "mobilenetv2_100": "MobileNetV2",
+    "mobilenetv3_small_100": "MobileNetV3-S",
+    "mobilenetv3_large_100": "MobileNetV3-L",
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "efficientnet_b0": "EfficientNet-B0",
+    "convnext_atto": "ConvNeXt-Atto",
+    "vit_tiny_patch16_224": "ViT-Ti/16",
+}
 AUGMENT_POLICIES = ("none", "light", "standard", "strong", "trivial")
 NORMALIZATIONS = ("model", "imagenet", "half")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -32,6 +47,7 @@ CHANNELS_LAST = ("auto", "on", "off")
 # stays near chance after 6 epochs at 1e-4 and reaches 60-80% at 2e-3).
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 2e-3
+WARMUP_DIVISOR = 20  # the learning rate warms up linearly over the first 1/20 of a run's optimiser steps
 FINETUNE_MODES = ("full", "head")
 NATIVE = "native"  # train.input_size: the size the model was pretrained at
 PRUNERS = ("median", "hyperband", "none")
@@ -136,6 +152,14 @@ class TrainConfig:
             files[model] = path
         return files
 
+    def budget(self, n_train: int) -> tuple[int, int, int]:
+        """(batch size, optimiser steps per epoch, epochs) of a run on ``n_train`` images: an
+        epoch is one pass over the subset, or as many passes as give ``min_steps / epochs`` steps
+        when the subset is small, so tiny fractions are not starved of updates."""
+        batch = min(self.batch_size, n_train)
+        steps_per_epoch = math.ceil(n_train / batch)
+        return batch, max(steps_per_epoch, math.ceil(self.min_steps / self.epochs)), self.epochs
+
     def resolved(self, model: str | None = None) -> TrainConfig:
         """These hyper-parameters with 'auto' values made concrete, as a run of ``model`` uses
         them: it fine-tunes when it starts from timm's weights or from a weights file of its own."""
@@ -216,6 +240,11 @@ class StudyConfig:
     compile: bool = False  # torch.compile each model once per worker
     channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
+    # Convergence check (study/budget_control.py): seed 0 of each model at the smallest and largest
+    # size trained again with twice the budget, in a companion study of the same store.
+    budget_control: bool = True
+    # Presentation only: the report's name for each model (timm id -> name); unlisted ids use DISPLAY_NAMES.
+    display_names: dict[str, str] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -387,6 +416,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except UserError:
                 pass
         raise UserError(f"{key}={value!r} has the wrong type; expected {hint}")
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise UserError(f'{key}={value!r} must be a table of keys, e.g. {{ resnet18 = "ResNet-18" }}')
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, str):  # "0.1,0.25" from the CLI or a hand-written file
@@ -460,6 +494,9 @@ grace_period = 180                  # seconds without one after which another wo
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
+budget_control = true               # retrain seed 0 at the smallest and largest size with twice the budget:
+                                    # the report says whether the runs converged
+# display_names = { resnet18 = "ResNet-18" }   # names in the report; readable defaults for common timm ids
 
 [data]
 dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition

@@ -28,7 +28,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from study.augment import BatchAugment, to_model_input
-from study.config import TrainConfig
+from study.config import WARMUP_DIVISOR, TrainConfig
 from study.costs import PeakMemory
 from study.errors import DivergedError
 from study.models import count_parameters, create_model, input_size_for, normalization
@@ -106,11 +106,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def budget(n_train: int, hp: TrainConfig) -> tuple[int, int, int]:
-    """(batch size, steps per round, rounds) for a subset of ``n_train`` images."""
-    batch = min(hp.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch)
-    steps_per_round = max(steps_per_epoch, math.ceil(hp.min_steps / hp.epochs))
-    return batch, steps_per_round, hp.epochs
+    """(batch size, steps per round, rounds) for a subset of ``n_train`` images (``TrainConfig.budget``)."""
+    return hp.budget(n_train)
 
 
 class BatchOrder:
@@ -158,8 +155,8 @@ def _optimizer(model: torch.nn.Module, hp: TrainConfig) -> torch.optim.Optimizer
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
-    warmup = max(1, total_steps // 20)
+    """Linear warm-up over the first 5% of steps (``WARMUP_DIVISOR``), then cosine decay to zero."""
+    warmup = max(1, total_steps // WARMUP_DIVISOR)
 
     def factor(step: int) -> float:
         if step < warmup:
