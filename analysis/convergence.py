@@ -3,10 +3,11 @@
 Two kinds of evidence, each with a stated definition:
 
 - Per run, from its validation curve: ``best_is_last`` (the selected epoch is the final one)
-  and ``late_gain``: the best validation accuracy of the final third of the epochs minus the
-  best before them. A run is *still rising* when ``late_gain`` exceeds ``RISE_TOLERANCE``
-  (1 percentage point). With a cosine schedule the last epoch is often the best by a hair, so
-  ``best_is_last`` alone is reported, not judged.
+  and ``late_gain``: the final epoch's validation accuracy minus the best of the epochs before
+  it. A run is *still rising* when ``late_gain`` exceeds ``RISE_TOLERANCE`` (1 percentage
+  point): at the end of a cosine schedule the learning rate is near zero, so a run that still
+  gains that much in its last epoch was cut short. With such a schedule the last epoch is often
+  the best by a hair, so ``best_is_last`` alone is reported, not judged.
 - Per cell (model, size), the budget control (``study.budget_control``): seed 0 retrained with
   twice the budget. The cell has *not converged* when the doubled budget raises test accuracy by
   more than ``max(2 × the seed standard deviation of the cell, GAIN_FLOOR)``; a gain within the
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-RISE_TOLERANCE = 0.01  # validation accuracy gained in the final third of the epochs, above which a run still rises
+RISE_TOLERANCE = 0.01  # validation accuracy gained by the final epoch, above which a run still rises
 GAIN_FLOOR = 0.01  # the budget control's gain must exceed this as well as twice the seed spread
 NOISE_MULTIPLE = 2.0
 
@@ -50,8 +51,7 @@ def run_convergence(done: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
         if val is None or not len(val):
             continue
         n = len(val)
-        late = max(1, int(np.ceil(n / 3)))
-        gain = float(val[-late:].max() - val[:-late].max()) if n > late else np.nan
+        gain = float(val[-1] - val[:-1].max()) if n > 1 else np.nan
         rows.append(
             {
                 "run_id": r.run_id,
@@ -122,7 +122,7 @@ def convergence_messages(cells: pd.DataFrame, budget: str) -> list[tuple[str, in
         else:
             why = (
                 f"{r.rising} of {r.runs} run(s) gained more than {100 * RISE_TOLERANCE:.0f} pp validation accuracy in "
-                "the final third of their epochs"
+                "their final epoch"
             )
         out.append((r.model, r.n_train, f"{r.model} with {r.n_train:,} images had not converged under {budget}: {why}"))
     return out

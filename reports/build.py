@@ -208,8 +208,23 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
 
 
 def _table(table: pd.DataFrame) -> dict[str, Any]:
-    """A display table for the templates: its header and rows of strings."""
-    return {"columns": list(table.columns), "rows": [list(r) for r in table.itertuples(index=False)]}
+    """A display table for the templates: its header and rows of strings, and header groups
+    where columns are named 'group: column' (the main table's sizes)."""
+    columns = list(table.columns)
+    groups: list[list] = []
+    if len(columns) > 1 and all(": " in c for c in columns[1:]):
+        for c in columns[1:]:
+            group = c.split(": ", 1)[0]
+            if groups and groups[-1][0] == group:
+                groups[-1][1] += 1
+            else:
+                groups.append([group, 1])
+    return {
+        "columns": columns,
+        "short": [columns[0]] + [c.split(": ", 1)[-1] for c in columns[1:]] if groups else columns,
+        "groups": groups,
+        "rows": [list(r) for r in table.itertuples(index=False)],
+    }
 
 
 def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dict[str, Any]:
@@ -235,6 +250,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "verdict": verdict(a, names),
         "paper": {k: {**_table(t), "caption": caption, "notes": notes} for k, (t, caption, notes) in main.items()},
         "convergence_counts": _convergence_counts(a),
+        "unconverged": _unconverged(a, names),
         "convergence_rules": {
             "rise": 100 * RISE_TOLERANCE,
             "floor": 100 * GAIN_FLOOR,
@@ -271,6 +287,21 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "missing": _records(missing_summary(a)),
         "methods": _methods(a),
     }
+
+
+def _unconverged(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
+    """Per model whose cells had not converged: 'MobileNetV2 at 116 and 1,151 images'."""
+    cells = a.convergence
+    if cells is None or cells.empty:
+        return []
+    out = []
+    for model, g in cells[~cells["converged"]].groupby("model", sort=True):
+        sizes = [fmt.count(n) for n in sorted(g["n_train"])]
+        everywhere = len(g) == int((cells["model"] == model).sum())
+        out.append(
+            f"{names[model]} at {'every size' if everywhere and len(g) > 1 else fmt.join_words(sizes) + ' images'}"
+        )
+    return out
 
 
 def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:
@@ -495,6 +526,6 @@ def reproduce_command(cfg: dict) -> str:
     flag("image-size", data.get("image_size"))
     if train.get("pretrained"):
         parts.append("--pretrained")
-    if not cfg.get("budget_control", True):
-        parts.append("--no-budget-control")
+    if cfg.get("budget_control"):
+        parts.append("--budget-control")
     return " ".join(parts)

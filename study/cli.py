@@ -137,11 +137,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         "--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency"
     )
     p.add_argument(
-        "--no-budget-control",
-        dest="budget_control",
-        action="store_const",
-        const=False,
-        help="skip the convergence check (seed 0 at the smallest and largest size retrained with twice the budget)",
+        "--budget-control",
+        action=argparse.BooleanOptionalAction,
+        help="after the study, retrain seed 0 of each model at the smallest and largest size with twice the budget, "
+        "so the report can say whether the runs converged",
     )
 
 
@@ -207,7 +206,9 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
             continue
         if action.dest in ("help",):
             continue
-        if action.dest in _OVERRIDES:
+        if isinstance(action, argparse._StoreConstAction) and action.const is False:
+            value = f"{action.dest} on"  # --no-X flags: X happens unless asked
+        elif action.dest in _OVERRIDES:
             value = _config_default(_OVERRIDES[action.dest])
             if isinstance(value, list):
                 value = ",".join(str(v) for v in value) or "none"
