@@ -84,10 +84,12 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> st
             f"with {count(n_train)} images {names[tied[0]]} is the most accurate ({pct(means[tied[0]])}, "
             f"{pp(r['diff'])} over {names[second]})"
         )
+    seeds = int(rows["n_seeds"].min()) if "n_seeds" in rows else 0
     if len(tied) == len(rows):
         return (
             f"with {count(n_train)} images all {len(tied)} models tie "
-            f"({', '.join(f'{names[m]} {pct(means[m])}' for m in tied)}; no difference is significant)"
+            f"({', '.join(f'{names[m]} {pct(means[m])}' for m in tied)}; no difference is significant"
+            + (f" with {seeds} seeds)" if seeds else ")")
         )
     return (
         f"with {count(n_train)} images {join_words([names[m] for m in tied])} tie for most accurate "
@@ -125,10 +127,7 @@ def needed_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
     if len(finite) > 1:
         best = finite.iloc[0]
         if bool(best["upper_bound"]):
-            text += (
-                f" {names[best['model']]} reaches it already at the smallest size, so how many times more the others "
-                "need is not estimable below it."
-            )
+            text += " How many times more images the others need is not estimable below that size."
         else:
             ratios = []
             for r in finite.iloc[1:].itertuples():
@@ -250,9 +249,16 @@ def _score_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
     sc = a.scores.dropna(subset=["score"]).sort_values(["score", "model"], ascending=[False, True])
     if len(sc) < 2:
         return ""
-    values = "; ".join(f"{names[r.model]} {num(r.score)} [{num(r.ci_low)}, {num(r.ci_high)}]" for r in sc.itertuples())
+    values = "; ".join(
+        f"{names[r.model]} {_three(r.score)} [{_three(r.ci_low)}, {_three(r.ci_high)}]" for r in sc.itertuples()
+    )
     return (
         "Data-efficiency score (mean accuracy over log training-set size, measured range only; 95% bootstrap CI): "
         + values
         + "."
     )
+
+
+def _three(v) -> str:
+    """A score in the report's one format for scores: three decimals."""
+    return "—" if pd.isna(v) else f"{float(v):.3f}"
