@@ -417,7 +417,7 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "resolved": resolved_settings(a),
         "steps": _steps(train, sizes["n_train"].tolist()),
         "policy": _policy(train),
-        "command": reproduce_command(cfg),
+        "command": reproduce_command(cfg, _run_lrs(data.done)),
     }
 
 
@@ -479,7 +479,7 @@ def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
     cfg = a.data.config or {}
     train, data = dict(cfg.get("train", {})), cfg.get("data", {})
     done = a.data.done
-    lrs = sorted({float(h["lr"]) for h in done["hparams"].dropna() if isinstance(h, dict) and h.get("lr")})
+    lrs = _run_lrs(done)
     if lrs:
         train["lr"] = ", ".join(f"{v:g}" for v in lrs) + (" (auto)" if not train.get("lr") else "")
     size = train.get("input_size", 0)
@@ -503,9 +503,18 @@ def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
     return rows
 
 
-def reproduce_command(cfg: dict) -> str:
-    """A ``python -m study run`` command line that gives this study's settings explicitly."""
-    train, data = cfg.get("train", {}), cfg.get("data", {})
+def _run_lrs(done: pd.DataFrame) -> list[float]:
+    """The learning rates the finished runs used (their stored hyper-parameters), sorted."""
+    return sorted({float(h["lr"]) for h in done["hparams"].dropna() if isinstance(h, dict) and h.get("lr")})
+
+
+def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
+    """A ``python -m study run`` command line that gives this study's settings explicitly; the
+    learning rate as the runs used it when they all used one (an 'auto' 0 means another value
+    under other defaults)."""
+    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
+    if not train.get("lr") and lrs and len(lrs) == 1:
+        train["lr"] = f"{lrs[0]:g}"
     parts = ["python -m study run"]
 
     def flag(name: str, value) -> None:

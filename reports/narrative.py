@@ -9,7 +9,7 @@ import pandas as pd
 from analysis.study_analysis import StudyAnalysis
 from reports.format import count, interval, num, plural, pp
 from reports.format import p_is as fmt_p
-from reports.verdict import accuracy_clause, latency_bullet, needed_words
+from reports.verdict import accuracy_clause, latency_bullet, needed_words, three
 
 
 def study_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
@@ -94,10 +94,10 @@ def efficiency_sentence(a: StudyAnalysis, names: dict[str, str]) -> str:
     top = sc.iloc[0]
     text = (
         f"Over the measured range, the highest data-efficiency score is {names[top['model']]}'s "
-        f"({num(top['score'])} {interval(top['ci_low'], top['ci_high'], num)}: mean accuracy averaged over log "
+        f"({three(top['score'])} {interval(top['ci_low'], top['ci_high'], three)}: mean accuracy averaged over log "
         "training-set size)"
     )
-    others = [f"{names[r['model']]} {num(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
+    others = [f"{names[r['model']]} {three(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
     return text + (f"; then {', '.join(others)}." if others else ".")
 
 

@@ -159,7 +159,7 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     c = a.convergence
     if c is None or c.empty:
         return pd.DataFrame()
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "Model": [names[m] for m in c["model"]],
             "Training images": [count(n) for n in c["n_train"]],
@@ -172,6 +172,9 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
             "Evidence": list(c["evidence"]),
         }
     )
+    if c["control_gain"].isna().all():  # no budget control: its columns would be empty
+        table = table.drop(columns=["2× budget gain (pp)", "Threshold (pp)"])
+    return table
 
 
 def latex_escape(text) -> str:

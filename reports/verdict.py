@@ -250,7 +250,7 @@ def _score_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
     if len(sc) < 2:
         return ""
     values = "; ".join(
-        f"{names[r.model]} {_three(r.score)} [{_three(r.ci_low)}, {_three(r.ci_high)}]" for r in sc.itertuples()
+        f"{names[r.model]} {three(r.score)} [{three(r.ci_low)}, {three(r.ci_high)}]" for r in sc.itertuples()
     )
     return (
         "Data-efficiency score (mean accuracy over log training-set size, measured range only; 95% bootstrap CI): "
@@ -259,6 +259,6 @@ def _score_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
     )
 
 
-def _three(v) -> str:
+def three(v) -> str:
     """A score in the report's one format for scores: three decimals."""
     return "—" if pd.isna(v) else f"{float(v):.3f}"

@@ -494,9 +494,27 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else f"attempt {r['attempts']} by {r['worker']}"
             )
             print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
+    _print_control_status(url, data.name)
     _print_tuning_status(url, data)
     _print_workers(url, data)
     return 0
+
+
+def _print_control_status(url: str, name: str) -> None:
+    """The study's budget control (``study.budget_control``), when the store holds one."""
+    from study.budget_control import control_name
+    from study.store import Store
+
+    if control_name(name) not in Store(url, create=False).study_names():
+        return
+    from analysis.load import load_study
+
+    runs = load_study(url, control_name(name)).runs
+    counts = runs["status"].value_counts().to_dict()
+    print(
+        f"budget control {control_name(name)!r}: {counts.get('done', 0)} of {len(runs)} runs done, "
+        f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
+    )
 
 
 def _planned_workers(config: dict) -> int:

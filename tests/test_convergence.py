@@ -108,7 +108,7 @@ def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_p
     assert "budget control: 2 done, 0 failed" in stdout
     control = load_study(f"sqlite:///{out / 'study.db'}", control_name("default"))
     assert len(control.done) == 2 and set(control.done["epochs_run"]) == {2}  # twice the one epoch
-    assert sorted(control.done["fraction"]) == [0.25, 1.0] and set(control.done["seed"]) == {0}
+    assert sorted(control.done["size_value"]) == [0.25, 1.0] and set(control.done["seed"]) == {0}
     html = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert "Budget control: seed 0 of each model" in html and "budget control</td>" in html
     code, stdout, err = cli("report", "--out", out)  # the control is no second study to choose from
