@@ -13,6 +13,7 @@ import base64
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -522,7 +523,7 @@ def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
             return
         if isinstance(value, list):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        parts.append(f"--{name} {value}")
+        parts.append(f"--{name} {shlex.quote(str(value))}")
 
     flag("name", cfg.get("name"))
     flag("dataset", data.get("dataset"))
