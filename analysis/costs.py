@@ -60,7 +60,7 @@ def model_costs(costs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def training_costs(runs: pd.DataFrame) -> pd.DataFrame:
     """Per model and size, over the finished runs (TRAINING_COST_COLUMNS): mean training
-    seconds per run (validation included) and its std, seconds per epoch (a round of the budget
+    seconds per run (validation included) and its std, seconds per epoch (an epoch of the budget
     policy), epochs run, training images per second and peak memory (MB; the process's
     resident set on CPU, CUDA's peak allocation on a GPU)."""
     rows = []

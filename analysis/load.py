@@ -1,4 +1,5 @@
-"""Reading a study from the store into tidy DataFrames."""
+"""Reading a study from the store into tidy DataFrames: the one way the analysis and the
+reports read the database (through the store's schema, ``study.store.schema``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sqlalchemy import inspect, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from study.budget_control import control_name, is_control
 from study.errors import UserError
-from study.store import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, Store, StudyRow
+from study.store.engine import open_database
+from study.store.schema import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, StudyRow
 
 RUN_COLUMNS = [
     "run_id",
@@ -81,7 +85,7 @@ class StudyData:
     """One study as read from the store.
 
     runs: one row per planned run (every status), columns ``RUN_COLUMNS``.
-    epochs: one row per round of a finished run: run_id, epoch, train_loss, train_acc,
+    epochs: one row per epoch of a finished run: run_id, epoch, train_loss, train_acc,
         val_loss, val_acc, lr, seconds, images_seen.
     predictions: run_id -> predicted class per test image (int32), for finished runs.
     y_test: the true test labels, in the predictions' order.
@@ -124,15 +128,15 @@ class StudyData:
 
 def load_study(url: str, name: str | None = None) -> StudyData:
     """Read study ``name`` (or the only study) from the database at ``url``."""
-    store = Store(url, create=False)
-    names = [n for n in _names(store) if not is_control(n)]  # a budget control belongs to its study
+    engine = open_database(url, create=False)
+    names = [n for n in _names(engine, url) if not is_control(n)]  # a budget control belongs to its study
     if name is None:
         if len(names) != 1:
             raise UserError(
                 f"the store {url} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --name"
             )
         name = names[0]
-    with store.session() as s:
+    with Session(engine, expire_on_commit=False) as s, s.begin():
         study = s.scalar(select(StudyRow).where(StudyRow.name == name))
         if study is None:
             raise UserError(f"study {name!r} is not in {url}; studies there: {', '.join(names) or 'none'}")
@@ -140,7 +144,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         run_ids = [r.id for r in runs if r.status == DONE]
         epochs = list(s.scalars(select(EpochRow).where(EpochRow.run_id.in_(run_ids)))) if run_ids else []
         preds = list(s.scalars(select(PredictionRow).where(PredictionRow.run_id.in_(run_ids)))) if run_ids else []
-    costs = _cost_rows(store, study.id)
+    costs = _cost_rows(engine, study.id)
     dataset_name = study.dataset.get("name", "")
     run_frame = pd.DataFrame(
         [
@@ -175,29 +179,39 @@ def load_control(data: StudyData) -> StudyData | None:
     one with a finished run; None otherwise."""
     if not data.storage_url:
         return None
-    store = Store(data.storage_url, create=False)
-    if control_name(data.name) not in store.study_names():
+    if control_name(data.name) not in _names(open_database(data.storage_url, create=False), data.storage_url):
         return None
     control = load_study(data.storage_url, control_name(data.name))
     return control if len(control.done) else None
 
 
-def _cost_rows(store: Store, study_id: int) -> list[dict]:
+def _cost_rows(engine: Engine, study_id: int) -> list[dict]:
     """The study's ``model_costs`` rows; none from a database made before that table existed."""
-    if ModelCostRow.__tablename__ not in inspect(store.engine).get_table_names():
+    if ModelCostRow.__tablename__ not in inspect(engine).get_table_names():
         return []
-    with store.session() as s:
+    with Session(engine, expire_on_commit=False) as s, s.begin():
         rows = list(s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id)))
         return [{c: getattr(r, c) for c in COST_COLUMNS} for r in rows]
 
 
-def _names(store: Store) -> list[str]:
+def _names(engine: Engine, url: str) -> list[str]:
     try:
-        return store.study_names()
+        with Session(engine) as s, s.begin():
+            return list(s.scalars(select(StudyRow.name).order_by(StudyRow.id)))
     except Exception as exc:  # no tables: not a study database
-        raise UserError(f"{store.url} is not a study database ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{url} is not a study database ({str(exc).splitlines()[0]})") from None
 
 
 def results_table(data: StudyData) -> pd.DataFrame:
     """One row per finished run, the columns of ``results.csv``."""
     return data.done[RESULTS_CSV_COLUMNS].sort_values(["model", "n_train", "seed"]).reset_index(drop=True)
+
+
+def load_tuning(data: StudyData):
+    """The study's tuning tables (``analysis.tuning.TuningTables``) when the study's database is
+    known; None otherwise."""
+    if not data.storage_url:
+        return None
+    from analysis.tuning import tuning_tables
+
+    return tuning_tables(data.storage_url, data.name)

@@ -14,7 +14,9 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
+
+from study.store.engine import make_engine
 
 TRIAL_COLUMNS = ["model", "size_kind", "size_value", "optuna_study", "trial", "state", "value", "epochs_run"]
 BEST_COLUMNS = [
@@ -93,7 +95,7 @@ def tuning_tables(storage_url: str, study_name: str) -> TuningTables:
 
 def _tuning_studies(storage_url: str, study_name: str) -> list[optuna.Study]:
     # A database that never held a tuned study has no Optuna tables: read nothing, create nothing.
-    engine = create_engine(storage_url)
+    engine = make_engine(storage_url)
     try:
         if not {"trials", "version_info"} <= set(inspect(engine).get_table_names()):
             return []

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from study.config import DataConfig
     from study.datasets import load_dataset
-    from study.execute import available_cores, plan_workers
+    from study.machine import available_cores, plan_workers
 
     settings = [s.strip() for s in args.jobs.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench_jobs-"))

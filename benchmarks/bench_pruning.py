@@ -1,11 +1,11 @@
 """The compute that pruning saves when tuning: the same number of Optuna trials on digits, once
 with the median pruner and once without (and with Hyperband if asked), through study/tune.py's
-own ``tune_cell`` (seeded TPE, validation accuracy reported after each round), in one process.
+own ``tune_cell`` (seeded TPE, validation accuracy reported after each epoch), in one process.
 
-Compute is counted in training rounds (``epochs_run`` of every trial): on a shared machine a
-round costs the same whichever tuner asked for it, while seconds are noisy. Seconds are printed
+Compute is counted in training epochs (``epochs_run`` of every trial): on a shared machine a
+epoch costs the same whichever tuner asked for it, while seconds are noisy. Seconds are printed
 as well, for reference. Each tuner runs once per TPE seed (``--repeats``); the ratios compare the
-rounds summed over seeds and the best validation accuracy averaged over seeds.
+epochs summed over seeds and the best validation accuracy averaged over seeds.
 
     python benchmarks/bench_pruning.py --trials 20
 
@@ -37,12 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=16, help="digits are decoded at this side in pixels (default 16)")
     p.add_argument("--fraction", type=float, default=0.5, help="fraction of the training pool the trials train on")
     p.add_argument("--trials", type=int, default=20, help="finished trials per tuner (default 20)")
-    p.add_argument("--epochs", type=int, default=0, help="rounds per trial (default: the study's, train.epochs)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs per trial (default: the study's, train.epochs)")
     p.add_argument(
         "--min-steps", type=int, default=0, help="floor on optimiser steps (default: the study's, train.min_steps)"
     )
     p.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE and pruning (default 5)")
-    p.add_argument("--warmup-epochs", type=int, default=2, help="rounds before a trial may be pruned (default 2)")
+    p.add_argument("--warmup-epochs", type=int, default=2, help="epochs before a trial may be pruned (default 2)")
     p.add_argument(
         "--repeats", type=int, default=3, help="TPE sampler seeds 0..N-1, the same for every tuner (default 3)"
     )
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from study.config import DataConfig, StudyConfig, TrainConfig, TuneConfig
-    from study.context import load_data
+    from study.plan import load_data
     from study.splits import training_subset
     from study.train import TrainData, train_run
     from study.tune import optuna_storage, tune_cell
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     pruners = ["none", "median"] + (["hyperband"] if args.hyperband else [])
     print(
         f"{args.model} on digits at {args.image_size} px, {len(idx)} training images, {len(splits.val)} validation; "
-        f"{args.trials} trials of up to {base.epochs} rounds each, TPE seeds 0..{args.repeats - 1}"
+        f"{args.trials} trials of up to {base.epochs} epochs each, TPE seeds 0..{args.repeats - 1}"
     )
     print(
         f"{'pruner':10s} {'seed':>4s} {'epochs':>7s} {'complete':>8s} {'pruned':>6s} {'best_val':>8s} {'seconds':>8s}"
@@ -94,12 +94,12 @@ def main(argv=None) -> None:
             study = tune_cell("bench", storage, train, base, replace(tune, pruner=pruner, seed=seed), {})
             seconds = time.perf_counter() - start
             trials = study.get_trials()
-            rounds = sum(t.user_attrs["epochs_run"] for t in trials)
+            trained = sum(t.user_attrs["epochs_run"] for t in trials)
             states = [t.state.name for t in trials]
-            epochs[pruner] += rounds
+            epochs[pruner] += trained
             best[pruner].append(study.best_value)
             print(
-                f"{pruner:10s} {seed:4d} {rounds:7d} {states.count('COMPLETE'):8d} {states.count('PRUNED'):6d} "
+                f"{pruner:10s} {seed:4d} {trained:7d} {states.count('COMPLETE'):8d} {states.count('PRUNED'):6d} "
                 f"{study.best_value:8.4f} {seconds:8.1f}"
             )
     mean_best = {p: sum(v) / len(v) for p, v in best.items()}

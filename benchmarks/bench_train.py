@@ -85,7 +85,7 @@ def harness_loop(args, device: torch.device, cache_dir: Path):
     a full training subset, and the training loop a run of it would use."""
     from study import splits as splitting
     from study.config import DataConfig, StudyConfig, TrainConfig
-    from study.context import load_data
+    from study.plan import load_data
     from study.speed import Speed
     from study.train import TrainData, build_loop
 
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 
     def harness(steps: int) -> None:
         loss_sum, _ = loop.run(steps)
-        loss_sum.item()  # the loop's one synchronisation, as train_run does once per round
+        loss_sum.item()  # the loop's one synchronisation, as train_run does once per epoch
 
     ways = {"limit": limit, "harness": harness}
     if not args.no_reference:

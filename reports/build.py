@@ -10,7 +10,6 @@ seeded, so the same store always gives the same files.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import shlex
@@ -23,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.confusion import confusion_matrices
 from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
-from analysis.load import StudyData, load_control
+from analysis.load import StudyData, load_control, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import figures
 from reports import format as fmt
@@ -84,16 +83,6 @@ def _slug(name: str) -> str:
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with pandas' missing values turned into NaN/None the filters understand."""
     return [{k: (None if v is pd.NA else v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def load_tuning(data: StudyData):
-    """The study's tuning tables (``analysis.tuning``, issue 3) when that module exists and the
-    study's database is known; None otherwise."""
-    if not data.storage_url or importlib.util.find_spec("analysis.tuning") is None:
-        return None
-    from analysis.tuning import tuning_tables
-
-    return tuning_tables(data.storage_url, data.name)
 
 
 def write_report(
@@ -469,7 +458,8 @@ def _policy(train: dict) -> str:
         f"parameters. Learning rate: linear warm-up over the first 1/{WARMUP_DIVISOR} of the run's optimiser steps "
         "to its peak, then cosine decay to zero, updated every step. Initialisation: timm's for every layer except "
         "the new classifier, drawn from a normal distribution with standard deviation 0.01 truncated at two "
-        "standard deviations, bias zero. Validation follows each epoch and the best epoch's weights are tested."
+        "standard deviations, bias zero. Validation follows each epoch and the best epoch's weights are tested. "
+        f"Normalisation: {train.get('normalization', '—')} (model: each model's own pretrained mean and std)."
     )
 
 

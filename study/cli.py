@@ -10,15 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from study.errors import UserError
-
-if TYPE_CHECKING:
-    from study.store import Store
 
 
 def _seconds(text: str) -> float:
@@ -317,8 +312,8 @@ def _config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from study.context import open_context
     from study.execute import execute
+    from study.plan import open_context
 
     ctx = open_context(cfg)
     for warning in ctx.warnings:
@@ -351,7 +346,7 @@ def _run_budget_control(cfg, quiet: bool) -> None:
     control = control_config(cfg)
     if control is None:
         return
-    from study.context import open_context
+    from study.plan import open_context
     from study.execute import execute
 
     print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
@@ -382,15 +377,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Join a study from the store alone: its config is the stored one, with this machine's
     flags; the data this machine decodes must give the study's fingerprint."""
     from study import config
-    from study.context import JOIN, open_context
     from study.execute import execute
+    from study.plan import JOIN, open_context
+    from study.store import missing_sqlite_file, study_to_join
 
     local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
     url = local.storage_url
-    store, name, names = _study_to_join(url, args.name, args.wait)
+    store, name, names = study_to_join(url, args.name, args.wait)
     if store is None:
         raise UserError(
-            f"no study database at {_missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
+            f"no study database at {missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
         )
     if name is None:
         listed = ", ".join(repr(n) for n in names) or "none"
@@ -414,31 +410,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
-def _study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None, str | None, list[str]]:
-    """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
-    only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
-    not exist (a worker never creates one), the study None while there is none such."""
-    from study.budget_control import is_control
-    from study.store import Store
-
-    deadline = time.monotonic() + wait
-    store: Store | None = None
-    while True:
-        if store is None and _missing_sqlite_file(url) is None:
-            store = Store(url)
-        names = [n for n in store.study_names() if not is_control(n)] if store is not None else []
-        chosen = name or (names[0] if len(names) == 1 else None)
-        if chosen in names or time.monotonic() >= deadline:
-            return store, (chosen if chosen in names else None), names
-        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The database file of a SQLite ``url`` where it does not exist, else None."""
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
-    return path if path is not None and not Path(path).is_file() else None
-
-
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
     from analysis.load import load_study, results_table
 
@@ -456,125 +427,24 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets:
 def _located(args: argparse.Namespace) -> tuple[str, str | None, Path]:
     """(storage URL, study name, out folder) from flags and config, without validating the rest."""
     from study import config
+    from study.store import missing_sqlite_file
 
     overrides = {k: getattr(args, k) for k in ("out", "storage", "name")}
     cfg = config.load(args.config, overrides)
     url = cfg.storage_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise UserError(
-            f"no study database at {url[len('sqlite:///') :]}; run `python -m study run` first or pass --out/--storage"
-        )
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise UserError(f"no study database at {missing}; run `python -m study run` first or pass --out/--storage")
     name = cfg.name if (args.name or args.config) else None
     return url, name, Path(cfg.out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from analysis.load import load_study
+    from study.status import print_status
 
     url, name, _ = _located(args)
-    data = load_study(url, name)
-    runs = data.runs
-    counts = runs["status"].value_counts().to_dict()
-    total = len(runs)
-    print(f"study {data.name!r} ({url}): {total} runs")
-    for status in ("done", "running", "failed", "pending"):
-        label = "left" if status == "pending" else status
-        print(f"  {label:8s} {counts.get(status, 0)}")
-    from study.status_grid import eta_line, grid_lines
-
-    for line in grid_lines(runs):
-        print(f"  {line}")
-    running = int((runs["status"] == "running").sum())
-    print(f"  {eta_line(runs, running or _planned_workers(data.config))}")
-    for status in ("running", "failed"):
-        for _, r in runs[runs["status"] == status].iterrows():
-            detail = (
-                (r["error"] or "").splitlines()[0]
-                if status == "failed"
-                else f"attempt {r['attempts']} by {r['worker']}"
-            )
-            print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
-    _print_control_status(url, data.name)
-    _print_tuning_status(url, data)
-    _print_workers(url, data)
+    print_status(url, name)
     return 0
-
-
-def _print_control_status(url: str, name: str) -> None:
-    """The study's budget control (``study.budget_control``), when the store holds one."""
-    from study.budget_control import control_name
-    from study.store import Store
-
-    if control_name(name) not in Store(url, create=False).study_names():
-        return
-    from analysis.load import load_study
-
-    runs = load_study(url, control_name(name)).runs
-    counts = runs["status"].value_counts().to_dict()
-    print(
-        f"budget control {control_name(name)!r}: {counts.get('done', 0)} of {len(runs)} runs done, "
-        f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
-    )
-
-
-def _planned_workers(config: dict) -> int:
-    """Parallel workers a study plans when none is running: its jobs setting, else one per core."""
-    import os
-
-    return int(config.get("jobs") or os.cpu_count() or 1)
-
-
-def _print_workers(url: str, data) -> None:
-    """Each worker process that worked on the study: what it does, when it was last heard from
-    (by the database's clock), and what it finished; silent past the grace period = presumed dead."""
-    from study.store import Store
-
-    store = Store(url, create=False)
-    workers = store.workers(store.study(data.name).id)
-    if not workers:
-        return
-    grace = float(data.config.get("grace_period", 180.0))
-    now = store.now()
-    alive = [
-        w
-        for w in workers
-        if w.heartbeat_at and (now - w.heartbeat_at).total_seconds() <= grace and not w.doing.startswith("idle")
-    ]
-    print(f"workers: {len(alive)} active of {len(workers)} (grace period {grace:g} s)")
-    for w in workers:
-        silent = (now - w.heartbeat_at).total_seconds() if w.heartbeat_at else float("inf")
-        state = "presumed dead" if silent > grace and not w.doing.startswith("idle") else w.doing
-        print(
-            f"  {w.name}: {state}; last heartbeat {silent:.0f} s ago; {w.runs_done} run(s), {w.trials_done} trial(s) "
-            "done"
-        )
-
-
-def _print_tuning_status(url: str, data) -> None:
-    """Per tuned cell: its job's state, trials finished of the budget, and the best so far."""
-    from analysis.tuning import tuning_tables
-    from study.store import Store
-
-    store = Store(url, create=False)
-    jobs = store.tuning_jobs(store.study(data.name).id)
-    if not jobs:
-        return
-    budget = int(data.config.get("tune", {}).get("trials", 0))
-    best = tuning_tables(url, data.name).best.set_index("optuna_study")
-    print(f"tuning: {sum(j.status == 'done' for j in jobs)} of {len(jobs)} cells tuned ({budget} trials each)")
-    for job in jobs:
-        size = f"{job.size_value:g}" if job.size_kind == "fraction" else str(int(job.size_value))
-        line = f"  {job.status:8s} {job.model} {job.size_kind}={size}:"
-        if job.optuna_study in best.index:
-            b = best.loc[job.optuna_study]
-            line += f" {b['n_complete']} complete, {b['n_pruned']} pruned, {b['n_failed']} failed of {budget}"
-            if b["n_complete"]:
-                line += f"; best val_acc {b['best_value']:.3f} (trial #{b['best_trial']})"
-        else:
-            line += f" 0 of {budget} trials"
-        if job.status == "failed" and job.error:
-            line += f"; error: {job.error.splitlines()[0]}"
-        print(line)
 
 
 def _targets(text: str | None) -> list[float] | None:

@@ -182,10 +182,10 @@ class TuneConfig:
 
     trials: int = 0  # finished (complete or pruned) trials per (model, size); 0 = no tuning
     timeout: float = 0.0  # seconds of finished trials per (model, size); 0 = no limit
-    epochs: int = 0  # rounds per trial; 0 = train.epochs
+    epochs: int = 0  # epochs per trial; 0 = train.epochs
     pruner: str = "median"  # median | hyperband | none
     startup_trials: int = 5  # random trials before TPE models the space and pruning starts
-    warmup_epochs: int = 2  # rounds a trial always runs before the pruner may stop it
+    warmup_epochs: int = 2  # epochs a trial always runs before the pruner may stop it
     seed: int = 0  # TPE sampler seed: the same config proposes the same trials
     subset_seed: int = 0  # trials train on this seed's subset
     lr: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
@@ -294,8 +294,7 @@ class StudyConfig:
         if self.backend == "dask":
             _check(
                 bool(self.scheduler.strip()),
-                "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see README, Running on a "
-                "cluster)",
+                "backend='dask' needs the scheduler's address: --scheduler tcp://HOST:8786 (see docs/cluster.md)",
             )
         else:
             _check(
@@ -509,13 +508,14 @@ dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cif
                           # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
                           # text-recognition: the output of `study datasets build-text-recognition`
 # test_root = ""          # imagefolder: optional separate folder of test images
+# cache_dir = ""          # where decoded arrays are cached; default <out>/cache
 image_size = 32           # images are decoded once at this size and cached
 test_fraction = 0.2       # held-out test split when the dataset has none of its own
 val_fraction = 0.2        # validation part of the training pool (tuning, early stopping)
 min_per_class = 2         # every subset keeps at least this many images per class
 
 [train]
-epochs = 4                # one pass over the run's subset each, more for small subsets
+epochs = 4                # each one pass over the run's subset, more for small subsets
 min_steps = 60            # floor on optimiser steps for small fractions
 batch_size = 32
 optimizer = "adamw"       # adamw | adam | sgd
@@ -535,10 +535,10 @@ freeze_stages = 0         # finetune = "full": keep the stem and the first K sta
 [tune]                    # Optuna tunes [train] keys per (model, size) on the validation split
 trials = 0                # finished trials per (model, size); 0 = no tuning (use [train])
 timeout = 0               # seconds of trials per (model, size); 0 = no limit
-epochs = 0                # rounds per trial; 0 = train.epochs
+epochs = 0                # epochs per trial; 0 = train.epochs
 pruner = "median"         # median | hyperband | none
 startup_trials = 5        # random trials before TPE takes over and pruning starts
-warmup_epochs = 2         # rounds a trial always runs before the pruner may stop it
+warmup_epochs = 2         # epochs a trial always runs before the pruner may stop it
 seed = 0                  # TPE sampler seed: the same config proposes the same trials
 subset_seed = 0           # trials train on this seed's subset; final runs use every seed
 # Search space: [low, high] is searched, [] keeps the [train] value, [x, x] fixes it.

@@ -3,7 +3,7 @@
 Once per model and study, before any training (``record_model_costs``, skipped for models
 already in the store): multiply-accumulates per image at the study's input size, parameters,
 weight size, and CPU inference latency at batch 1 with one thread and with all of them, stored
-in the ``model_costs`` table. Per run: ``PeakMemory`` measures a run's peak memory from its
+in the ``model_costs`` table. Per run: ``study.machine.PeakMemory`` measures a run's peak memory from its
 start (training throughput is timed by the training loop itself).
 """
 
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,7 +116,7 @@ def measure_model_costs(
     seconds: float | None = None,
 ) -> ModelCosts:
     """Measure one model on the CPU (a freshly initialised one: costs do not depend on weights)."""
-    from study.execute import available_cores
+    from study.machine import available_cores
     from study.models import count_parameters, create_model, model_size_mb
 
     model = (factory or create_model)(model_name, num_classes).cpu().eval()
@@ -189,49 +187,3 @@ def record_study_costs(ctx, progress: bool = True) -> list[str]:
     cfg = ctx.cfg
     sizes = {name: input_size_for(name, cfg.train.input_size, cfg.data.image_size) for name in cfg.models}
     return record_model_costs(ctx.store, ctx.study_id, sizes, ctx.dataset.num_classes, progress=progress)
-
-
-class PeakMemory:
-    """Peak memory of one run, from the moment this object is made.
-
-    On CUDA: the caching allocator's peak (the dataset resident on the GPU included). On CPU
-    (Linux): the process's peak resident set (VmHWM), reset at the start through
-    ``/proc/self/clear_refs``, so a worker's later runs are not charged with its earlier ones'
-    peaks (torch's memory is invisible to tracemalloc). Where that reset is not possible the
-    process's lifetime peak is reported, an upper bound.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset = True
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            self.reset = _reset_peak_rss()
-
-    def peak_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        hwm_kib = _status_kib("VmHWM")
-        if hwm_kib is not None:
-            return hwm_kib / 1024
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None

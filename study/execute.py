@@ -11,92 +11,36 @@ for the grace period is taken over by a worker that has nothing else to do.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
 from functools import partial
-from typing import Any
 
 from tqdm.auto import tqdm
 
-from study.config import StudyConfig, to_dict
-from study.errors import UserError
-from study.store import Cell, RunRow, worker_id
+from study.config import StudyConfig, TrainConfig, to_dict
+from study.machine import dask_client, plan_workers, torch_threads
+from study.outcomes import Outcome, RunOutcome, TuningOutcome
+from study.plan import ATTACH, WorkerState, open_context
+from study.store import Cell, Heartbeat, RunRow, worker_id
 
 MAX_RESTARTS = 20  # times the local worker processes are restarted after one of them died
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def plan_workers(jobs: int, device: str, pending: int) -> tuple[int, int]:
-    """(worker processes, torch threads per worker), never oversubscribing the cores.
-
-    On a GPU one worker owns the device. On CPU, small models train faster as several
-    single-thread processes than as one multi-thread process, so ``jobs=0`` uses one worker per
-    core (as many as there are runs).
-    """
-    cores = available_cores()
-    if device == "cuda":
-        workers = jobs or 1
-    else:
-        workers = jobs or cores
-    workers = max(1, min(workers, max(1, pending)))
-    return workers, max(1, cores // workers)
-
-
-class Heartbeat:
-    """Refreshes a run's (or tuning job's) claim from a background thread while it works."""
-
-    def __init__(self, store, run_id: int, worker: str, interval: float, table: type = RunRow):
-        self._store, self._run_id, self._worker, self._interval, self._table = store, run_id, worker, interval, table
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._store.heartbeat(self._run_id, self._worker, table=self._table)
-            except Exception:  # a missed beat is retried; the grace period covers several
-                pass
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@dataclass
-class _WorkerState:
-    ctx: Any
-    data: Any
-    device: Any
-    speed: Any  # study.speed.Speed: layout and compilation, for every run of this worker
-
-
-_STATE: dict[str, _WorkerState] = {}
+_STATE: dict[str, WorkerState] = {}
 _STATE_LOCK = threading.Lock()  # a dask worker runs several tasks at once in threads
 _REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker name) already in ``workers``
 
 
-def _worker_state(cfg: StudyConfig) -> _WorkerState:
+def _worker_state(cfg: StudyConfig) -> WorkerState:
     """The dataset on the training device, loaded once per worker process and reused."""
     import json
 
     key = json.dumps(to_dict(cfg), sort_keys=True)
     with _STATE_LOCK:
         if key not in _STATE:
-            from study.context import ATTACH, open_context
             from study.speed import Speed
             from study.train import TrainData, resolve_device
 
@@ -108,7 +52,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
                     ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip
                 )
             _STATE.clear()
-            _STATE[key] = _WorkerState(
+            _STATE[key] = WorkerState(
                 ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id))
             )
         state = _STATE[key]
@@ -119,20 +63,7 @@ def _worker_state(cfg: StudyConfig) -> _WorkerState:
     return state
 
 
-def torch_threads(cfg: StudyConfig, threads: int = 0) -> int:
-    """Torch threads for a task here: ``cfg.threads``, else ``threads`` (planned by the main
-    process), else this machine's cores shared among the dask worker's threads."""
-    if cfg.threads or threads:
-        return cfg.threads or threads
-    try:
-        from distributed import get_worker
-
-        return max(1, available_cores() // get_worker().state.nthreads)
-    except (ImportError, ValueError):  # not in a dask worker
-        return available_cores()
-
-
-def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
+def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[TrainConfig, str]:
     """The hyper-parameters a run uses and where they came from: the best trial of its cell's
     Optuna study when the study tunes, else the config's ``[train]``."""
     if cfg.tune.trials:
@@ -142,16 +73,16 @@ def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[Any, str]:
     return cfg.train.resolved(run.model), "config"
 
 
-def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> dict | None:
+def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> Outcome | None:
     """Do one piece of the study's work: trials for a cell being tuned, or one run, claimed
-    from the store and recorded there. Returns a summary, or None when the study has nothing
+    from the store and recorded there. Returns what happened, or None when the study has nothing
     left for anyone (no pending run, none held by another worker, no cell being tuned).
 
     While every pending run waits (for a cell being tuned, or held by other workers that might
     die), the worker polls: it takes over runs whose worker fell silent for ``cfg.grace_period``.
 
     Progress: ``show_epochs`` draws an epoch bar here (one worker in the main process);
-    ``epoch_queue`` (a multiprocessing queue) sends each round to the main process instead.
+    ``epoch_queue`` (a multiprocessing queue) sends each epoch to the main process instead.
     """
     import torch
 
@@ -176,14 +107,14 @@ def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoc
         time.sleep(min(2.0, cfg.heartbeat))
 
 
-def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> dict:
+def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epochs: bool, epoch_queue) -> RunOutcome:
     """Train a claimed run under heartbeats and record it, done or failed with its error."""
-    from study.context import environment
+    from study.machine import environment
     from study.train import train_run
 
     ctx = state.ctx
     cell = Cell(run.model, run.size_kind, run.size_value, run.seed)
-    summary = {"cell": cell.key, "status": "failed"}
+    outcome = RunOutcome(cell.key)
     bar = None
     try:
         hp, source = hparams_for(cfg, run)
@@ -230,16 +161,16 @@ def _do_run(cfg: StudyConfig, state: _WorkerState, run: RunRow, me: str, show_ep
         }
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
-            summary.update(status="done", test_acc=result.test_acc)
+            outcome.status, outcome.test_acc = "done", result.test_acc
         else:
-            summary.update(status="lost")  # another worker took the run over meanwhile
+            outcome.status = "lost"  # another worker took the run over meanwhile
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
         ctx.store.fail(run.id, me, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-        summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        outcome.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
         if bar is not None:
             bar.close()
-    return summary
+    return outcome
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:
@@ -322,63 +253,32 @@ class _Reports:
         self.store, self.study_id, self.bar = store, study_id, bar
         self.finished = False
 
-    def consume(self, summaries) -> None:
-        for summary in summaries:
-            if summary is None:
+    def consume(self, outcomes: Iterable[Outcome | None]) -> None:
+        for outcome in outcomes:
+            if outcome is None:
                 self.finished = True  # nothing is left for anyone: submit no more tasks
                 continue
-            if summary.get("kind") == "tuning":
-                if summary["status"] == "tuned":
+            if isinstance(outcome, TuningOutcome):
+                if outcome.status == "tuned":
                     tqdm.write(
-                        f"tuned {summary['cell']}: best val_acc={summary['best_value']:.3f} (trial "
-                        f"#{summary['best_trial']}; {summary['complete']} complete, {summary['pruned']} pruned)"
+                        f"tuned {outcome.cell}: best val_acc={outcome.best_value:.3f} (trial "
+                        f"#{outcome.best_trial}; {outcome.complete} complete, {outcome.pruned} pruned)"
                     )
-                elif summary["status"] == "failed":
-                    tqdm.write(f"tuning {summary['cell']} failed: {summary.get('error', '')}")
+                elif outcome.status == "failed":
+                    tqdm.write(f"tuning {outcome.cell} failed: {outcome.error}")
                 continue
             counts = self.store.counts(self.study_id)
             self.bar.n = counts["done"] + counts["failed"]
             self.bar.refresh()
-            if summary["status"] == "done":
-                self.bar.set_postfix_str(f"{summary['cell']} test_acc={summary['test_acc']:.3f}")
-            elif summary["status"] == "failed":
-                tqdm.write(f"run {summary['cell']} failed: {summary.get('error', '')}")
-
-
-def dask_client(address: str):
-    """A dask.distributed client of the scheduler at ``address``; a missing package or an
-    unreachable scheduler is the user's to fix."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UserError(
-            "backend 'dask' needs dask.distributed: pip install 'study[distributed]' (on every machine of the cluster)"
-        ) from None
-    try:
-        _probe(address)
-        return Client(address, timeout=15)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(
-            f"cannot reach the dask scheduler at {address!r} "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "start one with `dask scheduler` and give its address, e.g. --scheduler tcp://head-node:8786"
-        ) from None
-
-
-def _probe(address: str) -> None:
-    """Fail at once on a TCP address nobody listens on (the client would retry for its whole
-    timeout first); other schemes are left to the client."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if parts.scheme == "tcp" and parts.hostname and parts.port:
-        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+            if outcome.status == "done":
+                self.bar.set_postfix_str(f"{outcome.cell} test_acc={outcome.test_acc:.3f}")
+            elif outcome.status == "failed":
+                tqdm.write(f"run {outcome.cell} failed: {outcome.error}")
 
 
 class _EpochProgress:
     """An epoch bar in the main process fed by worker processes through a queue: parallel
-    workers cannot share a terminal line, but each round they finish shows here."""
+    workers cannot share a terminal line, but each epoch they finish shows here."""
 
     def __init__(self, total: int):
         import multiprocessing
@@ -393,7 +293,7 @@ class _EpochProgress:
         while (item := self.queue.get()) is not None:
             cell, epoch, val_acc = item
             self._bar.update(1)
-            self._bar.set_postfix_str(f"{cell} round {epoch} val_acc={val_acc:.3f}")
+            self._bar.set_postfix_str(f"{cell} epoch {epoch} val_acc={val_acc:.3f}")
 
     def close(self) -> None:
         self.queue.put(None)

@@ -3,7 +3,7 @@
 - Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs but not
   for every model, and on a CPU it depends on the model and the CPU (on this project's 2-core
   machine at 64 px it made MobileNetV2 about 1.5 times and MobileViT-XXS about 1.1 times faster,
-  and ResNet-18 about 10% slower: ``benchmarks/bench_layout.py``, README, Performance). So
+  and ResNet-18 about 10% slower: ``benchmarks/bench_layout.py``, docs/performance.md). So
   ``auto`` decides per model and device by measurement: a few forward/backward passes in each
   layout at the run's batch and input size, once per study where the worker has one (the first
   worker to need it measures and stores the choice; layouts round differently, so every worker

@@ -5,13 +5,13 @@ The images live in one uint8 tensor on the training device; a batch is an index 
 augmented, resized and normalised on the device. There is no DataLoader and no per-image
 Python work in the loop. The loop itself is ``TrainLoop``, so that the benchmark
 (``benchmarks/bench_train.py``) times exactly what a study runs. On a GPU the loop never waits
-for the host: batch orders go to the device a round at a time and metrics stay on the device
-until the round ends.
+for the host: batch orders go to the device an epoch at a time and metrics stay on the device
+until the epoch ends.
 
-Budget policy: a run trains for ``epochs`` rounds. A round is one pass over the run's subset,
+Budget policy: a run trains for ``epochs`` epochs. An epoch is one pass over the run's subset,
 or as many passes as give at least ``min_steps / epochs`` optimiser steps when the subset is
-small, so tiny fractions are not starved of updates. Validation follows each round; the weights
-of the best round are the ones tested.
+small, so tiny fractions are not starved of updates. Validation follows each epoch; the weights
+of the best epoch are the ones tested.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from torch import nn
 
 from study.augment import BatchAugment, to_model_input
 from study.config import WARMUP_DIVISOR, TrainConfig
-from study.costs import PeakMemory
 from study.errors import DivergedError
+from study.machine import PeakMemory
 from study.models import count_parameters, create_model, input_size_for, normalization
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
@@ -106,7 +106,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def budget(n_train: int, hp: TrainConfig) -> tuple[int, int, int]:
-    """(batch size, steps per round, rounds) for a subset of ``n_train`` images (``TrainConfig.budget``)."""
+    """(batch size, steps per epoch, epochs) for a subset of ``n_train`` images (``TrainConfig.budget``)."""
     return hp.budget(n_train)
 
 
@@ -204,7 +204,7 @@ class TrainLoop:
     """The hot loop of one run: index batches of the device-resident images, augmented and
     normalised on the device, then forward, backward and an optimiser step.
 
-    ``train_run`` drives it a round at a time; ``benchmarks/bench_train.py`` times ``run``
+    ``train_run`` drives it an epoch at a time; ``benchmarks/bench_train.py`` times ``run``
     against ``step`` on one ready batch, which is the model's own limit.
     """
 
@@ -223,8 +223,8 @@ class TrainLoop:
     channels_last: bool
     label_smoothing: float
     device: torch.device
-    steps_per_round: int
-    rounds: int
+    steps_per_epoch: int
+    epochs: int
 
     @property
     def batch(self) -> int:
@@ -282,7 +282,7 @@ def build_loop(
     configure_device(device)
     factory = model_factory or (lambda name, num_classes: create_model(name, num_classes, hp))
     input_size = input_size_for(model_name, hp.input_size, data.image_size)
-    batch, steps_per_round, rounds = budget(len(train_idx), hp)
+    batch, steps_per_epoch, epochs = budget(len(train_idx), hp)
     channels_last = use_channels_last(
         speed.channels_last,
         model_name,
@@ -302,7 +302,7 @@ def build_loop(
         model=model,
         plain=plain,
         optimizer=optimizer,
-        scheduler=_schedule(optimizer, steps_per_round * rounds),
+        scheduler=_schedule(optimizer, steps_per_epoch * epochs),
         data=data,
         train_idx=torch.as_tensor(np.asarray(train_idx), dtype=torch.long).to(device),
         order=BatchOrder(len(train_idx), batch, seed),
@@ -314,8 +314,8 @@ def build_loop(
         channels_last=channels_last,
         label_smoothing=hp.label_smoothing,
         device=device,
-        steps_per_round=steps_per_round,
-        rounds=rounds,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
     )
 
 
@@ -332,11 +332,11 @@ def train_run(
     model_factory: Callable[[str, int], torch.nn.Module] | None = None,
     speed: Speed | None = None,
 ) -> RunResult:
-    """Train ``model_name`` on ``data[train_idx]``, select the best round on ``val_idx`` and
+    """Train ``model_name`` on ``data[train_idx]``, select the best epoch on ``val_idx`` and
     evaluate it on ``test_idx``.
 
     ``seed`` fixes the initialisation, the batch order and the augmentation stream. ``on_epoch``
-    is called after each round's validation (progress, heartbeats, Optuna pruning: it may raise
+    is called after each epoch's validation (progress, heartbeats, Optuna pruning: it may raise
     to stop the run). ``speed`` chooses layout and compilation (default: ``Speed()``). Raises
     DivergedError when the training loss becomes non-finite.
     """
@@ -357,14 +357,14 @@ def train_run(
     best_acc, best_epoch, best_state = -1.0, 0, None
     step_seconds, images_seen = 0.0, 0
     run_start = time.perf_counter()
-    for epoch in range(1, loop.rounds + 1):
+    for epoch in range(1, loop.epochs + 1):
         epoch_start = time.perf_counter()
-        loss_sum, correct = loop.run(loop.steps_per_round)
-        seen = loop.steps_per_round * loop.batch
+        loss_sum, correct = loop.run(loop.steps_per_epoch)
+        seen = loop.steps_per_epoch * loop.batch
         images_seen += seen
-        train_loss = loss_sum.item() / seen  # one sync per round, not per step
+        train_loss = loss_sum.item() / seen  # one sync per epoch, not per step
         if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in round {epoch} (lr={hp.lr:g})")
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch} (lr={hp.lr:g})")
         step_seconds += time.perf_counter() - epoch_start
         val_loss, val_acc, _ = evaluate(loop.plain, indices=val_t, **evaluation)
         stats = EpochStats(

@@ -14,7 +14,7 @@ the job, fixing the best trial for the final runs. A resumed
 study continues the same Optuna study: finished trials are kept.
 
 Each trial trains on the tuning seed's subset and reports validation accuracy after every
-round; the pruner (median by default, Hyperband as an option) may stop it there. A trial whose
+epoch; the pruner (median by default, Hyperband as an option) may stop it there. A trial whose
 loss turns NaN or infinite is pruned: a diverging learning rate is an answer, not a crash.
 The TPE sampler is seeded from the config seed and the trial number, so one worker with the same
 config proposes the same trials, even across a resume.
@@ -24,30 +24,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy.exc
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from study.config import StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
+from study.outcomes import TuningOutcome
+from study.plan import WorkerState
 from study.store import (
     DONE,
     FAILED,
-    MAX_ATTEMPTS,
     Cell,
+    Heartbeat,
     NamedLock,
     TuningJobRow,
-    _dead_here,
-    make_engine,
-    schema_lock,
+    dead_here,
+    optuna_storage,
     tuning_study_name,
     worker_id,
 )
@@ -59,39 +56,8 @@ CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose pa
 TrainFn = Callable[[TrainConfig, Callable[[Any], None]], Any]
 
 
-@functools.lru_cache(maxsize=8)
-def optuna_storage(
-    url: str, heartbeat: float | None = None, grace_period: float | None = None
-) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on the study's database (one per process and URL). With
-    ``heartbeat`` (seconds), each running trial records a heartbeat; one silent for
-    ``grace_period`` is failed by the next worker that looks, and enqueued again
-    (``RetryFailedTrialCallback``) with its parameters."""
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    attempts = 5
-    for attempt in range(1, attempts + 1):
-        try:
-            with warnings.catch_warnings(), schema_lock(make_engine(url)):  # one creator of Optuna's tables at a time
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                beats: dict[str, Any] = {}
-                if heartbeat:
-                    beats = {
-                        "heartbeat_interval": max(1, round(heartbeat)),  # Optuna counts whole seconds
-                        "grace_period": max(2, round(grace_period or 2 * heartbeat)),
-                        # Optuna 4.9 renamed RetryFailedTrialCallback / failed_trial_callback to these.
-                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_ATTEMPTS - 1),
-                    }
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
-        except sqlalchemy.exc.OperationalError:
-            # SQLite: processes opening a fresh database at once race to create Optuna's tables
-            # ("table ... already exists"): the loser finds them created when it tries again.
-            if attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
-
-
 def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
-    """The configured pruner, deciding on validation accuracy reported after each round."""
+    """The configured pruner, deciding on validation accuracy reported after each epoch."""
     warmup = max(1, tune.warmup_epochs)
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=warmup)
@@ -192,7 +158,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
     storage = study._storage  # the study's own storage (Optuna exposes no accessor)
     retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _dead_here(trial.user_attrs.get("worker")):
+        if not dead_here(trial.user_attrs.get("worker")):
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
@@ -230,23 +196,23 @@ def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: Tun
         trial.set_user_attr("worker", worker_id())  # so that a dead process of this host is recognised
         if on_start is not None:
             on_start(trial)
-        rounds = 0
+        epochs_run = 0
 
         def report(stats) -> None:
-            nonlocal rounds
-            rounds += 1
+            nonlocal epochs_run
+            epochs_run += 1
             trial.report(stats.val_acc, stats.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"round {stats.epoch}: val_acc={stats.val_acc:.4f}")
+                raise optuna.TrialPruned(f"epoch {stats.epoch}: val_acc={stats.val_acc:.4f}")
 
         try:
             return train(dataclasses.replace(base, **suggest(trial, tune)), report).val_acc
         except DivergedError as exc:
-            rounds += 1  # the round whose loss diverged was trained too
+            epochs_run += 1  # the epoch whose loss diverged was trained too
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         finally:
-            trial.set_user_attr("epochs_run", rounds)
+            trial.set_user_attr("epochs_run", epochs_run)
 
     ended: list[FrozenTrial] = []  # callbacks run only for a trial that did not raise
     study.optimize(objective, n_trials=1, callbacks=[lambda _study, trial: ended.append(trial)])
@@ -267,10 +233,10 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict | None:
+def tune_next(cfg: StudyConfig, state: WorkerState, show_progress: bool = False) -> TuningOutcome | None:
     """Join the first open tuning job of the study that still has trials to start, and run
     trials for it until its budget is spent or covered by other workers' running trials; close
-    the job when its budget is spent. Returns a summary, or None when no tuning job needs this
+    the job when its budget is spent. Returns what happened, or None when no tuning job needs this
     worker. ``state`` is the worker's dataset on its device and its speed settings (layout,
     compiled models), shared with its runs."""
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
@@ -284,10 +250,9 @@ def tune_next(cfg: StudyConfig, state: Any, show_progress: bool = False) -> dict
     return None
 
 
-def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_progress: bool) -> dict:
+def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, show_progress: bool) -> TuningOutcome:
     from tqdm.auto import tqdm
 
-    from study.execute import Heartbeat
     from study.train import train_run
 
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
@@ -316,7 +281,7 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
         "n_train": int(len(train_idx)),
         "subset_seed": tune.subset_seed,
     }
-    summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "failed", "trials_run": 0}
+    outcome = TuningOutcome(job.optuna_study)
     bar = tqdm(
         total=tune.trials, desc=f"  tune {job.optuna_study}", unit="trial", leave=False, disable=not show_progress
     )
@@ -325,7 +290,7 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
         ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number}")
 
     def on_trial(trial: FrozenTrial) -> None:
-        summary["trials_run"] += 1
+        outcome.trials_run += 1
         ctx.store.worker_doing(
             ctx.study_id,
             me,
@@ -344,38 +309,38 @@ def _tune_job(cfg: StudyConfig, state: Any, job: TuningJobRow, storage, show_pro
                 job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start
             )
         if budget_spent(study, tune):
-            return {**summary, **close_tuning(ctx.store, job, study)}
-        summary["status"] = "helped"  # the budget's last trials run on other workers; they close the job
+            return dataclasses.replace(close_tuning(ctx.store, job, study), trials_run=outcome.trials_run)
+        outcome.status = "helped"  # the budget's last trials run on other workers; they close the job
     except (
         Exception
     ) as exc:  # a trial crashed (recorded failed in Optuna): the job fails; --retry-failed tunes it again
         ctx.store.close_tuning(job.id, FAILED, f"{type(exc).__name__}: {exc}")
-        summary["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        outcome.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     finally:
         bar.close()
-    return summary
+    return outcome
 
 
-def close_tuning(store, job: TuningJobRow, study: optuna.Study) -> dict:
+def close_tuning(store, job: TuningJobRow, study: optuna.Study) -> TuningOutcome:
     """Close a tuning job whose budget is spent: done, with its best trial fixed for the cell's
     final runs (a trial still running elsewhere cannot change it afterwards), or failed when no
-    trial completed. Returns a summary; its status is "closed" when another worker closed it first."""
+    trial completed. Returns what happened; its status is "closed" when another worker closed it first."""
     counts = trial_counts(study)
-    summary: dict[str, Any] = {"kind": "tuning", "cell": job.optuna_study, "status": "closed", **counts}
+    outcome = TuningOutcome(job.optuna_study, "closed", **counts)
     if counts["complete"] == 0:
         error = (
             f"no trial completed ({counts['pruned']} pruned, {counts['failed']} failed); "
             "widen the search space (e.g. lower tune.lr), raise --trials or --tune-timeout, then --retry-failed"
         )
         if store.close_tuning(job.id, FAILED, f"RuntimeError: {error}"):
-            summary.update(status="failed", error=f"RuntimeError: {error}")
-        return summary
+            outcome.status, outcome.error = "failed", f"RuntimeError: {error}"
+        return outcome
     best = study.best_trial
     if store.tuning_status(job.id) in ("pending", "running"):
         study.set_user_attr(CHOSEN_TRIAL, best.number)
     if store.close_tuning(job.id, DONE):
-        summary.update(status="tuned", best_value=best.value, best_trial=best.number)
-    return summary
+        outcome.status, outcome.best_value, outcome.best_trial = "tuned", best.value, best.number
+    return outcome
 
 
 def tuned_hparams(cfg: StudyConfig, model: str, size_kind: str, size_value: float) -> tuple[TrainConfig, str]:

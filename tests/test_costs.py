@@ -10,7 +10,8 @@ import timm
 import torch
 from torch import nn
 
-from study.costs import PeakMemory, count_macs, measure_model_costs, record_model_costs
+from study.costs import count_macs, measure_model_costs, record_model_costs
+from study.machine import PeakMemory
 from study.models import count_parameters, model_size_mb
 from study.store import Store
 from tests.conftest import FAST_MODEL

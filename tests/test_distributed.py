@@ -116,7 +116,10 @@ def test_three_workers_on_postgres_finish_every_run_once_as_one_worker_would(pos
     with engine.connect() as conn:
         workers = conn.execute(text("select name, runs_done from workers")).all()
     engine.dispose()
-    assert len(workers) == 3 and sum(n for _, n in workers) == 6  # three workers, six runs between them
+    # Each worker's tally matches the runs it finished. How many of the three took runs depends on how
+    # fast each process starts (a late one may find nothing left), so that is not asserted.
+    by_worker = {w: sum(r["worker"] == w for r in shared.values()) for w in {r["worker"] for r in shared.values()}}
+    assert 1 <= len(workers) <= 3 and {w: n for w, n in workers if n} == by_worker
 
     alone = run_subprocess("run", "--out", tmp_path / "alone", *SMALL, *CELLS, "--jobs", "1", "--no-report")
     assert alone.returncode == 0, alone.stderr

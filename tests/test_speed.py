@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import execute, speed
+from study import machine, speed
 from study.config import TrainConfig
 from study.speed import Speed, channels_last_is_faster, use_channels_last
 from study.train import BatchOrder, TrainData, build_loop, train_run
@@ -112,7 +112,7 @@ def test_a_compiled_model_is_compiled_once_and_each_run_starts_from_fresh_weight
 def test_the_loop_trains_what_it_is_given_and_counts_correct_predictions():
     data = _data()
     loop = build_loop(data, np.arange(36), FAST_MODEL, HP, 0, torch.device("cpu"))
-    assert loop.batch == 8 and loop.steps_per_round * loop.rounds >= HP.min_steps
+    assert loop.batch == 8 and loop.steps_per_epoch * loop.epochs >= HP.min_steps
     before = [p.detach().clone() for p in loop.plain.parameters()]
     loss_sum, correct = loop.run(3)
     assert loss_sum.item() > 0 and 0 <= correct.item() <= 3 * 8
@@ -132,7 +132,7 @@ def test_the_loop_trains_what_it_is_given_and_counts_correct_predictions():
     ],
 )
 def test_workers_and_threads_never_oversubscribe_the_cores(monkeypatch, cores, jobs, device, pending, expected):
-    monkeypatch.setattr(execute, "available_cores", lambda: cores)
-    workers, threads = execute.plan_workers(jobs, device, pending)
+    monkeypatch.setattr(machine, "available_cores", lambda: cores)
+    workers, threads = machine.plan_workers(jobs, device, pending)
     assert (workers, threads) == expected
     assert workers * threads <= max(cores, workers)

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 from study import config
 from study.config import SCRATCH_LR, StudyConfig, TrainConfig
-from study.context import study_settings
 from study.errors import UserError
 from study.models import _skeleton, create_model, input_size_for, interpolation_warning, preflight
+from study.plan import study_settings
 from study.store import settings_fingerprint
 from study.train import TrainData, train_run
 from tests.conftest import FAST_MODEL, run_subprocess, write_imagefolder

@@ -35,7 +35,7 @@ def _toml(tmp_path, text: str):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Digits at 16 px on the CPU, with a training subset, for tuning one cell directly."""
-    from study.context import load_data
+    from study.plan import load_data
     from study.splits import training_subset
     from study.train import TrainData
 
@@ -229,7 +229,7 @@ def test_hyperband_and_no_pruner_are_options(digits, tmp_path):
         {},
     )
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner) and len(study.get_trials()) == 2
-    assert all(t.intermediate_values for t in study.get_trials())  # validation accuracy reported each round
+    assert all(t.intermediate_values for t in study.get_trials())  # validation accuracy reported each epoch
 
 
 def test_the_timeout_ends_tuning_after_the_trial_that_crosses_it(digits, tmp_path):

@@ -1,19 +1,25 @@
-"""Everything a study's workers share, prepared and checked before any training starts:
-the decoded dataset, the fixed splits, the planned cells and the study's row in the store."""
+"""Planning and opening a study, before any training starts: the decoded dataset, the fixed
+splits, the planned cells and tuning jobs, the settings fingerprint and the study's row in the
+store (``open_context``); and what each worker process holds while it works (``WorkerState``)."""
 
 from __future__ import annotations
 
 import hashlib
-import platform
-import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from study import splits as splitting
 from study.config import StudyConfig, to_dict
 from study.datasets import Dataset, check_name, load_dataset
-from study.store import Cell, Store, settings_fingerprint, tuning_study_name
+from study.store import Cell, Store, optuna_storage, settings_fingerprint, tuning_study_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from study.speed import Speed
+    from study.train import TrainData
 
 
 @dataclass
@@ -37,6 +43,16 @@ class StudyContext:
             self.cfg.data.min_per_class,
             self.dataset.class_names,
         )
+
+
+@dataclass
+class WorkerState:
+    """What one worker process holds for a study, loaded once and reused by its runs and trials."""
+
+    ctx: StudyContext
+    data: TrainData  # the dataset on the training device
+    device: torch.device
+    speed: Speed  # layout and compilation, for every run of this worker
 
 
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
@@ -157,8 +173,6 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
     )
     store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
     if cfg.tune.trials:
-        from study.tune import optuna_storage
-
         store.add_tuning_jobs(ctx.study_id, plan_tuning(cfg))
         optuna_storage(cfg.storage_url)  # Optuna's tables, made here once rather than raced for by workers
     return ctx
@@ -177,30 +191,3 @@ def dataset_summary(dataset: Dataset) -> dict:
         "skipped_examples": dataset.skipped[:20],
         "cache_key": dataset.key,
     }
-
-
-def environment(device: str = "cpu") -> dict:
-    """Versions, device and host of the process running a run, so results can be reproduced."""
-    import numpy
-    import timm
-    import torch
-
-    import study
-
-    env = {
-        "python": sys.version.split()[0],
-        "study": study.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "host": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-    return env

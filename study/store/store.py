@@ -15,407 +15,40 @@ heard from. Timestamps that workers compare come from the database's clock, not 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    exists,
-    func,
-    inspect,
-    select,
-    update,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy import exists, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from study.errors import UserError
-
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATUSES = (PENDING, RUNNING, DONE, FAILED)
-MAX_ATTEMPTS = 3  # a run whose worker died this many times is failed, not handed to the next worker
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-class db_now(FunctionElement):
-    """The database server's current UTC time, as a naive timestamp. Heartbeats are written and
-    judged with this one clock, so workers on machines whose clocks disagree never take each
-    other's runs for dead (the pattern of SQLAlchemy's "UTC timestamp function" recipe)."""
-
-    type = DateTime()
-    inherit_cache = True
-
-
-@compiles(db_now)
-def _db_now_default(element, compiler, **kw):  # noqa: ANN001
-    return "CURRENT_TIMESTAMP"
-
-
-@compiles(db_now, "postgresql")
-def _db_now_postgresql(element, compiler, **kw):  # noqa: ANN001
-    return "TIMEZONE('utc', CLOCK_TIMESTAMP())"
-
-
-@compiles(db_now, "sqlite")
-def _db_now_sqlite(element, compiler, **kw):  # noqa: ANN001
-    # Microseconds, as SQLAlchemy writes datetimes into SQLite, so stored values compare as text.
-    return "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-# Optuna's RDB storage, which shares the database, owns the table name "studies".
-STUDY_TABLE = "dataset_studies"
-
-
-class StudyRow(Base):
-    """One study: a name, and the settings that all its runs share."""
-
-    __tablename__ = STUDY_TABLE
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    settings: Mapped[dict] = mapped_column(JSON)  # what the fingerprint covers, for messages
-    config: Mapped[dict] = mapped_column(JSON)  # the full config of the latest invocation
-    dataset: Mapped[dict] = mapped_column(JSON)  # name, classes, counts, skipped files, cache key
-    splits: Mapped[dict] = mapped_column(JSON)  # sizes and leakage checks
-    y_test: Mapped[bytes] = mapped_column(LargeBinary)  # int32 test labels, predictions' order
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Claimed:
-    """Columns of work that workers claim from the store (runs and tuning jobs): who holds it,
-    since when, when it last showed signs of life, and how it ended."""
-
-    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class RunRow(Claimed, Base):
-    """One cell (model, size, seed) of a study and, once done, its results."""
-
-    __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("study_id", "cell_key"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
-    cell_key: Mapped[str] = mapped_column(String(300))
-    model: Mapped[str] = mapped_column(String(200))
-    size_kind: Mapped[str] = mapped_column(String(16))  # 'fraction' | 'per_class'
-    size_value: Mapped[float] = mapped_column(Float)
-    seed: Mapped[int] = mapped_column(Integer)
-    n_train: Mapped[int] = mapped_column(Integer)
-    fraction: Mapped[float] = mapped_column(Float)  # n_train / training pool, for both kinds
-    hparams: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    hparams_source: Mapped[str | None] = mapped_column(String(300), nullable=True)
-    val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
-    test_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
-    test_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    test_f1: Mapped[float | None] = mapped_column(Float, nullable=True)
-    best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    epochs_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    images_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
-    n_params: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    peak_memory_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
-    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    environment: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-
-
-class EpochRow(Base):
-    """Training and validation metrics of one round of one run."""
-
-    __tablename__ = "epochs"
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float] = mapped_column(Float)
-    train_acc: Mapped[float] = mapped_column(Float)
-    val_loss: Mapped[float] = mapped_column(Float)
-    val_acc: Mapped[float] = mapped_column(Float)
-    lr: Mapped[float] = mapped_column(Float)
-    seconds: Mapped[float] = mapped_column(Float)
-    images_seen: Mapped[int] = mapped_column(Integer)
-
-
-class PredictionRow(Base):
-    """A run's predicted class for each test image (int32, in the order of ``studies.y_test``)."""
-
-    __tablename__ = "predictions"
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    y_pred: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class ModelCostRow(Base):
-    """What a model costs, measured once per (study, model) by the study side (it needs torch)
-    and read by the analysis side. Latencies are CPU inference at batch 1, in milliseconds."""
-
-    __tablename__ = "model_costs"
-    __table_args__ = (UniqueConstraint("study_id", "model"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
-    model: Mapped[str] = mapped_column(String(200))
-    input_size: Mapped[int] = mapped_column(Integer)
-    n_params: Mapped[int] = mapped_column(Integer)
-    macs: Mapped[float | None] = mapped_column(Float, nullable=True)  # multiply-accumulates per image
-    size_mb: Mapped[float] = mapped_column(Float)
-    latency_p50_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
-    latency_p95_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
-    latency_p50_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
-    latency_p95_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
-    threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # device, repetitions, versions
-    measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class LayoutChoiceRow(Base):
-    """The memory layout a study trains one model in on one kind of device ('auto' decides it by
-    measurement): decided once, by the first worker that needs it, and used by every worker, so
-    that a run's result does not depend on which worker trained it."""
-
-    __tablename__ = "layout_choices"
-    __table_args__ = (UniqueConstraint("study_id", "key"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
-    key: Mapped[str] = mapped_column(String(300))  # model, input size, batch, device kind
-    channels_last: Mapped[bool] = mapped_column(Boolean)
-    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class TuningJobRow(Claimed, Base):
-    """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
-    one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
-
-    __tablename__ = "tuning_jobs"
-    __table_args__ = (UniqueConstraint("study_id", "optuna_study"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
-    optuna_study: Mapped[str] = mapped_column(String(500))  # tuning_study_name(...)
-    model: Mapped[str] = mapped_column(String(200))
-    size_kind: Mapped[str] = mapped_column(String(16))
-    size_value: Mapped[float] = mapped_column(Float)
-
-
-class WorkerRow(Base):
-    """One worker process of a study (``host:pid``, with ``:t<thread>`` for a thread of a dask
-    worker): what it is doing and when it was last heard from, for ``study status``."""
-
-    __tablename__ = "workers"
-    __table_args__ = (UniqueConstraint("study_id", "name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    host: Mapped[str] = mapped_column(String(200))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    doing: Mapped[str] = mapped_column(String(500), default="starting")
-    runs_done: Mapped[int] = mapped_column(Integer, default=0)
-    trials_done: Mapped[int] = mapped_column(Integer, default=0)
-
-
-Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
-
-
-def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
-    """Name of the Optuna study that tunes one (dataset study, model, size), in the same database.
-
-    Convention shared by the tuner (study/) and the analysis: the Optuna study carries user
-    attributes ``study``, ``model``, ``size_kind``, ``size_value``; each trial carries
-    ``epochs_run``; tuned runs record ``hparams_source = "tuned:<optuna study>#<trial number>"``.
-    """
-    size = f"{size_value:g}" if size_kind == "fraction" else str(int(size_value))
-    return f"{study}|tune|{model}|{size_kind}={size}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work: a model trained on one subset size with one seed."""
-
-    model: str
-    size_kind: str
-    size_value: float
-    seed: int
-
-    @property
-    def key(self) -> str:
-        size = f"{self.size_value:g}" if self.size_kind == "fraction" else str(int(self.size_value))
-        return f"{self.model}|{self.size_kind}={size}|seed={self.seed}"
-
-
-def worker_host() -> str:
-    """This machine's name in worker names: ``$STUDY_WORKER_HOST`` or the host name. Set it where
-    machines share a host name but not their processes (containers on the host's network)."""
-    return os.environ.get("STUDY_WORKER_HOST") or socket.gethostname()
-
-
-def worker_id() -> str:
-    """``host:pid`` (``host:pid:t<thread id>`` off the main thread, as in a dask worker running
-    several tasks at once), so a run held by a dead process on this host can be recognised."""
-    name = f"{worker_host()}:{os.getpid()}"
-    if threading.current_thread() is not threading.main_thread():
-        name += f":t{threading.get_native_id()}"
-    return name
-
-
-def _dead_here(worker: str | None) -> bool:
-    """Whether ``worker`` names a process of this host that no longer exists."""
-    host, _, rest = (worker or "").partition(":")
-    pid = rest.split(":")[0]
-    return host == worker_host() and pid.isdigit() and not _pid_alive(int(pid))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``. SQLite gets what parallel writers on one machine need: WAL mode
-    (readers never block the writer, and a killed process never leaves the file corrupt), a
-    generous busy timeout (writers queue for the lock instead of failing), and transactions that
-    begin as SQLite's ``BEGIN`` ourselves, so that a transaction that reads and then writes (a
-    claim) can begin with ``BEGIN IMMEDIATE`` (see ``Store.session``)."""
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if str(path) not in ("", ":memory:"):
-            if path.parent and not path.parent.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 120})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
-            dbapi_conn.isolation_level = None  # pysqlite begins nothing itself: the "begin" hook does
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=120000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # noqa: ANN001
-            # A deferred transaction that read before writing cannot wait for the write lock
-            # (SQLITE_BUSY at once, whatever the timeout); IMMEDIATE takes it first, waiting.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
-
-        return engine
-    # READ COMMITTED (PostgreSQL's default) suffices: claims lock the row they take.
-    return create_engine(url, pool_pre_ping=True)
-
-
-_SCHEMA_LOCK = 0x5374756479  # any fixed number: the advisory lock serialising schema changes
-
-
-@contextmanager
-def schema_lock(engine: Engine) -> Iterator[None]:
-    """Let one process at a time create tables (ours or Optuna's): processes that start together
-    on a fresh PostgreSQL database would otherwise race to create the same table. A session
-    advisory lock, released by the server if the process dies. Elsewhere a no-op (SQLite's
-    racers are retried by the caller)."""
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    with engine.connect() as conn:
-        conn.execute(select(func.pg_advisory_lock(_SCHEMA_LOCK)))
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(select(func.pg_advisory_unlock(_SCHEMA_LOCK)))
-            conn.commit()
-
-
-class NamedLock:
-    """A lock shared by every worker of one database, by name: a PostgreSQL advisory lock, or on
-    SQLite (whose workers share one machine) an exclusive ``flock`` on a file beside the
-    database; on other databases no lock. The server or the kernel releases it when its process
-    dies. ``release()`` may be called early, inside the ``with`` block."""
-
-    def __init__(self, engine: Engine, name: str):
-        self._engine, self._name = engine, name
-        self._conn = self._file = None
-
-    def __enter__(self) -> NamedLock:
-        if self._engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(self._name.encode()).digest()[:8], "big", signed=True)
-            self._key, self._conn = key, self._engine.connect()
-            self._conn.execute(select(func.pg_advisory_lock(key)))
-            self._conn.commit()
-        elif self._engine.dialect.name == "sqlite" and self._engine.url.database not in (None, "", ":memory:"):
-            import fcntl
-
-            digest = hashlib.sha256(self._name.encode()).hexdigest()[:16]
-            self._file = open(f"{self._engine.url.database}.lock-{digest}", "a")
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        return self
-
-    def release(self) -> None:
-        if self._conn is not None:
-            self._conn.execute(select(func.pg_advisory_unlock(self._key)))
-            self._conn.commit()
-            self._conn.close()
-            self._conn = None
-        if self._file is not None:
-            self._file.close()  # closing the file releases the flock
-            self._file = None
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def retry_conflicts(action, attempts: int = 8, errors: tuple = (IntegrityError,)):
-    """Run ``action()``, again after a conflict with another process doing the same at the same
-    moment (two workers adding the same study or cells: the loser finds them added)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except errors:
-            if attempt == attempts:
-                raise
-            time.sleep(0.05 * attempt)
-
-
-def _create_tables(engine: Engine) -> None:
-    with schema_lock(engine):
-        _rename_legacy_study_table(engine)
-        Base.metadata.create_all(engine)
+from study.store.engine import missing_sqlite_file, open_database, retry_conflicts
+from study.store.schema import (
+    DONE,
+    FAILED,
+    MAX_ATTEMPTS,
+    PENDING,
+    RUNNING,
+    STATUSES,
+    Base,
+    Cell,
+    Claimable,
+    EpochRow,
+    LayoutChoiceRow,
+    ModelCostRow,
+    PredictionRow,
+    RunRow,
+    StudyRow,
+    TuningJobRow,
+    WorkerRow,
+    db_now,
+)
+from study.store.workers import dead_here
 
 
 class Store:
@@ -423,18 +56,7 @@ class Store:
 
     def __init__(self, url: str, create: bool = True):
         self.url = url
-        try:
-            self.engine = make_engine(url)
-            if create:
-                retry_conflicts(
-                    lambda: _create_tables(self.engine), errors=(IntegrityError, OperationalError, ProgrammingError)
-                )
-            else:
-                _rename_legacy_study_table(self.engine)
-        except Exception as exc:  # a bad URL or unreachable server is the user's to fix
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+        self.engine = open_database(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
@@ -552,7 +174,7 @@ class Store:
                     select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)
                 ):
                     silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
-                    if not (silent or (table is RunRow and _dead_here(row.worker))):
+                    if not (silent or (table is RunRow and dead_here(row.worker))):
                         continue
                     values: dict[str, Any] = {"status": PENDING, "worker": None}
                     if table is RunRow and row.attempts >= MAX_ATTEMPTS:
@@ -901,17 +523,6 @@ def _tuning_of(run: type[RunRow]):
     )
 
 
-def _rename_legacy_study_table(engine: Engine) -> None:
-    """Databases written before Optuna shared them called the study table "studies", the name
-    Optuna's own table needs: rename it (keeping every row) before the tables are created."""
-    inspector = inspect(engine)
-    tables = set(inspector.get_table_names())
-    if "studies" in tables and STUDY_TABLE not in tables:
-        if "fingerprint" in {c["name"] for c in inspector.get_columns("studies")}:  # ours, not Optuna's
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"ALTER TABLE studies RENAME TO {STUDY_TABLE}")
-
-
 def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any, Any]:
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -924,7 +535,20 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any,
     return "", None, None
 
 
-def settings_fingerprint(settings: dict) -> str:
-    import hashlib
+def study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None, str | None, list[str]]:
+    """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
+    only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
+    not exist (a worker never creates one), the study None while there is none such."""
+    from study.budget_control import is_control
 
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    deadline = time.monotonic() + wait
+    store: Store | None = None
+    while True:
+        if store is None and missing_sqlite_file(url) is None:
+            store = Store(url)
+        # A budget control (study.budget_control) belongs to its study: never the only one to join.
+        names = [n for n in store.study_names() if not is_control(n)] if store is not None else []
+        chosen = name or (names[0] if len(names) == 1 else None)
+        if chosen in names or time.monotonic() >= deadline:
+            return store, (chosen if chosen in names else None), names
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))

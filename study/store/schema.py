@@ -1,0 +1,253 @@
+"""The store's schema: the contract between the study side, which writes, and the analysis
+side, which reads (``analysis/load.py``, ``analysis/tuning.py``). Tables, run statuses, cells and
+their keys, the names of tuning studies and the settings fingerprint live here and nowhere else;
+renaming a column or a status breaks every database already written, so don't.
+
+No torch, and nothing that opens a database (that is ``study.store.engine``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import FunctionElement
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STATUSES = (PENDING, RUNNING, DONE, FAILED)
+MAX_ATTEMPTS = 3  # a run whose worker died this many times is failed, not handed to the next worker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class db_now(FunctionElement):
+    """The database server's current UTC time, as a naive timestamp. Heartbeats are written and
+    judged with this one clock, so workers on machines whose clocks disagree never take each
+    other's runs for dead (the pattern of SQLAlchemy's "UTC timestamp function" recipe)."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(element, compiler, **kw):  # noqa: ANN001
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element, compiler, **kw):  # noqa: ANN001
+    return "TIMEZONE('utc', CLOCK_TIMESTAMP())"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw):  # noqa: ANN001
+    # Microseconds, as SQLAlchemy writes datetimes into SQLite, so stored values compare as text.
+    return "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Optuna's RDB storage, which shares the database, owns the table name "studies".
+STUDY_TABLE = "dataset_studies"
+
+
+class StudyRow(Base):
+    """One study: a name, and the settings that all its runs share."""
+
+    __tablename__ = STUDY_TABLE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[dict] = mapped_column(JSON)  # what the fingerprint covers, for messages
+    config: Mapped[dict] = mapped_column(JSON)  # the full config of the latest invocation
+    dataset: Mapped[dict] = mapped_column(JSON)  # name, classes, counts, skipped files, cache key
+    splits: Mapped[dict] = mapped_column(JSON)  # sizes and leakage checks
+    y_test: Mapped[bytes] = mapped_column(LargeBinary)  # int32 test labels, predictions' order
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Claimed:
+    """Columns of work that workers claim from the store (runs and tuning jobs): who holds it,
+    since when, when it last showed signs of life, and how it ended."""
+
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunRow(Claimed, Base):
+    """One cell (model, size, seed) of a study and, once done, its results."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("study_id", "cell_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    cell_key: Mapped[str] = mapped_column(String(300))
+    model: Mapped[str] = mapped_column(String(200))
+    size_kind: Mapped[str] = mapped_column(String(16))  # 'fraction' | 'per_class'
+    size_value: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    n_train: Mapped[int] = mapped_column(Integer)
+    fraction: Mapped[float] = mapped_column(Float)  # n_train / training pool, for both kinds
+    hparams: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    hparams_source: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_f1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epochs_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    images_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    environment: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class EpochRow(Base):
+    """Training and validation metrics of one epoch of one run."""
+
+    __tablename__ = "epochs"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    images_seen: Mapped[int] = mapped_column(Integer)
+
+
+class PredictionRow(Base):
+    """A run's predicted class for each test image (int32, in the order of ``studies.y_test``)."""
+
+    __tablename__ = "predictions"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    y_pred: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelCostRow(Base):
+    """What a model costs, measured once per (study, model) by the study side (it needs torch)
+    and read by the analysis side. Latencies are CPU inference at batch 1, in milliseconds."""
+
+    __tablename__ = "model_costs"
+    __table_args__ = (UniqueConstraint("study_id", "model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    input_size: Mapped[int] = mapped_column(Integer)
+    n_params: Mapped[int] = mapped_column(Integer)
+    macs: Mapped[float | None] = mapped_column(Float, nullable=True)  # multiply-accumulates per image
+    size_mb: Mapped[float] = mapped_column(Float)
+    latency_p50_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p50_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # device, repetitions, versions
+    measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LayoutChoiceRow(Base):
+    """The memory layout a study trains one model in on one kind of device ('auto' decides it by
+    measurement): decided once, by the first worker that needs it, and used by every worker, so
+    that a run's result does not depend on which worker trained it."""
+
+    __tablename__ = "layout_choices"
+    __table_args__ = (UniqueConstraint("study_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    key: Mapped[str] = mapped_column(String(300))  # model, input size, batch, device kind
+    channels_last: Mapped[bool] = mapped_column(Boolean)
+    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TuningJobRow(Claimed, Base):
+    """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
+    one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
+
+    __tablename__ = "tuning_jobs"
+    __table_args__ = (UniqueConstraint("study_id", "optuna_study"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    optuna_study: Mapped[str] = mapped_column(String(500))  # tuning_study_name(...)
+    model: Mapped[str] = mapped_column(String(200))
+    size_kind: Mapped[str] = mapped_column(String(16))
+    size_value: Mapped[float] = mapped_column(Float)
+
+
+class WorkerRow(Base):
+    """One worker process of a study (``host:pid``, with ``:t<thread>`` for a thread of a dask
+    worker): what it is doing and when it was last heard from, for ``study status``."""
+
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    doing: Mapped[str] = mapped_column(String(500), default="starting")
+    runs_done: Mapped[int] = mapped_column(Integer, default=0)
+    trials_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
+
+
+def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
+    """Name of the Optuna study that tunes one (dataset study, model, size), in the same database.
+
+    Convention shared by the tuner (study/) and the analysis: the Optuna study carries user
+    attributes ``study``, ``model``, ``size_kind``, ``size_value``; each trial carries
+    ``epochs_run``; tuned runs record ``hparams_source = "tuned:<optuna study>#<trial number>"``.
+    """
+    size = f"{size_value:g}" if size_kind == "fraction" else str(int(size_value))
+    return f"{study}|tune|{model}|{size_kind}={size}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a model trained on one subset size with one seed."""
+
+    model: str
+    size_kind: str
+    size_value: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        size = f"{self.size_value:g}" if self.size_kind == "fraction" else str(int(self.size_value))
+        return f"{self.model}|{self.size_kind}={size}|seed={self.seed}"
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """The 32-hex digest of a study's settings: runs may join a study only with the same one."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
