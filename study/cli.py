@@ -346,8 +346,8 @@ def _run_budget_control(cfg, quiet: bool) -> None:
     control = control_config(cfg)
     if control is None:
         return
-    from study.plan import open_context
     from study.execute import execute
+    from study.plan import open_context
 
     print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
     ctx = open_context(control)
