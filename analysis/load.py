@@ -11,10 +11,19 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from study.budget_control import control_name, is_control
 from study.errors import UserError
 from study.store.engine import open_database
-from study.store.schema import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, StudyRow
+from study.store.schema import (
+    DONE,
+    FAILED,
+    EpochRow,
+    ModelCostRow,
+    PredictionRow,
+    RunRow,
+    StudyRow,
+    control_name,
+    is_control,
+)
 
 RUN_COLUMNS = [
     "run_id",

@@ -30,6 +30,7 @@ from reports import tables as paper
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.verdict import verdict
 
+WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
     "python",
     "study",
@@ -405,46 +406,33 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "confidence": a.curves.confidence,
         "families": list(a.curves.families),
         "resolved": resolved_settings(a),
-        "steps": _steps(train, sizes["n_train"].tolist()),
+        "steps": _steps(data),
         "policy": _policy(train),
         "command": reproduce_command(cfg, _run_lrs(data.done)),
     }
 
 
-def _train_config(train: dict):
-    """The stored ``[train]`` section as a TrainConfig (keys unknown to this version dropped)."""
-    from study.config import TrainConfig, from_dict
-
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    try:
-        return from_dict(TrainConfig, {k: v for k, v in train.items() if k in known}, "train.")
-    except Exception:  # a config this version cannot read: the methods show what is stored
-        return None
-
-
-def _steps(train: dict, sizes: list[int]) -> list[dict]:
-    hp = _train_config(train)
-    if hp is None:
-        return []
+def _steps(data: StudyData) -> list[dict]:
+    """Per training-set size, the batch, optimiser steps per epoch, epochs and steps per run as
+    the finished runs trained them (the epochs table counts the images each epoch saw)."""
+    e = data.epochs.merge(data.done[["run_id", "n_train", "hparams"]], on="run_id")
     out = []
-    for n in sizes:
-        batch, per_epoch, epochs = hp.budget(int(n))
+    for n, g in e.groupby("n_train", sort=True):
+        last = g.sort_values("epoch").groupby("run_id").tail(1).iloc[0]
+        hp = last["hparams"] if isinstance(last["hparams"], dict) else {}
+        batch = min(int(hp.get("batch_size", 0) or 0), int(n)) or None
+        epochs = int(last["epoch"])
+        if not batch:
+            continue
+        steps = int(last["images_seen"]) // batch
         out.append(
-            {
-                "n_train": int(n),
-                "batch": batch,
-                "steps_per_epoch": per_epoch,
-                "epochs": epochs,
-                "steps": per_epoch * epochs,
-            }
+            {"n_train": int(n), "batch": batch, "steps_per_epoch": steps // epochs, "epochs": epochs, "steps": steps}
         )
     return out
 
 
 def _policy(train: dict) -> str:
     """The optimiser, schedule, initialisation and budget policy in words, with their values."""
-    from study.config import WARMUP_DIVISOR
-
     epochs, min_steps = train.get("epochs", "—"), train.get("min_steps", "—")
     optimiser = {"adamw": "AdamW (decoupled weight decay)", "adam": "Adam (L2 weight decay)", "sgd": "SGD"}.get(
         train.get("optimizer", ""), str(train.get("optimizer", "—"))

@@ -9,6 +9,21 @@ import re
 import pandas as pd
 
 MISSING = "—"
+# Names the report shows for timm ids (figures, tables, text); the config's ``display_names`` adds or replaces.
+DISPLAY_NAMES = {
+    "mobilevit_xxs": "MobileViT-XXS",
+    "mobilevit_xs": "MobileViT-XS",
+    "mobilevit_s": "MobileViT-S",
+    "mobilenetv2_100": "MobileNetV2",
+    "mobilenetv3_small_100": "MobileNetV3-S",
+    "mobilenetv3_large_100": "MobileNetV3-L",
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "efficientnet_b0": "EfficientNet-B0",
+    "convnext_atto": "ConvNeXt-Atto",
+    "vit_tiny_patch16_224": "ViT-Ti/16",
+}
 
 
 def is_missing(v) -> bool:
@@ -120,9 +135,7 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 def display_names(config: dict | None, models) -> dict[str, str]:
     """The report's name of each model: the study's ``display_names``, else the readable default
-    of ``study.config.DISPLAY_NAMES``, else the timm id itself."""
-    from study.config import DISPLAY_NAMES
-
+    of ``DISPLAY_NAMES``, else the timm id itself."""
     chosen = {**DISPLAY_NAMES, **((config or {}).get("display_names") or {})}
     return {m: chosen.get(m, m) for m in models}
 

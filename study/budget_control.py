@@ -7,7 +7,8 @@ steps). Seed 0 draws the same subset, initialisation and augmentation stream as 
 seed-0 run, so the two runs differ only in their budget. ``analysis.convergence`` compares the
 control's test accuracy with that run's and with the spread over seeds.
 
-Torch-free: ``analysis`` imports the names from here.
+The naming convention lives in ``study.store.schema`` (``control_name``, ``is_control``), where
+the analysis reads it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,10 @@ from __future__ import annotations
 import dataclasses
 
 from study.config import StudyConfig
+from study.store.schema import BUDGET_CONTROL_FACTOR as FACTOR
+from study.store.schema import control_name, is_control
 
-FACTOR = 2  # the control trains this many times the study's budget
-SUFFIX = f"+budget-x{FACTOR}"
-
-
-def control_name(name: str) -> str:
-    """The store name of the budget control of study ``name``."""
-    return name + SUFFIX
-
-
-def is_control(name: str) -> bool:
-    """Whether a study in the store is some study's budget control."""
-    return name.endswith(SUFFIX)
+__all__ = ["FACTOR", "control_config", "control_name", "is_control"]
 
 
 def control_config(cfg: StudyConfig) -> StudyConfig | None:

@@ -22,21 +22,6 @@ from typing import Any
 from study.errors import UserError
 
 DEFAULT_MODELS = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]
-# Names the report shows for timm ids (figures, tables, text); ``display_names`` in the config adds or replaces.
-DISPLAY_NAMES = {
-    "mobilevit_xxs": "MobileViT-XXS",
-    "mobilevit_xs": "MobileViT-XS",
-    "mobilevit_s": "MobileViT-S",
-    "mobilenetv2_100": "MobileNetV2",
-    "mobilenetv3_small_100": "MobileNetV3-S",
-    "mobilenetv3_large_100": "MobileNetV3-L",
-    "resnet18": "ResNet-18",
-    "resnet34": "ResNet-34",
-    "resnet50": "ResNet-50",
-    "efficientnet_b0": "EfficientNet-B0",
-    "convnext_atto": "ConvNeXt-Atto",
-    "vit_tiny_patch16_224": "ViT-Ti/16",
-}
 AUGMENT_POLICIES = ("none", "light", "standard", "strong", "trivial")
 NORMALIZATIONS = ("model", "imagenet", "half")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -248,7 +233,8 @@ class StudyConfig:
     # size trained again with twice the budget, in a companion study of the same store. Off by
     # default: it adds about 40% to the default study's time (see docs/convergence.md).
     budget_control: bool = False
-    # Presentation only: the report's name for each model (timm id -> name); unlisted ids use DISPLAY_NAMES.
+    # Presentation only: the report's name for each model (timm id -> name); unlisted ids get the
+    # readable defaults of reports.format.DISPLAY_NAMES ("MobileViT-XXS", "ResNet-18", ...).
     display_names: dict[str, str] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

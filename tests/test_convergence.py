@@ -12,7 +12,8 @@ from analysis.study_analysis import analyse
 from reports.format import display_names
 from reports.verdict import verdict
 from study import config
-from study.budget_control import FACTOR, control_config, control_name
+from study.budget_control import FACTOR, control_config
+from study.store.schema import control_name
 
 CURVES = {"mobilenetv2_100": (0.93, 4.0, 0.55), "resnet18": (0.95, 3.0, 0.5)}
 

@@ -96,3 +96,10 @@ def assert_balanced_latex(tex: str, columns: int) -> None:
     for line in rows:  # outside escapes and inline maths no special character is left
         plain = re.sub(r"\\[&%$#_{}]|\$[^$]*\$", "", line)
         assert not re.search(r"[%#_$]", plain), line
+
+
+def test_the_methods_warm_up_is_the_training_loops():
+    from reports.build import WARMUP_DIVISOR
+    from study.config import WARMUP_DIVISOR as TRAINED
+
+    assert WARMUP_DIVISOR == TRAINED

@@ -47,6 +47,7 @@ from study.store.schema import (
     TuningJobRow,
     WorkerRow,
     db_now,
+    is_control,
 )
 from study.store.workers import dead_here
 
@@ -539,8 +540,6 @@ def study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None
     """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
     only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
     not exist (a worker never creates one), the study None while there is none such."""
-    from study.budget_control import is_control
-
     deadline = time.monotonic() + wait
     store: Store | None = None
     while True:
