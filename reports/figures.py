@@ -42,11 +42,12 @@ _METADATA["svg"] = {"Creator": None, "Date": None}
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` as PNG (the path given, 150 dpi), PDF and SVG beside it, with no timestamp
-    or version metadata, so reruns give the same bytes. Returns the PNG's path."""
+    """Write ``fig`` as PNG (the path given, 110 dpi: for the page; a paper takes the vector
+    files), PDF and SVG beside it, with no timestamp or version metadata, so reruns give the
+    same bytes. Returns the PNG's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in FORMATS:
-        fig.savefig(path.with_suffix(f".{fmt}"), dpi=150, bbox_inches="tight", metadata=_METADATA[fmt])
+        fig.savefig(path.with_suffix(f".{fmt}"), dpi=110, bbox_inches="tight", metadata=_METADATA[fmt])
     plt.close(fig)
     return path.with_suffix(".png")
 
