@@ -119,6 +119,8 @@ def needed_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
         return ""
     t = a.targets.iloc[0]
     rows = a.needed[a.needed["target"] == t["target"]]
+    if (rows["status"] == "no fit").all():  # nothing estimated: the bullet would say nothing
+        return ""
     finite = rows[np.isfinite(rows["n_star"].astype(float))].sort_values(["n_star", "model"])
     parts = []
     for r in rows.sort_values("model").itertuples():
@@ -198,8 +200,8 @@ def latency_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
         if suffix == "all" and lat["threads_all"].notna().any():
             setting = f"{int(lat['threads_all'].max())} threads"
         values = ", ".join(
-            f"{names[r.model]} {num(getattr(r, f'latency_p50_ms_{suffix}'))}"
-            f"/{num(getattr(r, f'latency_p95_ms_{suffix}'))}"
+            f"{names[r.model]} {milliseconds(getattr(r, f'latency_p50_ms_{suffix}'))}"
+            f"/{milliseconds(getattr(r, f'latency_p95_ms_{suffix}'))}"
             for r in lat.itertuples()
         )
         if winner:
@@ -257,6 +259,14 @@ def _score_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
         + values
         + "."
     )
+
+
+def milliseconds(v) -> str:
+    """A latency in one format: two decimals below 10 ms, one below 100, whole ms above."""
+    if pd.isna(v):
+        return "—"
+    v = float(v)
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
 
 
 def three(v) -> str:
