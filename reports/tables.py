@@ -174,6 +174,8 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     )
     if c["control_gain"].isna().all():  # no budget control: its columns would be empty
         table = table.drop(columns=["2× budget gain (pp)", "Threshold (pp)"])
+    if c["evidence"].nunique() == 1:  # the section's text names the one kind of evidence
+        table = table.drop(columns=["Evidence"])
     return table
 
 
