@@ -87,6 +87,7 @@ def test_display_names_come_from_the_config_with_readable_defaults(key):
     assert names == {"resnet18": "RN18", "mobilevit_xxs": "MobileViT-XXS", "my_model": "my_model"}
 
 
+@pytest.mark.slow  # eight real runs and two reports (~2 min on 2 cores)
 def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_path, cli):
     from tests.conftest import FAST_MODEL
 
