@@ -1,10 +1,15 @@
 """Learning curves: test accuracy against the number of training images, per model.
 
 - ``summarize``: mean and confidence interval over seeds at each measured size (the data).
-- ``fit_learning_curves``: parametric families fitted by least squares to every finished run,
-  one family chosen per model (by AICc, or by the error of extrapolating to the largest size
-  from the others), with a bootstrap over seeds for confidence bands. Its ``LearningCurves``
-  answer is what ``analysis.efficiency`` inverts into images-needed estimates.
+- ``fit_learning_curves``: parametric families fitted by least squares to every finished run;
+  per model one family or an AICc-weighted average of the families that fit comparably (the
+  ``select`` rule), with a prediction interval at any size (``predict``) that adds up three
+  errors: seed noise (leave-one-seed-out jackknife, Student t with S - 1 df), lack of fit (the
+  spread of the measured means about the curve beyond seed noise) and, beyond the measured
+  sizes, the error of extrapolating itself (grows with log2(n / n_max), calibrated from
+  leave-last-out errors and on simulated curves of shapes outside the families, see
+  docs/statistics.md). Its ``LearningCurves`` answer is what ``analysis.efficiency`` inverts
+  into images-needed estimates.
 
 Every family is written for accuracy that rises with n and is fitted on x = n / n_scale, where
 n_scale is the largest measured size: parameters then have comparable magnitudes (b is the
@@ -25,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from scipy.optimize import brentq, least_squares
 
-from analysis.stats import expanded_level
+from analysis.stats import holm, t_summary
 
 SUMMARY_COLUMNS = ["model", "n_train", "fraction", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 FIT_COLUMNS = [
@@ -47,7 +52,19 @@ FIT_COLUMNS = [
     "lolo_error",
     "note",
 ]
-BAND_COLUMNS = ["model", "family", "n_train", "fit", "ci_low", "ci_high", "extrapolated"]
+BAND_COLUMNS = ["model", "family", "n_train", "fit", "ci_low", "ci_high", "extrapolated", "extrapolation_factor"]
+PARAMETER_COLUMNS = ["model", "family", "weight", "parameter", "estimate", "ci_low", "ci_high", "n_seeds", "note"]
+LACK_OF_FIT_COLUMNS = ["model", "family", "n_sizes", "chi2", "df", "p_value", "misfit_sd", "warning"]
+# Selection rules: 'average' (AICc weights over the families within MAX_DELTA_AICC of the best),
+# 'aicc' (the best alone), 'extrapolation' (lowest leave-last-out error), or one family's name.
+SELECTION_RULES = ("average", "aicc", "extrapolation")
+DEFAULT_SELECTION = "average"
+MAX_DELTA_AICC = 6.0
+# Error of extrapolating, in accuracy per doubling of n beyond the largest measured size: the
+# floor under the study's own leave-last-out estimate. Calibrated by benchmarks/bench_calibration.py
+# on simulated curves of the families and of other shapes (docs/statistics.md).
+EXTRAPOLATION_SD_PER_DOUBLING = 0.01
+LACK_OF_FIT_ALPHA = 0.01
 # A drop in mean accuracy between consecutive sizes counts as real when it is larger than
 # both twice its standard error and one percentage point.
 DROP_TOLERANCE = 0.01
@@ -61,7 +78,7 @@ def summarize(
 ) -> pd.DataFrame:
     """Mean and confidence interval over seeds at each training-set size, per model.
 
-    Input: finished runs (columns model, n_train, fraction, seed, ``metric``).
+    Input: finished runs (columns model, n_train, seed, ``metric``; fraction when present).
     Output columns: model, n_train, fraction, n_seeds, mean, std, ci_low, ci_high. The interval
     is Student's t over seeds (a seed fixes the subset, so seeds are the unit of replication),
     clipped to ``bounds`` (an accuracy lies in [0, 1], but two seeds' t interval easily runs
@@ -81,7 +98,7 @@ def summarize(
             {
                 "model": model,
                 "n_train": int(n_train),
-                "fraction": float(group["fraction"].mean()),
+                "fraction": float(group["fraction"].mean()) if "fraction" in group else np.nan,
                 "n_seeds": n,
                 "mean": mean,
                 "std": std,
@@ -106,10 +123,43 @@ class Family:
     lower: tuple[float, ...]
     upper: tuple[float, ...]
     starts: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+    asymptote: str = ""  # the parameter that is the accuracy as n grows without bound
+    exponent: str = ""  # the parameter that sets how fast the gap closes ('' where none is a power)
+    jac: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (len(x), n_params) derivatives
 
     def __call__(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
             return self.func(np.asarray(x, dtype=float), np.asarray(theta, dtype=float))
+
+
+# Analytic derivatives: least squares then needs no finite differences (about twice as fast).
+def _pow3_jac(x, t):
+    p = x ** -t[2]
+    return np.column_stack([np.ones_like(x), -p, t[1] * p * np.log(x)])
+
+
+def _pow4_jac(x, t):
+    p = (x + t[3]) ** -t[2]
+    return np.column_stack([np.ones_like(x), -p, t[1] * p * np.log(x + t[3]), t[1] * t[2] * (x + t[3]) ** (-t[2] - 1)])
+
+
+def _exp3_jac(x, t):
+    e = np.exp(-t[1] * x)
+    return np.column_stack([-e, t[0] * x * e, np.ones_like(x)])
+
+
+def _mmf4_jac(x, t):
+    a, b, c, d = t
+    u = x**d
+    q = (b + u) ** 2
+    return np.column_stack([b / (b + u), u * (a - c) / q, u / (b + u), b * (c - a) * u * np.log(x) / q])
+
+
+def _wbl4_jac(x, t):
+    a, b, _, d = t
+    u = x**d
+    e = np.exp(-a * u)
+    return np.column_stack([b * u * e, -e, np.ones_like(x), b * e * a * u * np.log(x)])
 
 
 def _linear_pair(basis: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -168,6 +218,9 @@ FAMILIES: dict[str, Family] = {
             (0.0, 0.0, 1e-3),
             (1.0, 2.0, 5.0),
             _pow3_starts,
+            "a",
+            "c",
+            _pow3_jac,
         ),
         Family(
             "pow4",
@@ -177,6 +230,9 @@ FAMILIES: dict[str, Family] = {
             (0.0, 0.0, 1e-3, 0.0),
             (1.0, 50.0, 5.0, 10.0),
             _pow4_starts,
+            "a",
+            "c",
+            _pow4_jac,
         ),
         Family(
             "exp3",
@@ -186,6 +242,9 @@ FAMILIES: dict[str, Family] = {
             (0.0, 1e-3, 0.0),
             (2.0, 1e3, 1.0),
             _exp3_starts,
+            "c",
+            "",
+            _exp3_jac,
         ),
         Family(
             "mmf4",
@@ -195,6 +254,9 @@ FAMILIES: dict[str, Family] = {
             (0.0, 1e-6, 0.0, 0.05),
             (1.0, 1e3, 1.0, 5.0),
             _mmf4_starts,
+            "c",
+            "d",
+            _mmf4_jac,
         ),
         Family(
             "wbl4",
@@ -204,6 +266,9 @@ FAMILIES: dict[str, Family] = {
             (1e-3, 0.0, 0.0, 0.05),
             (1e3, 2.0, 1.0, 5.0),
             _wbl4_starts,
+            "c",
+            "d",
+            _wbl4_jac,
         ),
     )
 }
@@ -230,7 +295,8 @@ def fit_family(
         try:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = least_squares(lambda t: family(x, t) - y, theta0, bounds=(lower, upper), method="trf")
+                jac = (lambda t: family.jac(x, t)) if family.jac is not None else "2-point"
+                res = least_squares(lambda t: family(x, t) - y, theta0, jac=jac, bounds=(lower, upper), method="trf")
         except (ValueError, np.linalg.LinAlgError):
             continue
         if (
@@ -257,37 +323,91 @@ def aicc(rss: float, n_points: int, n_params: int) -> float:
 
 @dataclass
 class Curve:
-    """The chosen fit of one model, and its refits on seed resamples."""
+    """One model's fitted curve: the families it uses (one, or several averaged with AICc
+    weights), their refits with each seed left out, and the error terms of its interval."""
 
     model: str
-    family: Family
-    theta: np.ndarray
+    members: dict[str, np.ndarray]  # family name -> parameters on every run
+    weights: dict[str, float]  # family name -> weight (summing to 1)
+    jackknife: list[dict[str, np.ndarray]]  # per left-out seed: family name -> refitted parameters
     n_scale: float
     n_min: float
     n_max: float
-    boot: np.ndarray  # (n_boot, n_params); rows of NaN where a resample could not be fitted
+    misfit_sd: float = 0.0  # spread of the measured means about the curve beyond seed noise
+    extrapolation_sd: float = EXTRAPOLATION_SD_PER_DOUBLING  # per doubling beyond the measured sizes
+    jackknife_seeds: tuple = ()
 
-    def predict(self, n: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
-        """Fitted accuracy at ``n`` training images."""
-        return self.family(np.asarray(n, dtype=float) / self.n_scale, self.theta if theta is None else theta)
+    @property
+    def family(self) -> Family:
+        """The family with the largest weight."""
+        return FAMILIES[max(self.weights, key=lambda f: (self.weights[f], -list(self.weights).index(f)))]
 
-    def predict_boot(self, n: np.ndarray) -> np.ndarray:
-        """(n_boot, len(n)) fitted accuracies of the resampled fits (NaN rows where none)."""
-        return np.array([self.predict(n, t) if np.all(np.isfinite(t)) else np.full(len(n), np.nan) for t in self.boot])
+    @property
+    def theta(self) -> np.ndarray:
+        return self.members[self.family.name]
 
-    def images_needed(self, target: float, theta: np.ndarray | None = None) -> float:
+    @property
+    def rule(self) -> str:
+        """'pow4', or 'average of pow4 0.62, mmf4 0.38'."""
+        if len(self.weights) == 1:
+            return next(iter(self.weights))
+        return "average of " + ", ".join(f"{f} {w:.2f}" for f, w in sorted(self.weights.items(), key=lambda x: -x[1]))
+
+    def predict(self, n, members: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Fitted accuracy at ``n`` training images (the weighted average of the members)."""
+        x = np.atleast_1d(np.asarray(n, dtype=float)) / self.n_scale
+        members = self.members if members is None else members
+        return sum(w * FAMILIES[f](x, members[f]) for f, w in self.weights.items())
+
+    def jackknife_predictions(self, n) -> np.ndarray:
+        """(n_seeds_left_out, len(n)) predictions of the leave-one-seed-out refits."""
+        return np.array([self.predict(n, m) for m in self.jackknife]).reshape(len(self.jackknife), -1)
+
+    def extrapolation_factor(self, n) -> np.ndarray:
+        """n / n_max beyond the largest measured size, n_min / n below the smallest, else 1."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        return np.maximum(np.maximum(n / self.n_max, self.n_min / n), 1.0)
+
+    def interval(self, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fit, low, high) at ``n``: see ``fit_learning_curves``."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        fit = self.predict(n)
+        half = jackknife_half_width(fit - self.jackknife_predictions(n), confidence)
+        z = stats.norm.ppf(0.5 + confidence / 2)
+        doublings = np.log2(self.extrapolation_factor(n))
+        half = np.sqrt(half**2 + (z * self.misfit_sd) ** 2 + (z * self.extrapolation_sd * doublings) ** 2)
+        return fit, np.clip(fit - half, 0.0, 1.0), np.clip(fit + half, 0.0, 1.0)
+
+    def plateau(self) -> float:
+        """The accuracy the curve approaches as n grows without bound (read at 1e9 x n_max)."""
+        return float(self.predict(np.array([self.n_scale * 1e9]))[0])
+
+    def images_needed(self, target: float, members: dict[str, np.ndarray] | None = None) -> float:
         """The n at which the fitted curve reaches ``target``: inf when it never does (the
-        plateau lies below), 1 when even one image would."""
-        theta = self.theta if theta is None else theta
-        if not np.all(np.isfinite(theta)):
-            return np.nan
-        lo, hi = 1.0, self.n_scale * 1e4
-        f = lambda log_n: float(self.predict(np.array([np.exp(log_n)]), theta)[0]) - target  # noqa: E731
+        plateau lies below), NaN when it does only beyond SEARCH_LIMIT x n_max, 1 when even one
+        image would."""
+        lo, hi = 1.0, self.n_scale * SEARCH_LIMIT
+        f = lambda log_n: float(self.predict(np.array([np.exp(log_n)]), members)[0]) - target  # noqa: E731
         if f(np.log(hi)) < 0:
-            return np.inf
+            far = float(self.predict(np.array([self.n_scale * 1e9]), members)[0])
+            return np.inf if far < target else np.nan
         if f(np.log(lo)) >= 0:
             return lo
         return float(np.exp(brentq(f, np.log(lo), np.log(hi), xtol=1e-6)))
+
+
+SEARCH_LIMIT = 1e4  # images-needed searches up to this multiple of the largest measured size
+
+
+def jackknife_half_width(deviations: np.ndarray, confidence: float) -> np.ndarray:
+    """Student t half-width from leave-one-out deviations (S, m): jackknife variance
+    (S - 1) / S * sum(dev - mean dev)^2, S - 1 degrees of freedom. Zero with fewer than 2."""
+    s = len(deviations)
+    if s < 2:
+        return np.zeros(deviations.shape[1] if deviations.ndim == 2 else 0)
+    centred = deviations - deviations.mean(axis=0)
+    se = np.sqrt((s - 1) / s * np.sum(centred**2, axis=0))
+    return stats.t.ppf(0.5 + confidence / 2, s - 1) * se
 
 
 @dataclass
@@ -296,48 +416,77 @@ class LearningCurves:
 
     summary: ``summarize`` of the runs (SUMMARY_COLUMNS).
     fits: one row per (model, family tried) (FIT_COLUMNS): status is 'ok', 'not monotone',
-        'too few sizes' or 'fit failed'; ``selected`` marks the family used for the model;
+        'too few sizes' or 'fit failed'; ``selected`` marks the families the model's curve uses;
         parameters a-d apply to x = n / n_scale; rmse over the runs; aicc; lolo_error is the
         absolute error at the largest size of a fit to the smaller sizes; note says why a
         model has no fit.
-    curves: model -> its chosen ``Curve`` (models with no usable fit are absent).
-    seeds: the seeds of the study; draws: (n_boot, n_seeds) indices into ``seeds``, the seed
-        resamples shared by every bootstrap (so estimates of different models stay paired);
-        intervals read their percentiles at ``level``.
-    points: the finished runs the fits used (model, seed, n_train, acc).
+    parameters: asymptote and exponent of each used family with a jackknife t interval over
+        seeds (PARAMETER_COLUMNS).
+    lack_of_fit: per model, the measured means against the curve (LACK_OF_FIT_COLUMNS).
+    curves: model -> its ``Curve`` (models with no usable fit are absent).
+    seeds: the seeds of the study. points: the finished runs the fits used (model, seed,
+    n_train, acc).
     """
 
     summary: pd.DataFrame
     fits: pd.DataFrame
     curves: dict[str, Curve]
     seeds: np.ndarray
-    draws: np.ndarray
     points: pd.DataFrame
     confidence: float = 0.95
-    selection: str = "aicc"
+    selection: str = DEFAULT_SELECTION
     notes: dict[str, str] = field(default_factory=dict)
     families: tuple[str, ...] = DEFAULT_FAMILIES
-
-    @property
-    def level(self) -> float:
-        """The percentile level at which bootstrap intervals over these seeds are read (Hesterberg's
-        expanded percentile interval: a plain one from a handful of seeds is too narrow)."""
-        return expanded_level(self.confidence, len(self.seeds)) if len(self.seeds) > 1 else self.confidence
+    parameters: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PARAMETER_COLUMNS))
+    lack_of_fit: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LACK_OF_FIT_COLUMNS))
 
 
-def monotonicity_problem(summary_of_model: pd.DataFrame) -> str:
-    """'' when mean accuracy never falls between consecutive sizes by more than noise; else a
-    sentence naming the largest drop."""
-    s = summary_of_model.sort_values("n_train")
+def monotonicity_problem(points_of_model: pd.DataFrame, alpha: float = 0.05) -> str:
+    """'' unless mean accuracy falls between consecutive sizes both by more than DROP_TOLERANCE
+    and significantly; else a sentence naming the largest such drop.
+
+    ``points_of_model``: one model's runs (seed, n_train, acc). Each drop is tested by a
+    one-sided paired t-test over seeds (nested subsets pair a seed's runs), and the K - 1 tests
+    of successive drops are Holm-adjusted, so the check's false-alarm rate stays below alpha.
+    A summary table (n_train, mean, std, n_seeds) is accepted too, then tested unpaired (Welch).
+    """
+    if "mean" in points_of_model:
+        return _monotonicity_from_summary(points_of_model, alpha)
+    table = points_of_model.pivot_table(index="seed", columns="n_train", values="acc", aggfunc="mean")
+    sizes = list(table.columns)
+    drops, p_values = [], []
+    for small, large in zip(sizes[:-1], sizes[1:]):
+        d = (table[small] - table[large]).dropna().to_numpy(float)
+        drop = float(table[small].mean() - table[large].mean())
+        p = t_summary(d, floor=1e-4, alternative="greater")["p"] if len(d) >= 2 else np.nan
+        drops.append((small, large, drop, table[small].mean(), table[large].mean()))
+        p_values.append(p)
+    return _worst_drop(drops, holm(p_values), alpha)
+
+
+def _monotonicity_from_summary(s: pd.DataFrame, alpha: float) -> str:
+    s = s.sort_values("n_train")
     mean, se = s["mean"].to_numpy(), (s["std"] / np.sqrt(s["n_seeds"])).to_numpy()
-    n = s["n_train"].to_numpy()
-    worst, text = 0.0, ""
+    n, k = s["n_train"].to_numpy(), s["n_seeds"].to_numpy()
+    drops, p_values = [], []
     for i in range(len(s) - 1):
-        drop = mean[i] - mean[i + 1]
-        tolerance = max(2 * np.hypot(se[i], se[i + 1]), DROP_TOLERANCE)
-        if drop > tolerance and drop > worst:
+        se_d = np.hypot(se[i], se[i + 1])
+        df = max(int(min(k[i], k[i + 1])) - 1, 1)
+        p = float(stats.t.sf((mean[i] - mean[i + 1]) / se_d, df)) if se_d > 0 else np.nan
+        drops.append((n[i], n[i + 1], mean[i] - mean[i + 1], mean[i], mean[i + 1]))
+        p_values.append(p)
+    return _worst_drop(drops, holm(p_values), alpha)
+
+
+def _worst_drop(drops: list[tuple], adjusted: np.ndarray, alpha: float) -> str:
+    worst, text = 0.0, ""
+    for (small, large, drop, m_small, m_large), p in zip(drops, adjusted):
+        if drop > DROP_TOLERANCE and p < alpha and drop > worst:
             worst = drop
-            text = f"mean accuracy falls from {mean[i]:.3f} at {n[i]} images to {mean[i + 1]:.3f} at {n[i + 1]}"
+            text = (
+                f"mean accuracy falls from {m_small:.3f} at {int(small)} images to {m_large:.3f} at {int(large)} "
+                f"(one-sided paired test over seeds, Holm-adjusted p = {p:.2g})"
+            )
     return text
 
 
@@ -345,31 +494,40 @@ def fit_learning_curves(
     runs: pd.DataFrame,
     metric: str = "test_acc",
     families: tuple[str, ...] = DEFAULT_FAMILIES,
-    select: str = "aicc",
-    n_boot: int = 200,
-    seed: int = 0,
+    select: str = DEFAULT_SELECTION,
     confidence: float = 0.95,
+    extrapolation_sd: float = EXTRAPOLATION_SD_PER_DOUBLING,
+    alpha: float = 0.05,
 ) -> LearningCurves:
-    """Fit every family to each model's finished runs and choose one per model.
+    """Fit every family in ``families`` to each model's finished runs and build its curve.
 
-    ``select``: 'aicc' (lowest corrected AIC over all runs) or 'extrapolation' (lowest error
-    predicting the largest size's mean from the smaller sizes; models with too few sizes for
-    that fall back to AICc). A family needs at least as many distinct sizes as parameters and
-    one residual degree of freedom. The bootstrap resamples whole seeds (a seed fixes the
-    nested subsets, so one seed's runs are one unit) with a fixed ``seed``, and refits the
-    chosen family from its point estimate; the same draws serve every model.
+    ``runs`` needs model, n_train, seed and ``metric``. ``select``: 'average' (AICc-weighted
+    average of the families within MAX_DELTA_AICC of the best: the family choice is part of the
+    estimate), 'aicc' (the lowest corrected AIC alone), 'extrapolation' (the lowest error
+    predicting the largest size's mean from the smaller sizes; AICc where no family can be
+    checked that way) or a family's name (that family alone: pass ``families=(name,)`` to fit
+    nothing else). A family needs at least as many distinct sizes as parameters and one residual
+    degree of freedom.
+
+    Interval at any n (``Curve.interval``, ``predict``): fit ± sqrt((t_{S-1} se_seed)^2 +
+    (z misfit)^2 + (z sd_ext log2(n / n_max))^2), where se_seed is the leave-one-seed-out
+    jackknife of the prediction (seeds are the replicates; a seed's luck carries across sizes),
+    misfit the lack of fit of the means beyond seed noise, and sd_ext the extrapolation error
+    per doubling: the larger of ``extrapolation_sd`` and the model's own leave-last-out error
+    per doubling.
     """
-    if select not in ("aicc", "extrapolation"):
-        raise ValueError(f"select={select!r}; use 'aicc' or 'extrapolation'")
+    if select not in SELECTION_RULES and select not in FAMILIES:
+        raise ValueError(f"select={select!r}; use one of {', '.join(SELECTION_RULES + tuple(FAMILIES))}")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"families={unknown}; known families are {', '.join(FAMILIES)}")
+    if select in FAMILIES and select not in families:
+        families = (select,)
     runs = runs[np.isfinite(runs[metric].astype(float))]
     summary = summarize(runs, metric, confidence)
     points = runs[["model", "seed", "n_train"]].assign(acc=runs[metric].astype(float)).reset_index(drop=True)
     seeds = np.array(sorted(points["seed"].unique()))
-    rng = np.random.default_rng(seed)
-    draws = (
-        rng.integers(0, len(seeds), (n_boot, len(seeds))) if len(seeds) > 1 else np.zeros((0, len(seeds)), dtype=int)
-    )
-    rows, curves, notes = [], {}, {}
+    rows, curves, notes, params, lofs = [], {}, {}, [], []
     for model, pts in points.groupby("model", sort=True):
         x_n, y = pts["n_train"].to_numpy(float), pts["acc"].to_numpy(float)
         n_scale = float(x_n.max())
@@ -382,8 +540,8 @@ def fit_learning_curves(
             "n_seeds": pts["seed"].nunique(),
             "n_scale": n_scale,
         }
-        problem = monotonicity_problem(summary[summary["model"] == model])
-        fitted = {}
+        problem = monotonicity_problem(pts, alpha)
+        fitted, model_rows = {}, []
         for name in families:
             fam = FAMILIES[name]
             row = {
@@ -414,101 +572,207 @@ def fit_learning_curves(
                         status="ok",
                         rmse=np.sqrt(rss / len(x)),
                         aicc=aicc(rss, len(x), p),
-                        lolo_error=_leave_last_out(fam, x, y),
+                        lolo_error=_leave_last_out(fam, x, y, theta),
                     )
                     row.update(dict(zip(fam.params, theta)))
                     fitted[name] = theta
-            rows.append(row)
+            model_rows.append(row)
+        rows.extend(model_rows)
         if not fitted:
-            notes[model] = problem or next((r["note"] for r in rows if r["model"] == model and r["note"]), "no fit")
+            notes[model] = problem or next((r["note"] for r in model_rows if r["note"]), "no fit")
             continue
-        chosen = _choose(fitted, [r for r in rows if r["model"] == model], select)
-        for r in rows:
-            if r["model"] == model and r["family"] == chosen:
-                r["selected"] = True
-        fam = FAMILIES[chosen]
-        boot = _bootstrap(fam, fitted[chosen], pts, seeds, draws, n_scale)
-        curves[model] = Curve(model, fam, fitted[chosen], n_scale, float(x_n.min()), n_scale, boot)
+        weights = _weights(fitted, model_rows, select)
+        for r in model_rows:
+            r["selected"] = r["family"] in weights
+        members = {f: fitted[f] for f in weights}
+        jack, jack_seeds = _jackknife(members, pts, n_scale)
+        curve = Curve(model, members, weights, jack, n_scale, float(x_n.min()), n_scale, jackknife_seeds=jack_seeds)
+        lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows)
+        curve.misfit_sd = lof["misfit_sd"]
+        curve.extrapolation_sd = max(extrapolation_sd, _lolo_per_doubling(model_rows, weights, sizes))
+        curves[model] = curve
+        lofs.append({"model": model, **lof})
+        params.extend(_parameter_rows(curve, confidence))
     fits = pd.DataFrame(rows, columns=FIT_COLUMNS).astype({"selected": bool})
-    return LearningCurves(summary, fits, curves, seeds, draws, points, confidence, select, notes, tuple(families))
+    return LearningCurves(
+        summary,
+        fits,
+        curves,
+        seeds,
+        points,
+        confidence,
+        select,
+        notes,
+        tuple(families),
+        pd.DataFrame(params, columns=PARAMETER_COLUMNS),
+        pd.DataFrame(lofs, columns=LACK_OF_FIT_COLUMNS),
+    )
 
 
-def _leave_last_out(fam: Family, x: np.ndarray, y: np.ndarray) -> float:
+def _weights(fitted: dict[str, np.ndarray], rows: list[dict], select: str) -> dict[str, float]:
+    """The families a curve uses and their weights under rule ``select``; ties go to the family
+    listed first, the simplest."""
+    ok = [r for r in rows if r["family"] in fitted]
+    if select in FAMILIES:
+        chosen = [r for r in ok if r["family"] == select]
+        if chosen:
+            return {select: 1.0}
+        select = "aicc"  # the asked family could not be fitted: the notes of the fits table say why
+    if select == "extrapolation" and all(np.isfinite(r["lolo_error"]) for r in ok):
+        return {min(ok, key=lambda r: (r["lolo_error"], ok.index(r)))["family"]: 1.0}
+    scores = np.array([r["aicc"] if np.isfinite(r["aicc"]) else np.inf for r in ok])
+    best = int(np.argmin(scores)) if np.isfinite(scores).any() else 0
+    if select != "average" or not np.isfinite(scores).any():
+        return {ok[best]["family"]: 1.0}
+    delta = scores - scores[best]
+    w = np.where(delta <= MAX_DELTA_AICC, np.exp(-delta / 2), 0.0)
+    return _normalised({r["family"]: float(v) for r, v in zip(ok, w) if v > 0.01 * w.max()})
+
+
+def _normalised(weights: dict[str, float]) -> dict[str, float]:
+    total = sum(weights.values())
+    return {f: w / total for f, w in weights.items()}
+
+
+def _jackknife(members: dict[str, np.ndarray], pts: pd.DataFrame, n_scale: float) -> tuple[list[dict], tuple]:
+    """Each member family refitted with one seed left out (warm-started at the full fit); seeds
+    whose removal leaves a family unfittable are left out of the jackknife."""
+    seeds = sorted(pts["seed"].unique())
+    if len(seeds) < 2:
+        return [], ()
+    out, used = [], []
+    for s in seeds:
+        rest = pts[pts["seed"] != s]
+        x, y = rest["n_train"].to_numpy(float) / n_scale, rest["acc"].to_numpy(float)
+        refit = {}
+        for name, theta in members.items():
+            fam = FAMILIES[name]
+            if len(np.unique(x)) < len(theta) or len(x) < len(theta) + 1:
+                break
+            t = fit_family(fam, x, y, starts=[theta])
+            if t is None:
+                t = fit_family(fam, x, y)
+            if t is None:
+                break
+            refit[name] = t
+        if len(refit) == len(members):
+            out.append(refit)
+            used.append(s)
+    return out, tuple(used)
+
+
+def _lack_of_fit(curve: Curve, summary_of_model: pd.DataFrame, rows: list[dict]) -> dict:
+    """Measured means against the curve: chi2 = sum (mean - fit)^2 / (sd^2 / S) over sizes,
+    with K - p degrees of freedom (p: parameters of the largest member); misfit_sd is the
+    residual spread beyond seed noise, sqrt(max(0, mean r^2 - mean sd^2 / S)). A warning when
+    p < LACK_OF_FIT_ALPHA: the family does not describe the measured sizes."""
+    s = summary_of_model.sort_values("n_train")
+    resid = s["mean"].to_numpy() - curve.predict(s["n_train"].to_numpy(float))
+    var = (s["std"] ** 2 / s["n_seeds"]).to_numpy()
+    n_par = max(len(FAMILIES[f].params) for f in curve.weights)
+    df = len(s) - n_par
+    misfit = float(np.sqrt(max(0.0, np.mean(resid**2) - np.mean(var))))
+    out = {"family": curve.rule, "n_sizes": len(s), "chi2": np.nan, "df": df, "p_value": np.nan, "misfit_sd": misfit}
+    out["warning"] = ""
+    if df >= 1 and np.all(var > 0):
+        chi2 = float(np.sum(resid**2 / var))
+        p = float(stats.chi2.sf(chi2, df))
+        out.update(chi2=chi2, p_value=p)
+        if p < LACK_OF_FIT_ALPHA:
+            out["warning"] = (
+                f"{curve.model}: the {curve.rule} curve misses the measured means by more than seed noise explains "
+                f"(chi2 = {chi2:.1f} on {df} df, p = {p:.2g}); its band is widened by the misfit ({100 * misfit:.1f} "
+                "points), but read the fitted curve with care"
+            )
+    return out
+
+
+def _lolo_per_doubling(rows: list[dict], weights: dict[str, float], sizes: np.ndarray) -> float:
+    """The model's own leave-last-out error per doubling: the weighted error of its families
+    predicting the largest size from the smaller ones, over log2 of the last step; 0 where no
+    member can be checked (too few sizes)."""
+    if len(sizes) < 2:
+        return 0.0
+    step = np.log2(sizes[-1] / sizes[-2])
+    errors = {r["family"]: r["lolo_error"] for r in rows if r["family"] in weights and np.isfinite(r["lolo_error"])}
+    if not errors:
+        return 0.0
+    total = sum(weights[f] for f in errors)
+    return float(sum(weights[f] * e for f, e in errors.items()) / total / step)
+
+
+def _parameter_rows(curve: Curve, confidence: float) -> list[dict]:
+    """Asymptote and exponent of each family the curve uses, with a jackknife t interval over
+    seeds (the exponent is scale-free: the same for n as for n / n_scale)."""
+    out = []
+    for name, theta in curve.members.items():
+        fam = FAMILIES[name]
+        for label, param in (("asymptote", fam.asymptote), ("exponent", fam.exponent)):
+            if not param:
+                continue
+            i = fam.params.index(param)
+            row = {"model": curve.model, "family": name, "weight": curve.weights[name], "parameter": label}
+            row.update(estimate=float(theta[i]), n_seeds=len(curve.jackknife), note="")
+            at_bound = min(abs(theta[i] - fam.lower[i]), abs(theta[i] - fam.upper[i])) < 1e-6 * (
+                fam.upper[i] - fam.lower[i]
+            )
+            if at_bound:
+                row.update(ci_low=np.nan, ci_high=np.nan, note=f"at the family's bound ({theta[i]:.3g}): no interval")
+            elif len(curve.jackknife) >= 2:
+                dev = np.array([[j[name][i] - theta[i]] for j in curve.jackknife])
+                half = float(jackknife_half_width(dev, confidence)[0])
+                row.update(ci_low=float(theta[i]) - half, ci_high=float(theta[i]) + half)
+            else:
+                row.update(ci_low=np.nan, ci_high=np.nan, note="fewer than 2 seeds: no interval")
+            out.append(row)
+    return out
+
+
+def _leave_last_out(fam: Family, x: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> float:
     """|fit to all but the largest size, at the largest size - that size's mean|; NaN when the
-    smaller sizes are too few for the family."""
+    smaller sizes are too few for the family. ``start``: the fit to every size, tried first."""
     last = x == x.max()
     if len(np.unique(x[~last])) < len(fam.params) or (~last).sum() < len(fam.params) + 1:
         return np.nan
-    theta = fit_family(fam, x[~last], y[~last])
+    theta = fit_family(fam, x[~last], y[~last], starts=[start]) if start is not None else None
+    if theta is None:
+        theta = fit_family(fam, x[~last], y[~last])
     if theta is None:
         return np.nan
     return float(abs(fam(np.array([x.max()]), theta)[0] - y[last].mean()))
 
 
-def _choose(fitted: dict[str, np.ndarray], rows: list[dict], select: str) -> str:
-    """The family with the lowest criterion; ties (e.g. every AICc infinite) go to the family
-    listed first, the simplest."""
-    ok = [r for r in rows if r["family"] in fitted]
-    key = "lolo_error" if select == "extrapolation" and all(np.isfinite(r["lolo_error"]) for r in ok) else "aicc"
-    best = min(ok, key=lambda r: (r[key] if np.isfinite(r[key]) else np.inf, ok.index(r)))
-    return best["family"]
-
-
-def _bootstrap(
-    fam: Family, theta: np.ndarray, pts: pd.DataFrame, seeds: np.ndarray, draws: np.ndarray, n_scale: float
-) -> np.ndarray:
-    """Refit ``fam`` on each seed resample of one model's runs (warm-started at ``theta``).
-    Draws holding the same seeds (in any order) hold the same runs, so each distinct one is
-    fitted once: with few seeds most of the draws repeat."""
-    by_seed = {s: (g["n_train"].to_numpy(float) / n_scale, g["acc"].to_numpy(float)) for s, g in pts.groupby("seed")}
-    empty = (np.empty(0), np.empty(0))
-    out = np.full((len(draws), len(theta)), np.nan)
-    fitted: dict[tuple, np.ndarray | None] = {}
-    for i, draw in enumerate(draws):
-        key = tuple(sorted(draw))
-        if key not in fitted:
-            parts = [by_seed.get(seeds[j], empty) for j in key]
-            x = np.concatenate([p[0] for p in parts])
-            y = np.concatenate([p[1] for p in parts])
-            enough = len(np.unique(x)) >= len(theta) and len(x) >= len(theta) + 1
-            fitted[key] = fit_family(fam, x, y, starts=[theta]) if enough else None
-        if fitted[key] is not None:
-            out[i] = fitted[key]
-    return out
-
-
-def percentile_interval(samples: np.ndarray, confidence: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval ignoring NaN; order statistics (no interpolation), so
-    infinite samples (a target never reached) give an infinite bound instead of NaN."""
-    samples = np.asarray(samples, dtype=float)
-    alpha = (1 - confidence) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
-        lo = np.nanquantile(samples, alpha, axis=axis, method="inverted_cdf")
-        hi = np.nanquantile(samples, 1 - alpha, axis=axis, method="inverted_cdf")
-    return lo, hi
+def predict(curves: LearningCurves, model: str, n, confidence: float | None = None) -> pd.DataFrame:
+    """The fitted accuracy of ``model`` at any training-set size(s) ``n`` with its interval
+    (columns n_train, fit, ci_low, ci_high, extrapolated, extrapolation_factor): for notebooks.
+    ``extrapolated`` is True for every n outside the measured sizes."""
+    if model not in curves.curves:
+        raise KeyError(f"model={model!r} has no fitted curve; fitted: {', '.join(sorted(curves.curves)) or 'none'}")
+    curve = curves.curves[model]
+    n = np.atleast_1d(np.asarray(n, dtype=float))
+    fit, lo, hi = curve.interval(n, curves.confidence if confidence is None else confidence)
+    factor = curve.extrapolation_factor(n)
+    return pd.DataFrame(
+        {
+            "n_train": n,
+            "fit": fit,
+            "ci_low": lo,
+            "ci_high": hi,
+            "extrapolated": (n > curve.n_max) | (n < curve.n_min),
+            "extrapolation_factor": factor,
+        }
+    )
 
 
 def curve_bands(curves: LearningCurves, extend: float = 4.0, points: int = 120) -> pd.DataFrame:
     """The fitted curve of every model on a log grid from its smallest measured size to
-    ``extend`` times its largest, with the bootstrap band (BAND_COLUMNS); ``extrapolated``
-    marks the part beyond the largest measured size (drawn dashed)."""
+    ``extend`` times its largest, with its interval (BAND_COLUMNS, see ``fit_learning_curves``);
+    ``extrapolated`` marks the part beyond the largest measured size (drawn dashed)."""
     frames = []
     for model, curve in sorted(curves.curves.items()):
         grid = np.unique(np.concatenate([np.geomspace(curve.n_min, curve.n_max * extend, points), [curve.n_max]]))
-        boot = curve.predict_boot(grid)
-        lo, hi = percentile_interval(boot, curves.level) if len(boot) else (np.full(len(grid), np.nan),) * 2
-        frames.append(
-            pd.DataFrame(
-                {
-                    "model": model,
-                    "family": curve.family.name,
-                    "n_train": grid,
-                    "fit": curve.predict(grid),
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "extrapolated": grid > curve.n_max,
-                }
-            )
-        )
+        frame = predict(curves, model, grid)
+        frame.insert(0, "family", curve.rule)
+        frame.insert(0, "model", model)
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BAND_COLUMNS)

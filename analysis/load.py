@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from study.errors import UserError
+from study.masking import mask_urls, masked_url
 from study.store.engine import open_database
 from study.store.schema import (
     DONE,
@@ -142,13 +143,14 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     if name is None:
         if len(names) != 1:
             raise UserError(
-                f"the store {url} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --name"
+                f"the store {masked_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "name one with --name"
             )
         name = names[0]
     with Session(engine, expire_on_commit=False) as s, s.begin():
         study = s.scalar(select(StudyRow).where(StudyRow.name == name))
         if study is None:
-            raise UserError(f"study {name!r} is not in {url}; studies there: {', '.join(names) or 'none'}")
+            raise UserError(f"study {name!r} is not in {masked_url(url)}; studies there: {', '.join(names) or 'none'}")
         runs = list(s.scalars(select(RunRow).where(RunRow.study_id == study.id).order_by(RunRow.id)))
         run_ids = [r.id for r in runs if r.status == DONE]
         epochs = list(s.scalars(select(EpochRow).where(EpochRow.run_id.in_(run_ids)))) if run_ids else []
@@ -171,7 +173,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     return StudyData(
         name=study.name,
         settings=study.settings,
-        config=study.config,
+        config=_masked_config(study.config),
         dataset=study.dataset,
         splits=study.splits,
         runs=run_frame,
@@ -194,6 +196,14 @@ def load_control(data: StudyData) -> StudyData | None:
     return control if len(control.done) else None
 
 
+def _masked_config(config: dict) -> dict:
+    """The stored config as shown (report, manifest): its storage URL without the password,
+    also in databases written before the URL was masked on the way in."""
+    if config.get("storage"):
+        return {**config, "storage": masked_url(config["storage"])}
+    return config
+
+
 def _cost_rows(engine: Engine, study_id: int) -> list[dict]:
     """The study's ``model_costs`` rows; none from a database made before that table existed."""
     if ModelCostRow.__tablename__ not in inspect(engine).get_table_names():
@@ -208,7 +218,7 @@ def _names(engine: Engine, url: str) -> list[str]:
         with Session(engine) as s, s.begin():
             return list(s.scalars(select(StudyRow.name).order_by(StudyRow.id)))
     except Exception as exc:  # no tables: not a study database
-        raise UserError(f"{url} is not a study database ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{masked_url(url)} is not a study database ({mask_urls(str(exc).splitlines()[0])})") from None
 
 
 def results_table(data: StudyData) -> pd.DataFrame:

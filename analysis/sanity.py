@@ -30,7 +30,7 @@ def sanity_checks(
     severity: 'error' (a run failed), 'warning' (a result to distrust), 'note' (a limit of
     the analysis). check names the test: failed_run, diverged_run, missing_runs,
     below_chance, perfect_accuracy, train_test_overlap, data, class_missing,
-    not_monotone, fit_failed, too_few_seeds.
+    not_monotone, fit_failed, lack_of_fit, too_few_seeds.
     """
     rows: list[dict] = []
 
@@ -127,6 +127,11 @@ def sanity_checks(
                 model,
             )
 
+    if curves is not None:
+        for _, r in curves.lack_of_fit.iterrows():
+            if r["warning"]:
+                add("warning", "lack_of_fit", r["warning"], r["model"])
+    _seeds_per_model(done, add)
     if comparisons is not None and len(comparisons.pairwise):
         _seed_notes(comparisons, add)
     frame = pd.DataFrame(rows, columns=WARNING_COLUMNS)
@@ -137,26 +142,47 @@ def sanity_checks(
     return frame
 
 
+# Seeds below which the report's intervals are not worth reading, and the count recommended:
+# with 2 seeds a 95% Student t interval multiplies the spread by t(0.975, 1) = 12.7 and the
+# curve's jackknife has one degree of freedom; from 3 seeds the calibration benchmark's
+# intervals cover (docs/statistics.md), from 5 they are narrow enough to separate models.
+MIN_SEEDS_FOR_INTERVALS = 3
+RECOMMENDED_SEEDS = 5
+
+
+def _seeds_per_model(done: pd.DataFrame, add) -> None:
+    """A warning for every model with too few seeds for intervals and tests, one model or many."""
+    if done.empty:
+        return
+    for model, g in done.groupby("model", sort=True):
+        seeds = int(g.groupby("n_train")["seed"].nunique().max())
+        if seeds < 2:
+            add(
+                "warning",
+                "too_few_seeds",
+                f"{model}: {seeds} seed per size: no confidence interval, no curve interval and no test is possible "
+                f"(2 seeds at the very least, {MIN_SEEDS_FOR_INTERVALS} for an interval worth reading); run with "
+                f"--seeds {RECOMMENDED_SEEDS} or more",
+                model,
+            )
+        elif seeds < MIN_SEEDS_FOR_INTERVALS:
+            add(
+                "warning",
+                "too_few_seeds",
+                f"{model}: {seeds} seeds per size: every 95% interval rests on one degree of freedom (t = 12.7: "
+                f"intervals about 5× as wide as with {RECOMMENDED_SEEDS} seeds) and the learning curve's interval on "
+                f"one left-out seed; {MIN_SEEDS_FOR_INTERVALS} seeds are the least for an interval worth reading, "
+                f"run with --seeds {RECOMMENDED_SEEDS} or more",
+                model,
+            )
+
+
 def _seed_notes(comparisons: Comparisons, add) -> None:
     pw = comparisons.pairwise
     alpha = comparisons.alpha
     n_pairs = int(pw["n_pairs"].max())
     if n_pairs < 2:
-        add(
-            "warning",
-            "too_few_seeds",
-            f"{n_pairs} seed per cell: no confidence interval over seeds and no paired test is possible; "
-            "run with --seeds 5 or more",
-        )
-        return
-    if n_pairs < 5:
-        add(
-            "note",
-            "too_few_seeds",
-            f"{n_pairs} seeds per cell: bootstrap intervals over so few seeds are too narrow (in simulation a 95% "
-            "interval from 3 seeds covers the truth about 75% of the time, from 6 seeds about 95%); run with --seeds "
-            "5 or more",
-        )
+        return  # said per model by _seeds_per_model
     m = int(pw["p_wilcoxon"].notna().sum())
     needed = seeds_needed_wilcoxon(alpha, m)
     if n_pairs < needed:
@@ -175,6 +201,6 @@ def _seed_notes(comparisons: Comparisons, add) -> None:
             "note",
             "too_few_seeds",
             f"{len(power)} of {len(pw)} comparisons would need more seeds than the {n_pairs} run to detect their "
-            "observed "
-            f"difference with 80% power (paired t-test; median {int(power.median())} seeds)",
+            f"observed difference with 80% power (paired t-test at the Holm-adjusted level {alpha:g}/"
+            f"{int(pw['p_t'].notna().sum())}; median {int(power.median())} seeds)",
         )

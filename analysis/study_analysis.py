@@ -10,8 +10,15 @@ import pandas as pd
 from analysis.confusion import confusion_matrices
 from analysis.convergence import budget_words, cell_convergence, convergence_messages, run_convergence
 from analysis.costs import model_costs, time_to_target, training_costs
-from analysis.curves import LearningCurves, curve_bands, fit_learning_curves
-from analysis.efficiency import data_needed, data_ratios, efficiency_scores, targets_table
+from analysis.curves import DEFAULT_SELECTION, LearningCurves, curve_bands, fit_learning_curves
+from analysis.efficiency import (
+    crossovers,
+    data_needed,
+    data_ratios,
+    efficiency_scores,
+    score_differences,
+    targets_table,
+)
 from analysis.load import StudyData, results_table
 from analysis.sanity import sanity_checks
 from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
@@ -53,6 +60,8 @@ class StudyAnalysis:
     scores: pd.DataFrame
     comparisons: Comparisons
     ranks: RankTests
+    score_differences: pd.DataFrame
+    crossovers: pd.DataFrame
     model_costs: pd.DataFrame
     training_costs: pd.DataFrame
     time_to_target: pd.DataFrame
@@ -83,10 +92,15 @@ class StudyAnalysis:
             "data_needed": self.needed,
             "data_ratios": self.ratios,
             "efficiency_scores": self.scores,
+            "score_differences": self.score_differences,
+            "crossovers": self.crossovers,
+            "curve_parameters": self.curves.parameters,
+            "lack_of_fit": self.curves.lack_of_fit,
             "pairwise": self.comparisons.pairwise,
             "mcnemar_by_seed": self.comparisons.mcnemar,
             "average_ranks": self.ranks.ranks,
             "friedman": self.ranks.friedman,
+            "friedman_by_size": self.ranks.by_size,
             "nemenyi": self.ranks.posthoc,
             "model_costs": self.model_costs,
             "training_costs": self.training_costs,
@@ -101,24 +115,28 @@ class StudyAnalysis:
 def analyse(
     data: StudyData,
     targets: list[float] | None = None,
-    select: str = "aicc",
+    select: str = DEFAULT_SELECTION,
     alpha: float = 0.05,
     confidence: float = 0.95,
-    n_boot_curves: int = 200,
-    n_boot_stats: int = 2000,
+    n_boot_curves: int | None = None,
+    n_boot_stats: int | None = None,
     seed: int = 0,
     control: StudyData | None = None,
 ) -> StudyAnalysis:
     """Analyse every finished run of ``data``. ``targets``: absolute test accuracies for the
-    images-needed estimates (default: 90% and 95% of the best full-data accuracy). Bootstraps
-    are seeded by ``seed``, so the same store always gives the same numbers. ``control``: the
-    study's budget control (``study.budget_control``), for the convergence check."""
+    images-needed estimates (default: 90% and 95% of the best full-data accuracy); ``select``:
+    the curve rule (``analysis.curves.fit_learning_curves``). Nothing is resampled at random,
+    so the same store always gives the same numbers; ``n_boot_curves``, ``n_boot_stats`` and
+    ``seed`` are accepted from older callers and unused. ``control``: the study's budget
+    control (``study.budget_control``), for the convergence check."""
+    del n_boot_curves, n_boot_stats, seed
     done = data.done
     done = done[done["test_acc"].notna()]
-    curves = fit_learning_curves(done, select=select, n_boot=n_boot_curves, seed=seed, confidence=confidence)
+    curves = fit_learning_curves(done, select=select, confidence=confidence, alpha=alpha)
     target_frame = targets_table(curves.summary, targets)
+    n_test = len(data.y_test) if data.y_test is not None and len(data.y_test) else None
     comparisons = paired_comparisons(
-        done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_boot=n_boot_stats, seed=seed
+        done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_test=n_test
     )
     training = training_costs(done)
     costs = model_costs(data.costs, data.runs)
@@ -133,6 +151,8 @@ def analyse(
         scores=scores,
         comparisons=comparisons,
         ranks=rank_tests(done, alpha),
+        score_differences=score_differences(curves, alpha, n_test),
+        crossovers=crossovers(curves),
         model_costs=costs,
         training_costs=training,
         time_to_target=time_to_target(curves.summary, training, target_frame),

@@ -3,8 +3,8 @@
 ``write_report`` analyses the study (``analysis.analyse``), draws every figure once as a PNG in
 ``report/figures/``, writes every table as CSV, and renders two Jinja2 templates from the same
 context: ``report.md`` links the PNGs, ``index.html`` inlines them as base64 data URIs so the
-page is one file that opens offline. Nothing depends on the clock and every bootstrap is
-seeded, so the same store always gives the same files.
+page is one file that opens offline. Nothing depends on the clock and nothing is
+resampled at random, so the same store always gives the same files.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from reports import format as fmt
 from reports import tables as paper
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.verdict import verdict
+from study.masking import masked_url
 
 WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
@@ -79,6 +80,20 @@ def _inline(path: Path) -> str:
 def _slug(name: str) -> str:
     """A file-name-safe form of a model name (timm names may hold '/' or ':')."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+
+
+def curve_method_text(selection: str) -> str:
+    """How each model's curve and its interval were made, in words (analysis.curves)."""
+    rule = {
+        "average": "an AICc-weighted average of the families that fit within ΔAICc 6 of the best",
+        "aicc": "the family with the lowest AICc",
+        "extrapolation": "the family with the lowest leave-last-out extrapolation error",
+    }.get(selection, f"the {selection} family alone")
+    return (
+        f"Each model's curve is {rule}, fitted by least squares to every run on x = n / n_max; its 95% interval "
+        "adds seed noise (leave-one-seed-out jackknife, Student t), the curve's lack of fit and, beyond the measured "
+        "sizes, an extrapolation error that grows with log2(n / n_max) (calibrated in docs/statistics.md)"
+    )
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -254,6 +269,9 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "needed": _records(a.needed),
         "ratios": _records(a.ratios),
         "scores": _records(a.scores),
+        "score_differences": _records(a.score_differences.dropna(subset=["diff"])),
+        "crossovers": _records(a.crossovers),
+        "parameters": _records(a.curves.parameters),
         "summary": _records(a.summary),
         "per_size": _per_size(a),
         "fits": _records(selected),
@@ -402,13 +420,14 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "environments": list(envs.values()),
         "environment_keys": env_keys,
         "devices": sorted(data.done["device"].dropna().unique()),
-        "n_boot_curves": len(a.curves.draws),
+        "curve_method": curve_method_text(a.curves.selection),
         "confidence": a.curves.confidence,
         "families": list(a.curves.families),
         "resolved": resolved_settings(a),
         "steps": _steps(data),
         "policy": _policy(train),
         "command": reproduce_command(cfg, _run_lrs(data.done)),
+        "store": masked_url(data.storage_url) if data.storage_url else "",
     }
 
 

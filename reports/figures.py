@@ -97,7 +97,8 @@ def learning_curves(
     """Mean test accuracy against training-set size (log axis) with its 95% CI over seeds (error
     bars), one colour and marker per model; the fitted curve (``analysis.curves.curve_bands``)
     solid over the measured sizes and dashed beyond them, up to ``x_range`` times the largest
-    measured size, with its bootstrap band; target accuracies as dotted lines labelled outside
+    measured size, with its 95% interval (seed noise, lack of fit, extrapolation); target accuracies
+    as dotted lines labelled outside
     the axes, where they hide no data. A model without a fit has its means joined by a thin line."""
     colours = _colours(summary["model"].unique(), colours)
     markers = model_markers(list(colours))
@@ -169,7 +170,7 @@ def data_needed(
     x_range: float = X_RANGE,
 ) -> Path:
     """Images needed to reach each target (``analysis.efficiency.data_needed``), per model, with
-    bootstrap intervals; log axis up to ``x_range`` times the largest measured size. Three kinds
+    their 95% intervals; log axis up to ``x_range`` times the largest measured size. Three kinds
     of point, each drawn its own way: an estimate inside the measured range (filled circle), one
     beyond the largest measured size (hollow circle: extrapolated), and one censored at the
     smallest measured size (◁ at that size: the model needs at most that many). Estimates past
@@ -267,7 +268,7 @@ def average_ranks(
     colours: dict[str, str] | None = None,
     names: dict[str, str] | None = None,
 ) -> Path:
-    """Critical-difference diagram: average rank of each model over every (size, seed) block
+    """Critical-difference diagram: average rank of each model over the seeds (ranks averaged over sizes)
     (1 = most accurate), the Nemenyi critical difference as a scale bar, and thick bars joining
     models whose ranks are closer than it (not significantly different)."""
     colours = _colours(ranks["model"], colours)

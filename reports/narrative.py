@@ -87,6 +87,46 @@ def _ratio_to(ratios: pd.DataFrame, target: float, model: str, reference: str) -
         return 1 / r["ratio"], 1 / r["ci_high"], 1 / r["ci_low"]
 
 
+def _ratio_extrapolation(ratios: pd.DataFrame, target: float, model: str, reference: str) -> str:
+    """' (extrapolated 71× beyond the data)' when the ratio rests on an n* beyond the data."""
+    rows = ratios[(ratios["target"] == target) & ratios["model_a"].isin([model, reference])]
+    rows = rows[rows["model_b"].isin([model, reference])]
+    if not len(rows) or not rows["extrapolated"].iloc[0]:
+        return ""
+    return f" (extrapolated {rows['extrapolation_factor'].iloc[0]:.2g}× beyond the data)"
+
+
+def crossover_sentences(a: StudyAnalysis) -> list[str]:
+    """Where one model's curve overtakes another's, with its 95% interval (analysis.efficiency.crossovers);
+    one sentence when no fitted curves cross."""
+    cross = a.crossovers
+    if cross.empty:
+        return []
+    found = cross[cross["status"] != "no crossover"]
+    if found.empty:
+        return ["No two fitted learning curves cross within the measured range or up to 4× beyond it."]
+    # the interval spans every size where the difference's 95% interval holds 0: it covers at least 95%
+    return [f"{r['sentence']} (interval of at least 95%)." for _, r in found.iterrows()]
+
+
+def score_difference_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
+    """Which data-efficiency scores differ (paired over seeds, Holm), from ``a.score_differences``."""
+    sd = a.score_differences.dropna(subset=["diff"])
+    if sd.empty:
+        return ""
+    sig = sd[sd["significant"]]
+    items = [
+        f"{(names or {}).get(r['model_a'], r['model_a'])} − {(names or {}).get(r['model_b'], r['model_b'])} "
+        f"{three(r['diff'])} {interval(r['ci_low'], r['ci_high'], three)}"
+        for _, r in sig.iterrows()
+    ]
+    head = (
+        f"{len(sig)} of {len(sd)} differences in data-efficiency score are significant (paired t-test over seeds, "
+        f"Holm-adjusted p < {a.comparisons.alpha:g})"
+    )
+    return head + (": " + "; ".join(items) + "." if items else ".")
+
+
 def efficiency_sentence(a: StudyAnalysis, names: dict[str, str]) -> str:
     sc = a.scores.dropna(subset=["score"]).sort_values(["score", "model"], ascending=[False, True])
     if sc.empty:
@@ -142,9 +182,12 @@ def answer_paragraphs(a: StudyAnalysis, names: dict[str, str] | None = None) -> 
     needed = needed_sentences(a, names)
     if needed:
         paragraphs.append(" ".join(needed))
-    eff = efficiency_sentence(a, names)
+    eff = " ".join(x for x in (efficiency_sentence(a, names), score_difference_sentence(a, names)) if x)
     if eff:
         paragraphs.append(eff)
+    cross = crossover_sentences(a)
+    if cross:
+        paragraphs.append(" ".join(cross))
     paragraphs.append(" ".join(significance_sentences(a, names)))
     if not a.model_costs["measured"].any():
         paragraphs.append("Inference costs (MACs, latency, size) were not measured for this study.")

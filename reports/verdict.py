@@ -255,9 +255,8 @@ def _score_bullet(a: StudyAnalysis, names: dict[str, str]) -> str:
         f"{names[r.model]} {three(r.score)} [{three(r.ci_low)}, {three(r.ci_high)}]" for r in sc.itertuples()
     )
     return (
-        "Data-efficiency score (mean accuracy over log training-set size, measured range only; 95% bootstrap CI): "
-        + values
-        + "."
+        "Data-efficiency score (mean accuracy over log training-set size, measured range only; "
+        "Student t 95% CI over seeds): " + values + "."
     )
 
 

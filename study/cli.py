@@ -8,12 +8,18 @@ Modules that need torch are imported inside the commands that train, so ``status
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from study.errors import UserError
+from study.checks import check_out
+from study.errors import UserError, WriteError
+from study.masking import mask_urls, masked_url
+from study.stopping import Stopped, stop_on_signals
 
 
 def _seconds(text: str) -> float:
@@ -317,7 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ctx = open_context(cfg)
     for warning in ctx.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
     if cfg.costs:
@@ -382,8 +388,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from study.store import missing_sqlite_file, study_to_join
 
     local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
+    check_out(local.out)
     url = local.storage_url
-    store, name, names = study_to_join(url, args.name, args.wait)
+    what = f"study {args.name!r}" if args.name else "a study"
+    store, name, names = study_to_join(
+        url,
+        args.name,
+        args.wait,
+        # Said once, so that whoever started the worker (or a test) sees that it waits.
+        lambda: print(
+            f"study: waiting up to {args.wait:g} s for {what} in {masked_url(url)}", file=sys.stderr, flush=True
+        ),
+    )
     if store is None:
         raise UserError(
             f"no study database at {missing_sqlite_file(url)}; give the shared store with --storage URL (e.g. postgresql+psycopg://user@host/db)"
@@ -392,14 +408,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         listed = ", ".join(repr(n) for n in names) or "none"
         what = f"no study {args.name!r}" if args.name else f"{len(names)} studies"
         raise UserError(
-            f"{what} in {url} (studies there: {listed}); start one with `python -m study run --storage URL`, or pass "
-            "--study NAME"
+            f"{what} in {masked_url(url)} (studies there: {listed}); start one with "
+            "`python -m study run --storage URL`, or pass --study NAME"
         )
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
     for warning in ctx.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
@@ -411,17 +427,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
+    """Write results.csv and the report from the store. A full disk or an I/O error is one line
+    (``WriteError``); the store is only read, so nothing stored is touched."""
     from analysis.load import load_study, results_table
+    from study.store import NamedLock, Store
 
-    data = load_study(url, name)
-    out.mkdir(parents=True, exist_ok=True)
-    results_table(data).to_csv(out / "results.csv", index=False)
-    if report:
-        from reports import write_report
+    try:
+        # Two commands finishing one study together (two terminals on one --out) take turns: the
+        # one that writes last reads the store last, and neither deletes the other's figures.
+        with NamedLock(Store(url, create=False).engine, f"outputs:{out.absolute()}"):
+            data = load_study(url, name)
+            out.mkdir(parents=True, exist_ok=True)
+            _replace_atomically(out / "results.csv", lambda path: results_table(data).to_csv(path, index=False))
+            if report:
+                from reports import write_report
 
-        folder = write_report(data, out, targets=targets)
-        print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
+                folder = write_report(data, out, targets=targets)
+                print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
+    except OSError as exc:
+        where = exc.filename or out
+        raise WriteError(
+            f"cannot write {str(where)!r}: {exc.strerror or exc}; the store is intact: free space or fix the folder, "
+            f"then run `python -m study report --out {out}`"
+        ) from None
     print(f"results: {out / 'results.csv'}")
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """``write(temporary path)``, then rename it over ``path``: a failed write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _located(args: argparse.Namespace) -> tuple[str, str | None, Path]:
@@ -470,6 +509,7 @@ def _targets(text: str | None) -> list[float] | None:
 def cmd_report(args: argparse.Namespace) -> int:
     targets = _targets(args.targets)
     url, name, out = _located(args)
+    check_out(out)
     from analysis.load import load_study
 
     _write_outputs(url, name or load_study(url).name, out, targets=targets)
@@ -507,6 +547,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+# A full disk, a quota, an I/O error, a read-only file system: the machine's, not the input's.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
 COMMANDS = {
     "run": cmd_run,
     "worker": cmd_worker,
@@ -517,14 +560,45 @@ COMMANDS = {
 }
 
 
+def _say_stopped(stop: Stopped, argv: list[str]) -> None:
+    """One line: what the stop handed back to the store, and the command that resumes."""
+    handed = stop.handed_back
+    what = (
+        f"{handed.get('runs', 0)} run(s), {handed.get('tuning_jobs', 0)} tuning job(s) and "
+        f"{handed.get('trials', 0)} trial(s) to rerun handed back to the store"
+        if handed
+        else "nothing was in flight"
+    )
+    print(
+        f"study: stopped by {stop}: {what}; resume with: python -m study {mask_urls(shlex.join(argv))}", file=sys.stderr
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("run", "worker"):
+            with stop_on_signals():
+                try:
+                    return COMMANDS[args.command](args)
+                except Stopped as stop:
+                    _say_stopped(stop, argv)
+                    return stop.exit_status
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"study: error: {exc}", file=sys.stderr)
+        print(f"study: error: {mask_urls(str(exc))}", file=sys.stderr)
         return 2
+    except WriteError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # Elsewhere than the outputs (the decode cache, say): the same one line.
+        print(f"study: error: cannot write {str(exc.filename or '')!r}: {exc.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("study: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

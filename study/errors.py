@@ -10,3 +10,8 @@ class UserError(Exception):
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss; the run is recorded as failed (or a trial pruned)."""
+
+
+class WriteError(Exception):
+    """Writing an output (results.csv, figures, the report, the decode cache) failed: a full disk,
+    an I/O error. Not the user's input (exit status 1, one line); the store is left intact."""

@@ -16,14 +16,17 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterable
+from contextlib import closing
 from functools import partial
 
 from tqdm.auto import tqdm
 
 from study.config import StudyConfig, TrainConfig, to_dict
 from study.machine import dask_client, plan_workers, torch_threads
+from study.masking import mask_urls
 from study.outcomes import Outcome, RunOutcome, TuningOutcome
 from study.plan import ATTACH, WorkerState, open_context
+from study.stopping import Stopped, ignore_interrupts
 from study.store import Cell, Heartbeat, RunRow, worker_id
 
 MAX_RESTARTS = 20  # times the local worker processes are restarted after one of them died
@@ -181,9 +184,6 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     local worker process dies (killed, out of memory), its run is returned to the queue (or
     failed after ``store.MAX_ATTEMPTS`` deaths) and the workers are started again.
     """
-    from joblib import Parallel, delayed, parallel_config
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
-
     store.release_stale(study_id, cfg.grace_period)
     counts = store.counts(study_id)
     total, pending = sum(counts.values()), counts["pending"]
@@ -197,12 +197,54 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
         device = "cuda" if torch.cuda.is_available() else "cpu"
     bar = tqdm(total=total, initial=counts["done"] + counts["failed"], desc="runs", unit="run", disable=not progress)
     reports = _Reports(store, study_id, bar)
+    try:
+        _work(cfg, store, study_id, device, tasks, pending, reports, progress)
+    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM (study.stopping): the pool is stopped by now
+        handed = hand_back(cfg, store, study_id)
+        if isinstance(stop, Stopped):
+            stop.handed_back = handed
+        raise
+    finally:
+        bar.close()
+    return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
+
+
+def hand_back(cfg: StudyConfig, store, study_id: int) -> dict[str, int]:
+    """What a stopped command had in flight, back to the store at once: its runs and tuning jobs
+    to pending (``Store.hand_back``), and the Optuna trials its stopped worker processes held
+    failed and enqueued again with their parameters. Returns counts for the message."""
+    handed = store.hand_back(study_id, worker_id())
+    trials = 0
+    if cfg.tune.trials:
+        import optuna
+
+        from study.tune import fail_dead_trials, optuna_storage
+
+        storage = optuna_storage(cfg.storage_url, cfg.heartbeat, cfg.grace_period)
+        for job in store.open_tuning_jobs(study_id):
+            try:
+                tuning = optuna.load_study(study_name=job.optuna_study, storage=storage)
+            except KeyError:  # no trial was ever asked for
+                continue
+            fail_dead_trials(tuning)  # this process's own trial was failed and enqueued as it stopped
+            trials += len(tuning.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    return {**handed, "trials": trials}
+
+
+def _work(
+    cfg: StudyConfig, store, study_id: int, device: str, tasks: int, pending: int, reports, progress: bool
+) -> None:
+    """Feed the study's work to the configured engine until nothing is left for anyone."""
+    from joblib import Parallel, delayed, parallel_config
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
     epochs = None
     try:
         if cfg.backend == "dask":
             client = dask_client(cfg.scheduler)
             with client, parallel_config(backend="dask"):
-                reports.consume(_parallel(Parallel, delayed, cfg, cfg.jobs or -1, 0, None, reports))
+                with closing(_parallel(Parallel, delayed, cfg, cfg.jobs or -1, 0, None, reports)) as results:
+                    reports.consume(results)
         else:
             workers, threads = plan_workers(cfg.jobs, device, tasks)
             if cfg.threads:
@@ -213,11 +255,9 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
                 epochs = _EpochProgress(pending * cfg.train.epochs) if progress else None
                 for restart in range(MAX_RESTARTS + 1):
                     try:
-                        reports.consume(
-                            _parallel(
-                                Parallel, delayed, cfg, workers, threads, epochs.queue if epochs else None, reports
-                            )
-                        )
+                        queue = epochs.queue if epochs else None
+                        with closing(_parallel(Parallel, delayed, cfg, workers, threads, queue, reports)) as results:
+                            reports.consume(results)
                         break
                     except TerminatedWorkerError:
                         if restart == MAX_RESTARTS:
@@ -230,8 +270,6 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     finally:
         if epochs:
             epochs.close()
-        bar.close()
-    return {**store.counts(study_id), "tuning_failed": store.tuning_counts(study_id)["failed"]}
 
 
 def _parallel(Parallel, delayed, cfg: StudyConfig, n_jobs: int, threads: int, queue, reports: _Reports):
@@ -242,7 +280,17 @@ def _parallel(Parallel, delayed, cfg: StudyConfig, n_jobs: int, threads: int, qu
         while not reports.finished:
             yield delayed(run_next)(cfg, threads, False, queue)
 
-    return Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="n_jobs")(tasks())
+    local = {} if cfg.backend == "dask" else {"initializer": _start_pool_worker}
+    results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="n_jobs", **local)(tasks())
+    yield from results  # closed early (an interrupt), joblib stops the workers at once
+
+
+def _start_pool_worker() -> None:
+    """Set up a local worker process so that stopping it is clean: it leaves Ctrl-C to the main
+    process (study.stopping), and tqdm's lock is a thread lock, not a multiprocessing semaphore
+    that a stopped process would leave behind ("leaked semaphore objects")."""
+    ignore_interrupts()
+    tqdm.set_lock(threading.RLock())
 
 
 class _Reports:
@@ -265,7 +313,7 @@ class _Reports:
                         f"#{outcome.best_trial}; {outcome.complete} complete, {outcome.pruned} pruned)"
                     )
                 elif outcome.status == "failed":
-                    tqdm.write(f"tuning {outcome.cell} failed: {outcome.error}")
+                    tqdm.write(f"tuning {outcome.cell} failed: {mask_urls(outcome.error or '')}")
                 continue
             counts = self.store.counts(self.study_id)
             self.bar.n = counts["done"] + counts["failed"]
@@ -273,7 +321,7 @@ class _Reports:
             if outcome.status == "done":
                 self.bar.set_postfix_str(f"{outcome.cell} test_acc={outcome.test_acc:.3f}")
             elif outcome.status == "failed":
-                tqdm.write(f"run {outcome.cell} failed: {outcome.error}")
+                tqdm.write(f"run {outcome.cell} failed: {mask_urls(outcome.error or '')}")
 
 
 class _EpochProgress:
@@ -296,7 +344,10 @@ class _EpochProgress:
             self._bar.set_postfix_str(f"{cell} epoch {epoch} val_acc={val_acc:.3f}")
 
     def close(self) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout=5)
+        try:
+            self.queue.put(None)
+            self._thread.join(timeout=5)
+        except (OSError, EOFError):  # the manager's process was stopped with the rest (SIGTERM to the group)
+            pass
         self._bar.close()
         self._manager.shutdown()

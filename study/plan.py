@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from study import splits as splitting
+from study.checks import check_device, check_out
 from study.config import StudyConfig, to_dict
 from study.datasets import Dataset, check_name, load_dataset
+from study.masking import masked_url
 from study.store import Cell, Store, optuna_storage, settings_fingerprint, tuning_study_name
 
 if TYPE_CHECKING:
@@ -129,7 +131,8 @@ CREATE, JOIN, ATTACH = "create", "join", "attach"  # how open_context meets the 
 
 
 def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
-    """Load and check everything, and meet the study in the store:
+    """Load and check everything (config, out folder, device, weights, data), and only then
+    meet the study in the store:
 
     - ``create`` (``study run``): record the study, or reopen it with the same settings, and add
       its cells and tuning jobs;
@@ -139,7 +142,10 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
       study up, check nothing.
     """
     check_models(cfg)
-    model_warnings = check_transfer(cfg) if mode != ATTACH else []  # workers reuse what the first check fetched
+    if mode != ATTACH:  # worker processes of a command reuse what its first check found
+        check_out(cfg.out)
+        check_device(cfg.device)
+    model_warnings = check_transfer(cfg) if mode != ATTACH else []
     dataset, splits, hashes = load_data(cfg)
     warnings = model_warnings + list(dataset.warnings) + list(splits.warnings)
     if dataset.skipped:
@@ -166,7 +172,7 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         cfg.name,
         settings_fingerprint(settings),
         settings,
-        to_dict(cfg),
+        stored_config(cfg),
         dataset_summary(dataset),
         {**splits.summary(), "warnings": warnings},
         dataset.labels[splits.test],
@@ -176,6 +182,15 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         store.add_tuning_jobs(ctx.study_id, plan_tuning(cfg))
         optuna_storage(cfg.storage_url)  # Optuna's tables, made here once rather than raced for by workers
     return ctx
+
+
+def stored_config(cfg: StudyConfig) -> dict:
+    """The config as the store keeps it: the storage URL without its password (whoever reads the
+    store knows where it is; ``study worker`` takes the URL from its own flags)."""
+    config = to_dict(cfg)
+    if config.get("storage"):
+        config["storage"] = masked_url(config["storage"])
+    return config
 
 
 def dataset_summary(dataset: Dataset) -> dict:

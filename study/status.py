@@ -4,6 +4,7 @@ its worker processes. Reads the store only (no torch)."""
 from __future__ import annotations
 
 from analysis.load import StudyData, load_study
+from study.masking import masked_url
 from study.status_grid import eta_line, grid_lines
 from study.store import Store
 
@@ -16,7 +17,7 @@ def print_status(url: str, name: str | None) -> None:
     runs = data.runs
     counts = runs["status"].value_counts().to_dict()
     total = len(runs)
-    print(f"study {data.name!r} ({url}): {total} runs")
+    print(f"study {data.name!r} ({masked_url(url)}): {total} runs")
     for status in ("done", "running", "failed", "pending"):
         label = "left" if status == "pending" else status
         print(f"  {label:8s} {counts.get(status, 0)}")

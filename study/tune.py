@@ -136,7 +136,7 @@ def open_tuning_study(
     study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int
 ) -> optuna.Study:
     """The cell's Optuna study (made if new), with the trials of dead workers failed."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to show
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress and failed trials are ours to show
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -156,17 +156,24 @@ def fail_dead_trials(study: optuna.Study) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     storage = study._storage  # the study's own storage (Optuna exposes no accessor)
-    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not dead_here(trial.user_attrs.get("worker")):
             continue
         try:
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                if retry is not None:
-                    retry(study, storage.get_trial(trial._trial_id))
-                storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                _retry(study, trial._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker failed it first
+
+
+def _retry(study: optuna.Study, trial_id: int) -> None:
+    """Enqueue a failed, interrupted trial again with its parameters (as Optuna does for a trial
+    whose heartbeat stopped), so that its share of the budget is done once more."""
+    storage = study._storage
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if retry is not None:
+        retry(study, storage.get_trial(trial_id))
 
 
 def budget_left(study: optuna.Study, tune: TuneConfig) -> int:
@@ -211,11 +218,24 @@ def _run_trial(study: optuna.Study, train: TrainFn, base: TrainConfig, tune: Tun
             epochs_run += 1  # the epoch whose loss diverged was trained too
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:  # the command is stopping (study.stopping); Optuna fails the trial
+            trial.set_user_attr("interrupted", True)
+            raise
         finally:
             trial.set_user_attr("epochs_run", epochs_run)
 
     ended: list[FrozenTrial] = []  # callbacks run only for a trial that did not raise
-    study.optimize(objective, n_trials=1, callbacks=[lambda _study, trial: ended.append(trial)])
+    started: list[int] = []
+    try:
+        study.optimize(
+            lambda trial: started.append(trial._trial_id) or objective(trial),
+            n_trials=1,
+            callbacks=[lambda _study, trial: ended.append(trial)],
+        )
+    except KeyboardInterrupt:  # the command is stopping: Optuna failed the trial; it runs again after a resume
+        if started and study._storage.get_trial(started[0]).state == TrialState.FAIL:
+            _retry(study, started[0])
+        raise
     return ended[0]
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from study.cli import main
+from tests.postgres import NoPostgres, fresh_database, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small real timm models: a whole study trains in seconds on a CPU.
@@ -184,6 +185,17 @@ def write_flickr(root: Path, n: int = 8, seed: int = 2) -> Path:
     return root
 
 
+def silence(store, table, row_id: int, seconds: float) -> None:
+    """Make a claim look silent for ``seconds`` by the database's clock (its last heartbeat set
+    back), as a worker that stopped beating would leave it, without waiting that long."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    with store.session() as s:
+        s.execute(update(table).where(table.id == row_id).values(heartbeat_at=store.now() - timedelta(seconds=seconds)))
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``python -m study ARGS`` in-process; returns (exit status, stdout, stderr)."""
@@ -214,14 +226,6 @@ def run_subprocess(
 # -- PostgreSQL for the tests marked `distributed` ---------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _no_postgres(reason: str):
     """Skip, or fail where CI installed PostgreSQL and said so (STUDY_REQUIRE_POSTGRES=1)."""
     if os.environ.get("STUDY_REQUIRE_POSTGRES") == "1":
@@ -232,74 +236,25 @@ def _no_postgres(reason: str):
 @pytest.fixture(scope="session")
 def postgres_server():
     """The SQLAlchemy URL of a PostgreSQL server on loopback: $STUDY_TEST_POSTGRES_URL, or a
-    throwaway cluster made with the installed server's initdb and pg_ctl (as user postgres when
-    run as root, since the server refuses root)."""
-    import glob
-    import shutil
-    import tempfile
-
+    throwaway cluster (tests/postgres.py)."""
     given = os.environ.get("STUDY_TEST_POSTGRES_URL")
     if given:
         yield given
         return
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
-    if not bins:
-        _no_postgres("no PostgreSQL server is installed (/usr/lib/postgresql/*/bin/pg_ctl)")
-    bindir = Path(bins[-1]).parent
-    folder = Path(tempfile.mkdtemp(prefix="study-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            _no_postgres("running as root and there is no 'postgres' user to run the server")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", _free_port()
+    server = throwaway_postgres()
     try:
-        subprocess.run(
-            [*as_user, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        subprocess.run(
-            [*as_user, bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options, "-w", "start"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        _no_postgres(f"a throwaway PostgreSQL cluster could not be started ({exc})")
+        url = server.__enter__()
+    except NoPostgres as exc:
+        _no_postgres(str(exc))
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
-        subprocess.run(
-            [*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture
 def postgres_url(postgres_server):
     """A fresh, empty database on the test server, dropped afterwards."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     pytest.importorskip("psycopg", reason="the distributed tests need psycopg: pip install 'study[distributed]'")
-    name = f"study_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(postgres_server) as url:
+        yield url

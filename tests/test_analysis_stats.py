@@ -10,6 +10,9 @@ from scipy import stats
 
 from analysis.stats import (
     bootstrap_mean_ci,
+    difference_floor,
+    distinct_resamples,
+    friedman_permutation,
     holm,
     mcnemar_exact,
     min_p_wilcoxon,
@@ -18,6 +21,7 @@ from analysis.stats import (
     rank_tests,
     seeds_for_power,
     seeds_needed_wilcoxon,
+    t_summary,
 )
 
 # Test accuracies of three models, six seeds, two sizes (fixed data for reference checks)
@@ -98,16 +102,22 @@ def test_paired_tests_agree_with_scipy_on_fixed_data():
             assert row["t_stat"] == pytest.approx(t.statistic) and row["p_t"] == pytest.approx(t.pvalue)
             assert row["p_wilcoxon"] == pytest.approx(w.pvalue)
             assert row["p_a_better"] == pytest.approx(np.mean(xa > xb) + 0.5 * np.mean(xa == xb))
-            assert row["ci_low"] <= row["diff"] <= row["ci_high"]
-            # McNemar pooled over seeds equals the exact test on the summed discordant counts
+            # the interval is Student's t, so it excludes 0 exactly when the t-test's p < 0.05
+            half = stats.t.ppf(0.975, 5) * np.std(xa - xb, ddof=1) / np.sqrt(6)
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["diff"] - half, row["diff"] + half))
+            assert (row["ci_low"] > 0 or row["ci_high"] < 0) == (row["p_t"] < 0.05)
+            # McNemar per seed (seeds share the test set), combined by Bonferroni over the seeds
             bb = cc = 0
+            per_seed = []
             for seed in range(6):
                 ra = runs[(runs.model == a) & (runs.size_value == frac) & (runs.seed == seed)].run_id.iloc[0]
                 rb = runs[(runs.model == b) & (runs.size_value == frac) & (runs.seed == seed)].run_id.iloc[0]
-                bb += int(((preds[ra] == y) & (preds[rb] != y)).sum())
-                cc += int(((preds[ra] != y) & (preds[rb] == y)).sum())
+                b1 = int(((preds[ra] == y) & (preds[rb] != y)).sum())
+                c1 = int(((preds[ra] != y) & (preds[rb] == y)).sum())
+                bb, cc = bb + b1, cc + c1
+                per_seed.append(stats.binomtest(b1, b1 + c1, 0.5).pvalue if b1 + c1 else 1.0)
             assert (row["mcnemar_b"], row["mcnemar_c"]) == (bb, cc)
-            assert row["p_mcnemar"] == pytest.approx(stats.binomtest(bb, bb + cc, 0.5).pvalue)
+            assert row["p_mcnemar"] == pytest.approx(min(1.0, 6 * min(per_seed)))
     frame = comp.pairwise
     for test in ("t", "wilcoxon", "mcnemar"):
         assert frame[f"p_{test}_holm"].to_numpy() == pytest.approx(holm(frame[f"p_{test}"]))
@@ -144,21 +154,70 @@ def test_power_matches_reference_values():
     assert np.isnan(seeds_for_power(0.0))
 
 
-def test_friedman_and_average_ranks_agree_with_scipy():
+def test_friedman_uses_seeds_as_blocks_with_ranks_averaged_over_sizes():
     runs = _runs()
     r = rank_tests(runs)
-    blocks = runs.pivot_table(index=["size_value", "seed"], columns="model", values="test_acc")
-    ref = stats.friedmanchisquare(*(blocks[m] for m in ("a", "b", "c")))
+    cells = runs.pivot_table(index=["seed", "size_value"], columns="model", values="test_acc")
+    per_seed = pd.DataFrame(stats.rankdata(-cells.to_numpy(), axis=1), index=cells.index).groupby(level="seed").mean()
     f = r.friedman.iloc[0]
-    assert f["statistic"] == pytest.approx(ref.statistic) and f["p_value"] == pytest.approx(ref.pvalue)
-    expected_ranks = stats.rankdata(-blocks.to_numpy(), axis=1).mean(axis=0)
+    assert f["n_blocks"] == 6  # the seeds, not the 12 (size, seed) pairs
+    k, n = 3, 6
+    expected_stat = 12 * n / (k * (k + 1)) * np.sum((per_seed.mean(axis=0).to_numpy() - 2) ** 2)
+    assert f["statistic"] == pytest.approx(expected_stat)
+    assert 0 < f["p_value"] < 0.05  # b wins on most seeds
     ranks = r.ranks.set_index("model")["average_rank"]
-    assert [ranks[m] for m in ("a", "b", "c")] == pytest.approx(expected_ranks)
-    assert r.ranks["model"].iloc[0] == "b"  # the best model has rank 1-ish
-    # Nemenyi critical difference: q(0.05, k=3) = 2.343 (Demsar 2006, table 5)
-    assert f["critical_difference"] == pytest.approx(2.3437 * np.sqrt(3 * 4 / (6 * 12)), rel=1e-3)
+    assert [ranks[m] for m in ("a", "b", "c")] == pytest.approx(per_seed.mean(axis=0).to_numpy())
+    assert r.ranks["model"].iloc[0] == "b"
+    # Nemenyi critical difference with N = 6 seeds: q(0.05, k=3) = 2.343 (Demsar 2006, table 5)
+    assert f["critical_difference"] == pytest.approx(2.3437 * np.sqrt(3 * 4 / (6 * 6)), rel=1e-3)
+    assert len(r.by_size) == 2 and (r.by_size["n_blocks"] == 6).all()
     two = rank_tests(runs[runs["model"] != "c"])
     assert np.isnan(two.friedman.iloc[0]["p_value"]) and "three or more" in two.friedman.iloc[0]["note"]
+
+
+def test_friedman_permutation_p_is_exact_for_three_blocks():
+    # three seeds that all order the models the same way: 6 of the 6^3 equally likely patterns
+    # give the largest statistic, so p = 6 / 216
+    stat, p = friedman_permutation(np.array([[1.0, 2, 3], [1, 2, 3], [1, 2, 3]]))
+    assert stat == pytest.approx(6.0) and p == pytest.approx(6 / 216)
+
+
+def test_a_constant_difference_of_k_test_images_gives_a_finite_test():
+    n_test = 400
+    d = np.full(5, 3 / n_test)  # three images on every seed; float rounding may spread them by 1e-17
+    d[2] += 1e-17
+    t = t_summary(d, floor=difference_floor(n_test))
+    assert np.isfinite(t["t_stat"]) and t["constant"] == 1.0
+    assert t["t_stat"] == pytest.approx(3 * np.sqrt(6) * np.sqrt(5))  # k / floor-sd * sqrt(S)
+    assert t["p"] < 0.001 and t["ci_low"] > 0
+    zero = t_summary(np.zeros(5), floor=difference_floor(n_test))
+    assert zero["p"] == pytest.approx(1.0) and zero["ci_low"] < 0 < zero["ci_high"]
+    runs = pd.DataFrame(
+        [
+            {"model": m, "seed": s, "n_train": 100, "test_acc": (300 + 3 * (m == "a") + s) / n_test}
+            for m in ("a", "b")
+            for s in range(5)
+        ]
+    )  # no fraction, size_kind or run_id columns: the computation does not need them
+    row = paired_comparisons(runs, n_test=n_test).pairwise.iloc[0]
+    assert np.isfinite(row["p_t"]) and row["p_t"] < 0.01 and "the same +3 test image(s)" in row["note"]
+
+
+def test_exact_bootstrap_enumerates_every_distinct_resample():
+    counts, weights = distinct_resamples(5)
+    assert len(counts) == comb(9, 5) == 126 and weights.sum() == pytest.approx(1.0)
+    assert (counts.sum(axis=1) == 5).all()
+    lo, hi = bootstrap_mean_ci(np.array([0.1, 0.2, 0.3]), 0.95)
+    assert (lo, hi) == pytest.approx((0.1, 0.3))  # with 3 seeds the widest a bootstrap can be is [min, max]
+
+
+def test_seeds_for_power_uses_the_holm_level():
+    runs = _runs()
+    pw = paired_comparisons(runs).pairwise
+    m = int(pw["p_t"].notna().sum())
+    for _, r in pw.iterrows():
+        d = np.array(ACC[(r["model_a"], r["size_value"])]) - np.array(ACC[(r["model_b"], r["size_value"])])
+        assert r["seeds_for_power"] == seeds_for_power(d.mean() / d.std(ddof=1), 0.05 / m)
 
 
 @pytest.mark.parametrize("n_seeds", [6, 12])

@@ -264,8 +264,8 @@ def test_a_worker_started_before_its_study_waits_for_it_with_wait(cli, tmp_path)
     """SLURM may start the workers before `study run` has created the study: with --wait they
     poll the store for it instead of exiting, then share its runs."""
     worker = _start("worker", "--out", tmp_path, "--wait", "120", "--jobs", "1", "--threads", "1", "--quiet")
-    time.sleep(1.0)
-    assert worker.poll() is None  # still waiting: no database yet
+    assert worker.stderr.readline().startswith("study: waiting up to 120 s for a study in sqlite:///")
+    assert worker.poll() is None  # it said it waits (no database yet), and it does
     assert (
         cli("run", "--out", tmp_path, *SMALL, "--fractions", "0.5,1.0", "--seeds", "3", "--jobs", "1", "--no-report")[0]
         == 0
@@ -280,9 +280,9 @@ def test_a_worker_started_before_its_study_waits_for_it_with_wait(cli, tmp_path)
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_retried(postgres_url, tmp_path):
-    """Two machines tune one (model, fraction) at once through Optuna's storage on PostgreSQL.
-    Machine A is killed inside a trial; its heartbeats stop, B fails that trial after the grace
-    period, runs it again with the same parameters, and finishes the budget and the final run."""
+    """Two machines tune one (model, fraction) through Optuna's storage on PostgreSQL. Machine A
+    stops inside a trial (frozen, then killed); its heartbeats stop, B fails that trial after the
+    grace period, runs it again with the same parameters, and finishes the budget and the final run."""
     import optuna
 
     toml = tmp_path / "tune.toml"
@@ -305,19 +305,21 @@ def test_workers_tune_one_cell_together_and_a_dead_workers_trial_is_failed_and_r
         "--jobs",
         "1",
     ]
-    a, b = (
-        _start("run", "--config", toml, "--out", tmp_path / m, *args, "--no-report", host=f"machine-{m}") for m in "ab"
-    )
     running = (
         "select t.number from trials t join trial_user_attributes u on u.trial_id = t.trial_id"
         " where t.state = 'RUNNING' and u.key = 'worker' and u.value_json like '\"{}:%'"
     )
-    _wait_for(postgres_url, running.format("machine-b"))  # B has joined the cell...
+    a = _start("run", "--config", toml, "--out", tmp_path / "a", *args, "--no-report", host="machine-a")
     (a_trial,) = _wait_for(
         postgres_url,
-        running.format("machine-a")  # ...while A tunes it too, its parameters drawn
+        running.format("machine-a")  # A tunes the cell, its trial's parameters drawn...
         + " and exists (select 1 from trial_params p where p.trial_id = t.trial_id)",
     )
+    # ...and is frozen there: it can neither finish that trial nor spend the budget while B starts,
+    # however fast or slow this machine is.
+    os.killpg(a.pid, signal.SIGSTOP)
+    b = _start("run", "--config", toml, "--out", tmp_path / "b", *args, "--no-report", host="machine-b")
+    _wait_for(postgres_url, running.format("machine-b"))  # B has joined the cell while A's trial is open
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     assert "1 done, 0 failed, 0 left" in _finish(b, timeout=500)

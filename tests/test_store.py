@@ -1,10 +1,10 @@
 import multiprocessing as mp
-import time
 
 import numpy as np
 import pytest
 
-from study.store import DONE, PENDING, RUNNING, Cell, Store, worker_id
+from study.store import DONE, PENDING, RUNNING, Cell, RunRow, Store, worker_id
+from tests.conftest import silence
 
 
 def _study(tmp_path, n=6, url=None):
@@ -69,19 +69,21 @@ def test_a_silent_run_is_taken_over_after_the_grace_period_and_failed_after_max_
 
     store, sid = _study(tmp_path, n=1)
     run = store.claim(sid, "machine-a:1")
-    time.sleep(1.2)
+    silence(store, RunRow, run.id, 60)
     assert store.heartbeat(run.id, "machine-a:1")  # alive: its heartbeat keeps the claim
-    assert store.release_stale(sid, grace_seconds=1) == 0
-    time.sleep(1.2)
-    assert store.release_stale(sid, grace_seconds=1) == 1  # silent for the grace period (by the database's clock)
+    assert store.release_stale(sid, grace_seconds=30) == 0
+    silence(store, RunRow, run.id, 60)
+    assert store.release_stale(sid, grace_seconds=30) == 1  # silent for the grace period (by the database's clock)
     retaken = store.claim(sid, "machine-b:1")
     assert retaken.id == run.id and retaken.attempts == 2
     assert not store.heartbeat(run.id, "machine-a:1")  # the first worker learns it lost the run...
     assert not store.finish(run.id, "machine-a:1", {"test_acc": 0.1}, [], np.array([0]))  # ...and cannot record it
     for attempt in range(3, MAX_ATTEMPTS + 1):  # its workers keep dying (killed for memory, say)
-        store.release_stale(sid, grace_seconds=0)
+        silence(store, RunRow, run.id, 60)
+        store.release_stale(sid, grace_seconds=30)
         assert store.claim(sid, f"machine-{attempt}:1").attempts == attempt
-    assert store.release_stale(sid, grace_seconds=0) == 1
+    silence(store, RunRow, run.id, 60)
+    assert store.release_stale(sid, grace_seconds=30) == 1
     (row,) = store.runs(sid)
     assert (
         row.status == FAILED

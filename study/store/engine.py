@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from study.errors import UserError
+from study.masking import mask_urls, masked_url
 from study.store.schema import MAX_ATTEMPTS, STUDY_TABLE, Base
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ def open_database(url: str, create: bool = True) -> Engine:
     except Exception as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+        reason = mask_urls(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise UserError(f"cannot open storage {masked_url(url)!r}: {reason}") from None
     return engine
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from study.errors import UserError
+from study.masking import mask_urls, masked_url
 from study.store.engine import missing_sqlite_file, open_database, retry_conflicts
 from study.store.schema import (
     DONE,
@@ -106,8 +107,8 @@ class Store:
         if row is None:
             names = ", ".join(repr(n) for n in self.study_names()) or "none"
             raise UserError(
-                f"no study {name!r} in {self.url} (studies there: {names}); start it with `python -m study run`, or "
-                "pass --name"
+                f"no study {name!r} in {masked_url(self.url)} (studies there: {names}); "
+                "start it with `python -m study run`, or pass --name"
             )
         self._refuse_other_settings(row, fingerprint, settings)
         return row.id
@@ -116,8 +117,8 @@ class Store:
         if row.fingerprint != fingerprint:
             key, old, new = _first_difference(row.settings, settings)
             raise UserError(
-                f"study {row.name!r} in {self.url} was run with {key}={old!r}, this config has {key}={new!r}; "
-                "use the same settings to resume, or --name NEW for a separate study"
+                f"study {row.name!r} in {masked_url(self.url)} was run with {key}={old!r}, "
+                f"this config has {key}={new!r}; use the same settings to resume, or --name NEW for a separate study"
             )
 
     def study(self, name: str) -> StudyRow | None:
@@ -165,35 +166,71 @@ class Store:
         ``MAX_ATTEMPTS`` times (killed for memory each time, say) is failed instead, so one run
         cannot take every worker down in turn. Tuning jobs without any heartbeat for the grace
         period go back to pending too (their trials are judged by Optuna's own heartbeats).
-        Returns how many runs and jobs were released or failed."""
-        released = 0
-        with self.session(write=True) as s:
+        Returns how many runs and jobs were released or failed.
+
+        Every worker calls this before each claim, and nearly always nothing is stale: the
+        candidates are found by a read, and only when there are any is a write lock taken
+        (on SQLite, a write transaction would queue every worker behind every other)."""
+        with self.session() as s:
             cutoff = s.scalar(select(db_now())) - timedelta(seconds=grace_seconds)
+            stale = []
             for table in (RunRow, TuningJobRow):
-                # In id order, so that workers releasing at once lock rows in one order (no deadlock).
-                for row in s.scalars(
-                    select(table).where(table.study_id == study_id, table.status == RUNNING).order_by(table.id)
+                for row in s.execute(
+                    select(table.id, table.worker, table.heartbeat_at, table.attempts).where(
+                        table.study_id == study_id, table.status == RUNNING
+                    )
                 ):
                     silent = row.heartbeat_at is None or row.heartbeat_at < cutoff
-                    if not (silent or (table is RunRow and dead_here(row.worker))):
+                    if silent or (table is RunRow and dead_here(row.worker)):
+                        stale.append((table, row, silent))
+        if not stale:
+            return 0
+        released = 0
+        with self.session(write=True) as s:
+            # In id order, so that workers releasing at once lock rows in one order (no deadlock).
+            for table, row, silent in sorted(stale, key=lambda t: (t[0].__tablename__, t[1].id)):
+                values: dict[str, Any] = {"status": PENDING, "worker": None}
+                if table is RunRow and row.attempts >= MAX_ATTEMPTS:
+                    values = {
+                        "status": FAILED,
+                        "finished_at": db_now(),
+                        "error": f"its worker stopped {row.attempts} times before finishing it "
+                        f"(last {row.worker}: killed, out of memory, "
+                        "or the machine went down); run with --retry-failed to try again",
+                    }
+                # Conditional on the row being as read: never steal a fresh claim or a fresh heartbeat.
+                query = update(table).where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
+                if silent and row.heartbeat_at is not None:
+                    query = query.where(table.heartbeat_at < cutoff)
+                released += s.execute(query.values(**values)).rowcount
+        return released
+
+    def hand_back(self, study_id: int, worker: str) -> dict[str, int]:
+        """A stopped command's work back to pending at once: the runs and tuning jobs held by
+        ``worker`` (the command's own process) or by processes of this host that are gone (its
+        pool's workers, stopped with it). The attempt a run used is given back too: being
+        stopped is not the run's failure. Returns how many runs and tuning jobs went back."""
+        handed = {"runs": 0, "tuning_jobs": 0}
+        with self.session(write=True) as s:
+            for table, key in ((RunRow, "runs"), (TuningJobRow, "tuning_jobs")):
+                held = s.execute(
+                    select(table.id, table.worker)
+                    .where(table.study_id == study_id, table.status == RUNNING)
+                    .order_by(table.id)
+                ).all()
+                for row_id, holder in held:
+                    if holder != worker and not dead_here(holder):
                         continue
                     values: dict[str, Any] = {"status": PENDING, "worker": None}
-                    if table is RunRow and row.attempts >= MAX_ATTEMPTS:
-                        values = {
-                            "status": FAILED,
-                            "finished_at": db_now(),
-                            "error": f"its worker stopped {row.attempts} times before finishing it "
-                            f"(last {row.worker}: killed, out of memory, "
-                            "or the machine went down); run with --retry-failed to try again",
-                        }
-                    # Conditional on the row being unchanged since read: never steal a fresh claim.
+                    if table is RunRow:
+                        values["attempts"] = table.attempts - 1  # a claim counted one
                     res = s.execute(
                         update(table)
-                        .where(table.id == row.id, table.status == RUNNING, table.worker == row.worker)
+                        .where(table.id == row_id, table.status == RUNNING, table.worker == holder)
                         .values(**values)
                     )
-                    released += res.rowcount
-        return released
+                    handed[key] += res.rowcount
+        return handed
 
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
         """Atomically take the next pending run of the study, or None when none is left.
@@ -207,12 +244,9 @@ class Store:
         )
         if models is not None:
             query = query.where(RunRow.model.in_(models))
-        run = self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
-        if run is not None:
-            self.worker_doing(study_id, worker, f"run {run.cell_key}")
-        return run
+        return self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
 
-    def _claim_next(self, table: Claimable, candidates, worker: str):
+    def _claim_next(self, table: type[RunRow], candidates, worker: str) -> RunRow | None:
         # PostgreSQL: the candidate row is locked and rows other workers are claiming are skipped,
         # so concurrent claims take different rows without waiting (the usual job-queue idiom).
         # SQLite ignores FOR UPDATE; the transaction holds its write lock from the start (BEGIN IMMEDIATE),
@@ -236,7 +270,14 @@ class Store:
                     )
                 )
                 if res.rowcount == 1:
-                    return s.get(table, row_id)
+                    run = s.get(table, row_id)
+                    # What the worker does, in the same transaction: one write per claim, not two.
+                    s.execute(
+                        update(WorkerRow)
+                        .where(WorkerRow.study_id == run.study_id, WorkerRow.name == worker)
+                        .values(doing=f"run {run.cell_key}"[:500], heartbeat_at=db_now())
+                    )
+                    return run
 
     def heartbeat(self, run_id: int, worker: str, table: Claimable = RunRow) -> bool:
         """Refresh a run's claim (and its worker's row); False if the run is no longer this
@@ -287,7 +328,7 @@ class Store:
             s.execute(
                 update(table)
                 .where(table.id == run_id, table.worker == worker, table.status == RUNNING)
-                .values(status=FAILED, finished_at=db_now(), error=error[:4000])
+                .values(status=FAILED, finished_at=db_now(), error=mask_urls(error)[:4000])
             )
 
     def retry_failed(self, study_id: int) -> int:
@@ -353,7 +394,7 @@ class Store:
             res = s.execute(
                 update(TuningJobRow)
                 .where(TuningJobRow.id == job_id, TuningJobRow.status.in_((PENDING, RUNNING)))
-                .values(status=status, finished_at=db_now(), error=error[:4000] if error else None)
+                .values(status=status, finished_at=db_now(), error=mask_urls(error)[:4000] if error else None)
             )
             return res.rowcount == 1
 
@@ -427,7 +468,9 @@ class Store:
             s.execute(
                 update(WorkerRow)
                 .where(WorkerRow.study_id == study_id, WorkerRow.name == worker)
-                .values(doing=doing[:500], heartbeat_at=db_now(), trials_done=WorkerRow.trials_done + trials_done)
+                .values(
+                    doing=mask_urls(doing)[:500], heartbeat_at=db_now(), trials_done=WorkerRow.trials_done + trials_done
+                )
             )
 
     def workers(self, study_id: int) -> list[WorkerRow]:
@@ -536,10 +579,13 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any,
     return "", None, None
 
 
-def study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None, str | None, list[str]]:
+def study_to_join(
+    url: str, name: str | None, wait: float, on_wait: Callable[[], None] | None = None
+) -> tuple[Store | None, str | None, list[str]]:
     """(the store, the study a worker joins, the studies in the store): ``name``, or the store's
     only study, polled for up to ``wait`` seconds. The store is None while its SQLite file does
-    not exist (a worker never creates one), the study None while there is none such."""
+    not exist (a worker never creates one), the study None while there is none such.
+    ``on_wait`` is called once, when the polling starts (to say so)."""
     deadline = time.monotonic() + wait
     store: Store | None = None
     while True:
@@ -550,4 +596,7 @@ def study_to_join(url: str, name: str | None, wait: float) -> tuple[Store | None
         chosen = name or (names[0] if len(names) == 1 else None)
         if chosen in names or time.monotonic() >= deadline:
             return store, (chosen if chosen in names else None), names
+        if on_wait is not None:
+            on_wait()
+            on_wait = None
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
