@@ -166,7 +166,8 @@ def needed_words(r, names: dict[str, str], summary: pd.DataFrame) -> str:
         return (
             f"{name} reaches {pct(m['mean'])} at the smallest size ({count(m['n_train'])} images; its need lies below)"
         )
-    ci = f" [{count(r.ci_low)}, {count(r.ci_high)}]" if np.isfinite(r.ci_low) and np.isfinite(r.ci_high) else ""
+    # An interval may be open (∞: the curve's interval never reaches the target); missing: none.
+    ci = "" if pd.isna(r.ci_low) or pd.isna(r.ci_high) else f" [{count(r.ci_low)}, {count(r.ci_high)}]"
     if r.n_star > r.n_max_measured:
         return f"{name} {count(r.n_star)}{ci} (extrapolated beyond the {count(r.n_max_measured)} measured)"
     return f"{name} {count(r.n_star)}{ci}"
