@@ -4,6 +4,7 @@ reports read the database (through the store's schema, ``study.store.schema``)."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ RUN_COLUMNS = [
     "model",
     "size_kind",
     "size_value",
+    "subset_list",
     "fraction",
     "n_train",
     "seed",
@@ -80,6 +82,7 @@ RESULTS_CSV_COLUMNS = [
     "images_per_second",
     "size_kind",
     "size_value",
+    "subset_list",
     "val_acc",
     "best_epoch",
     "epochs_run",
@@ -160,9 +163,10 @@ def load_study(url: str, name: str | None = None) -> StudyData:
     run_frame = pd.DataFrame(
         [
             {
-                **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset")},
+                **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset", "subset_list")},
                 "run_id": r.id,
                 "dataset": dataset_name,
+                "subset_list": _subset_list(study.config, r.size_kind, r.size_value),
             }
             for r in runs
         ],
@@ -194,6 +198,14 @@ def load_control(data: StudyData) -> StudyData | None:
         return None
     control = load_study(data.storage_url, control_name(data.name))
     return control if len(control.done) else None
+
+
+def _subset_list(config: dict | None, kind: str, value: float) -> str:
+    """The file name of the subset list a run of kind 'list' trained on; '' for other runs."""
+    lists = (config or {}).get("subset_lists") or []
+    if kind != "list" or not 0 <= int(value) < len(lists):
+        return ""
+    return PurePath(lists[int(value)]).name  # as study.subsets.list_name names it
 
 
 def _masked_config(config: dict) -> dict:

@@ -24,7 +24,7 @@ from analysis.confusion import confusion_matrices
 from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
 from analysis.load import StudyData, load_control, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
-from reports import figures
+from reports import deployment, figures
 from reports import format as fmt
 from reports import tables as paper
 from reports.narrative import answer_paragraphs, missing_summary
@@ -107,12 +107,15 @@ def write_report(
     targets: list[float] | None = None,
     tuning: Any = None,
     analysis: StudyAnalysis | None = None,
+    budgets: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``<out_dir>/report/{index.html, report.md, figures/*.png, *.csv}``; returns the folder.
 
     ``targets``: absolute test accuracies for the images-needed estimates (default: 90% and 95%
     of the best full-data accuracy). ``tuning``: the study's ``analysis.tuning.TuningTables``
     (read from the store when not given). ``analysis``: a ready ``StudyAnalysis`` (else computed).
+    ``budgets``: (latency ms, size MB) for the "On a small device" answer (default: the study's
+    ``[deploy]`` settings; 0 = no budget).
     """
     folder = Path(out_dir) / "report"
     fig_dir = folder / "figures"
@@ -125,6 +128,11 @@ def write_report(
         tuning = load_tuning(data)
     names = fmt.display_names(data.config, sorted(data.runs["model"].unique()))
     figs = _draw_figures(a, tuning, fig_dir, names)
+    deployed = deployment.load_deployment_table(a.data)
+    front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png")
+    if front is not None:
+        figs["accuracy_vs_latency"] = front
+    deployment.write_csv(deployed, a.data, folder)
 
     for name, table in a.tables().items():
         table.to_csv(folder / f"{name}.csv", index=False)
@@ -135,6 +143,7 @@ def write_report(
             getattr(tuning, name).to_csv(folder / f"tuning_{name}.csv", index=False)
 
     context = _context(a, tuning, names, main)
+    context["deployment"] = deployment.context(deployed, a.data, deployment.budgets_of(a.data, budgets))
     env = _env()
     md = env.get_template("report.md.j2").render(**context, figures={k: f"figures/{p.name}" for k, p in figs.items()})
     html = env.get_template("report.html.j2").render(**context, figures={k: _inline(p) for k, p in figs.items()})
@@ -397,7 +406,11 @@ def _details(a: StudyAnalysis, models: list[str]) -> list[dict]:
 def _methods(a: StudyAnalysis) -> dict[str, Any]:
     data = a.data
     cfg = data.config or {}
-    sizes = data.runs[["size_kind", "size_value", "n_train", "fraction"]].drop_duplicates().sort_values("n_train")
+    sizes = (
+        data.runs[["size_kind", "size_value", "subset_list", "n_train", "fraction"]]
+        .drop_duplicates()
+        .sort_values("n_train")
+    )
     envs: dict[str, dict] = {}
     for env, n in (
         data.done["environment"]

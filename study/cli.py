@@ -78,12 +78,19 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="channels-last memory layout: auto (measured once per study, model and kind of device) | on | off",
     )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="memory a run's images may take on the device, e.g. 256MB or 2GB; beyond it they stream from the cache "
+        "(default: half the free memory)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dataset", help="digits (default) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition"
+        "--dataset",
+        help="digits (default) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition",
     )
     p.add_argument(
         "--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)"
@@ -92,6 +99,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
+    p.add_argument(
+        "--subset-list",
+        metavar="FILE",
+        action="append",
+        help="a file of training image names, one a line: adds a size of exactly those images, for every seed "
+        "(repeatable)",
+    )
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
     p.add_argument(
         "--epochs",
@@ -143,6 +157,27 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         help="after the study, retrain seed 0 of each model at the smallest and largest size with twice the budget, "
         "so the report can say whether the runs converged",
     )
+    p.add_argument(
+        "--no-deploy",
+        dest="deploy",
+        action="store_const",
+        const=False,
+        help="skip the ONNX export, int8 quantization and CPU timing of the trained models",
+    )
+    p.add_argument(
+        "--deploy-runs", metavar="WHICH", help="runs to export: best (each model's best seed at the largest size) | all"
+    )
+    _budget_flags(p)
+
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    """The report's deployment budgets: shared by ``run`` and ``report``."""
+    p.add_argument(
+        "--latency-budget-ms",
+        metavar="MS",
+        help="name the most accurate model whose p50 latency (ONNX Runtime or PyTorch, one thread) fits, per size",
+    )
+    p.add_argument("--size-budget-mb", metavar="MB", help="... and whose file fits this size in MB")
 
 
 # CLI flag -> dotted config key
@@ -156,6 +191,7 @@ _OVERRIDES = {
     "models": "models",
     "fractions": "fractions",
     "per_class": "per_class",
+    "subset_list": "subset_lists",
     "seeds": "seeds",
     "epochs": "train.epochs",
     "min_steps": "train.min_steps",
@@ -182,6 +218,11 @@ _OVERRIDES = {
     "channels_last": "channels_last",
     "costs": "costs",
     "budget_control": "budget_control",
+    "memory_budget": "memory_budget",
+    "deploy": "deploy.enabled",
+    "deploy_runs": "deploy.runs",
+    "latency_budget_ms": "deploy.latency_budget_ms",
+    "size_budget_mb": "deploy.size_budget_mb",
 }
 
 
@@ -267,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="test accuracies for the images-needed estimates, e.g. 0.8,0.9 "
         "(default: 90%% and 95%% of the best full-data accuracy)",
     )
+    _budget_flags(report)
+
+    deploy = sub.add_parser(
+        "deploy", help="export, quantize and time the trained models of a study whose weights were kept"
+    )
+    _study_flags(deploy)
+    deploy.add_argument(
+        "--deploy-runs", metavar="WHICH", help="best (default) | all: every run whose weights were kept"
+    )
+    deploy.add_argument("--quiet", action="store_true", help="no progress lines")
 
     init = sub.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="study.toml")
@@ -341,7 +392,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then "
             "--retry-failed)"
         )
-    _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report)
+    if cfg.deploy.enabled:
+        from study.deploy import deploy_study
+
+        for line in deploy_study(ctx, progress=not args.quiet):
+            print(mask_urls(line))
+    _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report, budgets=_budgets(cfg))
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
@@ -376,6 +432,7 @@ _WORKER_OVERRIDES = (
     "grace_period",
     "compile",
     "channels_last",
+    "memory_budget",
 )
 
 
@@ -426,7 +483,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
 
 
-def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets: list[float] | None = None) -> None:
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Export, quantize and time a study's trained models (those whose weights were kept)."""
+    from study.deploy import deploy_study
+    from study.plan import ATTACH, open_context
+
+    url, name, out = _located(args)
+    from study import config
+    from study.store import Store
+
+    store = Store(url, create=False)
+    names = store.study_names()
+    if name is None and len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise UserError(f"the store {url} holds {len(names)} studies ({listed}); name one with --name")
+    name = name or names[0]
+    if name not in names:
+        raise UserError(f"study {name!r} is not in {url}; studies there: {', '.join(names) or 'none'}")
+    overrides = {"storage": url, "name": name, "out": str(out), "deploy.runs": args.deploy_runs}
+    cfg = config.from_stored(store.study(name).config, overrides)
+    ctx = open_context(cfg, mode=ATTACH)
+    lines = deploy_study(ctx, progress=not args.quiet)
+    for line in lines or ["nothing to deploy: every chosen run is deployed already"]:
+        print(mask_urls(line))
+    return 0
+
+
+def _budgets(cfg) -> tuple[float, float]:
+    """(latency budget in ms, size budget in MB) of the config's [deploy] table; 0 = none."""
+    return cfg.deploy.latency_budget_ms, cfg.deploy.size_budget_mb
+
+
+def _write_outputs(
+    url: str,
+    name: str,
+    out: Path,
+    report: bool = True,
+    targets: list[float] | None = None,
+    budgets: tuple[float, float] | None = None,
+) -> None:
     """Write results.csv and the report from the store. A full disk or an I/O error is one line
     (``WriteError``); the store is only read, so nothing stored is touched."""
     from analysis.load import load_study, results_table
@@ -442,7 +537,7 @@ def _write_outputs(url: str, name: str, out: Path, report: bool = True, targets:
             if report:
                 from reports import write_report
 
-                folder = write_report(data, out, targets=targets)
+                folder = write_report(data, out, targets=targets, budgets=budgets)
                 print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
     except OSError as exc:
         where = exc.filename or out
@@ -511,8 +606,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     url, name, out = _located(args)
     check_out(out)
     from analysis.load import load_study
+    from study import config
 
-    _write_outputs(url, name or load_study(url).name, out, targets=targets)
+    budgets = None  # flags, else the --config file's [deploy], else the study's stored config
+    if args.config or args.latency_budget_ms is not None or args.size_budget_mb is not None:
+        overrides = {_OVERRIDES[k]: getattr(args, k) for k in ("latency_budget_ms", "size_budget_mb")}
+        budgets = _budgets(config.load(args.config, overrides))
+    _write_outputs(url, name or load_study(url).name, out, targets=targets, budgets=budgets)
     return 0
 
 
@@ -557,6 +657,7 @@ COMMANDS = {
     "report": cmd_report,
     "init": cmd_init,
     "datasets": cmd_datasets,
+    "deploy": cmd_deploy,
 }
 
 

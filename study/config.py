@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -206,6 +207,36 @@ class TuneConfig:
         return [k for k in ("lr", "weight_decay", "augment", "augment_strength", "normalization") if getattr(self, k)]
 
 
+DEPLOY_RUNS = ("best", "all")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Export to ONNX, int8 quantization and CPU timing of trained models (study/deploy.py).
+
+    Not part of the study's fingerprint: it measures trained models, it does not change them.
+    """
+
+    enabled: bool = True  # export after the runs (needs `pip install 'study[deploy]'`)
+    runs: str = "best"  # best: each model's best seed (validation accuracy) at the largest size | all: every run
+    calibration_images: int = 300  # training images that calibrate static int8 (never test images)
+    latency_budget_ms: float = 0.0  # report: the most accurate model within p50 (one thread) <= this; 0 = none
+    size_budget_mb: float = 0.0  # report: ... and file size <= this; 0 = none
+
+    def validate(self) -> None:
+        _check(self.runs in DEPLOY_RUNS, f"deploy.runs={self.runs!r} is unknown; valid: {', '.join(DEPLOY_RUNS)}")
+        _check(
+            self.calibration_images >= 1,
+            f"deploy.calibration_images={self.calibration_images} must be at least 1, e.g. 300",
+        )
+        for key in ("latency_budget_ms", "size_budget_mb"):
+            value = getattr(self, key)
+            _check(
+                math.isfinite(value) and value >= 0,
+                f"deploy.{key}={value} is invalid; use a positive number, or 0 for no budget",
+            )
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs. Cells are models x sizes x seeds."""
@@ -216,6 +247,8 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
+    # Files of training image names, one a line: each adds a size whose subset is exactly that list, for every seed.
+    subset_lists: list[str] = field(default_factory=list)
     seeds: int = 3
     device: str = "auto"
     jobs: int = 0  # parallel runs; 0 = sized to the machine (loky) or to the cluster (dask)
@@ -231,14 +264,16 @@ class StudyConfig:
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     # Convergence check (study/budget_control.py): seed 0 of each model at the smallest and largest
     # size trained again with twice the budget, in a companion study of the same store. Off by
-    # default: it adds about 40% to the default study's time (see docs/convergence.md).
+    # default: it adds about 40% to the default study's time (see docs/report.md).
     budget_control: bool = False
     # Presentation only: the report's name for each model (timm id -> name); unlisted ids get the
     # readable defaults of reports.format.DISPLAY_NAMES ("MobileViT-XXS", "ResNet-18", ...).
     display_names: dict[str, str] = field(default_factory=dict)
+    memory_budget: str = ""  # what a run's images may take on its device ("256MB", "2GB"); "" = half the free memory
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -251,17 +286,28 @@ class StudyConfig:
 
     @property
     def sizes(self) -> list[tuple[str, float]]:
-        """The subset sizes of the study as (kind, value): ('fraction', 0.25) or ('per_class', 10)."""
+        """The subset sizes of the study as (kind, value): ('fraction', 0.25) or ('per_class', 10), then
+        ('list', i) for the i-th of ``subset_lists``."""
+        lists = [("list", float(i)) for i in range(len(self.subset_lists))]
         if self.per_class:
-            return [("per_class", float(k)) for k in self.per_class]
-        return [("fraction", f) for f in self.fractions]
+            return [("per_class", float(k)) for k in self.per_class] + lists
+        return [("fraction", f) for f in self.fractions] + lists
 
     def validate(self) -> StudyConfig:
         """Check every value; raise UserError naming the first bad one. Returns self."""
         _check(bool(self.name.strip()), "name must not be empty")
         _check(bool(self.models), "models must name at least one model")
         _check(len(set(self.models)) == len(self.models), f"models={self.models} lists a model twice")
-        _check(bool(self.fractions) or bool(self.per_class), "fractions or per_class must name at least one size")
+        _check(
+            bool(self.fractions) or bool(self.per_class) or bool(self.subset_lists),
+            "fractions, per_class or subset_lists must name at least one size",
+        )
+        from study.subsets import list_name, read_list
+
+        for path in self.subset_lists:
+            read_list(path)  # exists, is text, names an image
+        names = [list_name(p) for p in self.subset_lists]
+        _check(len(set(names)) == len(names), f"subset_lists={self.subset_lists} names two lists alike; rename one")
         for f in self.fractions:
             _check(
                 isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1,
@@ -300,6 +346,8 @@ class StudyConfig:
             self.channels_last in CHANNELS_LAST,
             f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}",
         )
+        if self.memory_budget:
+            parse_bytes(self.memory_budget)
         self.data.validate()
         self.train.validate()
         for model in self.train.weight_files:
@@ -309,7 +357,20 @@ class StudyConfig:
                 "weights only for models of the study",
             )
         self.tune.validate()
+        self.deploy.validate()
         return self
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """A memory size such as ``256MB``, ``2GB``, ``1.5GiB`` or ``1000000`` in bytes (binary units:
+    1 MB = 1024² bytes). Raises UserError for anything else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"memory_budget={text!r} is invalid; use a size such as 256MB, 2GB or 1.5GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def _check(ok: bool, message: str) -> None:
@@ -339,7 +400,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile")
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget")
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -473,6 +534,7 @@ out = "study-out"          # results, cache and report go here
 models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
 fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
 # per_class = [5, 10, 50]           # images per class instead of fractions
+# subset_lists = ["1percent.txt"]   # files of training image names: each a size of exactly those images
 seeds = 3                           # each seed draws its own subsets, init and augmentation
 device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine (or the dask cluster)
@@ -487,9 +549,10 @@ costs = true                        # measure MACs, size and CPU latency of each
 budget_control = false             # also retrain seed 0 at the smallest and largest size with twice the
                                     # budget: the report then tests convergence against the seed noise
 # display_names = { resnet18 = "ResNet-18" }   # names in the report; readable defaults for common timm ids
+# memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
 
 [data]
-dataset = "digits"        # digits (bundled) | imagefolder | tiny-imagenet | cifar10 | cifar100 | text-recognition
+dataset = "digits"  # digits (bundled) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition
 # root = "path/to/images" # imagefolder: one subfolder per class; tiny-imagenet: tiny-imagenet-200/;
                           # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
                           # text-recognition: the output of `study datasets build-text-recognition`
@@ -533,4 +596,11 @@ weight_decay = [1e-6, 0.3]       # log-uniform
 augment = ["none", "light", "standard", "strong", "trivial"]
 augment_strength = [0.5, 2.0]    # uniform
 normalization = ["model", "imagenet", "half"]
+
+[deploy]                  # ONNX export, int8 quantization and CPU timing (pip install 'study[deploy]')
+enabled = true            # export after the runs; --no-deploy turns it off
+runs = "best"             # best: each model's best seed (by validation accuracy) at the largest size | all: every run
+calibration_images = 300  # training images that calibrate static int8 (never test images)
+latency_budget_ms = 0     # report: the most accurate model with p50 latency (one thread) within this; 0 = no budget
+size_budget_mb = 0        # report: ... and with a file within this size; 0 = no budget
 """

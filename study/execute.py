@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterable
 from contextlib import closing
 from functools import partial
@@ -38,22 +37,20 @@ _REGISTERED: set[tuple[str, str, str]] = set()  # (storage URL, study, worker na
 
 
 def _worker_state(cfg: StudyConfig) -> WorkerState:
-    """The dataset on the training device, loaded once per worker process and reused."""
+    """The cached dataset (memory-mapped) and the device, opened once per worker process and reused."""
     import json
 
     key = json.dumps(to_dict(cfg), sort_keys=True)
     with _STATE_LOCK:
         if key not in _STATE:
+            from study.images import image_source, memory_budget
             from study.speed import Speed
-            from study.train import TrainData, resolve_device
+            from study.train import resolve_device
 
             ctx = open_context(cfg, mode=ATTACH)
             device = resolve_device(cfg.device)
-            with warnings.catch_warnings():  # a read-only memmap is only ever read
-                warnings.simplefilter("ignore", UserWarning)
-                data = TrainData.from_arrays(
-                    ctx.dataset.images, ctx.dataset.labels, ctx.dataset.num_classes, device, ctx.dataset.hflip
-                )
+            # The cache's memory map; each run takes the images it uses, resident or streamed.
+            data = image_source(ctx.dataset, device, memory_budget(cfg.memory_budget, device))
             _STATE.clear()
             _STATE[key] = WorkerState(
                 ctx, data, device, Speed.from_config(cfg, partial(ctx.store.layout_choice, ctx.study_id))
@@ -165,6 +162,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
             outcome.status, outcome.test_acc = "done", result.test_acc
+            _keep_weights(cfg, ctx.store, run, result.weights)
         else:
             outcome.status = "lost"  # another worker took the run over meanwhile
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
@@ -174,6 +172,15 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         if bar is not None:
             bar.close()
     return outcome
+
+
+def _keep_weights(cfg: StudyConfig, store, run: RunRow, weights: dict) -> None:
+    """Keep a finished run's trained weights in the store when it may be exported (study/deploy.py):
+    with ``deploy.runs = "best"`` only the best seed's so far, per model at the largest size."""
+    from study.deploy import keeps_weights, weights_bytes
+
+    if keeps_weights(cfg, run):
+        store.save_weights(run.id, weights_bytes(weights), best_only=cfg.deploy.runs == "best")
 
 
 def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> dict[str, int]:

@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from study import splits as splitting
+from study import subsets
 from study.checks import check_device, check_out
 from study.config import StudyConfig, to_dict
 from study.datasets import Dataset, check_name, load_dataset
+from study.datasets.cache import cached_hashes
 from study.masking import masked_url
 from study.store import Cell, Store, optuna_storage, settings_fingerprint, tuning_study_name
 
 if TYPE_CHECKING:
     import torch
 
+    from study.images import ImageSource
     from study.speed import Speed
-    from study.train import TrainData
 
 
 @dataclass
@@ -33,9 +35,12 @@ class StudyContext:
     study_id: int
     cells: list[Cell]
     warnings: list[str] = field(default_factory=list)
+    lists: list[np.ndarray] = field(default_factory=list)  # dataset indices of each of cfg.subset_lists
 
     def train_indices(self, cell: Cell) -> np.ndarray:
         """Dataset indices of the training subset of ``cell``."""
+        if cell.size_kind == subsets.KIND:
+            return self.lists[int(cell.size_value)]
         return splitting.training_subset(
             self.splits,
             self.dataset.labels,
@@ -52,7 +57,7 @@ class WorkerState:
     """What one worker process holds for a study, loaded once and reused by its runs and trials."""
 
     ctx: StudyContext
-    data: TrainData  # the dataset on the training device
+    data: ImageSource  # the cache's memory map; each run takes its images from it, resident or streamed
     device: torch.device
     speed: Speed  # layout and compilation, for every run of this worker
 
@@ -82,9 +87,17 @@ def check_transfer(cfg: StudyConfig) -> list[str]:
 
 def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
     """Decode (or memory-map) the dataset and make its fixed, leak-checked splits."""
+    dataset, splits, hashes, _ = load_data_and_lists(cfg)
+    return dataset, splits, hashes
+
+
+def load_data_and_lists(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray, list[np.ndarray]]:
+    """``load_data``, and the dataset indices of each of ``cfg.subset_lists`` (kept in the pool)."""
     check_name(cfg.data.dataset)
     dataset = load_dataset(cfg.data, cfg.cache_path)
-    hashes = splitting.content_hashes(dataset.images)
+    hashes = cached_hashes(dataset)  # kept beside the cache: a worker does not read every image for them
+    train_side = np.flatnonzero(~dataset.test_mask) if dataset.test_mask is not None else np.arange(len(dataset))
+    lists = [subsets.resolve(path, dataset.names, train_side) for path in cfg.subset_lists]
     splits = splitting.make_splits(
         dataset.labels,
         dataset.class_names,
@@ -93,8 +106,18 @@ def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
         cfg.data.min_per_class,
         dataset.test_mask,
         hashes,
+        reserved=np.concatenate(lists) if lists else None,
     )
-    return dataset, splits, hashes
+    kept = []
+    for path, indices in zip(cfg.subset_lists, lists):
+        in_pool = np.intersect1d(indices, splits.pool)
+        if len(in_pool) < len(indices):  # exact copies of held-out images, dropped from the pool
+            splits.warnings.append(
+                f"subset list {subsets.list_name(path)}: {len(indices) - len(in_pool)} image(s) are exact copies of "
+                "test or validation images and were left out to prevent leakage"
+            )
+        kept.append(in_pool)
+    return dataset, splits, hashes, kept
 
 
 def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
@@ -109,6 +132,8 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     # A weights file counts by its content, not by where it lies.
     train["weights"] = {model: file_digest(path) for model, path in sorted(cfg.train.weight_files.items())}
     settings = {"data": data, "content": content_digest, "train": train}
+    if cfg.subset_lists:  # what each list selects; studies without lists keep their fingerprint
+        settings["subset_lists"] = [[subsets.list_name(p), subsets.list_digest(p)] for p in cfg.subset_lists]
     if cfg.tune.trials:  # tuned hyper-parameters replace [train]'s; untuned studies keep their fingerprint
         tune = to_dict(cfg.tune)
         tune.pop("timeout")  # a time budget, like jobs: it does not define what is compared
@@ -146,7 +171,7 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         check_out(cfg.out)
         check_device(cfg.device)
     model_warnings = check_transfer(cfg) if mode != ATTACH else []
-    dataset, splits, hashes = load_data(cfg)
+    dataset, splits, hashes, lists = load_data_and_lists(cfg)
     warnings = model_warnings + list(dataset.warnings) + list(splits.warnings)
     if dataset.skipped:
         warnings.insert(
@@ -154,7 +179,7 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         )
     cells = plan_cells(cfg)
     store = Store(cfg.storage_url)
-    ctx = StudyContext(cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings)
+    ctx = StudyContext(cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings, lists=lists)
     # Sizes do not depend on the seed; computing seed 0's subsets checks every size up front.
     sizes = {}
     for kind, value in cfg.sizes:

@@ -75,8 +75,11 @@ def make_splits(
     min_per_class: int,
     test_mask: np.ndarray | None = None,
     hashes: np.ndarray | None = None,
+    reserved: np.ndarray | None = None,
 ) -> Splits:
-    """Fixed test / validation / pool split of a dataset, checked for leakage.
+    """Fixed test / validation / pool split of a dataset, checked for leakage. ``reserved``
+    (dataset indices, e.g. the images of subset lists) stay in the pool: test and validation
+    are drawn from the other images (with none reserved, the draws are the same as ever).
 
     Raises UserError when a class has too few images to appear in all three parts with at
     least ``min_per_class`` images left for training.
@@ -84,15 +87,20 @@ def make_splits(
     labels = np.asarray(labels)
     rng = np.random.default_rng(SPLIT_SEED)
     all_idx = np.arange(len(labels))
+    keep = np.zeros(len(labels), dtype=bool)
+    if reserved is not None:
+        keep[np.asarray(reserved, dtype=np.int64)] = True
     if test_mask is not None:
         test, train_side = all_idx[test_mask], all_idx[~test_mask]
     else:
         _require_sizes(labels, class_names, min_per_class, test_fraction, val_fraction)
-        t, r = _per_class_take(labels, rng, lambda c, n: max(1, round(test_fraction * n)))
-        test, train_side = t, r
+        free = all_idx[~keep]
+        t, r = _per_class_take(labels[free], rng, lambda c, n: max(1, round(test_fraction * n)))
+        test, train_side = free[t], np.union1d(free[r], all_idx[keep])
     _require_sizes(labels[train_side], class_names, min_per_class, None, val_fraction, train_side_only=True)
-    v, p = _per_class_take(labels[train_side], rng, lambda c, n: max(1, round(val_fraction * n)))
-    val, pool = train_side[v], train_side[p]
+    free = train_side[~keep[train_side]]
+    v, p = _per_class_take(labels[free], rng, lambda c, n: max(1, round(val_fraction * n)))
+    val, pool = free[v], np.union1d(free[p], train_side[keep[train_side]])
 
     splits = Splits(test=test, val=val, pool=pool)
     if hashes is not None:

@@ -1,12 +1,13 @@
 """One training run: subset indices + model name + hyper-parameters + seed + device ->
 history, test metrics, predictions and timings.
 
-The images live in one uint8 tensor on the training device; a batch is an index slice of it,
-augmented, resized and normalised on the device. There is no DataLoader and no per-image
-Python work in the loop. The loop itself is ``TrainLoop``, so that the benchmark
-(``benchmarks/bench_train.py``) times exactly what a study runs. On a GPU the loop never waits
-for the host: batch orders go to the device an epoch at a time and metrics stay on the device
-until the epoch ends.
+The images a run uses live in one uint8 tensor on the training device, and a batch is an index
+slice of it; or, when they exceed the worker's memory budget, batches are read from the cache
+file ahead of the loop (``study/images.py``). Either way a batch is augmented, resized and
+normalised on the device. There is no DataLoader and no per-image Python work in the loop.
+The loop itself is ``TrainLoop``, so that the benchmark (``benchmarks/bench_train.py``) times
+exactly what a study runs. On a GPU the loop never waits for the host: batch orders go to the
+device an epoch at a time and metrics stay on the device until the epoch ends.
 
 Budget policy: a run trains for ``epochs`` epochs. An epoch is one pass over the run's subset,
 or as many passes as give at least ``min_steps / epochs`` optimiser steps when the subset is
@@ -30,38 +31,13 @@ from torch import nn
 from study.augment import BatchAugment, to_model_input
 from study.config import WARMUP_DIVISOR, TrainConfig
 from study.errors import DivergedError
+from study.images import BatchStream, ImageSource, RunData
+from study.images import TrainData as TrainData  # where tests and benchmarks have always found it
 from study.machine import PeakMemory
 from study.models import count_parameters, create_model, input_size_for, normalization
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
-
-
-@dataclass
-class TrainData:
-    """The images a run needs, on the training device, with their labels."""
-
-    images: torch.Tensor  # uint8 (N, H, W, 3)
-    labels: torch.Tensor  # int64 (N,)
-    num_classes: int
-    hflip: bool = True
-
-    @classmethod
-    def from_arrays(
-        cls, images: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device, hflip: bool = True
-    ) -> TrainData:
-        """Copy (memory-mapped) arrays to ``device`` once; batches are then slices on the device."""
-        imgs = torch.from_numpy(np.ascontiguousarray(images))
-        return cls(imgs.to(device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device), num_classes, hflip)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[1])
-
-    def batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """The uint8 images at ``indices`` (index_select copies whole rows: on a CPU six times
-        faster than indexing with ``images[indices]``)."""
-        return self.images.index_select(0, indices)
 
 
 @dataclass
@@ -92,6 +68,7 @@ class RunResult:
     device: str
     epochs_run: int = 0
     extra: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # the tested (best round's) state dict, kept for export
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,8 +147,8 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim
 @torch.inference_mode()
 def evaluate(
     model,
-    data: TrainData,
-    indices: torch.Tensor,
+    data: RunData,
+    indices: np.ndarray | torch.Tensor,
     input_size: int,
     mean,
     std,
@@ -184,25 +161,27 @@ def evaluate(
     ``channels_last`` None means the device's default (CUDA yes, CPU no).
     """
     model.eval()
+    if isinstance(indices, torch.Tensor):
+        indices = indices.cpu().numpy()
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     total_loss, preds = torch.zeros((), device=device), []
-    for start in range(0, len(indices), EVAL_BATCH):
-        idx = indices[start : start + EVAL_BATCH]
-        x = to_model_input(data.batch(idx), input_size, mean, std, channels_last=channels_last)
+    for images, labels in data.eval_batches(indices, EVAL_BATCH):
+        x = to_model_input(images, input_size, mean, std, channels_last=channels_last)
         with autocast(device):
             logits = model(x)
-        total_loss += F.cross_entropy(logits.float(), data.labels[idx], reduction="sum")
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         preds.append(logits.argmax(1))
     pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, np.int64)
-    labels = data.labels[indices].cpu().numpy()
+    labels = data.labels_of(indices)
     n = max(1, len(indices))
     return total_loss.item() / n, float((pred == labels).mean()) if len(pred) else float("nan"), pred
 
 
 @dataclass
 class TrainLoop:
-    """The hot loop of one run: index batches of the device-resident images, augmented and
-    normalised on the device, then forward, backward and an optimiser step.
+    """The hot loop of one run: batches of the run's images (index slices of the resident ones,
+    or read ahead from the cache), augmented and normalised on the device, then forward,
+    backward and an optimiser step.
 
     ``train_run`` drives it an epoch at a time; ``benchmarks/bench_train.py`` times ``run``
     against ``step`` on one ready batch, which is the model's own limit.
@@ -212,9 +191,10 @@ class TrainLoop:
     plain: nn.Module  # the same parameters, uncompiled: evaluation and state dicts
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    data: TrainData
+    data: RunData
     train_idx: torch.Tensor  # dataset indices of the run's subset, on the device
     order: BatchOrder
+    batches: BatchStream  # the batches ``order`` picks, in its order
     augment: BatchAugment
     aug_gen: torch.Generator
     mean: torch.Tensor
@@ -231,12 +211,16 @@ class TrainLoop:
         return self.order.batch
 
     def batch_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model input and labels of the subset's images at ``positions``, augmented."""
+        """The model input and labels of the subset's images at ``positions``, augmented
+        (resident data only: the benchmark's view of one batch)."""
         idx = self.train_idx[positions]
-        x = to_model_input(
-            self.data.batch(idx), self.input_size, self.mean, self.std, self.augment, self.aug_gen, self.channels_last
+        return self.model_input(self.data.batch(idx)), self.data.labels[idx]
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch augmented, resized and normalised for the model."""
+        return to_model_input(
+            images, self.input_size, self.mean, self.std, self.augment, self.aug_gen, self.channels_last
         )
-        return x, self.data.labels[idx]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and optimiser step on a ready batch; returns (loss, logits), detached."""
@@ -253,19 +237,21 @@ class TrainLoop:
         """``steps`` steps on the run's batch stream. Returns the summed loss and the number of
         correct predictions as device tensors: reading them is the only synchronisation."""
         self.model.train()
-        positions = self.order.take(steps, self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for i in range(steps):
-            x, y = self.batch_at(positions[i])
-            loss, logits = self.step(x, y)
+        for images, y in self.batches.take(steps):
+            loss, logits = self.step(self.model_input(images), y)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
         return loss_sum, correct
 
+    def close(self) -> None:
+        """Stop reading batches ahead (streamed data)."""
+        self.batches.close()
+
 
 def build_loop(
-    data: TrainData,
+    data: RunData,
     train_idx: np.ndarray,
     model_name: str,
     hp: TrainConfig,
@@ -298,6 +284,7 @@ def build_loop(
     )
     mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(plain, hp.normalization))
     optimizer = _optimizer(plain, hp)
+    order = BatchOrder(len(train_idx), batch, seed)
     return TrainLoop(
         model=model,
         plain=plain,
@@ -305,7 +292,8 @@ def build_loop(
         scheduler=_schedule(optimizer, steps_per_epoch * epochs),
         data=data,
         train_idx=torch.as_tensor(np.asarray(train_idx), dtype=torch.long).to(device),
-        order=BatchOrder(len(train_idx), batch, seed),
+        order=order,
+        batches=data.train_batches(train_idx, order, device),
         augment=BatchAugment(hp.augment, hp.augment_strength, hflip=data.hflip),
         aug_gen=torch.Generator(device=device).manual_seed(seed),
         mean=mean_t,
@@ -320,7 +308,7 @@ def build_loop(
 
 
 def train_run(
-    data: TrainData,
+    data: RunData | ImageSource,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     test_idx: np.ndarray,
@@ -333,7 +321,8 @@ def train_run(
     speed: Speed | None = None,
 ) -> RunResult:
     """Train ``model_name`` on ``data[train_idx]``, select the best epoch on ``val_idx`` and
-    evaluate it on ``test_idx``.
+    evaluate it on ``test_idx``. ``data`` is the run's images, or a worker's ``ImageSource``
+    that picks them (resident when they fit its memory budget, else streamed).
 
     ``seed`` fixes the initialisation, the batch order and the augmentation stream. ``on_epoch``
     is called after each epoch's validation (progress, heartbeats, Optuna pruning: it may raise
@@ -341,9 +330,18 @@ def train_run(
     DivergedError when the training loss becomes non-finite.
     """
     memory = PeakMemory(device)
+    if isinstance(data, ImageSource):  # a worker's cache: this run's images, resident or streamed
+        data = data.for_run(train_idx, val_idx, test_idx)
     loop = build_loop(data, train_idx, model_name, hp, seed, device, model_factory, speed)
-    val_t = torch.as_tensor(np.asarray(val_idx), dtype=torch.long, device=device)
-    test_t = torch.as_tensor(np.asarray(test_idx), dtype=torch.long, device=device)
+    try:
+        return _train(loop, data, val_idx, test_idx, hp, device, memory, on_epoch)
+    finally:
+        loop.close()
+
+
+def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, device, memory, on_epoch) -> RunResult:
+    """``train_run``'s epochs, validation and test, on a built loop (which the caller closes)."""
+    val_t, test_t = np.asarray(val_idx), np.asarray(test_idx)
     evaluation = dict(
         data=data,
         input_size=loop.input_size,
@@ -389,7 +387,7 @@ def train_run(
 
     loop.plain.load_state_dict(best_state)
     test_loss, test_acc, predictions = evaluate(loop.plain, indices=test_t, **evaluation)
-    test_labels = data.labels[test_t].cpu().numpy()
+    test_labels = data.labels_of(test_t)
     return RunResult(
         history=history,
         best_epoch=best_epoch,
@@ -405,4 +403,5 @@ def train_run(
         device=str(device),
         epochs_run=len(history),
         extra={"channels_last": loop.channels_last, "compiled": loop.model is not loop.plain},
+        weights=best_state,
     )

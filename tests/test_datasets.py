@@ -86,7 +86,8 @@ def test_unknown_dataset_lists_valid_names(tmp_path):
     with pytest.raises(
         UserError,
         match=(
-            "dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, text-recognition, tiny-imagenet"
+            "dataset 'mnist' is unknown; valid: cifar10, cifar100, digits, imagefolder, imagenet, text-recognition, "
+            "tiny-imagenet"
         ),
     ):
         load_dataset(DataConfig(dataset="mnist"), tmp_path)

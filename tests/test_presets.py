@@ -11,13 +11,31 @@ from tests.conftest import ROOT
 PRESETS = sorted((ROOT / "configs").glob("*.toml"))
 REFERENCE = {"tiny_imagenet_mobilevit.toml": "tiny-imagenet", "text_recognition.toml": "text-recognition"}
 COMPARISON = {"tiny_imagenet_comparison.toml": "tiny-imagenet", "text_recognition_comparison.toml": "text-recognition"}
+LABEL_EFFICIENCY = "imagenet_label_efficiency.toml"  # subset lists, from scratch: checked on its own
+REFERENCE_LIKE = [p for p in PRESETS if p.name != LABEL_EFFICIENCY]
 
 
 def test_every_preset_is_listed():
-    assert sorted(p.name for p in PRESETS) == sorted([*REFERENCE, *COMPARISON])
+    assert sorted(p.name for p in PRESETS) == sorted([*REFERENCE, *COMPARISON, LABEL_EFFICIENCY])
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_imagenet_label_efficiency_preset_uses_the_published_lists_and_the_comparison_models(tmp_path, cli):
+    path = ROOT / "configs" / LABEL_EFFICIENCY
+    # The lists are not shipped: without them the preset is refused, naming the missing file.
+    code, _, err = cli("run", "--config", path, "--out", tmp_path / "o", "--quiet")
+    assert code == 2 and "subset list 'data/imagenet/1percent.txt' does not exist" in err
+    lists = [tmp_path / "1percent.txt", tmp_path / "10percent.txt"]
+    for lst in lists:
+        lst.write_text("n01440764_10026.JPEG\n")
+    cfg = config.load(path, {"subset_lists": [str(p) for p in lists]})
+    assert cfg.data.dataset == "imagenet" and cfg.fractions == [1.0] and cfg.seeds >= 3
+    assert [kind for kind, _ in cfg.sizes] == ["fraction", "list", "list"]
+    assert {"mobilenetv2_100", "resnet18"} <= set(cfg.models)
+    assert any(m.startswith("mobilevit") for m in cfg.models) and any(m.startswith("vit_") for m in cfg.models)
+    assert not cfg.train.pretrained  # timm's pretrained weights saw every ImageNet label
+
+
+@pytest.mark.parametrize("path", REFERENCE_LIKE, ids=lambda p: p.name)
 def test_preset_parses_and_validates_with_the_reference_training(path):
     cfg = config.load(path)
     assert cfg.data.dataset == {**REFERENCE, **COMPARISON}[path.name]
@@ -30,7 +48,7 @@ def test_preset_parses_and_validates_with_the_reference_training(path):
         assert len(cfg.models) >= 3 and len(cfg.fractions) >= 4 and cfg.seeds >= 3
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", REFERENCE_LIKE, ids=lambda p: p.name)
 def test_run_takes_the_preset_and_stops_at_missing_weights_before_training(cli, tmp_path, monkeypatch, path):
     from huggingface_hub import constants
 

@@ -35,6 +35,12 @@ def _tiny_imagenet(cfg: DataConfig, cache_dir: Path) -> Dataset:
     return load(cfg, cache_dir)
 
 
+def _imagenet(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    from study.datasets.imagenet import load
+
+    return load(cfg, cache_dir)
+
+
 def _cifar10(cfg: DataConfig, cache_dir: Path) -> Dataset:
     from study.datasets.cifar import load
 
@@ -57,6 +63,7 @@ LOADERS: dict[str, Loader] = {
     "digits": _digits,
     "imagefolder": _imagefolder,
     "tiny-imagenet": _tiny_imagenet,
+    "imagenet": _imagenet,
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "text-recognition": _text_recognition,

@@ -20,6 +20,8 @@ class Dataset:
     warnings: other things about the source a researcher should know (e.g. a file whose
         checksum differs from the published one), reported before training.
     key: the cache key: it changes whenever the source files or the decode settings change.
+    names: each image's source file (bytes, UTF-8) under its split's folder, e.g.
+        b"n01440764/n01440764_10026.JPEG", for subset lists; None for datasets not read from files.
     """
 
     name: str
@@ -31,6 +33,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     key: str = ""
     warnings: list[str] = field(default_factory=list)
+    names: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,7 +1,9 @@
 """Decoding image files into fixed-size uint8 RGB arrays, in parallel.
 
 This runs once per dataset (the result is cached), so clarity beats cleverness here; JPEG
-draft mode lets libjpeg decode large photos at a reduced scale directly.
+draft mode lets libjpeg decode large photos at a reduced scale directly. ``decode_chunk_into``
+is the unit of the cache's resumable decode (``cache.load_or_decode_files``): it writes its
+rows straight into the preallocated memory-mapped cache file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image, UnidentifiedImageError
+
+from study.splits import content_hashes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _CHUNK = 512  # files per parallel task: large enough to amortise process start-up
@@ -69,3 +73,21 @@ def decode_files(paths: Sequence[str | Path], size: int, jobs: int = -1) -> tupl
     skipped = [r for r in flat if isinstance(r, str)]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return stacked, ok, skipped
+
+
+def decode_chunk_into(images_path: str, hashes_path: str, paths: Sequence[str], start: int, size: int) -> list[str]:
+    """Decode ``paths`` into rows ``start...`` of the memory-mapped ``images_path`` (and each
+    row's pixel digest into ``hashes_path``), flushed to the file before returning. Returns
+    "<row>\t<message>" for each file that could not be decoded (its row stays zero)."""
+    images = np.load(images_path, mmap_mode="r+")
+    hashes = np.load(hashes_path, mmap_mode="r+")
+    skipped = []
+    for row, result in enumerate(_decode_chunk(paths, size), start):
+        if isinstance(result, str):
+            skipped.append(f"{row}\t{result}")
+            continue
+        images[row] = result
+        hashes[row] = content_hashes(result[None])[0]
+    images.flush()
+    hashes.flush()
+    return skipped

@@ -10,8 +10,7 @@ import numpy as np
 
 from study.config import DataConfig
 from study.datasets.base import Dataset
-from study.datasets.cache import cache_key, load_or_decode
-from study.datasets.decode import decode_files
+from study.datasets.cache import FilePlan, cache_key, load_or_decode_files
 from study.errors import UserError
 
 
@@ -43,25 +42,6 @@ def source_fingerprint(files: dict[str, list[Path]], root: Path) -> list:
             st = p.stat()
             out.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
     return out
-
-
-def decode_class_files(
-    files: dict[str, list[Path]], class_names: list[str], size: int, where: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode every file, label it by its class folder; refuse a class with no readable image."""
-    index = {name: i for i, name in enumerate(class_names)}
-    paths = [p for name in files for p in files[name]]
-    labels = np.array([index[name] for name in files for _ in files[name]], dtype=np.int64)
-    images, ok, skipped = decode_files(paths, size)
-    labels = labels[ok]
-    for name in files:
-        if not np.any(labels == index[name]):
-            n = len(files[name])
-            raise UserError(
-                f"class folder {str(Path(where) / name)!r} has no readable image ({n} file(s), none decodable); "
-                "add images or remove the folder"
-            )
-    return images, labels, skipped
 
 
 def load(cfg: DataConfig, cache_dir: Path) -> Dataset:
@@ -102,28 +82,45 @@ def load_folders(
         }
     )
 
-    def decode() -> Dataset:
-        images, labels, skipped = decode_class_files(train_files, class_names, size, str(root))
-        test_mask = None
+    def plan() -> FilePlan:
+        index = {c: i for i, c in enumerate(class_names)}
+        paths, labels, names = flatten(train_files, index, root)
+        test = None
         if test_files:
-            t_images, t_labels, t_skipped = _decode_test(test_files, class_names, size)
-            test_mask = np.r_[np.zeros(len(labels), bool), np.ones(len(t_labels), bool)]
-            images = np.concatenate([images, t_images])
-            labels = np.concatenate([labels, t_labels])
-            skipped += t_skipped
-        return Dataset(name, images, labels, class_names, test_mask=test_mask, hflip=hflip, skipped=skipped)
+            t_paths, t_labels, t_names = flatten(test_files, index, test_root)
+            test = np.r_[np.zeros(len(paths), bool), np.ones(len(t_paths), bool)]
+            paths, labels, names = paths + t_paths, np.r_[labels, t_labels], names + t_names
+        return FilePlan(
+            name, paths, labels, class_names, names, test=test, hflip=hflip, check=require_images(train_files, root)
+        )
 
-    return load_or_decode(cache_dir, name, key, decode)
+    return load_or_decode_files(cache_dir, name, key, plan, size)
 
 
-def _decode_test(
-    files: dict[str, list[Path]], class_names: list[str], size: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    # A test folder may lack a class (a small test set); it is not refused for that.
-    index = {name: i for i, name in enumerate(class_names)}
+def flatten(
+    files: dict[str, list[Path]], index: dict[str, int], root: Path
+) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(paths, labels, names under ``root``) of class-folder ``files``, in class order."""
     paths = [p for name in files for p in files[name]]
     labels = np.array([index[name] for name in files for _ in files[name]], dtype=np.int64)
-    images, ok, skipped = decode_files(paths, size)
-    if not ok.any():
-        raise UserError("data.test_root has no readable image; add images or leave test_root empty")
-    return images, labels[ok], skipped
+    return paths, labels, [p.relative_to(root).as_posix() for p in paths]
+
+
+def require_images(train_files: dict[str, list[Path]], where: Path):
+    """A ``FilePlan.check`` refusing a training class with no readable image, and a test split
+    with none at all (a test folder may lack a class: a small test set is not refused for that)."""
+    class_names = list(train_files)
+
+    def check(labels: np.ndarray, test: np.ndarray | None) -> None:
+        train = labels if test is None else labels[~test]
+        counts = np.bincount(train, minlength=len(class_names))
+        for c in np.flatnonzero(counts == 0):
+            name, n = class_names[c], len(train_files[class_names[c]])
+            raise UserError(
+                f"class folder {str(Path(where) / name)!r} has no readable image ({n} file(s), none decodable); "
+                "add images or remove the folder"
+            )
+        if test is not None and not test.any():
+            raise UserError("data.test_root has no readable image; add images or leave test_root empty")
+
+    return check

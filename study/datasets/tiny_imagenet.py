@@ -20,9 +20,9 @@ import numpy as np
 
 from study.config import DataConfig
 from study.datasets.base import Dataset
-from study.datasets.cache import cache_key, load_or_decode
-from study.datasets.decode import IMAGE_SUFFIXES, decode_files
-from study.datasets.imagefolder import decode_class_files, list_class_files, source_fingerprint
+from study.datasets.cache import FilePlan, cache_key, load_or_decode_files
+from study.datasets.decode import IMAGE_SUFFIXES
+from study.datasets.imagefolder import flatten, list_class_files, require_images, source_fingerprint
 from study.errors import UserError
 
 NAME = "tiny-imagenet"
@@ -34,7 +34,7 @@ def load(cfg: DataConfig, cache_dir: Path) -> Dataset:
     """Train images labelled by their wnid folder, val/ as the official test split."""
     root = find_root(cfg.root)
     wnids = sorted(read_wnids(root / "wnids.txt"))  # sorted, as torchvision's ImageFolder orders train/
-    names = class_names(root / "words.txt", wnids)
+    readable = class_names(root / "words.txt", wnids)
     train_files = _train_files(root / "train", wnids)
     val_files, val_labels, missing = _val_files(root / "val", wnids)
     meta_files = [root / "wnids.txt", root / "words.txt", root / "val" / "val_annotations.txt"]
@@ -47,22 +47,32 @@ def load(cfg: DataConfig, cache_dir: Path) -> Dataset:
         }
     )
 
-    def decode() -> Dataset:
-        images, labels, skipped = decode_class_files(train_files, wnids, cfg.image_size, str(root / "train"))
-        v_images, ok, v_skipped = decode_files(val_files, cfg.image_size)
-        if not ok.any():
-            raise UserError(f"{root / 'val'} has no readable image; {_LAYOUT}")
-        test_mask = np.r_[np.zeros(len(labels), bool), np.ones(int(ok.sum()), bool)]
-        return Dataset(
+    def plan() -> FilePlan:
+        paths, labels, file_names = flatten(train_files, {w: i for i, w in enumerate(wnids)}, root / "train")
+        test = np.r_[np.zeros(len(paths), bool), np.ones(len(val_files), bool)]
+        return FilePlan(
             NAME,
-            np.concatenate([images, v_images]),
-            np.concatenate([labels, val_labels[ok]]),
-            names,
-            test_mask=test_mask,
-            skipped=skipped + missing + v_skipped,
+            paths + val_files,
+            np.r_[labels, val_labels],
+            readable,
+            file_names + [p.relative_to(root / "val").as_posix() for p in val_files],
+            test=test,
+            skipped=missing,
+            check=_require_images(train_files, root),
         )
 
-    return load_or_decode(cache_dir, NAME, key, decode)
+    return load_or_decode_files(cache_dir, NAME, key, plan, cfg.image_size)
+
+
+def _require_images(train_files: dict[str, list[Path]], root: Path):
+    check_train = require_images(train_files, root / "train")
+
+    def check(labels: np.ndarray, test: np.ndarray | None) -> None:
+        if not test.any():
+            raise UserError(f"{root / 'val'} has no readable image; {_LAYOUT}")
+        check_train(labels[~test], None)
+
+    return check
 
 
 def find_root(root: str) -> Path:

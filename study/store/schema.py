@@ -219,6 +219,46 @@ class WorkerRow(Base):
     trials_done: Mapped[int] = mapped_column(Integer, default=0)
 
 
+# -- deployment (issue 17): trained weights kept for export, and what each exported variant costs
+class RunWeightsRow(Base):
+    """The weights of a finished run's best round (a safetensors file's bytes), kept for the runs
+    that will be exported (study/deploy.py): in the store, so any worker on any machine can keep
+    them and the deploying process can read them."""
+
+    __tablename__ = "run_weights"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    format: Mapped[str] = mapped_column(String(32), default="safetensors")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeploymentRow(Base):
+    """One variant of one run's trained model as it would ship: its runtime and precision, file
+    size, CPU latency at batch 1 (milliseconds, p50/p95, one thread and ``threads_all``), test
+    accuracy, and agreement with the PyTorch model on the test images. A variant that could not
+    be made (export or quantization failed) has ``status`` 'failed' and the reason in ``error``."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("study_id", "run_id", "runtime", "precision"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    runtime: Mapped[str] = mapped_column(String(32))  # 'pytorch' | 'onnxruntime'
+    precision: Mapped[str] = mapped_column(String(32))  # 'fp32' | 'int8-dynamic' | 'int8-static'
+    status: Mapped[str] = mapped_column(String(16))  # 'done' | 'failed'
+    size_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p50_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_1t: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p50_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms_all: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threads_all: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    test_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_logit_diff: Mapped[float | None] = mapped_column(Float, nullable=True)  # vs PyTorch fp32, test images
+    class_agreement: Mapped[float | None] = mapped_column(Float, nullable=True)  # share of equal predicted classes
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # file, versions, repetitions, load average
+    measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 

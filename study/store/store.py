@@ -39,11 +39,13 @@ from study.store.schema import (
     Base,
     Cell,
     Claimable,
+    DeploymentRow,
     EpochRow,
     LayoutChoiceRow,
     ModelCostRow,
     PredictionRow,
     RunRow,
+    RunWeightsRow,
     StudyRow,
     TuningJobRow,
     WorkerRow,
@@ -545,6 +547,66 @@ class Store:
             if self._add_once(LayoutChoiceRow(study_id=study_id, key=key, channels_last=measured))
             else bool(stored())
         )
+
+    # -- deployment (issue 17) ----------------------------------------------------------------
+    def save_weights(self, run_id: int, data: bytes, best_only: bool = False, format: str = "safetensors") -> bool:
+        """Keep a finished run's trained weights (replacing any kept before for it); returns
+        whether they were kept. ``best_only``: keep one run per (model, size), the best by
+        validation accuracy and then the lowest seed, whichever order the runs finish in: the
+        run's weights are kept only if they beat those kept, which are then dropped."""
+        with self.session(write=True) as s:
+            run = s.get(RunRow, run_id)
+            if best_only:
+                rivals = s.execute(
+                    select(RunRow.id, RunRow.val_acc, RunRow.seed)
+                    .join(RunWeightsRow, RunWeightsRow.run_id == RunRow.id)
+                    .where(
+                        RunRow.study_id == run.study_id,
+                        RunRow.model == run.model,
+                        RunRow.size_kind == run.size_kind,
+                        RunRow.size_value == run.size_value,
+                        RunRow.id != run_id,
+                    )
+                ).all()
+                mine = (run.val_acc or 0.0, -run.seed)
+                if any((acc or 0.0, -seed) >= mine for _, acc, seed in rivals):
+                    return False
+                for rival_id, _, _ in rivals:
+                    s.delete(s.get(RunWeightsRow, rival_id))
+            row = s.get(RunWeightsRow, run_id)
+            if row is None:
+                s.add(RunWeightsRow(run_id=run_id, format=format, data=data))
+            else:
+                row.format, row.data = format, data
+            return True
+
+    def weights(self, run_id: int) -> bytes | None:
+        """A run's kept weights (safetensors bytes), or None."""
+        if not inspect(self.engine).has_table(RunWeightsRow.__tablename__):
+            return None
+        with self.session() as s:
+            return s.scalar(select(RunWeightsRow.data).where(RunWeightsRow.run_id == run_id))
+
+    def runs_with_weights(self, study_id: int) -> set[int]:
+        """Ids of the study's runs whose weights are kept."""
+        if not inspect(self.engine).has_table(RunWeightsRow.__tablename__):
+            return set()
+        with self.session() as s:
+            query = select(RunWeightsRow.run_id).join(RunRow, RunRow.id == RunWeightsRow.run_id)
+            return set(s.scalars(query.where(RunRow.study_id == study_id)))
+
+    def deployments(self, study_id: int) -> list[DeploymentRow]:
+        """The study's measured variants; none in a database written before deployment existed."""
+        if not inspect(self.engine).has_table(DeploymentRow.__tablename__):
+            return []
+        with self.session() as s:
+            q = select(DeploymentRow).where(DeploymentRow.study_id == study_id)
+            return list(s.scalars(q.order_by(DeploymentRow.run_id, DeploymentRow.id)))
+
+    def save_deployment(self, study_id: int, run_id: int, runtime: str, precision: str, fields: dict[str, Any]) -> bool:
+        """Store one variant of a run unless it is stored already; returns whether this call did."""
+        row = DeploymentRow(study_id=study_id, run_id=run_id, runtime=runtime, precision=precision, **fields)
+        return self._add_once(row)
 
     def _add_once(self, row: Base) -> bool:
         """Add ``row`` unless a unique constraint says another process added its twin first;

@@ -1,0 +1,77 @@
+"""Subset lists: a training-set size whose subset is exactly the images a file names, the same
+for every seed (ImageNet's published 1% and 10% label lists: one file name a line, e.g.
+``n01440764_10026.JPEG``).
+
+A line names an image by its file name, or by its path under the training folder
+(``n01440764/n01440764_10026.JPEG``) where file names repeat across classes. Listed images are
+kept out of the harness's test and validation draws, so every one of them can train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from study.errors import UserError
+
+KIND = "list"  # Cell.size_kind of a subset list; its size_value is the list's position in subset_lists
+
+
+def read_list(path: str | Path) -> list[str]:
+    """The image names of a subset list, once each, in file order (blank lines and # comments skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"subset list {str(p)!r} does not exist; give a file with one training image name a line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"subset list {str(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names = list(dict.fromkeys(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    if not names:
+        raise UserError(f"subset list {str(p)!r} names no image; give one training image name a line")
+    return names
+
+
+def list_name(path: str | Path) -> str:
+    """How results and the report name a list: its file name."""
+    return Path(path).name
+
+
+def list_digest(path: str | Path) -> str:
+    """What the list selects, for the study's fingerprint: its names, order and layout aside."""
+    return hashlib.sha256("\n".join(sorted(read_list(path))).encode()).hexdigest()[:32]
+
+
+def resolve(path: str | Path, names: np.ndarray | None, train_side: np.ndarray) -> np.ndarray:
+    """Dataset indices (sorted) of the images ``path`` lists, each looked up among ``train_side``
+    (the dataset indices that may train). Refuses a name that is not among them, or that names
+    more than one image."""
+    if names is None:
+        raise UserError(
+            f"subset list {str(path)!r} needs the images' file names, which this dataset's cache does not keep (a "
+            "dataset not read from files, or a cache decoded by an older version: delete it to decode again)"
+        )
+    by_path: dict[str, int] = {}
+    by_file: dict[str, int] = {}  # -1: the file name repeats
+    for i in train_side:
+        rel = names[i].decode()
+        by_path[rel] = int(i)
+        base = rel.rsplit("/", 1)[-1]
+        by_file[base] = -1 if base in by_file else int(i)
+    out = []
+    for name in read_list(path):
+        index = by_path.get(name, by_file.get(name)) if "/" in name else by_file.get(name)
+        if index is None:
+            raise UserError(
+                f"subset list {str(path)!r} names {name!r}, which is not in the training pool ({len(train_side)} "
+                f"training images, e.g. {names[train_side[0]].decode().rsplit('/', 1)[-1]!r})"
+            )
+        if index == -1:
+            raise UserError(
+                f"subset list {str(path)!r} names {name!r}, a file name several class folders share; give its path "
+                "under the training folder instead, e.g. <class>/" + name
+            )
+        out.append(index)
+    return np.sort(np.array(out, dtype=np.int64))
