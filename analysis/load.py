@@ -15,7 +15,17 @@ from sqlalchemy.orm import Session
 from study.errors import UserError
 from study.masking import mask_urls, masked_url
 from study.store.engine import open_database
-from study.store.schema import DONE, FAILED, EpochRow, ModelCostRow, PredictionRow, RunRow, StudyRow
+from study.store.schema import (
+    DONE,
+    FAILED,
+    EpochRow,
+    ModelCostRow,
+    PredictionRow,
+    RunRow,
+    StudyRow,
+    control_name,
+    is_control,
+)
 
 RUN_COLUMNS = [
     "run_id",
@@ -134,7 +144,7 @@ class StudyData:
 def load_study(url: str, name: str | None = None) -> StudyData:
     """Read study ``name`` (or the only study) from the database at ``url``."""
     engine = open_database(url, create=False)
-    names = _names(engine, url)
+    names = [n for n in _names(engine, url) if not is_control(n)]  # a budget control belongs to its study
     if name is None:
         if len(names) != 1:
             raise UserError(
@@ -180,6 +190,17 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
     )
+
+
+def load_control(data: StudyData) -> StudyData | None:
+    """The budget control of ``data``'s study (``study.budget_control``) when the store holds
+    one with a finished run; None otherwise."""
+    if not data.storage_url:
+        return None
+    if control_name(data.name) not in _names(open_database(data.storage_url, create=False), data.storage_url):
+        return None
+    control = load_study(data.storage_url, control_name(data.name))
+    return control if len(control.done) else None
 
 
 def _subset_list(config: dict | None, kind: str, value: float) -> str:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from analysis.arms import by_arm
 from analysis.confusion import confusion_matrices
+from analysis.convergence import budget_words, cell_convergence, convergence_messages, run_convergence
 from analysis.costs import model_costs, time_to_target, training_costs
 from analysis.curves import DEFAULT_SELECTION, LearningCurves, curve_bands, fit_learning_curves
 from analysis.efficiency import (
@@ -68,6 +69,9 @@ class StudyAnalysis:
     confusion: pd.DataFrame
     warnings: pd.DataFrame
     answer: pd.DataFrame
+    convergence_runs: pd.DataFrame | None = None  # analysis.convergence.run_convergence
+    convergence: pd.DataFrame | None = None  # analysis.convergence.cell_convergence
+    control: StudyData | None = None  # the budget control (study.budget_control), when it ran
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -104,6 +108,8 @@ class StudyAnalysis:
             "time_to_target": self.time_to_target,
             "confusion_full_data": self.confusion,
             "warnings": self.warnings,
+            "convergence": self.convergence if self.convergence is not None else pd.DataFrame(),
+            "convergence_runs": self.convergence_runs if self.convergence_runs is not None else pd.DataFrame(),
         }
 
 
@@ -116,13 +122,15 @@ def analyse(
     n_boot_curves: int | None = None,
     n_boot_stats: int | None = None,
     seed: int = 0,
+    control: StudyData | None = None,
 ) -> StudyAnalysis:
     """Analyse every finished run of ``data``. ``targets``: absolute test accuracies for the
     images-needed estimates (default: 90% and 95% of the best full-data accuracy); ``select``:
     the curve rule (``analysis.curves.fit_learning_curves``). Nothing is resampled at random,
     so the same store always gives the same numbers; ``n_boot_curves``, ``n_boot_stats`` and
     ``seed`` are accepted from older callers and unused. Tables compare the study's arms: their
-    ``model`` column holds arm names (``arms.by_arm``)."""
+    ``model`` column holds arm names (``arms.by_arm``). ``control``: the study's budget control
+    (``study.budget_control``), for the convergence check."""
     del n_boot_curves, n_boot_stats, seed
     data = by_arm(data)
     done = data.done
@@ -156,7 +164,30 @@ def analyse(
         answer=pd.DataFrame(),
     )
     analysis.answer = answer_table(analysis)
+    analysis.control = control
+    analysis.convergence_runs = run_convergence(done, data.epochs)
+    control_done = control.done[control.done["test_acc"].notna()] if control is not None else None
+    analysis.convergence = cell_convergence(done, analysis.convergence_runs, control_done)
+    analysis.warnings = _with_convergence(analysis.warnings, analysis.convergence, data.config)
     return analysis
+
+
+def _with_convergence(warnings: pd.DataFrame, cells: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The sanity warnings with one 'not_converged' warning per cell that had not converged,
+    placed after the errors."""
+    rows = [
+        {"severity": "warning", "check": "not_converged", "model": m, "n_train": n, "seed": pd.NA, "message": text}
+        for m, n, text in convergence_messages(cells, budget_words(config))
+    ]
+    if not rows:
+        return warnings
+    added = pd.DataFrame(rows, columns=warnings.columns)
+    errors = warnings[warnings["severity"] == "error"]
+    rest = warnings[warnings["severity"] != "error"]
+    out = pd.concat([errors, added, rest], ignore_index=True)
+    for col in ("n_train", "seed"):
+        out[col] = out[col].astype("Int64")
+    return out
 
 
 def answer_table(analysis: StudyAnalysis) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,19 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from analysis.load import StudyData, load_tuning
+from analysis.confusion import confusion_matrices
+from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
+from analysis.load import StudyData, load_control, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import deployment, figures
 from reports import format as fmt
+from reports import tables as paper
 from reports.arms import insert_section, render_arms
 from reports.narrative import answer_paragraphs, missing_summary
+from reports.verdict import verdict
 from study.masking import masked_url
 
+WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
     "python",
     "study",
@@ -115,12 +121,14 @@ def write_report(
     folder = Path(out_dir) / "report"
     fig_dir = folder / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for stale in fig_dir.glob("*.png"):  # figures of models or sections that are gone
-        stale.unlink()
-    a = analysis or analyse(data, targets=targets)
+    for fmt_ in figures.FORMATS:  # figures of models or sections that are gone
+        for stale in fig_dir.glob(f"*.{fmt_}"):
+            stale.unlink()
+    a = analysis or analyse(data, targets=targets, control=load_control(data))
     if tuning is None:
         tuning = load_tuning(data)
-    figs = _draw_figures(a, tuning, fig_dir)
+    names = fmt.display_names(data.config, sorted(data.runs["model"].unique()))
+    figs = _draw_figures(a, tuning, fig_dir, names)
     deployed = deployment.load_deployment_table(a.data)
     front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png")
     if front is not None:
@@ -129,11 +137,13 @@ def write_report(
 
     for name, table in a.tables().items():
         table.to_csv(folder / f"{name}.csv", index=False)
+    main = _main_tables(a, names)
+    paper.write_tables({k: (t, caption) for k, (t, caption, _) in main.items()}, folder)
     if tuning is not None:
         for name in ("trials", "best", "importances"):
             getattr(tuning, name).to_csv(folder / f"tuning_{name}.csv", index=False)
 
-    context = _context(a, tuning)
+    context = _context(a, tuning, names, main)
     context["deployment"] = deployment.context(deployed, a.data, deployment.budgets_of(a.data, budgets))
     env = _env()
     md = env.get_template("report.md.j2").render(**context, figures={k: f"figures/{p.name}" for k, p in figs.items()})
@@ -146,27 +156,61 @@ def write_report(
     return folder
 
 
-def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
+def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.DataFrame, str, list[str]]]:
+    """The paper tables: name -> (table, caption, notes on columns left out)."""
+    level = f"{100 * a.curves.confidence:g}%"
+    pairs, pair_notes = paper.pairs_table(a, names)
+    return {
+        "table_accuracy": (
+            paper.accuracy_table(a, names),
+            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per model and training-set size.",
+            [],
+        ),
+        "table_pairs": (
+            pairs,
+            "Paired differences in test accuracy (better model first), paired by seed; tie: not significant by the "
+            f"paired t-test, Holm-adjusted at {a.comparisons.alpha:g}.",
+            pair_notes,
+        ),
+        "table_costs": (
+            paper.costs_table(a, names),
+            "Inference cost per model: CPU latency at batch 1 (p50 / p95 over repeated timings).",
+            [],
+        ),
+        "table_convergence": (
+            paper.convergence_table(a, names),
+            "Convergence per model and size (definition in the report's Convergence section).",
+            [],
+        ),
+    }
+
+
+def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]) -> dict[str, Path]:
     """Every figure of the report, keyed by name; a figure with nothing to show is left out."""
     models = sorted(a.data.runs["model"].unique())
     colours = figures.model_colours(models)
     figs: dict[str, Path | None] = {}
     if len(a.summary):
         figs["learning_curves"] = figures.learning_curves(
-            a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets
+            a.summary, fig_dir / "learning_curves.png", colours, a.bands, a.targets, names
         )
     if len(a.needed) and np.isfinite(a.needed["n_star"].astype(float)).any():
-        figs["data_needed"] = figures.data_needed(a.needed, a.targets, fig_dir / "data_needed.png", colours)
+        figs["data_needed"] = figures.data_needed(a.needed, a.targets, fig_dir / "data_needed.png", colours, names)
     if len(a.ranks.ranks) >= 2:
         figs["average_ranks"] = figures.average_ranks(
-            a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours
+            a.ranks.ranks, a.ranks.friedman, fig_dir / "average_ranks.png", colours, names
         )
     if len(a.answer) and a.answer["acc_largest"].notna().any():
         figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(
-            a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours
+            a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours, names
         )
     if tuning is not None and len(tuning.trials):
-        figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours)
+        figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours, names)
+    done = a.data.done
+    sizes = sorted(int(n) for n in done["n_train"].unique())
+    confusions = [confusion_matrices(a.data, n) for n in dict.fromkeys([sizes[0], sizes[-1]])] if sizes else []
+    loss = a.data.epochs[["train_loss", "val_loss"]].to_numpy(float) if len(a.data.epochs) else np.empty(0)
+    loss_max = float(np.nanpercentile(loss, 99)) * 1.05 if loss.size else None  # one loss scale for every model
     used = set()
     for model in models:
         slug = _slug(model)
@@ -174,13 +218,35 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path) -> dict[str, Path]:
             slug += "_"
         used.add(slug)
         figs[f"training:{model}"] = figures.training_curves(
-            a.data.epochs, a.data.done, model, fig_dir / f"training_{slug}.png", colours[model]
+            a.data.epochs, done, model, fig_dir / f"training_{slug}.png", colours[model], sizes, loss_max
         )
-        figs[f"confusion:{model}"] = figures.confusion_matrix(a.confusion, model, fig_dir / f"confusion_{slug}.png")
+        figs[f"confusion:{model}"] = figures.confusion_matrix(
+            confusions, model, fig_dir / f"confusion_{slug}.png", names
+        )
     return {k: p for k, p in figs.items() if p is not None}
 
 
-def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
+def _table(table: pd.DataFrame) -> dict[str, Any]:
+    """A display table for the templates: its header and rows of strings, and header groups
+    where columns are named 'group: column' (the main table's sizes)."""
+    columns = list(table.columns)
+    groups: list[list] = []
+    if len(columns) > 1 and all(": " in c for c in columns[1:]):
+        for c in columns[1:]:
+            group = c.split(": ", 1)[0]
+            if groups and groups[-1][0] == group:
+                groups[-1][1] += 1
+            else:
+                groups.append([group, 1])
+    return {
+        "columns": columns,
+        "short": [columns[0]] + [c.split(": ", 1)[-1] for c in columns[1:]] if groups else columns,
+        "groups": groups,
+        "rows": [list(r) for r in table.itertuples(index=False)],
+    }
+
+
+def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dict[str, Any]:
     data = a.data
     runs = data.runs
     counts = runs["status"].value_counts().to_dict()
@@ -198,7 +264,18 @@ def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
         "total": len(runs),
         "models": models,
         "colours": figures.model_colours(models),
-        "paragraphs": answer_paragraphs(a),
+        "paragraphs": answer_paragraphs(a, names),
+        "names": names,
+        "verdict": verdict(a, names),
+        "paper": {k: {**_table(t), "caption": caption, "notes": notes} for k, (t, caption, notes) in main.items()},
+        "convergence_counts": _convergence_counts(a),
+        "unconverged": _unconverged(a, names),
+        "convergence_rules": {
+            "rise": 100 * RISE_TOLERANCE,
+            "floor": 100 * GAIN_FLOOR,
+            "multiple": NOISE_MULTIPLE,
+            "control": a.control is not None,
+        },
         "answer": _records(a.answer),
         "targets": _records(a.targets),
         "needed_by_model": needed_by_model,
@@ -231,6 +308,34 @@ def _context(a: StudyAnalysis, tuning) -> dict[str, Any]:
         "n_warnings": int(severity_counts.get("warning", 0)),
         "missing": _records(missing_summary(a)),
         "methods": _methods(a),
+    }
+
+
+def _unconverged(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
+    """Per model whose cells had not converged: 'MobileNetV2 at 116 and 1,151 images'."""
+    cells = a.convergence
+    if cells is None or cells.empty:
+        return []
+    out = []
+    for model, g in cells[~cells["converged"]].groupby("model", sort=True):
+        sizes = [fmt.count(n) for n in sorted(g["n_train"])]
+        everywhere = len(g) == int((cells["model"] == model).sum())
+        out.append(
+            f"{names[model]} at {'every size' if everywhere and len(g) > 1 else fmt.join_words(sizes) + ' images'}"
+        )
+    return out
+
+
+def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:
+    runs, cells = a.convergence_runs, a.convergence
+    if runs is None or cells is None:
+        return {"runs": 0, "best_is_last": 0, "rising": 0, "cells": 0, "not_converged": 0}
+    return {
+        "runs": len(runs),
+        "best_is_last": int(runs["best_is_last"].sum()),
+        "rising": int(runs["rising"].sum()),
+        "cells": len(cells),
+        "not_converged": int((~cells["converged"]).sum()),
     }
 
 
@@ -322,10 +427,11 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         envs[env] = {**json.loads(env), "runs": int(n)}
     env_keys = [k for k in ENVIRONMENT_KEYS if any(k in e for e in envs.values())]
     tune = cfg.get("tune") or {}
+    train = cfg.get("train", {})
     return {
         "sizes": _records(sizes),
         "seeds": int(data.runs["seed"].nunique()),
-        "train": cfg.get("train", {}),
+        "train": train,
         "data": cfg.get("data", {}),
         "tune": tune if tune.get("trials") else {},
         "environments": list(envs.values()),
@@ -334,5 +440,116 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
         "curve_method": curve_method_text(a.curves.selection),
         "confidence": a.curves.confidence,
         "families": list(a.curves.families),
+        "resolved": resolved_settings(a),
+        "steps": _steps(data),
+        "policy": _policy(train),
+        "command": reproduce_command(cfg, _run_lrs(data.done)),
         "store": masked_url(data.storage_url) if data.storage_url else "",
     }
+
+
+def _steps(data: StudyData) -> list[dict]:
+    """Per training-set size, the batch, optimiser steps per epoch, epochs and steps per run as
+    the finished runs trained them (the epochs table counts the images each epoch saw)."""
+    e = data.epochs.merge(data.done[["run_id", "n_train", "hparams"]], on="run_id")
+    out = []
+    for n, g in e.groupby("n_train", sort=True):
+        last = g.sort_values("epoch").groupby("run_id").tail(1).iloc[0]
+        hp = last["hparams"] if isinstance(last["hparams"], dict) else {}
+        batch = min(int(hp.get("batch_size", 0) or 0), int(n)) or None
+        epochs = int(last["epoch"])
+        if not batch:
+            continue
+        steps = int(last["images_seen"]) // batch
+        out.append(
+            {"n_train": int(n), "batch": batch, "steps_per_epoch": steps // epochs, "epochs": epochs, "steps": steps}
+        )
+    return out
+
+
+def _policy(train: dict) -> str:
+    """The optimiser, schedule, initialisation and budget policy in words, with their values."""
+    epochs, min_steps = train.get("epochs", "—"), train.get("min_steps", "—")
+    optimiser = {"adamw": "AdamW (decoupled weight decay)", "adam": "Adam (L2 weight decay)", "sgd": "SGD"}.get(
+        train.get("optimizer", ""), str(train.get("optimizer", "—"))
+    )
+    if train.get("optimizer") == "sgd":
+        optimiser += " with Nesterov momentum 0.9"
+    return (
+        f"Every run trains for {epochs} epochs; an epoch is one pass over the run's subset, or as many passes as "
+        f"give at least {min_steps} / {epochs} optimiser steps for small subsets (table below). Optimiser: "
+        f"{optimiser}, weight decay {train.get('weight_decay', '—')} on weights, none on biases and normalisation "
+        f"parameters. Learning rate: linear warm-up over the first 1/{WARMUP_DIVISOR} of the run's optimiser steps "
+        "to its peak, then cosine decay to zero, updated every step. Initialisation: timm's for every layer except "
+        "the new classifier, drawn from a normal distribution with standard deviation 0.01 truncated at two "
+        "standard deviations, bias zero. Validation follows each epoch and the best epoch's weights are tested. "
+        f"Normalisation: {train.get('normalization', '—')} (model: each model's own pretrained mean and std)."
+    )
+
+
+def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
+    """(setting, value used) for every training and data setting, with 'auto' values replaced by
+    what the runs used: the learning rate from each run's stored hyper-parameters, the input size
+    from the data's image size or the measured costs."""
+    cfg = a.data.config or {}
+    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
+    done = a.data.done
+    lrs = _run_lrs(done)
+    if lrs:
+        train["lr"] = ", ".join(f"{v:g}" for v in lrs) + (" (auto)" if not train.get("lr") else "")
+    size = train.get("input_size", 0)
+    if size in (0, "0", None):
+        train["input_size"] = f"{data.get('image_size', '—')} px (= data.image_size)"
+    elif size == "native":
+        measured = a.model_costs.dropna(subset=["input_size"])
+        per_model = ", ".join(f"{m} {int(v)} px" for m, v in zip(measured["model"], measured["input_size"]))
+        train["input_size"] = f"native: {per_model}" if per_model else "native (each model's pretrained size)"
+    else:
+        train["input_size"] = f"{size} px"
+    if not train.get("patience"):
+        train["patience"] = "0 (no early stopping)"
+    if not train.get("weights"):
+        train["weights"] = "none"
+    rows = [(f"train.{k}", str(v)) for k, v in sorted(train.items())]
+    rows += [(f"data.{k}", str(v)) for k, v in sorted(data.items()) if k not in ("root", "test_root", "cache_dir")]
+    for key in ("budget_control",):
+        if key in cfg:
+            rows.append((key, str(cfg[key])))
+    return rows
+
+
+def _run_lrs(done: pd.DataFrame) -> list[float]:
+    """The learning rates the finished runs used (their stored hyper-parameters), sorted."""
+    return sorted({float(h["lr"]) for h in done["hparams"].dropna() if isinstance(h, dict) and h.get("lr")})
+
+
+def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
+    """A ``python -m study run`` command line that gives this study's settings explicitly; the
+    learning rate as the runs used it when they all used one (an 'auto' 0 means another value
+    under other defaults)."""
+    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
+    if not train.get("lr") and lrs and len(lrs) == 1:
+        train["lr"] = f"{lrs[0]:g}"
+    parts = ["python -m study run"]
+
+    def flag(name: str, value) -> None:
+        if value in (None, "", [], False):
+            return
+        if isinstance(value, list):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        parts.append(f"--{name} {shlex.quote(str(value))}")
+
+    flag("name", cfg.get("name"))
+    flag("dataset", data.get("dataset"))
+    flag("models", cfg.get("models"))
+    flag("per-class" if cfg.get("per_class") else "fractions", cfg.get("per_class") or cfg.get("fractions"))
+    flag("seeds", cfg.get("seeds"))
+    for key in ("epochs", "min_steps", "batch_size", "lr", "augment", "input_size"):
+        if key in train:
+            flag(key.replace("_", "-"), train[key])
+    flag("image-size", data.get("image_size"))
+    if train.get("pretrained"):
+        parts.append("--pretrained")
+    if cfg.get("budget_control"):
+        parts.append("--budget-control")
+    return " ".join(parts)

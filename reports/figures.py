@@ -1,5 +1,7 @@
-"""One function per figure; each takes DataFrames and writes a PNG. Agg backend, a
-colour-blind-safe palette, the same colour for a model in every figure."""
+"""One function per figure; each takes DataFrames and writes it as PNG, PDF and SVG (``FORMATS``).
+Agg backend, a colour-blind-safe palette, the same colour for a model in every figure, display
+names (``names``: timm id -> name) as labels, no titles: the report's captions say what a
+figure shows."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+FORMATS = ("png", "pdf", "svg")
+X_RANGE = 1.5  # curves are drawn to at most this multiple of the largest measured size
+matplotlib.rcParams["svg.hashsalt"] = "study"  # SVG element ids from a fixed salt: reruns give the same file
+matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text as text: smaller, faster, editable
+matplotlib.rcParams["pdf.fonttype"] = 42  # TrueType in PDFs: text stays text for journals' checks
 
 # Okabe & Ito's palette: distinguishable with every common form of colour blindness.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -29,12 +37,23 @@ def model_markers(models: list[str]) -> dict[str, str]:
     return {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(sorted(models))}
 
 
+_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+_METADATA["svg"] = {"Creator": None, "Date": None}
+
+
 def save(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG with no timestamp or version metadata, so reruns give the same bytes."""
+    """Write ``fig`` as PNG (the path given, 110 dpi: for the page; a paper takes the vector
+    files), PDF and SVG beside it, with no timestamp or version metadata, so reruns give the
+    same bytes. Returns the PNG's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    for fmt in FORMATS:
+        fig.savefig(path.with_suffix(f".{fmt}"), dpi=110, bbox_inches="tight", metadata=_METADATA[fmt])
     plt.close(fig)
-    return path
+    return path.with_suffix(".png")
+
+
+def _name(names: dict[str, str] | None, model: str) -> str:
+    return (names or {}).get(model, model)
 
 
 def _colours(models, colours: dict[str, str] | None) -> dict[str, str]:
@@ -49,13 +68,15 @@ def _compact(v: float, _pos=None) -> str:
     return f"{v:g}"
 
 
-def _log_axis(ax, axis: str = "x") -> None:
-    """Log scale with ticks at 1, 2 and 5 times powers of ten, labelled as plain counts (the
-    default 3×10^2 labels crowd each other on ranges shorter than a decade)."""
+def _log_axis(ax, axis: str = "x", subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """Log scale with labelled ticks at ``subs`` times powers of ten (plain counts: the default
+    3×10^2 labels crowd each other on short ranges) and unlabelled minor ticks at every other
+    integer multiple, so the spacing shows the scale is logarithmic."""
     getattr(ax, f"set_{axis}scale")("log")
     target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_locator(ticker.LogLocator(base=10, subs=subs))
     target.set_major_formatter(ticker.FuncFormatter(_compact))
+    target.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(1, 10)), numticks=100))
     target.set_minor_formatter(ticker.NullFormatter())
 
 
@@ -70,14 +91,21 @@ def learning_curves(
     colours: dict[str, str] | None = None,
     bands: pd.DataFrame | None = None,
     targets: pd.DataFrame | None = None,
+    names: dict[str, str] | None = None,
+    x_range: float = X_RANGE,
 ) -> Path:
     """Mean test accuracy against training-set size (log axis) with its 95% CI over seeds (error
-    bars), one colour per model; the fitted curve (``analysis.curves.curve_bands``) solid over
-    the measured sizes and dashed beyond them, with its 95% interval (seed noise, lack of fit,
-    extrapolation); target accuracies as dotted lines. A model without a fit has its means joined by a thin line."""
+    bars), one colour and marker per model; the fitted curve (``analysis.curves.curve_bands``)
+    solid over the measured sizes and dashed beyond them, up to ``x_range`` times the largest
+    measured size, with its 95% interval (seed noise, lack of fit, extrapolation); target accuracies
+    as dotted lines labelled outside
+    the axes, where they hide no data. A model without a fit has its means joined by a thin line."""
     colours = _colours(summary["model"].unique(), colours)
     markers = model_markers(list(colours))
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    n_max = float(summary["n_train"].max())
+    if bands is not None and len(bands):
+        bands = bands[bands["n_train"] <= x_range * n_max * (1 + 1e-9)]
     fitted = set(bands["model"]) if bands is not None and len(bands) else set()
     for model, group in summary.groupby("model", sort=True):
         group = group.sort_values("n_train")
@@ -90,7 +118,7 @@ def learning_curves(
             fmt=markers[model],
             color=c,
             capsize=3,
-            label=model,
+            label=_name(names, model),
             linestyle="none" if model in fitted else "-",
             linewidth=1,
             markersize=5,
@@ -105,19 +133,18 @@ def learning_curves(
                 ax.plot(ext["n_train"], ext["fit"], color=c, linewidth=1.5, linestyle="--", zorder=2)
             ax.fill_between(b["n_train"], b["ci_low"], b["ci_high"], color=c, alpha=0.15, linewidth=0, zorder=1)
     if targets is not None:
-        for i, t in enumerate(targets.itertuples()):  # labels alternate sides: close targets stay legible
+        for t in targets.itertuples():
             ax.axhline(t.target, **TARGET_STYLE, zorder=0)
             ax.annotate(
-                f"target {100 * t.target:.1f}%",
-                (0.0 if i % 2 else 1.0, t.target),
+                f"{100 * t.target:.1f}%",
+                (1.01, t.target),
                 xycoords=("axes fraction", "data"),
-                ha="left" if i % 2 else "right",
-                va="bottom",
+                ha="left",
+                va="center",
                 fontsize=8,
                 color=TARGET_STYLE["color"],
-                zorder=5,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
-            )  # legible over a curve
+                annotation_clip=False,
+            )
     shown = [summary["ci_low"].min(), summary["ci_high"].max(), summary["mean"].min(), summary["mean"].max()]
     if targets is not None and len(targets):
         shown += [targets["target"].min(), targets["target"].max()]
@@ -125,64 +152,98 @@ def learning_curves(
         shown += [bands["fit"].min(), bands["fit"].max(), bands["ci_high"].max()]
     _accuracy_axis(ax, float(np.nanmin(shown)), float(np.nanmax(shown)))
     _log_axis(ax)
+    ax.set_xlim(float(summary["n_train"].min()) / 1.15, n_max * (x_range if fitted else 1.15))
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Learning curves: mean and 95% CI over seeds; fit (dashed beyond the data)")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+    ax.grid(True, which="major", alpha=0.3)
     ax.legend(frameon=False, loc="lower right")
     return save(fig, path)
 
 
-def data_needed(needed: pd.DataFrame, targets: pd.DataFrame, path: Path, colours: dict[str, str] | None = None) -> Path:
-    """Images needed to reach each target (``analysis.efficiency.data_needed``), per model,
-    with their 95% intervals; log axis. Estimates beyond the largest measured size are
-    hollow; unreached targets are written out instead of drawn."""
+def data_needed(
+    needed: pd.DataFrame,
+    targets: pd.DataFrame,
+    path: Path,
+    colours: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
+    x_range: float = X_RANGE,
+) -> Path:
+    """Images needed to reach each target (``analysis.efficiency.data_needed``), per model, with
+    their 95% intervals; log axis up to ``x_range`` times the largest measured size. Three kinds
+    of point, each drawn its own way: an estimate inside the measured range (filled circle), one
+    beyond the largest measured size (hollow circle: extrapolated), and one censored at the
+    smallest measured size (◁ at that size: the model needs at most that many). Estimates past
+    the axis are written at its edge; unreached targets are written instead of drawn."""
     colours = _colours(needed["model"].unique(), colours)
     models = sorted(needed["model"].unique())
     tlist = list(targets["target"])
     fig, ax = plt.subplots(figsize=(7.0, 0.5 + 0.45 * len(models) * len(tlist) + 0.6))
     y, labels = 0, []
-    finite = needed["n_star"][np.isfinite(needed["n_star"].astype(float))]
-    right = float(max(finite.max() if len(finite) else 1, needed["n_max_measured"].max()))
+    n_max = float(needed["n_max_measured"].max())
+    right = x_range * n_max
     for ti, target in enumerate(tlist):
         for model in models:
             r = needed[(needed["model"] == model) & (needed["target"] == target)]
-            labels.append(f"{model} @ {100 * target:.1f}%")
+            labels.append(f"{_name(names, model)} @ {100 * target:.1f}%")
             if len(r):
                 r = r.iloc[0]
                 n, lo, hi = float(r["n_star"]), float(r["ci_low"]), float(r["ci_high"])
-                if np.isfinite(n):
-                    hi_drawn = hi if np.isfinite(hi) else right * 3
+                c = colours[model]
+                if not np.isfinite(n):
+                    ax.annotate(
+                        r["status"], (0.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=8, color=c
+                    )
+                elif n > right:
+                    ax.annotate(
+                        f"→ {n:,.0f} (extrapolated)",
+                        (0.98, y),
+                        xycoords=("axes fraction", "data"),
+                        ha="right",
+                        va="center",
+                        fontsize=8,
+                        color=c,
+                    )
+                else:
+                    lo_drawn = lo if np.isfinite(lo) else n
+                    hi_drawn = min(hi, right) if np.isfinite(hi) else right
+                    censored, beyond = bool(r["upper_bound"]), n > float(r["n_max_measured"])
                     ax.errorbar(
                         [n],
                         [y],
-                        xerr=[[n - lo if np.isfinite(lo) else 0], [hi_drawn - n]],
-                        fmt="o",
-                        color=colours[model],
+                        xerr=[[max(n - lo_drawn, 0)], [max(hi_drawn - n, 0)]],
+                        fmt="<" if censored else "o",
+                        color=c,
                         capsize=3,
-                        markerfacecolor="white" if r["extrapolated"] else colours[model],
-                    )
-                    if not np.isfinite(hi):
-                        ax.annotate("→ ∞", (hi_drawn, y), fontsize=8, va="center", color=colours[model])
-                else:
-                    ax.annotate(
-                        f"{r['status']}",
-                        (0.02, y),
-                        xycoords=("axes fraction", "data"),
-                        va="center",
-                        fontsize=8,
-                        color=colours[model],
+                        markersize=7 if censored else 6,
+                        markerfacecolor="white" if beyond else c,
                     )
             y += 1
         if ti < len(tlist) - 1:
             ax.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
-    ax.axvline(needed["n_max_measured"].max(), **TARGET_STYLE)
+    ax.axvline(n_max, **TARGET_STYLE)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     _log_axis(ax)
-    ax.set_xlabel("training images needed (log scale; dotted: largest measured size; hollow: extrapolated)")
-    ax.set_title("Images needed to reach each target (95% CI)")
-    ax.grid(True, axis="x", which="both", alpha=0.3)
+    low = float(np.nanmin(pd.to_numeric(needed["ci_low"], errors="coerce").tolist() + [needed["n_max_measured"].min()]))
+    ax.set_xlim(max(low, 1.0) / 1.3, right)
+    ax.set_xlabel("training images needed (log scale; dotted: largest measured size)")
+    handles = [
+        plt.Line2D([], [], marker="o", color="#444444", linestyle="none", label="estimate"),
+        plt.Line2D(
+            [], [], marker="o", color="#444444", markerfacecolor="white", linestyle="none", label="extrapolated"
+        ),
+        plt.Line2D([], [], marker="<", color="#444444", linestyle="none", label="at most (smallest size)"),
+    ]
+    ax.legend(
+        handles=handles,
+        frameon=False,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12 - 0.6 / (y + 2)),
+        ncol=3,
+    )
+    ax.grid(True, axis="x", which="major", alpha=0.3)
     return save(fig, path)
 
 
@@ -201,7 +262,11 @@ def _cliques(ranks: pd.Series, cd: float) -> list[tuple[int, int]]:
 
 
 def average_ranks(
-    ranks: pd.DataFrame, friedman: pd.DataFrame, path: Path, colours: dict[str, str] | None = None
+    ranks: pd.DataFrame,
+    friedman: pd.DataFrame,
+    path: Path,
+    colours: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
 ) -> Path:
     """Critical-difference diagram: average rank of each model over the seeds (ranks averaged over sizes)
     (1 = most accurate), the Nemenyi critical difference as a scale bar, and thick bars joining
@@ -223,7 +288,7 @@ def average_ranks(
         ax.plot([row["average_rank"]] * 2, [0, y], color=colours[row["model"]], linewidth=1)
         ax.plot(row["average_rank"], 0, "o", color=colours[row["model"]], markersize=7, zorder=3)
         ax.annotate(
-            f"{row['model']} ({row['average_rank']:.2f})",
+            f"{_name(names, row['model'])} ({row['average_rank']:.2f})",
             (row["average_rank"], y),
             xytext=(4, 0),
             textcoords="offset points",
@@ -248,19 +313,21 @@ def average_ranks(
                 linewidth=4,
                 alpha=0.6,
             )
-    p = f["p_value"]
-    subtitle = f"Friedman p = {p:.3g}" if np.isfinite(p) else "no Friedman test (needs 3+ models)"
-    ax.set_title(f"Average rank over {int(f['n_blocks'])} seeds (ranks averaged over sizes); {subtitle}", fontsize=10)
     ax.axis("off")
     return save(fig, path)
 
 
 def accuracy_vs_cost(
-    answer: pd.DataFrame, model_costs: pd.DataFrame, path: Path, colours: dict[str, str] | None = None
+    answer: pd.DataFrame,
+    model_costs: pd.DataFrame,
+    path: Path,
+    colours: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
 ) -> Path | None:
     """Test accuracy at the largest size (with its CI) against what a model costs to run: CPU
     latency (batch 1, one thread, p50), MACs per image, and parameters; one panel per cost that
-    was measured. Upper left is best. None when no cost is known."""
+    was measured, each on a log axis with every point's value written beside it (a log axis
+    spanning less than a decade is easily misread). Upper left is best. None when no cost is known."""
     colours = _colours(answer["model"], colours)
     markers = model_markers(list(colours))
     data = answer[["model", "acc_largest", "acc_largest_ci_low", "acc_largest_ci_high"]].merge(
@@ -269,9 +336,9 @@ def accuracy_vs_cost(
     panels = [
         (col, label)
         for col, label in (
-            ("latency_p50_ms_1t", "CPU latency, batch 1, 1 thread (ms, p50)"),
-            ("macs", "MACs per image"),
-            ("n_params", "parameters"),
+            ("latency_p50_ms_1t", "CPU latency, batch 1, 1 thread, p50 (ms, log scale)"),
+            ("macs", "MACs per image (log scale)"),
+            ("n_params", "parameters (log scale)"),
         )
         if pd.to_numeric(data[col], errors="coerce").notna().any()
     ]
@@ -294,10 +361,12 @@ def accuracy_vs_cost(
                 fmt=markers[r["model"]],
                 color=colours[r["model"]],
                 capsize=3,
-                label=r["model"],
+                label=_name(names, r["model"]),
                 markersize=7,
             )
-        _log_axis(ax)
+            value = f"{float(x):.2f} ms" if col.startswith("latency") else _compact(float(x))
+            ax.annotate(value, (float(x), r["acc_largest"]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        _log_axis(ax, subs=(1.0, 2.0, 3.0, 5.0))
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy, largest size")
@@ -307,11 +376,12 @@ def accuracy_vs_cost(
             handles.setdefault(label, handle)
     labels = sorted(handles)
     fig.legend([handles[k] for k in labels], labels, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 0.9))
-    fig.suptitle("Accuracy against cost (upper left is best)", fontsize=11, y=1.03)
     return save(fig, path)
 
 
-def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | None = None) -> Path | None:
+def tuning_history(
+    trials: pd.DataFrame, path: Path, colours: dict[str, str] | None = None, names: dict[str, str] | None = None
+) -> Path | None:
     """Optimisation history of every tuned (model, size): each trial's validation accuracy
     (complete: filled, pruned: hollow) and the best so far as a step line; one panel per size.
     None when no trial has a value."""
@@ -329,7 +399,14 @@ def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | N
             t = t.sort_values("trial")
             c = colours[model]
             complete = t["state"] == "COMPLETE"
-            ax.plot(t.loc[complete, "trial"], t.loc[complete, "value"], "o", color=c, markersize=4, label=model)
+            ax.plot(
+                t.loc[complete, "trial"],
+                t.loc[complete, "value"],
+                "o",
+                color=c,
+                markersize=4,
+                label=_name(names, model),
+            )
             ax.plot(
                 t.loc[~complete, "trial"],
                 t.loc[~complete, "value"],
@@ -347,33 +424,40 @@ def tuning_history(trials: pd.DataFrame, path: Path, colours: dict[str, str] | N
         ax.axis("off")
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].legend(frameon=False, fontsize=8)
-    fig.suptitle("Tuning history (filled: complete, hollow: pruned; line: best so far)", fontsize=11, y=1.03)
     return save(fig, path)
 
 
-def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame, model: str, path: Path, colour: str) -> Path | None:
+def training_curves(
+    epochs: pd.DataFrame,
+    runs: pd.DataFrame,
+    model: str,
+    path: Path,
+    colour: str,
+    sizes: list[int] | None = None,
+    loss_max: float | None = None,
+) -> Path | None:
     """Training (solid) and validation (dashed) loss and accuracy per epoch for every finished
-    run of ``model``: one column per size, one line per seed. None when no epoch is stored."""
+    run of ``model``: one column per size, one line per seed, with the epoch each run selected
+    (best validation accuracy) marked by a dot on its validation accuracy. Axes are shared
+    across columns, and across models when the caller passes the same ``sizes`` (the columns)
+    and ``loss_max`` (the top of the loss axis). None when no epoch is stored."""
     runs = runs[runs["model"] == model]
-    e = epochs.merge(runs[["run_id", "n_train", "seed"]], on="run_id")
+    e = epochs.merge(runs[["run_id", "n_train", "seed", "best_epoch"]], on="run_id")
     if e.empty:
         return None
-    sizes = sorted(e["n_train"].unique())
-    fig, axes = plt.subplots(2, len(sizes), figsize=(max(3.0 * len(sizes), 5), 4.6), sharex="col", squeeze=False)
+    sizes = sizes or sorted(e["n_train"].unique())
+    fig, axes = plt.subplots(
+        2, len(sizes), figsize=(max(2.6 * len(sizes), 5), 4.4), sharex=True, sharey="row", squeeze=False
+    )
     for j, n in enumerate(sizes):
         for seed, s in e[e["n_train"] == n].groupby("seed", sort=True):
             s = s.sort_values("epoch")
             shade = 0.35 + 0.65 * (1 - (int(seed) % 5) / 5)
             for i, (train, val) in enumerate((("train_loss", "val_loss"), ("train_acc", "val_acc"))):
-                axes[i][j].plot(
-                    s["epoch"],
-                    s[train],
-                    color=colour,
-                    alpha=shade,
-                    linewidth=1.3,
-                    label="train" if seed == s["seed"].min() else None,
-                )
+                axes[i][j].plot(s["epoch"], s[train], color=colour, alpha=shade, linewidth=1.3)
                 axes[i][j].plot(s["epoch"], s[val], color=colour, alpha=shade, linewidth=1.3, linestyle="--")
+            best = s[s["epoch"] == s["best_epoch"]]
+            axes[1][j].plot(best["epoch"], best["val_acc"], "o", color=colour, markersize=4, zorder=3)
         axes[0][j].set_title(f"{n:,} images", fontsize=9)
         axes[1][j].set_xlabel("epoch")
         for i in range(2):
@@ -381,47 +465,61 @@ def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame, model: str, path: 
             axes[i][j].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     axes[0][0].set_ylabel("loss")
     axes[1][0].set_ylabel("accuracy")
-    fig.suptitle(f"{model}: training (solid) and validation (dashed), one line per seed", fontsize=10, y=1.02)
+    axes[1][0].set_ylim(0, 1.02)
+    axes[1][0].yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+    if loss_max:
+        axes[0][0].set_ylim(0, loss_max)
+    handles = [
+        plt.Line2D([], [], color=colour, label="training"),
+        plt.Line2D([], [], color=colour, linestyle="--", label="validation"),
+        plt.Line2D([], [], color=colour, marker="o", linestyle="none", label="selected epoch"),
+    ]
+    fig.legend(handles=handles, frameon=False, fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.06))
     return save(fig, path)
 
 
-def confusion_matrix(confusion: pd.DataFrame, model: str, path: Path) -> Path | None:
-    """Row-normalised test confusion matrix of ``model`` (``analysis.confusion``), summed over
-    its full-data runs, with class names; cells annotated where there are few classes."""
-    c = confusion[confusion["model"] == model]
-    if c.empty:
+def confusion_matrix(confusions: list[pd.DataFrame], model: str, path: Path, names: dict[str, str] | None = None):
+    """Row-normalised test confusion matrices of ``model`` (``analysis.confusion``), one panel
+    per size given (the smallest and the largest), summed over that size's runs. The colour
+    scale is logarithmic from 0.5% to 100%, so errors of 1-8% stand out against the diagonal;
+    cells of 0.5% or more carry their percentage where there are few classes."""
+    from matplotlib.colors import LogNorm
+
+    panels = [c[c["model"] == model] for c in confusions]
+    panels = [c for c in panels if not c.empty]
+    if not panels:
         return None
-    k = int(c["true"].max()) + 1
-    share = np.zeros((k, k))
-    share[c["true"].to_numpy(), c["predicted"].to_numpy()] = c["share"].to_numpy()
-    names = c.sort_values("true").drop_duplicates("true")["true_name"].tolist()
-    size = min(max(3.2, 0.45 * k + 1.5), 12)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    k = int(panels[0]["true"].max()) + 1
+    names_k = panels[0].sort_values("true").drop_duplicates("true")["true_name"].tolist()
+    size = min(max(3.0, 0.4 * k + 1.3), 10)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1, size), squeeze=False)
+    norm = LogNorm(vmin=0.005, vmax=1.0)
     step = max(1, int(np.ceil(k / 40)))  # at most ~40 labelled ticks: more are unreadable
-    ax.set_xticks(
-        range(0, k, step),
-        [str(n) for n in names[::step]],
-        rotation=90 if max(map(len, map(str, names))) > 3 else 0,
-        fontsize=8,
-    )
-    ax.set_yticks(range(0, k, step), [str(n) for n in names[::step]], fontsize=8)
-    if k <= 12:
-        for i in range(k):
-            for j in range(k):
-                if share[i, j] >= 0.005:
-                    ax.text(
-                        j,
-                        i,
-                        f"{share[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black",
-                    )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    n_runs, n_train = int(c["n_runs"].iloc[0]), int(c["n_train"].iloc[0])
-    ax.set_title(f"{model}: {n_train:,} images, {n_runs} run(s); share of each true class", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    im = None
+    for ax, c in zip(axes[0], panels):
+        share = np.zeros((k, k))
+        share[c["true"].to_numpy(), c["predicted"].to_numpy()] = c["share"].to_numpy()
+        im = ax.imshow(np.where(share > 0, np.maximum(share, 0.005), np.nan), cmap="Blues", norm=norm)
+        ticks = [str(n) for n in names_k[::step]]
+        ax.set_xticks(range(0, k, step), ticks, rotation=90 if max(map(len, ticks)) > 3 else 0, fontsize=8)
+        ax.set_yticks(range(0, k, step), ticks, fontsize=8)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    if share[i, j] >= 0.005:
+                        ax.text(
+                            j,
+                            i,
+                            f"{100 * share[i, j]:.0f}",
+                            ha="center",
+                            va="center",
+                            fontsize=6.5,
+                            color="white" if share[i, j] > 0.3 else "black",
+                        )
+        ax.set_xlabel("predicted class")
+        ax.set_title(f"{int(c['n_train'].iloc[0]):,} images, {int(c['n_runs'].iloc[0])} run(s)", fontsize=9)
+    axes[0][0].set_ylabel("true class")
+    bar = fig.colorbar(im, ax=list(axes[0]), fraction=0.046 / len(panels), pad=0.04)
+    bar.set_label("share of the true class (log scale)")
+    bar.ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=1))
     return save(fig, path)

@@ -9,6 +9,21 @@ import re
 import pandas as pd
 
 MISSING = "—"
+# Names the report shows for timm ids (figures, tables, text); the config's ``display_names`` adds or replaces.
+DISPLAY_NAMES = {
+    "mobilevit_xxs": "MobileViT-XXS",
+    "mobilevit_xs": "MobileViT-XS",
+    "mobilevit_s": "MobileViT-S",
+    "mobilenetv2_100": "MobileNetV2",
+    "mobilenetv3_small_100": "MobileNetV3-S",
+    "mobilenetv3_large_100": "MobileNetV3-L",
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "efficientnet_b0": "EfficientNet-B0",
+    "convnext_atto": "ConvNeXt-Atto",
+    "vit_tiny_patch16_224": "ViT-Ti/16",
+}
 
 
 def is_missing(v) -> bool:
@@ -105,6 +120,24 @@ def md_cell(v) -> str:
     escaped, and a '<' that could open an HTML tag written as an entity."""
     text = str(v).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+
+
+def join_words(items: list[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 model', '3 models'."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def display_names(config: dict | None, models) -> dict[str, str]:
+    """The report's name of each model: the study's ``display_names``, else the readable default
+    of ``DISPLAY_NAMES``, else the timm id itself."""
+    chosen = {**DISPLAY_NAMES, **((config or {}).get("display_names") or {})}
+    return {m: chosen.get(m, m) for m in models}
 
 
 FILTERS = {

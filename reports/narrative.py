@@ -7,22 +7,24 @@ import numpy as np
 import pandas as pd
 
 from analysis.study_analysis import StudyAnalysis
-from reports.format import count, interval, num, pct, pp
+from reports.format import count, interval, num, plural, pp
 from reports.format import p_is as fmt_p
+from reports.verdict import accuracy_clause, latency_bullet, needed_words, three
 
 
-def study_sentence(a: StudyAnalysis) -> str:
+def study_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
     """What was run: models, sizes, seeds, and how much of it finished."""
     runs, done = a.data.runs, a.data.done
     models = sorted(runs["model"].unique())
+    names = names or {m: m for m in models}
     sizes = sorted(runs["n_train"].unique())
     seeds = runs["seed"].nunique()
     name = a.data.dataset.get("name", "the dataset")
     text = (
-        f"The study compares {len(models)} model(s) ({', '.join(models)}) on {len(sizes)} nested subset size(s) of "
-        f"{name} "
-        f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with {seeds} "
-        "seed(s) each"
+        f"The study compares {plural(len(models), 'model')} ({', '.join(names[m] for m in models)}) on "
+        f"{plural(len(sizes), 'nested subset size')} of {name} "
+        f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with "
+        f"{plural(seeds, 'seed')} each"
     )
     text += f"; {len(done)} of {len(runs)} planned runs finished"
     missing = len(runs) - len(done)
@@ -32,65 +34,43 @@ def study_sentence(a: StudyAnalysis) -> str:
     return text + "."
 
 
-def best_sentence(a: StudyAnalysis) -> str:
-    """Which model is most accurate at the largest size, and by how much."""
+def best_sentence(a: StudyAnalysis, names: dict[str, str]) -> str:
+    """Which model is most accurate at the largest size, or which tie (by the paired test)."""
     s = a.summary
     if s.empty:
         return "No run has finished yet, so there is no answer to give."
-    largest = s[s["n_train"] == s["n_train"].max()].sort_values(["mean", "model"], ascending=[False, True])
-    top = largest.iloc[0]
-    text = (
-        f"With all {count(top['n_train'])} training images, {top['model']} is the most accurate: {pct(top['mean'])} "
-        f"{interval(top['ci_low'], top['ci_high'])}"
-    )
-    if len(largest) > 1:
-        second = largest.iloc[1]
-        text += f", ahead of {second['model']} at {pct(second['mean'])}"
-    return text + "."
+    clause = accuracy_clause(a, int(s["n_train"].max()), names)
+    return clause[0].upper() + clause[1:] + "."
 
 
-def needed_sentences(a: StudyAnalysis) -> list[str]:
-    """Images needed per target, and how many times more the other models need than the most
-    data-efficient one (from the paired ratio table)."""
+def needed_sentences(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
+    """Images needed per target, each written as what it is (estimate, extrapolated, censored
+    at the smallest size, unreached), with the ratios that can be estimated."""
     out = []
     for _, t in a.targets.iterrows():
         rows = a.needed[a.needed["target"] == t["target"]]
-        parts = []
-        for _, r in rows.iterrows():
-            if r["status"] == "no fit":
-                parts.append(f"{r['model']}: no fitted curve")
-            elif np.isinf(r["n_star"]):
-                parts.append(f"{r['model']}: not reached on its fitted curve")
-            else:
-                flag = f" (extrapolated {r['extrapolation_factor']:.2g}× beyond the data)" if r["extrapolated"] else ""
-                if r["upper_bound"]:
-                    parts.append(f"{r['model']} at most {count(r['n_star'])} (reached at the smallest measured size)")
-                else:
-                    parts.append(
-                        f"{r['model']} {count(r['n_star'])} {interval(r['ci_low'], r['ci_high'], count)}{flag}"
-                    )
-        if not parts:
+        if rows.empty:
             continue
-        text = f"To reach {t['label']}, the models need: " + "; ".join(parts) + " training images (95% CI)."
+        parts = [needed_words(r, names, a.summary) for r in rows.sort_values("model").itertuples()]
+        text = f"To reach {t['label']} (95% CI): " + "; ".join(parts) + "."
         reached = rows[np.isfinite(rows["n_star"].astype(float))].sort_values(["n_star", "model"])
         if len(reached) > 1:
-            best = reached.iloc[0]["model"]
-            others = [
-                m for m, bounded in zip(reached["model"].iloc[1:], reached["upper_bound"].iloc[1:]) if not bounded
-            ]
-            ratios = [_ratio_to(a.ratios, t["target"], m, best) for m in others]
-            at_least = "at least " if reached.iloc[0]["upper_bound"] else ""
-            ratios = [
-                f"{m} {at_least}{num(r, 2)}× {interval(lo, hi, lambda v: num(v, 2))}"
-                + _ratio_extrapolation(a.ratios, t["target"], m, best)
-                for m, (r, lo, hi) in zip(others, ratios)
-            ]
-            if ratios:
+            best = reached.iloc[0]
+            if bool(best["upper_bound"]):
                 text += (
-                    f" Relative to {best}, the others need: "
-                    + "; ".join(ratios)
-                    + " as many images (intervals of at least 95%)."
+                    f" {names[best['model']]} reaches it at the smallest size; the ratio of the others to it is not "
+                    "estimable below that size."
                 )
+            else:
+                ratios = []
+                for _, r in reached.iloc[1:].iterrows():
+                    value, lo, hi = _ratio_to(a.ratios, t["target"], r["model"], best["model"])
+                    if not np.isfinite(value):
+                        continue
+                    mark = " (extrapolated)" if r["n_star"] > r["n_max_measured"] else ""
+                    ratios.append(f"{names[r['model']]} {num(value, 2)}× {interval(lo, hi, lambda v: num(v, 2))}{mark}")
+                if ratios:
+                    text += f" Relative to {names[best['model']]}, the others need: " + "; ".join(ratios) + " as many."
         out.append(text)
     return out
 
@@ -129,14 +109,15 @@ def crossover_sentences(a: StudyAnalysis) -> list[str]:
     return [f"{r['sentence']} (interval of at least 95%)." for _, r in found.iterrows()]
 
 
-def score_difference_sentence(a: StudyAnalysis) -> str:
+def score_difference_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
     """Which data-efficiency scores differ (paired over seeds, Holm), from ``a.score_differences``."""
     sd = a.score_differences.dropna(subset=["diff"])
     if sd.empty:
         return ""
     sig = sd[sd["significant"]]
     items = [
-        f"{r['model_a']} − {r['model_b']} {num(r['diff'])} {interval(r['ci_low'], r['ci_high'], num)}"
+        f"{(names or {}).get(r['model_a'], r['model_a'])} − {(names or {}).get(r['model_b'], r['model_b'])} "
+        f"{three(r['diff'])} {interval(r['ci_low'], r['ci_high'], three)}"
         for _, r in sig.iterrows()
     ]
     head = (
@@ -146,20 +127,21 @@ def score_difference_sentence(a: StudyAnalysis) -> str:
     return head + (": " + "; ".join(items) + "." if items else ".")
 
 
-def efficiency_sentence(a: StudyAnalysis) -> str:
+def efficiency_sentence(a: StudyAnalysis, names: dict[str, str]) -> str:
     sc = a.scores.dropna(subset=["score"]).sort_values(["score", "model"], ascending=[False, True])
     if sc.empty:
         return ""
     top = sc.iloc[0]
     text = (
-        f"Over the measured range, the most data-efficient model is {top['model']} (score {num(top['score'])} "
-        f"{interval(top['ci_low'], top['ci_high'], num)}: its mean accuracy averaged over log training-set size)"
+        f"Over the measured range, the highest data-efficiency score is {names[top['model']]}'s "
+        f"({three(top['score'])} {interval(top['ci_low'], top['ci_high'], three)}: mean accuracy averaged over log "
+        "training-set size)"
     )
-    others = [f"{r['model']} {num(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
+    others = [f"{names[r['model']]} {three(r['score'])}" for _, r in sc.iloc[1:].iterrows()]
     return text + (f"; then {', '.join(others)}." if others else ".")
 
 
-def significance_sentences(a: StudyAnalysis) -> list[str]:
+def significance_sentences(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
     """How many differences are significant (paired t-test over seeds, Holm), which ones at the
     largest size, and what McNemar's test on the test predictions adds."""
     pw = a.comparisons.pairwise
@@ -175,8 +157,9 @@ def significance_sentences(a: StudyAnalysis) -> list[str]:
     ]
     largest = pw[pw["n_train"] == pw["n_train"].max()]
     items = [
-        f"{r['model_a']} vs {r['model_b']} {pp(r['diff'])} ({fmt_p(r['p_t_holm'])})"
+        f"{names[a_]} over {names[b_]} {pp(abs(r['diff']))} (Holm-adjusted {fmt_p(r['p_t_holm'])})"
         for _, r in largest[largest["significant"]].iterrows()
+        for a_, b_ in [(r["model_a"], r["model_b"]) if r["diff"] >= 0 else (r["model_b"], r["model_a"])]
     ]
     if items:
         out.append(f"With {count(largest['n_train'].iloc[0])} training images: " + "; ".join(items) + ".")
@@ -192,41 +175,26 @@ def significance_sentences(a: StudyAnalysis) -> list[str]:
     return out
 
 
-def cost_sentence(a: StudyAnalysis) -> str:
-    mc = a.model_costs
-    if not mc["measured"].any():
-        return "Inference costs (MACs, latency, size) were not measured for this study."
-    lat = mc.dropna(subset=["latency_p50_ms_1t"]).sort_values(["latency_p50_ms_1t", "model"])
-    if lat.empty:
-        return ""
-    fastest = lat.iloc[0]
-    return (
-        f"On CPU at batch 1 with one thread, {fastest['model']} is the fastest ({num(fastest['latency_p50_ms_1t'])} "
-        "ms p50)"
-        + (
-            f"; {', '.join(f'{r.model} {num(r.latency_p50_ms_1t)} ms' for r in lat.iloc[1:].itertuples())}."
-            if len(lat) > 1
-            else "."
-        )
-    )
-
-
-def answer_paragraphs(a: StudyAnalysis) -> list[str]:
-    """The answer, first in the report: a few short paragraphs of plain text."""
-    paragraphs = [study_sentence(a) + " " + best_sentence(a)]
-    needed = needed_sentences(a)
+def answer_paragraphs(a: StudyAnalysis, names: dict[str, str] | None = None) -> list[str]:
+    """The full answer, folded below the verdict: a few short paragraphs of plain text."""
+    names = names or {m: m for m in a.data.runs["model"].unique()}
+    paragraphs = [study_sentence(a, names) + " " + best_sentence(a, names)]
+    needed = needed_sentences(a, names)
     if needed:
         paragraphs.append(" ".join(needed))
-    eff = " ".join(x for x in (efficiency_sentence(a), score_difference_sentence(a)) if x)
+    eff = " ".join(x for x in (efficiency_sentence(a, names), score_difference_sentence(a, names)) if x)
     if eff:
         paragraphs.append(eff)
     cross = crossover_sentences(a)
     if cross:
         paragraphs.append(" ".join(cross))
-    paragraphs.append(" ".join(significance_sentences(a)))
-    cost = cost_sentence(a)
-    if cost:
-        paragraphs.append(cost)
+    paragraphs.append(" ".join(significance_sentences(a, names)))
+    if not a.model_costs["measured"].any():
+        paragraphs.append("Inference costs (MACs, latency, size) were not measured for this study.")
+    else:
+        cost = latency_bullet(a, names)
+        if cost:
+            paragraphs.append(cost)
     return paragraphs
 
 

@@ -34,7 +34,12 @@ def _seconds(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
+    """argparse that reports a bad flag in one line (no usage block) with exit status 2, and
+    takes no abbreviations: ``--frac 0.5`` is refused, not read as ``--fractions``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see `python -m {self.prog} --help`)")
@@ -114,10 +119,19 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         "(repeatable)",
     )
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
-    p.add_argument("--epochs", metavar="N", help="training epochs per run (one pass over full data each)")
-    p.add_argument("--min-steps", metavar="N", help="floor on optimiser steps per run, for small fractions")
-    p.add_argument("--batch-size", metavar="N")
-    p.add_argument("--lr", metavar="LR", help="learning rate (AdamW by default)")
+    p.add_argument(
+        "--epochs",
+        metavar="N",
+        help="epochs per run: passes over the run's subset; a small subset repeats passes within an epoch until "
+        "it has min-steps / epochs optimiser steps",
+    )
+    p.add_argument(
+        "--min-steps", metavar="N", help="floor on optimiser steps per run, so small subsets are not starved"
+    )
+    p.add_argument("--batch-size", metavar="N", help="images per optimiser step (smaller subsets use their size)")
+    p.add_argument(
+        "--lr", metavar="LR", help="peak learning rate of AdamW (0 = auto: 5e-3 from scratch, 1e-4 pretrained)"
+    )
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")
     p.add_argument(
@@ -148,6 +162,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pruner", metavar="NAME", help="median (default) | hyperband | none")
     p.add_argument(
         "--no-costs", dest="costs", action="store_const", const=False, help="skip measuring MACs, size and CPU latency"
+    )
+    p.add_argument(
+        "--budget-control",
+        action=argparse.BooleanOptionalAction,
+        help="after the study, retrain seed 0 of each model at the smallest and largest size with twice the budget, "
+        "so the report can say whether the runs converged",
     )
     p.add_argument(
         "--no-deploy",
@@ -210,12 +230,52 @@ _OVERRIDES = {
     "compile": "compile",
     "channels_last": "channels_last",
     "costs": "costs",
+    "budget_control": "budget_control",
     "memory_budget": "memory_budget",
     "deploy": "deploy.enabled",
     "deploy_runs": "deploy.runs",
     "latency_budget_ms": "deploy.latency_budget_ms",
     "size_budget_mb": "deploy.size_budget_mb",
 }
+
+
+def _config_default(key: str):
+    """The built-in default of a dotted config key, e.g. 'train.epochs' -> 8."""
+    from study.config import StudyConfig
+
+    value = StudyConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every flag's help ends with its default: the config's built-in value for flags that set
+    config keys, argparse's own otherwise."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _with_defaults(sub)
+            continue
+        if action.help in (None, argparse.SUPPRESS) or "default" in action.help or not action.option_strings:
+            continue
+        if action.dest in ("help",):
+            continue
+        if isinstance(action, argparse._StoreConstAction) and action.const is False:
+            value = f"{action.dest} on"  # --no-X flags: X happens unless asked
+        elif action.dest in _OVERRIDES:
+            value = _config_default(_OVERRIDES[action.dest])
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value) or "none"
+            elif isinstance(value, bool):
+                value = "on" if value else "off"
+            elif value == "" or value == 0 and action.dest in ("lr", "input_size"):
+                value = {"lr": "0 = auto", "input_size": "0 = --image-size"}.get(action.dest, "none")
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
+            value = "off"
+        else:
+            value = "none" if action.default is None else action.default
+        action.help += f" (default: {value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of each class in the test split (default 0.2)",
     )
     text.add_argument("--force", action="store_true", help="replace an existing output folder")
+    _with_defaults(parser)
     return parser
 
 
@@ -342,6 +403,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"study {study.name!r}: {counts['done']} done, {counts['failed']} failed, "
             f"{counts['pending'] + counts['running']} left"
         )
+        _run_budget_control(study, quiet=args.quiet)
         if counts["tuning_failed"]:
             print(
                 f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, "
@@ -355,6 +417,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(mask_urls(line))
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report, budgets=_budgets(cfg))
     return 0 if failed == 0 else 1
+
+
+def _run_budget_control(cfg, quiet: bool) -> None:
+    """Train the study's budget control (``study.budget_control``) when it has one."""
+    from study.budget_control import FACTOR, control_config
+
+    control = control_config(cfg)
+    if control is None:
+        return
+    from study.execute import execute
+    from study.plan import open_context
+
+    print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
+    ctx = open_context(control)
+    counts = execute(control, ctx.study_id, ctx.store, progress=not quiet)
+    print(f"budget control: {counts['done']} done, {counts['failed']} failed")
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).

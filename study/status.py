@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from analysis.load import StudyData, load_study
 from study.masking import masked_url
+from study.status_grid import eta_line, grid_lines
 from study.store import Store
 
 
 def print_status(url: str, name: str | None) -> None:
-    """Print study ``name`` (or the store's only study): its runs by status, the running and
-    failed ones, its tuning and its workers."""
+    """Print study ``name`` (or the store's only study): its runs by status, a model x size grid
+    of runs done/running/left with accuracy so far and the time left, the running and failed
+    runs, its budget control, its tuning and its workers."""
     data = load_study(url, name)
     runs = data.runs
     counts = runs["status"].value_counts().to_dict()
@@ -19,6 +21,10 @@ def print_status(url: str, name: str | None) -> None:
     for status in ("done", "running", "failed", "pending"):
         label = "left" if status == "pending" else status
         print(f"  {label:8s} {counts.get(status, 0)}")
+    for line in grid_lines(runs):
+        print(f"  {line}")
+    running = int((runs["status"] == "running").sum())
+    print(f"  {eta_line(runs, running or _planned_workers(data.config))}")
     for status in ("running", "failed"):
         for _, r in runs[runs["status"] == status].iterrows():
             detail = (
@@ -27,8 +33,30 @@ def print_status(url: str, name: str | None) -> None:
                 else f"attempt {r['attempts']} by {r['worker']}"
             )
             print(f"  {status}: {r['arm']} n_train={r['n_train']} seed={r['seed']}: {detail}")
+    _print_control_status(url, data.name)
     _print_tuning_status(url, data)
     _print_workers(url, data)
+
+
+def _print_control_status(url: str, name: str) -> None:
+    """The study's budget control (``study.budget_control``), when the store holds one."""
+    from study.budget_control import control_name
+
+    if control_name(name) not in Store(url, create=False).study_names():
+        return
+    runs = load_study(url, control_name(name)).runs
+    counts = runs["status"].value_counts().to_dict()
+    print(
+        f"budget control {control_name(name)!r}: {counts.get('done', 0)} of {len(runs)} runs done, "
+        f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
+    )
+
+
+def _planned_workers(config: dict) -> int:
+    """Parallel workers a study plans when none is running: its jobs setting, else one per core."""
+    import os
+
+    return int(config.get("jobs") or os.cpu_count() or 1)
 
 
 def _print_workers(url: str, data: StudyData) -> None:

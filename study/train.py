@@ -29,7 +29,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from study.augment import BatchAugment, to_model_input
-from study.config import TrainConfig
+from study.config import WARMUP_DIVISOR, TrainConfig
 from study.errors import DivergedError
 from study.images import BatchStream, ImageSource, RunData
 from study.images import TrainData as TrainData  # where tests and benchmarks have always found it
@@ -83,11 +83,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def budget(n_train: int, hp: TrainConfig) -> tuple[int, int, int]:
-    """(batch size, steps per epoch, epochs) for a subset of ``n_train`` images."""
-    batch = min(hp.batch_size, n_train)
-    steps_per_pass = math.ceil(n_train / batch)
-    steps_per_epoch = max(steps_per_pass, math.ceil(hp.min_steps / hp.epochs))
-    return batch, steps_per_epoch, hp.epochs
+    """(batch size, steps per epoch, epochs) for a subset of ``n_train`` images (``TrainConfig.budget``)."""
+    return hp.budget(n_train)
 
 
 class BatchOrder:
@@ -135,8 +132,8 @@ def _optimizer(model: torch.nn.Module, hp: TrainConfig) -> torch.optim.Optimizer
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
-    warmup = max(1, total_steps // 20)
+    """Linear warm-up over the first 5% of steps (``WARMUP_DIVISOR``), then cosine decay to zero."""
+    warmup = max(1, total_steps // WARMUP_DIVISOR)
 
     def factor(step: int) -> float:
         if step < warmup:

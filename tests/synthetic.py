@@ -44,12 +44,18 @@ def make_study(
     costs: dict[str, dict] | None = None,
     name: str = "synthetic",
     seed: int = 0,
+    epochs: int = 3,
+    val_curve: str = "rising",
 ) -> SyntheticStudy:
     """Write a finished study: every (model, fraction, seed) run done with test accuracy drawn
     around ``curves[model]`` (a power law in n) plus seed noise shared across models (a seed
     fixes the subset), except the cells listed in ``failed`` (recorded as failed with a
     DivergedError) and ``pending`` (never run). Test predictions are right on exactly
-    round(acc * n_test) items, epochs are plausible, and ``costs`` rows go to model_costs."""
+    round(acc * n_test) items, epochs are plausible, and ``costs`` rows go to model_costs.
+
+    ``val_curve`` shapes each run's ``epochs`` validation accuracies: 'rising' climbs to the run's
+    accuracy in the last epoch (a run cut short), 'plateau' reaches it by the third epoch and
+    stays there (a run that converged early)."""
     curves = curves or {
         "mobilenetv2_100": (0.93, 4.0, 0.55),
         "mobilevit_xxs": (0.95, 6.0, 0.55),
@@ -89,7 +95,7 @@ def make_study(
             "cache_dir": "",
         },
         "train": {
-            "epochs": 3,
+            "epochs": epochs,
             "min_steps": 10,
             "batch_size": 32,
             "optimizer": "adamw",
@@ -136,18 +142,18 @@ def make_study(
         predictions[wrong] = (y_test[wrong] + 1 + rng.integers(0, len(CLASS_NAMES) - 1, len(wrong))) % len(CLASS_NAMES)
         acc = correct / n_test
         out.accuracies[key] = acc
-        epochs = [
+        history = [
             {
                 "epoch": e,
                 "train_loss": 1.6 / e,
                 "train_acc": min(1.0, acc * (0.8 + 0.1 * e)),
                 "val_loss": 1.7 / e,
-                "val_acc": acc * (0.85 + 0.05 * e),
+                "val_acc": _val_curve(val_curve, acc, e, epochs),
                 "lr": 1e-3,
                 "seconds": n / 900,
                 "images_seen": n * e,
             }
-            for e in (1, 2, 3)
+            for e in range(1, epochs + 1)
         ]
         fields = {
             "hparams": config["train"],
@@ -156,9 +162,9 @@ def make_study(
             "test_acc": acc,
             "test_loss": 1.0 - acc,
             "test_f1": acc,
-            "best_epoch": 3,
-            "epochs_run": 3,
-            "train_seconds": 3 * n / 900 + 0.5,
+            "best_epoch": int(np.argmax([h["val_acc"] for h in history])) + 1,
+            "epochs_run": epochs,
+            "train_seconds": epochs * n / 900 + 0.5,
             "images_per_second": 900.0 * (1 + 0.1 * sorted(curves).index(run.model)),
             "n_params": {"mobilenetv2_100": 2_236_682, "mobilevit_xxs": 951_666, "resnet18": 11_181_642}.get(
                 run.model, 100_000
@@ -175,13 +181,20 @@ def make_study(
                 "cpu_count": 2,
             },
         }
-        assert store.finish(run.id, WORKER, fields, epochs, predictions)
+        assert store.finish(run.id, WORKER, fields, history, predictions)
     with store.session() as s:
         s.execute(update(RunRow).where(RunRow.id.in_(held)).values(status="pending", worker=None))
     for model, row in (costs or {}).items():
         with store.session() as s:
             s.add(ModelCostRow(study_id=study_id, model=model, **row))
     return out
+
+
+def _val_curve(shape: str, acc: float, epoch: int, epochs: int) -> float:
+    """Validation accuracy at ``epoch`` of ``epochs`` for a run that ends at ``acc``."""
+    if shape == "plateau":
+        return acc * (1 - 0.3 * max(0, 3 - epoch) / 2)
+    return acc * (1 - 0.15 * (epochs - epoch) / max(1, epochs - 1))
 
 
 REALISTIC_COSTS = {

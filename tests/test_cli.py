@@ -36,6 +36,7 @@ def _refused(result, fragment):
         (["--dataset", "imagefolder", "--data-root", "/nonexistent/x"], "'/nonexistent/x' does not exist"),
         (["--per-class", "500"], "per_class 500 is more than class"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--frac", "0.5"], "unrecognized arguments: --frac 0.5"),  # no abbreviation of --fractions
     ],
 )
 def test_bad_input_is_refused_in_one_line(cli, tmp_path, args, fragment):

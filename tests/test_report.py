@@ -26,7 +26,7 @@ from PIL import Image
 
 from analysis import analyse, load_study
 from reports import write_report
-from reports.format import count, pct, pp, pvalue
+from reports.format import count, display_names, pct, pvalue
 from study.cli import main
 from tests.conftest import FAST_MODEL, ROOT
 from tests.synthetic import REALISTIC_COSTS, make_study
@@ -208,10 +208,17 @@ def test_every_section_is_present_in_order(synthetic):
         "sizes-table",
         "train-config-table",
         "environment-table",
+        "main-table",
+        "convergence-table",
+        "steps-table",
     ):
         assert table in synthetic.page.tables, table
-    assert html.count("<details>") == 3  # one collapsible per model
-    assert "most data-efficient model is" in html and "To reach 90% of the best full-data accuracy" in html
+    assert html.count('<summary><span class="swatch"') == 3  # one collapsible per model
+    assert "highest data-efficiency score is" in html and "To reach 90% of the best full-data accuracy" in html
+    # The verdict comes first: headline, at most three bullets, one caveat, then the main table.
+    verdict = html[html.index('id="verdict"') : html.index('id="main-table"')]
+    assert verdict.count("<li>") <= 3 and verdict.count('class="caveat"') <= 1
+    assert html.index('id="verdict"') < html.index('id="main-table"') < html.index('id="answer-details"')
 
 
 def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
@@ -229,6 +236,12 @@ def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
         for m in ("mobilenetv2_100", "mobilevit_xxs", "resnet18")
     }
     assert set(figures) == expected
+    for name in figures:  # every figure also as PDF and SVG, for a paper
+        pdf, svg = (
+            (synthetic.folder / "figures" / name).with_suffix(".pdf"),
+            (synthetic.folder / "figures" / name).with_suffix(".svg"),
+        )
+        assert pdf.read_bytes().startswith(b"%PDF-") and b"</svg>" in svg.read_bytes(), name
     for name in figures:
         with Image.open(synthetic.folder / "figures" / name) as img:
             img.verify()
@@ -276,11 +289,12 @@ def _html_table(synthetic, table_id):
 
 def test_per_size_and_pairwise_tables_match_the_analysis(synthetic):
     a = synthetic.analysis
+    ids = _ids(synthetic)
     header, rows = _html_table(synthetic, "per-size-table")
     summary = a.summary.set_index(["model", "n_train"])
     assert len(rows) == len(summary)
     for n_text, _, model, mean_std, seeds, ci in rows:
-        s = summary.loc[(model, int(first_number(n_text)))]
+        s = summary.loc[(ids[model], int(first_number(n_text)))]
         mean_text, std_text = mean_std.split(" ± ")
         assert (
             abs(first_number(mean_text) / 100 - s["mean"]) <= HALF_UNIT
@@ -288,20 +302,31 @@ def test_per_size_and_pairwise_tables_match_the_analysis(synthetic):
         )
         assert int(seeds) == s["n_seeds"] and ci == f"[{pct(s['ci_low'])}, {pct(s['ci_high'])}]"
     header, rows = _html_table(synthetic, "pairwise-table")
-    pw = a.comparisons.pairwise.set_index(["n_train", "model_a", "model_b"])
+    pw = a.comparisons.pairwise
     assert len(rows) == len(pw)
+    col = {name: i for i, name in enumerate(header)}
     for row in rows:
-        r = pw.loc[(int(first_number(row[0])), row[1], row[2])]
-        assert int(row[3]) == r["n_pairs"]
-        assert abs(first_number(row[4]) / 100 - r["diff"]) <= HALF_UNIT and row[4] == pp(r["diff"])
-        assert row[6:9] == [f"{pvalue(r[f'p_{t}'])} ({pvalue(r[f'p_{t}_holm'])})" for t in ("t", "wilcoxon", "mcnemar")]
-        assert row[9] == f"{r['p_a_better']:.2g}" and row[10] == ("yes" if r["significant"] else "no")
+        n, better, other = int(first_number(row[0])), ids[row[1]], ids[row[2]]
+        same = pw[(pw["n_train"] == n) & (pw["model_a"] == better) & (pw["model_b"] == other)]
+        flipped = pw[(pw["n_train"] == n) & (pw["model_a"] == other) & (pw["model_b"] == better)]
+        r = (same if len(same) else flipped).iloc[0]
+        diff = r["diff"] if len(same) else -r["diff"]
+        assert diff >= 0  # the better model comes first: differences read positive
+        assert abs(float(row[col["A − B (pp)"]]) / 100 - diff) <= HALF_UNIT
+        assert row[col["t-test p, Holm"]] == pvalue(r["p_t_holm"])
+        assert row[col["Significant"]] == ("yes" if r["significant"] else "tie")
+
+
+def _ids(synthetic) -> dict[str, str]:
+    """Display name -> timm id, as the report names the synthetic models."""
+    return {v: k for k, v in display_names(synthetic.data.config, synthetic.data.runs["model"].unique()).items()}
 
 
 def test_answer_needed_and_cost_tables_match_the_analysis(synthetic):
     a = synthetic.analysis
+    ids = _ids(synthetic)
     header, rows = _html_table(synthetic, "answer-table")
-    assert [r[0] for r in rows] == a.answer["model"].tolist()
+    assert [ids[r[0]] for r in rows] == a.answer["model"].tolist()
     needed = a.needed.set_index(["model", "target"])
     for row, (_, ans) in zip(rows, a.answer.iterrows()):
         assert row[1].startswith(pct(ans["acc_smallest"])) and row[2].startswith(pct(ans["acc_largest"]))
@@ -311,15 +336,15 @@ def test_answer_needed_and_cost_tables_match_the_analysis(synthetic):
             assert f"[{count(n['ci_low'])}, {count(n['ci_high'])}]" in row[3 + j]
         assert abs(first_number(row[3 + len(a.targets)]) - ans["score"]) <= HALF_UNIT
     header, rows = _html_table(synthetic, "model-costs-table")
+    assert header[5] == "Latency, 1 thread, p50 / p95 (ms)" and header[6] == "Latency, 2 threads, p50 / p95 (ms)"
     costs = a.model_costs.set_index("model")
     for row in rows:
-        c = costs.loc[row[0]]
+        c = costs.loc[ids[row[0]]]
         if c["measured"]:
-            assert float(row[5]) == pytest.approx(c["latency_p50_ms_1t"]) and float(row[7]) == pytest.approx(
-                c["latency_p50_ms_all"]
-            )
+            assert row[5] == f"{c['latency_p50_ms_1t']:.2f} / {c['latency_p95_ms_1t']:.2f}"
+            assert row[6] == f"{c['latency_p50_ms_all']:.2f} / {c['latency_p95_ms_all']:.2f}"
         else:
-            assert row[5] == "—"
+            assert row[5] == "— / —"
     header, rows = _html_table(synthetic, "needed-table")
     assert len(rows) == len(a.needed)
 
@@ -332,8 +357,9 @@ def test_markdown_tables_are_well_formed_and_match(synthetic):
         assert all(len(row) == len(table[0]) for row in table), table[0]
     per_size = next(t for t in tables if t[0][:4] == ["training images", "fraction", "model", "mean ± std"])
     summary = synthetic.analysis.summary.set_index(["model", "n_train"])
+    ids = _ids(synthetic)
     for row in per_size[2:]:
-        s = summary.loc[(row[2], int(first_number(row[0])))]
+        s = summary.loc[(ids[row[2]], int(first_number(row[0])))]
         assert row[3] == f"{pct(s['mean'])} ± {pct(s['std'])}"
 
 
@@ -474,7 +500,7 @@ def test_real_study_report_shows_the_measured_costs_and_names_classes(real_study
     assert page.errors == [] and [i for i in page.ids if i in SECTION_IDS] == SECTION_IDS
     assert "costs-not-measured" not in page.ids and "no-tuning" in page.ids  # `study run` measures costs by default
     costs = page.tables["model-costs-table"]
-    assert len(costs) == 2 and costs[1][0] == FAST_MODEL and costs[1][3] == "16 px"
+    assert len(costs) == 2 and costs[1][0] == FAST_MODEL and costs[0][3] == "Input (px)" and costs[1][3] == "16"
     data = load_study(f"sqlite:///{real_study / 'study.db'}")
     assert len(data.done) == 2
     assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
@@ -594,3 +620,16 @@ def test_tuning_read_from_a_real_optuna_study_in_the_store(tmp_path):
     assert [r[0] for r in rows] == ["a", "b"] and {"augment", "lr"} <= set(header)
     assert (folder / "figures" / "tuning_history.png").is_file() and (folder / "tuning_trials.csv").is_file()
     assert len(pd.read_csv(folder / "tuning_trials.csv")) == 12
+
+
+def test_main_tables_are_written_as_csv_and_latex_that_parses(synthetic):
+    from tests.test_verdict import assert_balanced_latex
+
+    for name in ("table_accuracy", "table_pairs", "table_costs", "table_convergence"):
+        csv = pd.read_csv(synthetic.folder / f"{name}.csv")
+        tex = (synthetic.folder / f"{name}.tex").read_text(encoding="utf-8")
+        assert_balanced_latex(tex, columns=len(csv.columns))
+        assert r"\begin{tabular}" in tex and rf"\label{{tab:{name}}}" in tex
+    accuracy = pd.read_csv(synthetic.folder / "table_accuracy.csv")
+    assert accuracy["Model"].tolist() == ["MobileNetV2", "MobileViT-XXS", "ResNet-18"]
+    assert [c for c in accuracy.columns if "macro-F1" in c]  # macro-F1 beside accuracy

@@ -279,6 +279,21 @@ def tuning_study_name(study: str, arm: str, size_kind: str, size_value: float) -
     return f"{study}|tune|{arm}|{size_kind}={size}"
 
 
+BUDGET_CONTROL_FACTOR = 2  # a study's budget control trains this many times its budget
+_CONTROL_SUFFIX = f"+budget-x{BUDGET_CONTROL_FACTOR}"
+
+
+def control_name(study: str) -> str:
+    """Name of the budget control of dataset study ``study`` (``study.budget_control``), in the
+    same database. Convention shared by ``study run`` and the analysis."""
+    return study + _CONTROL_SUFFIX
+
+
+def is_control(study: str) -> bool:
+    """Whether a dataset study in the store is some study's budget control."""
+    return study.endswith(_CONTROL_SUFFIX)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One unit of work: an arm (a model and how it trains) on one subset size with one seed.

@@ -50,6 +50,7 @@ from study.store.schema import (
     TuningJobRow,
     WorkerRow,
     db_now,
+    is_control,
 )
 from study.store.workers import dead_here
 
@@ -691,7 +692,8 @@ def study_to_join(
     while True:
         if store is None and missing_sqlite_file(url) is None:
             store = Store(url)
-        names = store.study_names() if store is not None else []
+        # A budget control (study.budget_control) belongs to its study: never the only one to join.
+        names = [n for n in store.study_names() if not is_control(n)] if store is not None else []
         chosen = name or (names[0] if len(names) == 1 else None)
         if chosen in names or time.monotonic() >= deadline:
             return store, (chosen if chosen in names else None), names

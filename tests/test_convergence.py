@@ -1,0 +1,117 @@
+"""The convergence check (analysis/convergence.py, study/budget_control.py): studies whose runs
+plateau early get no warning, studies cut short get one, and the budget control, when present,
+decides a cell by the doubled budget's gain against the seed noise."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic import make_study
+
+from analysis.load import load_control, load_study
+from analysis.study_analysis import analyse
+from reports.format import display_names
+from reports.verdict import verdict
+from study import config
+from study.budget_control import FACTOR, control_config
+from study.store.schema import control_name
+
+CURVES = {"mobilenetv2_100": (0.93, 4.0, 0.55), "resnet18": (0.95, 3.0, 0.5)}
+
+
+def _analysed(path, **kwargs):
+    study = make_study(path / "study.db", curves=CURVES, seeds=3, epochs=6, **kwargs)
+    data = load_study(study.url, study.name)
+    a = analyse(data, n_boot_curves=20, n_boot_stats=200, control=load_control(data))
+    return a, display_names(data.config, CURVES)
+
+
+def test_a_study_whose_models_plateau_early_gets_no_convergence_warning(tmp_path):
+    a, names = _analysed(tmp_path, val_curve="plateau")
+    assert a.convergence["converged"].all()
+    assert (a.convergence["evidence"] == "validation curves").all()
+    assert "not_converged" not in set(a.warnings["check"])
+    assert not a.convergence_runs["rising"].any()
+    headline = verdict(a, names).headline
+    assert "under a 6-epoch budget, enough for every model" in headline
+    assert "not converged" not in headline
+
+
+def test_a_study_cut_short_gets_the_warning_in_the_banner_rows_and_the_headline(tmp_path):
+    a, names = _analysed(tmp_path, val_curve="rising")
+    assert not a.convergence["converged"].any()
+    warned = a.warnings[a.warnings["check"] == "not_converged"]
+    assert len(warned) == len(a.convergence) == 8  # 2 models x 4 sizes
+    assert "had not converged under a 6-epoch budget" in warned["message"].iloc[0]
+    assert a.convergence_runs["best_is_last"].all() and a.convergence_runs["rising"].all()
+    assert "under a 6-epoch budget; MobileNetV2 and ResNet-18 had not converged" in verdict(a, names).headline
+
+
+def test_the_budget_control_decides_its_cells_by_the_gain_over_the_seed_noise(tmp_path):
+    # The study plateaus (its curves alone would pass); the control, trained longer, is far
+    # better for MobileNetV2 and the same for ResNet-18.
+    better = {"mobilenetv2_100": (0.93 + 0.06, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
+    make_study(
+        tmp_path / "study.db", curves=better, fractions=(0.1, 1.0), seeds=1, name=control_name("synthetic"), noise=0.0
+    )
+    a, names = _analysed(tmp_path, val_curve="plateau")
+    cells = a.convergence.set_index(["model", "n_train"])
+    controlled = cells[cells["evidence"] == "budget control"]
+    assert len(controlled) == 4  # 2 models at the smallest and the largest size
+    assert not controlled.loc["mobilenetv2_100", "converged"].any()
+    assert (controlled.loc["mobilenetv2_100", "control_gain"] > controlled.loc["mobilenetv2_100", "threshold"]).all()
+    assert controlled.loc["resnet18", "converged"].all()
+    assert (cells[cells["evidence"] == "validation curves"]["converged"]).all()
+    assert "MobileNetV2 had not converged" in verdict(a, names).headline
+    # The control is no study of its own: `report` without --name still finds the one study.
+    assert load_study(a.data.storage_url).name == "synthetic"
+
+
+def test_control_config_trains_seed_0_at_the_ends_with_twice_the_budget():
+    on = {"budget_control": True}
+    cfg = config.load(None, {**on, "fractions": "0.1,0.25,0.5,1.0", "train.epochs": 5, "train.min_steps": 60})
+    control = control_config(cfg)
+    assert control.name == "default+budget-x2"
+    assert control.fractions == [0.1, 1.0] and control.seeds == 1
+    assert (control.train.epochs, control.train.min_steps) == (5 * FACTOR, 60 * FACTOR)
+    assert not control.costs and not control.budget_control
+    assert control_config(config.load(None, {"budget_control": False})) is None
+    assert control_config(config.load(None, {**on, "tune.trials": 3})) is None
+    per_class = control_config(config.load(None, {**on, "per_class": "5,10,50", "fractions": []}))
+    assert per_class.per_class == [5, 50]
+
+
+@pytest.mark.parametrize("key", ["display_names"])
+def test_display_names_come_from_the_config_with_readable_defaults(key):
+    cfg = config.load(None, {key: {"resnet18": "RN18"}})
+    names = display_names(config.to_dict(cfg), ["resnet18", "mobilevit_xxs", "my_model"])
+    assert names == {"resnet18": "RN18", "mobilevit_xxs": "MobileViT-XXS", "my_model": "my_model"}
+
+
+@pytest.mark.slow  # eight real runs and two reports (~2 min on 2 cores)
+def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_path, cli):
+    from tests.conftest import FAST_MODEL
+
+    out = tmp_path / "o"
+    args = ["--out", out, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2"]
+    code, stdout, err = cli(
+        "run",
+        *args,
+        "--fractions",
+        "0.25,0.5,1.0",
+        "--seeds",
+        "2",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--no-costs",
+        "--budget-control",
+    )
+    assert code == 0, err
+    assert "budget control: 2 done, 0 failed" in stdout
+    control = load_study(f"sqlite:///{out / 'study.db'}", control_name("default"))
+    assert len(control.done) == 2 and set(control.done["epochs_run"]) == {2}  # twice the one epoch
+    assert sorted(control.done["size_value"]) == [0.25, 1.0] and set(control.done["seed"]) == {0}
+    html = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Budget control: seed 0 of each model" in html and "budget control</td>" in html
+    code, stdout, err = cli("report", "--out", out)  # the control is no second study to choose from
+    assert code == 0, err

@@ -1,0 +1,105 @@
+"""The verdict and the paper tables say no more than the analysis computed: ties by the
+report's own test are called ties, censored needs and their ratios are not written as numbers,
+latency is compared with its spread, and the LaTeX tables parse."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+from synthetic import make_study
+
+from analysis.load import load_study
+from analysis.study_analysis import analyse
+from reports.format import display_names
+from reports.tables import latex_escape, oriented_pairs, to_latex
+from reports.verdict import faster, leaders, needed_bullet, verdict
+
+
+def _analysed(path, curves, **kwargs):
+    study = make_study(path / "study.db", curves=curves, seeds=4, epochs=4, val_curve="plateau", **kwargs)
+    data = load_study(study.url, study.name)
+    a = analyse(data, n_boot_curves=30, n_boot_stats=300)
+    return a, display_names(data.config, curves)
+
+
+def test_a_tie_is_called_a_tie_and_a_clear_lead_is_not(tmp_path):
+    curves = {"resnet18": (0.95, 3.0, 0.5), "mobilevit_xxs": (0.95, 3.0, 0.5), "mobilenetv2_100": (0.70, 9.0, 0.5)}
+    a, names = _analysed(tmp_path, curves)
+    largest = int(a.summary["n_train"].max())
+    tied, _ = leaders(a, largest)
+    assert set(tied) == {"resnet18", "mobilevit_xxs"}  # the same curve: the paired test cannot separate them
+    pw = a.comparisons.pairwise
+    pair = pw[(pw["n_train"] == largest) & pw["model_a"].isin(tied) & pw["model_b"].isin(tied)].iloc[0]
+    assert not pair["significant"]
+    headline = verdict(a, names).headline
+    assert "ResNet-18 and MobileViT-XXS tie for most accurate" in headline or (
+        "MobileViT-XXS and ResNet-18 tie for most accurate" in headline
+    )
+    assert "is the most accurate" not in headline.split(";")[-1]
+    # The pairs table turns each pair so the better model comes first.
+    oriented = oriented_pairs(pw)
+    assert (oriented["diff"] >= 0).all()
+
+
+def test_a_censored_ratio_is_not_printed_as_a_number(tmp_path):
+    # resnet18 reaches the target (90% of the best full-data accuracy) already at the smallest
+    # size: its need is censored there, so the others' ratio to it is only a bound.
+    curves = {"resnet18": (0.96, 0.5, 0.5), "mobilenetv2_100": (0.93, 6.0, 0.55)}
+    a, names = _analysed(tmp_path, curves, fractions=(0.1, 0.25, 0.5, 1.0))
+    first = a.targets["target"].iloc[0]
+    row = a.needed[(a.needed["model"] == "resnet18") & (a.needed["target"] == first)].iloc[0]
+    assert row["upper_bound"]
+    text = needed_bullet(a, names)
+    assert "ResNet-18 reaches" in text and "at the smallest size" in text and "not estimable" in text
+    assert "×" not in text and not re.search(r"\d\.\d+×", text)
+
+
+def test_latency_counts_as_faster_only_beyond_the_measured_spread():
+    costs = pd.DataFrame(
+        {
+            "model": ["a", "b", "c"],
+            "latency_p50_ms_1t": [2.0, 3.0, 4.0],
+            "latency_p95_ms_1t": [2.5, 3.5, 4.5],
+            "latency_p50_ms_all": [2.0, 2.1, 4.0],
+            "latency_p95_ms_all": [2.6, 2.4, 4.5],
+        }
+    )
+    assert faster(costs, "1t")[0] == "a"  # a's p95 (2.5) lies below b's p50 (3.0)
+    assert faster(costs, "all")[0] is None  # a's p95 (2.6) overlaps b's p50 (2.1): no winner
+
+
+def test_latex_tables_escape_names_and_balance_their_environments():
+    table = pd.DataFrame(
+        {"Model": ["resnet_18 & co", "50% $net#1"], "Accuracy (%) [95% CI]": ["97.1 [96.0, 98.2]", "—"]}
+    )
+    tex = to_latex(table, "Accuracy of A_B", "tab:acc")
+    assert_balanced_latex(tex, columns=2)
+    assert r"resnet\_18 \& co" in tex and r"50\% \$net\#1" in tex and r"A\_B" in tex
+    assert latex_escape("a~b^c\\d{e}") == r"a\textasciitilde{}b\textasciicircum{}c\textbackslash{}d\{e\}"
+
+
+def assert_balanced_latex(tex: str, columns: int) -> None:
+    """Environments open and close in order, booktabs rules are there, every row has
+    ``columns`` cells, and no special character is left unescaped."""
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", tex):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack and stack.pop() == env, env
+    assert stack == []
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    body = tex[tex.index(r"\toprule") : tex.index(r"\bottomrule")]
+    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
+    assert rows and all(len(re.split(r"(?<!\\)&", line)) == columns for line in rows)
+    for line in rows:  # outside escapes and inline maths no special character is left
+        plain = re.sub(r"\\[&%$#_{}]|\$[^$]*\$", "", line)
+        assert not re.search(r"[%#_$]", plain), line
+
+
+def test_the_methods_warm_up_is_the_training_loops():
+    from reports.build import WARMUP_DIVISOR
+    from study.config import WARMUP_DIVISOR as TRAINED
+
+    assert WARMUP_DIVISOR == TRAINED
