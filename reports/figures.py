@@ -152,17 +152,19 @@ def data_needed(needed: pd.DataFrame, targets: pd.DataFrame, path: Path, colours
                 r = r.iloc[0]
                 n, lo, hi = float(r["n_star"]), float(r["ci_low"]), float(r["ci_high"])
                 if np.isfinite(n):
+                    # NaN bounds: no interval (too few seeds), so no bar; an infinite high bound runs off the axis
                     hi_drawn = hi if np.isfinite(hi) else right * 3
+                    xerr = None if np.isnan(lo) or np.isnan(hi) else [[max(n - lo, 0.0)], [max(hi_drawn - n, 0.0)]]
                     ax.errorbar(
                         [n],
                         [y],
-                        xerr=[[n - lo if np.isfinite(lo) else 0], [hi_drawn - n]],
+                        xerr=xerr,
                         fmt="o",
                         color=colours[model],
                         capsize=3,
                         markerfacecolor="white" if r["extrapolated"] else colours[model],
                     )
-                    if not np.isfinite(hi):
+                    if np.isinf(hi):
                         ax.annotate("→ ∞", (hi_drawn, y), fontsize=8, va="center", color=colours[model])
                 else:
                     ax.annotate(
