@@ -20,6 +20,7 @@ from study.store.schema import DONE, FAILED, EpochRow, ModelCostRow, PredictionR
 RUN_COLUMNS = [
     "run_id",
     "dataset",
+    "arm",
     "model",
     "size_kind",
     "size_value",
@@ -61,6 +62,7 @@ COST_COLUMNS = [
 ]
 RESULTS_CSV_COLUMNS = [
     "dataset",
+    "arm",
     "model",
     "fraction",
     "n_train",
@@ -154,6 +156,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         [
             {
                 **{c: getattr(r, c, None) for c in RUN_COLUMNS if c not in ("run_id", "dataset", "subset_list")},
+                "arm": r.arm or r.model,  # the way it trained (see config.Arm); the model's name by default
                 "run_id": r.id,
                 "dataset": dataset_name,
                 "subset_list": _subset_list(study.config, r.size_kind, r.size_value),
@@ -214,7 +217,7 @@ def _names(engine: Engine, url: str) -> list[str]:
 
 def results_table(data: StudyData) -> pd.DataFrame:
     """One row per finished run, the columns of ``results.csv``."""
-    return data.done[RESULTS_CSV_COLUMNS].sort_values(["model", "n_train", "seed"]).reset_index(drop=True)
+    return data.done[RESULTS_CSV_COLUMNS].sort_values(["arm", "n_train", "seed"]).reset_index(drop=True)
 
 
 def load_tuning(data: StudyData):

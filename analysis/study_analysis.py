@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.arms import by_arm
 from analysis.confusion import confusion_matrices
 from analysis.costs import model_costs, time_to_target, training_costs
 from analysis.curves import DEFAULT_SELECTION, LearningCurves, curve_bands, fit_learning_curves
@@ -120,8 +121,10 @@ def analyse(
     images-needed estimates (default: 90% and 95% of the best full-data accuracy); ``select``:
     the curve rule (``analysis.curves.fit_learning_curves``). Nothing is resampled at random,
     so the same store always gives the same numbers; ``n_boot_curves``, ``n_boot_stats`` and
-    ``seed`` are accepted from older callers and unused."""
+    ``seed`` are accepted from older callers and unused. Tables compare the study's arms: their
+    ``model`` column holds arm names (``arms.by_arm``)."""
     del n_boot_curves, n_boot_stats, seed
+    data = by_arm(data)
     done = data.done
     done = done[done["test_acc"].notna()]
     curves = fit_learning_curves(done, select=select, confidence=confidence, alpha=alpha)

@@ -56,6 +56,7 @@ def tuning_tables(storage_url: str, study_name: str) -> TuningTables:
     trial_rows, best_rows, importance_rows = [], [], []
     for study in studies:
         cell = {key: study.user_attrs.get(key) for key in ("model", "size_kind", "size_value")}
+        cell["model"] = study.user_attrs.get("arm", cell["model"])  # tuning is per arm: label by arm
         trials = study.get_trials(deepcopy=False)
         for t in trials:
             trial_rows.append(

@@ -23,6 +23,7 @@ from analysis.load import StudyData, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import deployment, figures
 from reports import format as fmt
+from reports.arms import insert_section, render_arms
 from reports.narrative import answer_paragraphs, missing_summary
 from study.masking import masked_url
 
@@ -137,6 +138,9 @@ def write_report(
     env = _env()
     md = env.get_template("report.md.j2").render(**context, figures={k: f"figures/{p.name}" for k, p in figs.items()})
     html = env.get_template("report.html.j2").render(**context, figures={k: _inline(p) for k, p in figs.items()})
+    arms_md, arms_html = render_arms(a, env, folder)  # studies whose arms are not just their models
+    md = insert_section(md, arms_md, "## Methods")
+    html = insert_section(html, arms_html, '<h2 id="methods">')
     (folder / "report.md").write_text(md, encoding="utf-8")
     (folder / "index.html").write_text(html, encoding="utf-8")
     return folder

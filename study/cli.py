@@ -91,7 +91,19 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         "--data-root", metavar="DIR", help="dataset folder (imagefolder: one subfolder per class; see README, Datasets)"
     )
     p.add_argument("--test-root", metavar="DIR", help="imagefolder: a separate folder of test images")
-    p.add_argument("--models", metavar="A,B", help="timm model names (default mobilevit_xxs,mobilenetv2_100,resnet18)")
+    p.add_argument(
+        "--models",
+        metavar="A,B",
+        help="timm model names, each an arm named after its model (default mobilevit_xxs,mobilenetv2_100,resnet18)",
+    )
+    p.add_argument(
+        "--arm",
+        dest="arms",
+        metavar="NAME=MODEL[,KEY=VALUE...]",
+        action="append",
+        help="a named way to train: a timm model plus [train] keys of its own, e.g. "
+        "vit-in1k=mobilevit_xxs,pretrained=true (weights=PATH: a weights file); repeatable",
+    )
     p.add_argument("--fractions", metavar="F,F", help="nested fractions of the training pool, each in (0, 1]")
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument(
@@ -169,6 +181,7 @@ _OVERRIDES = {
     "data_root": "data.root",
     "test_root": "data.test_root",
     "models": "models",
+    "arms": "arms",
     "fractions": "fractions",
     "per_class": "per_class",
     "subset_list": "subset_lists",
@@ -311,32 +324,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.execute import execute
     from study.plan import open_context
 
-    ctx = open_context(cfg)
-    for warning in ctx.warnings:
-        print(f"warning: {mask_urls(warning)}", file=sys.stderr)
-    if args.retry_failed:
-        ctx.store.retry_failed(ctx.study_id)
-    if cfg.costs:
-        from study.costs import record_study_costs
+    # A study of several datasets is one study per dataset, every one checked before any trains.
+    studies = cfg.dataset_studies() or [cfg]
+    contexts = [open_context(study) for study in studies]
+    failed = 0
+    for study, ctx in zip(studies, contexts, strict=True):
+        for warning in ctx.warnings:
+            print(f"warning: {mask_urls(warning)}", file=sys.stderr)
+        if args.retry_failed:
+            ctx.store.retry_failed(ctx.study_id)
+        if cfg.costs:
+            from study.costs import record_study_costs
 
-        record_study_costs(ctx, progress=not args.quiet)
-    counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
-    print(
-        f"study {cfg.name!r}: {counts['done']} done, {counts['failed']} failed, "
-        f"{counts['pending'] + counts['running']} left"
-    )
-    if counts["tuning_failed"]:
+            record_study_costs(ctx, progress=not args.quiet)
+        counts = execute(study, ctx.study_id, ctx.store, progress=not args.quiet)
         print(
-            f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, then "
-            "--retry-failed)"
+            f"study {study.name!r}: {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['pending'] + counts['running']} left"
         )
-    if cfg.deploy.enabled:
-        from study.deploy import deploy_study
+        if counts["tuning_failed"]:
+            print(
+                f"{counts['tuning_failed']} tuning job(s) failed; their runs wait (see `python -m study status`, "
+                "then --retry-failed)"
+            )
+        failed += counts["failed"] + counts["tuning_failed"]
+        if cfg.deploy.enabled:
+            from study.deploy import deploy_study
 
-        for line in deploy_study(ctx, progress=not args.quiet):
-            print(mask_urls(line))
+            for line in deploy_study(ctx, progress=not args.quiet):
+                print(mask_urls(line))
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report, budgets=_budgets(cfg))
-    return 0 if counts["failed"] == 0 and counts["tuning_failed"] == 0 else 1
+    return 0 if failed == 0 else 1
 
 
 # ``study worker``: flags it takes over the stored config (the rest is the study's own).
@@ -445,7 +463,9 @@ def _write_outputs(
     budgets: tuple[float, float] | None = None,
 ) -> None:
     """Write results.csv and the report from the store. A full disk or an I/O error is one line
-    (``WriteError``); the store is only read, so nothing stored is touched."""
+    (``WriteError``); the store is only read, so nothing stored is touched. A study of several
+    datasets gets one report per dataset and one across them."""
+    from analysis.datasets import dataset_study_names
     from analysis.load import load_study, results_table
     from study.store import NamedLock, Store
 
@@ -453,13 +473,26 @@ def _write_outputs(
         # Two commands finishing one study together (two terminals on one --out) take turns: the
         # one that writes last reads the store last, and neither deletes the other's figures.
         with NamedLock(Store(url, create=False).engine, f"outputs:{out.absolute()}"):
-            data = load_study(url, name)
+            members = dataset_study_names(url, name)
+            datas = [load_study(url, member) for member in members] or [load_study(url, name)]
             out.mkdir(parents=True, exist_ok=True)
-            _replace_atomically(out / "results.csv", lambda path: results_table(data).to_csv(path, index=False))
-            if report:
+
+            def write_results(path: Path) -> None:
+                import pandas as pd
+
+                pd.concat([results_table(d) for d in datas]).to_csv(path, index=False)
+
+            _replace_atomically(out / "results.csv", write_results)
+            if report and members:
+                from reports.datasets import write_datasets_report
+
+                folder = write_datasets_report(name, datas, out, targets=targets)
+                where = f"each dataset's in {out / 'datasets'}"
+                print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'} ({where})")
+            elif report:
                 from reports import write_report
 
-                folder = write_report(data, out, targets=targets, budgets=budgets)
+                folder = write_report(datas[0], out, targets=targets, budgets=budgets)
                 print(f"report: {folder / 'index.html'}  and  {folder / 'report.md'}")
     except OSError as exc:
         where = exc.filename or out
@@ -527,6 +560,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     targets = _targets(args.targets)
     url, name, out = _located(args)
     check_out(out)
+    from analysis.datasets import only_study
     from analysis.load import load_study
     from study import config
 
@@ -534,7 +568,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.config or args.latency_budget_ms is not None or args.size_budget_mb is not None:
         overrides = {_OVERRIDES[k]: getattr(args, k) for k in ("latency_budget_ms", "size_budget_mb")}
         budgets = _budgets(config.load(args.config, overrides))
-    _write_outputs(url, name or load_study(url).name, out, targets=targets, budgets=budgets)
+    _write_outputs(url, name or only_study(url) or load_study(url).name, out, targets=targets, budgets=budgets)
     return 0
 
 

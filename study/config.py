@@ -2,7 +2,9 @@
 as a whole before any data is decoded or any model trained.
 
 The file has top-level keys for what the study compares (models, fractions, seeds) and where it
-runs, and one section per stage: ``[data]``, ``[train]``, ``[tune]``. ``python -m study init`` writes a
+runs, and one section per stage: ``[data]``, ``[train]``, ``[tune]``. ``[[arms]]`` tables name ways to
+train (a model plus ``[train]`` keys of its own, see ``Arm``); ``models`` is shorthand for arms named
+after their models. ``python -m study init`` writes a
 commented example (``EXAMPLE_TOML``).
 """
 
@@ -58,6 +60,43 @@ class DataConfig:
             value = getattr(self, key)
             _check(0 < value < 1, f"data.{key}={value} must lie strictly between 0 and 1")
         _check(self.min_per_class >= 1, f"data.min_per_class={self.min_per_class} must be at least 1")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a study of several (``[[datasets]]``): a name and its ``[data]`` keys (those
+    it does not set come from the study's ``[data]``). Each trains every arm in a study of its own,
+    ``<study>/<name>``, with its own splits and nested subsets."""
+
+    name: str
+    data: DataConfig
+
+    def table(self) -> dict[str, Any]:
+        """The dataset as one ``[[datasets]]`` table (how it is written to the store and read back)."""
+        return {"name": self.name, **dataclasses.asdict(self.data)}
+
+
+def _dataset_entry(table: Any) -> DatasetEntry:
+    """A ``[[datasets]]`` table as a DatasetEntry, its keys checked as ``[data]``'s."""
+    _check(isinstance(table, dict), f"datasets entry {table!r} must be a table with name and [data] keys")
+    name = table.get("name")
+    _check(
+        isinstance(name, str) and bool(name.strip()) and not set(name) & set("/|"),
+        f"dataset name {name!r} is invalid; give each [[datasets]] table a non-empty name without '/' or '|'",
+    )
+    rest = {k: v for k, v in table.items() if k != "name"}
+    return DatasetEntry(name, from_dict(DataConfig, rest, f"datasets.{name}."))
+
+
+def _datasets_over_data(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each ``[[datasets]]`` table completed by the study's ``[data]`` keys."""
+    if not raw.get("datasets"):
+        raw.pop("datasets", None)
+        return raw
+    _check(isinstance(raw["datasets"], list), "datasets must be a list of tables ([[datasets]] in TOML)")
+    base = raw.get("data", {}) if isinstance(raw.get("data"), dict) else {}
+    raw["datasets"] = [{**base, **t} if isinstance(t, dict) else t for t in raw["datasets"]]
+    return raw
 
 
 @dataclass(frozen=True)
@@ -144,6 +183,90 @@ class TrainConfig:
         return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else SCRATCH_LR))
 
 
+ARM_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # what an arm may set for itself
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A named way to train: a timm model and the ``[train]`` keys it sets differently from the
+    study's. Cells, results and tuning are per arm; ``models = [m]`` means ``Arm(m, m)``."""
+
+    name: str
+    model: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # [train] keys; ``weights`` is one file path
+
+    def train(self, base: TrainConfig) -> TrainConfig:
+        """The study's ``[train]`` with this arm's keys in place (its weights file as MODEL=PATH)."""
+        values = dict(self.overrides)
+        if "weights" in values:
+            values["weights"] = [f"{self.model}={values['weights']}"] if values["weights"] else []
+        return dataclasses.replace(base, **values)
+
+    def resolved(self, base: TrainConfig) -> TrainConfig:
+        """``train(base)`` with its 'auto' values made concrete, as this arm's runs use it."""
+        return self.train(base).resolved(self.model)
+
+    def table(self) -> dict[str, Any]:
+        """The arm as one ``[[arms]]`` table (how it is written to the store and read back)."""
+        return {"name": self.name, "model": self.model, **self.overrides}
+
+
+ARM_GRAMMAR = "NAME=MODEL[,KEY=VALUE...], e.g. vit-in1k=mobilevit_xxs,pretrained=true"
+
+
+def parse_arm_spec(spec: str) -> dict[str, Any]:
+    """``--arm NAME=MODEL[,KEY=VALUE...]`` as an ``[[arms]]`` table (values still text)."""
+    head, *rest = [part.strip() for part in spec.split(",")]
+    name, sep, model = (s.strip() for s in head.partition("="))
+    _check(bool(sep and name and model), f"--arm {spec!r} is invalid; use {ARM_GRAMMAR}")
+    table: dict[str, Any] = {"name": name, "model": model}
+    for part in rest:
+        key, sep, value = (s.strip() for s in part.partition("="))
+        _check(bool(sep and key), f"--arm {spec!r}: {part!r} is not KEY=VALUE; use {ARM_GRAMMAR}")
+        _check(key not in table, f"arm {name!r}: key {key!r} is given twice")
+        table[key] = value
+    return table
+
+
+def _arm(table: Any) -> Arm:
+    """An ``[[arms]]`` table as an Arm, its values checked against the ``[train]`` key types."""
+    _check(isinstance(table, dict), f"arms entry {table!r} must be a table with name, model and [train] keys")
+    name = table.get("name")
+    _check(
+        isinstance(name, str) and bool(name.strip()) and "|" not in name,
+        f"arm name {name!r} is invalid; give each arm a non-empty name without '|'",
+    )
+    model = table.get("model")
+    _check(isinstance(model, str) and bool(model.strip()), f"arm {name!r}: model {model!r} must name a timm model")
+    hints = typing.get_type_hints(TrainConfig)
+    overrides = {}
+    for key, value in table.items():
+        if key in ("name", "model"):
+            continue
+        _check(key in ARM_KEYS, f"arm {name!r}: unknown key {key!r}; valid keys: name, model, {', '.join(ARM_KEYS)}")
+        try:  # ``weights``: one file path for the arm's model (study-wide it is a list of MODEL=PATH)
+            overrides[key] = _coerce(value, str if key == "weights" else hints[key], key)
+        except UserError as exc:
+            raise UserError(f"arm {name!r}: {exc}") from None
+    return Arm(name, model, overrides)
+
+
+def _arms_with_models(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with its ``models`` turned into arms when it also has arms: models given next to
+    arms are arms named after them; ``models`` becomes the arms' distinct models."""
+    if not raw.get("arms"):
+        raw.pop("arms", None)
+        return raw
+    tables = raw["arms"]
+    _check(isinstance(tables, list), "arms must be a list of tables ([[arms]] in TOML, --arm on the command line)")
+    models = _coerce(raw["models"], list[str], "models") if "models" in raw else []
+    given = [parse_arm_spec(t) if isinstance(t, str) else t for t in tables]
+    tables = [{"name": m, "model": m} for m in models] + given
+    raw["arms"] = tables
+    raw["models"] = list(dict.fromkeys(t.get("model") for t in tables if isinstance(t, dict)))
+    return raw
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     """Optuna tuning of each (model, size) on the validation split before its final runs.
@@ -226,12 +349,13 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Everything a study needs. Cells are models x sizes x seeds."""
+    """Everything a study needs. Cells are arms x sizes x seeds (``models`` alone: one arm per model)."""
 
     name: str = "default"  # study name in the store; results of different settings never mix
     out: str = "study-out"
     storage: str = ""  # SQLAlchemy URL; default sqlite:///<out>/study.db
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    arms: list[Arm] = field(default_factory=list)  # [[arms]]; empty = one arm per model, named after it
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
     # Files of training image names, one a line: each adds a size whose subset is exactly that list, for every seed.
@@ -251,6 +375,10 @@ class StudyConfig:
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     memory_budget: str = ""  # what a run's images may take on its device ("256MB", "2GB"); "" = half the free memory
     data: DataConfig = field(default_factory=DataConfig)
+    # [[datasets]]: several datasets, each a study "<name>/<dataset>" of its own (``dataset_studies``);
+    # empty = the one dataset of [data].
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    group: str = ""  # set on each dataset's study: the name of the study of several datasets it belongs to
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -263,6 +391,25 @@ class StudyConfig:
     @property
     def cache_path(self) -> Path:
         return Path(self.data.cache_dir) if self.data.cache_dir else Path(self.out) / "cache"
+
+    @property
+    def study_arms(self) -> list[Arm]:
+        """The study's arms: ``arms``, or one per model named after it."""
+        return list(self.arms) or [Arm(m, m) for m in self.models]
+
+    def arm(self, name: str) -> Arm:
+        """The arm called ``name``."""
+        for arm in self.study_arms:
+            if arm.name == name:
+                return arm
+        raise UserError(f"arm {name!r} is not in this study; its arms: {', '.join(a.name for a in self.study_arms)}")
+
+    def dataset_studies(self) -> list[StudyConfig]:
+        """One study per ``[[datasets]]`` table, named ``<name>/<dataset>``; none without them."""
+        return [
+            dataclasses.replace(self, name=f"{self.name}/{d.name}", data=d.data, datasets=[], group=self.name)
+            for d in self.datasets
+        ]
 
     @property
     def sizes(self) -> list[tuple[str, float]]:
@@ -329,7 +476,22 @@ class StudyConfig:
         if self.memory_budget:
             parse_bytes(self.memory_budget)
         self.data.validate()
+        names = [d.name for d in self.datasets]
+        for entry in self.datasets:
+            _check(names.count(entry.name) == 1, f"dataset name {entry.name!r} is given twice; name each one once")
+            try:
+                entry.data.validate()
+            except UserError as exc:
+                raise UserError(f"dataset {entry.name!r}: {str(exc).replace('data.', '')}") from None
         self.train.validate()
+        names = [a.name for a in self.study_arms]
+        for name in names:
+            _check(names.count(name) == 1, f"arm name {name!r} is given twice; give each arm its own name")
+        for arm in self.arms:
+            try:
+                arm.train(self.train).validate()
+            except UserError as exc:  # name the arm and its key, not the study-wide [train] key
+                raise UserError(f"arm {arm.name!r}: {str(exc).replace('train.', '')}") from None
         for model in self.train.weight_files:
             _check(
                 model in self.models,
@@ -376,7 +538,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    return from_dict(StudyConfig, _overridden(raw, overrides), "").validate()
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
@@ -391,7 +553,9 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
     raw = _known_keys(StudyConfig, copy.deepcopy(stored))
     for key in MACHINE_KEYS:  # how the invoking machine ran it says nothing about this one
         raw.pop(key, None)
-    return from_dict(StudyConfig, _overridden(raw, overrides), "").validate()
+    if raw.get("arms"):  # stored arms already include those named after models
+        raw.pop("models", None)
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
 
 
 def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
@@ -430,7 +594,11 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     values = {}
     for name, value in raw.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if hint == list[Arm]:
+            values[name] = [_arm(table) for table in value]
+        elif hint == list[DatasetEntry]:
+            values[name] = [_dataset_entry(table) for table in value]
+        elif dataclasses.is_dataclass(hint):
             values[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hint, f"{prefix}{name}")
@@ -493,8 +661,12 @@ _HINTS = {
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data (for the store and for fingerprints)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain data (for the store and for fingerprints); arms as ``[[arms]]`` tables."""
+    plain = dataclasses.asdict(cfg)
+    if isinstance(cfg, StudyConfig):
+        plain["arms"] = [arm.table() for arm in cfg.arms]
+        plain["datasets"] = [entry.table() for entry in cfg.datasets]
+    return plain
 
 
 EXAMPLE_TOML = """\
@@ -507,6 +679,9 @@ out = "study-out"          # results, cache and report go here
 # storage = "sqlite:///study-out/study.db"   # or postgresql+psycopg://user@host/db
 
 models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
+# Arms instead (or as well): named ways to train, a model plus any [train] keys of its own (an arm's
+# weights key is one file of its model); [[arms]] tables work too (docs/arms.md)
+# arms = [{ name = "vit-in1k", model = "mobilevit_xxs", pretrained = true }, { name = "r18", model = "resnet18" }]
 fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
 # per_class = [5, 10, 50]           # images per class instead of fractions
 # subset_lists = ["1percent.txt"]   # files of training image names: each a size of exactly those images
@@ -522,6 +697,11 @@ compile = false                     # torch.compile each model once per worker (
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
 # memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
+
+# Several datasets instead of one: each a name plus [data] keys (the rest come from [data]); every arm
+# trains on every dataset, each a study "<name>/<dataset>" of its own; [[datasets]] tables work too
+# datasets = [{ name = "tiny", dataset = "tiny-imagenet", root = "data/tiny-imagenet-200" }, { name = "digits" }]
+# group = ""              # set by the study itself on each dataset's study: the study of several datasets
 
 [data]
 dataset = "digits"  # digits (bundled) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition

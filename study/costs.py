@@ -155,21 +155,23 @@ def measure_model_costs(
 def record_model_costs(
     store,
     study_id: int,
-    input_sizes: dict[str, int],
+    input_sizes: dict[str, int] | list[tuple[str, int]],
     num_classes: int,
     factory: Callable[[str, int], nn.Module] | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Measure and store the costs of each model (``input_sizes``: model -> input side) that has
-    none stored for the study yet.
+    """Measure and store the costs of each model at each input side (``input_sizes``: model ->
+    side, or (model, side) pairs when arms train one model at several sides) that has none
+    stored for the study yet.
 
     Called by the main process before the runs are dispatched, so no training competes with
     the latency measurement. Returns the models measured by this call.
     """
-    stored = {row.model for row in store.model_costs(study_id)}
+    stored = {(row.model, row.input_size) for row in store.model_costs(study_id)}
+    pairs = input_sizes.items() if isinstance(input_sizes, dict) else input_sizes
     measured = []
-    for name, input_size in input_sizes.items():
-        if name in stored:
+    for name, input_size in dict.fromkeys(pairs):
+        if (name, input_size) in stored:
             continue
         if progress:
             print(f"measuring costs of {name} at {input_size} px (MACs, parameters, CPU latency)", file=sys.stderr)
@@ -180,10 +182,13 @@ def record_model_costs(
 
 
 def record_study_costs(ctx, progress: bool = True) -> list[str]:
-    """``record_model_costs`` for every model of a study (a ``StudyContext``), at the size each
-    model is trained at."""
+    """``record_model_costs`` for every model of a study (a ``StudyContext``), at each size its
+    arms train it at: costs are per (model, input size)."""
     from study.models import input_size_for
 
     cfg = ctx.cfg
-    sizes = {name: input_size_for(name, cfg.train.input_size, cfg.data.image_size) for name in cfg.models}
+    sizes = [
+        (arm.model, input_size_for(arm.model, arm.train(cfg.train).input_size, cfg.data.image_size))
+        for arm in cfg.study_arms
+    ]
     return record_model_costs(ctx.store, ctx.study_id, sizes, ctx.dataset.num_classes, progress=progress)

@@ -65,12 +65,13 @@ def _worker_state(cfg: StudyConfig) -> WorkerState:
 
 def hparams_for(cfg: StudyConfig, run: RunRow) -> tuple[TrainConfig, str]:
     """The hyper-parameters a run uses and where they came from: the best trial of its cell's
-    Optuna study when the study tunes, else the config's ``[train]``."""
+    Optuna study when the study tunes, else its arm's ``[train]`` (the study's, with the arm's keys)."""
+    arm = cfg.arm(run.arm or run.model)
     if cfg.tune.trials:
         from study.tune import tuned_hparams
 
-        return tuned_hparams(cfg, run.model, run.size_kind, run.size_value)
-    return cfg.train.resolved(run.model), "config"
+        return tuned_hparams(cfg, arm, run.size_kind, run.size_value)
+    return arm.resolved(cfg.train), "config"
 
 
 def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoch_queue=None) -> Outcome | None:
@@ -113,7 +114,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
     from study.train import train_run
 
     ctx = state.ctx
-    cell = Cell(run.model, run.size_kind, run.size_value, run.seed)
+    cell = Cell(run.model, run.size_kind, run.size_value, run.seed, run.arm or run.model)
     outcome = RunOutcome(cell.key)
     bar = None
     try:

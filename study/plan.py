@@ -16,6 +16,7 @@ from study.checks import check_device, check_out
 from study.config import StudyConfig, to_dict
 from study.datasets import Dataset, check_name, load_dataset
 from study.datasets.cache import cached_hashes
+from study.errors import UserError
 from study.masking import masked_url
 from study.store import Cell, Store, optuna_storage, settings_fingerprint, tuning_study_name
 
@@ -63,9 +64,12 @@ class WorkerState:
 
 
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
-    """The study's cells: every model x size x seed, smallest sizes first."""
+    """The study's cells: every arm x size x seed, smallest sizes first."""
     return [
-        Cell(model, kind, value, seed) for kind, value in cfg.sizes for model in cfg.models for seed in range(cfg.seeds)
+        Cell(arm.model, kind, value, seed, arm.name)
+        for kind, value in cfg.sizes
+        for arm in cfg.study_arms
+        for seed in range(cfg.seeds)
     ]
 
 
@@ -78,11 +82,20 @@ def check_models(cfg: StudyConfig) -> None:
 
 
 def check_transfer(cfg: StudyConfig) -> list[str]:
-    """Make sure every model can start from the weights the settings ask for (fetching timm's
-    into its cache when online), before any data is decoded; returns warnings."""
+    """Make sure every arm's model can start from the weights its settings ask for (fetching
+    timm's into its cache when online), before any data is decoded; returns warnings."""
     from study.models import preflight
 
-    return preflight(cfg.models, cfg.train, cfg.data.image_size)
+    if not cfg.arms:  # one arm per model, all with the study's [train]
+        return preflight(cfg.models, cfg.train, cfg.data.image_size)
+    warnings: list[str] = []
+    for arm in cfg.arms:
+        try:
+            found = preflight([arm.model], arm.train(cfg.train), cfg.data.image_size)
+        except UserError as exc:
+            raise UserError(f"arm {arm.name!r}: {exc}") from None
+        warnings += [f"arm {arm.name!r}: {w}" for w in found]
+    return warnings
 
 
 def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
@@ -122,7 +135,9 @@ def load_data_and_lists(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np
 
 def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     """The settings every run of one study must share: results under other settings would not
-    be comparable. Models, sizes and seeds are not among them: they only add cells."""
+    be comparable. Models, sizes and seeds are not among them: they only add cells. ``arms``
+    holds each arm's own settings (its model and keys); ``study_fingerprint`` leaves it out, so
+    that a new arm only adds cells, and the store refuses an arm whose settings changed."""
     data = to_dict(cfg.data)
     for local_only in ("root", "test_root", "cache_dir"):  # where the data lies is not what it is
         data.pop(local_only)
@@ -131,7 +146,7 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     train = to_dict(cfg.train)
     # A weights file counts by its content, not by where it lies.
     train["weights"] = {model: file_digest(path) for model, path in sorted(cfg.train.weight_files.items())}
-    settings = {"data": data, "content": content_digest, "train": train}
+    settings = {"data": data, "content": content_digest, "train": train, "arms": arm_settings(cfg)}
     if cfg.subset_lists:  # what each list selects; studies without lists keep their fingerprint
         settings["subset_lists"] = [[subsets.list_name(p), subsets.list_digest(p)] for p in cfg.subset_lists]
     if cfg.tune.trials:  # tuned hyper-parameters replace [train]'s; untuned studies keep their fingerprint
@@ -141,14 +156,32 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     return settings
 
 
-def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float]]:
-    """The study's tuning jobs, one per (model, size): (optuna study name, model, kind, value)."""
+def arm_settings(cfg: StudyConfig) -> dict[str, dict]:
+    """Per arm, what defines it: its model and its own keys (a weights file by its content)."""
+    from study.transfer import file_digest
+
+    arms = {}
+    for arm in cfg.study_arms:
+        keys = dict(arm.overrides)
+        if keys.get("weights"):
+            keys["weights"] = file_digest(keys["weights"])
+        arms[arm.name] = {"model": arm.model, **keys}
+    return arms
+
+
+def study_fingerprint(settings: dict) -> str:
+    """The fingerprint of a study's shared settings: all of ``study_settings`` but its arms."""
+    return settings_fingerprint({k: v for k, v in settings.items() if k != "arms"})
+
+
+def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float, str]]:
+    """The study's tuning jobs, one per (arm, size): (optuna study name, model, kind, value, arm)."""
     if not cfg.tune.trials:
         return []
     return [
-        (tuning_study_name(cfg.name, model, kind, value), model, kind, value)
+        (tuning_study_name(cfg.name, arm.name, kind, value), arm.model, kind, value, arm.name)
         for kind, value in cfg.sizes
-        for model in cfg.models
+        for arm in cfg.study_arms
     ]
 
 
@@ -191,11 +224,11 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
     digest = hashlib.sha256(hashes.tobytes() + dataset.labels.astype(np.int64).tobytes()).hexdigest()[:32]
     settings = study_settings(cfg, digest)
     if mode == JOIN:
-        ctx.study_id = store.join_study(cfg.name, settings_fingerprint(settings), settings)
+        ctx.study_id = store.join_study(cfg.name, study_fingerprint(settings), settings)
         return ctx
     ctx.study_id = store.open_study(
         cfg.name,
-        settings_fingerprint(settings),
+        study_fingerprint(settings),
         settings,
         stored_config(cfg),
         dataset_summary(dataset),

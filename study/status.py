@@ -26,7 +26,7 @@ def print_status(url: str, name: str | None) -> None:
                 if status == "failed"
                 else f"attempt {r['attempts']} by {r['worker']}"
             )
-            print(f"  {status}: {r['model']} n_train={r['n_train']} seed={r['seed']}: {detail}")
+            print(f"  {status}: {r['arm']} n_train={r['n_train']} seed={r['seed']}: {detail}")
     _print_tuning_status(url, data)
     _print_workers(url, data)
 
@@ -68,7 +68,7 @@ def _print_tuning_status(url: str, data: StudyData) -> None:
     print(f"tuning: {sum(j.status == 'done' for j in jobs)} of {len(jobs)} cells tuned ({budget} trials each)")
     for job in jobs:
         size = f"{job.size_value:g}" if job.size_kind == "fraction" else str(int(job.size_value))
-        line = f"  {job.status:8s} {job.model} {job.size_kind}={size}:"
+        line = f"  {job.status:8s} {job.arm or job.model} {job.size_kind}={size}:"
         if job.optuna_study in best.index:
             b = best.loc[job.optuna_study]
             line += f" {b['n_complete']} complete, {b['n_pruned']} pruned, {b['n_failed']} failed of {budget}"

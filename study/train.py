@@ -283,7 +283,12 @@ def build_loop(
     )
     torch.manual_seed(seed)
     model, plain = prepare_model(
-        factory(model_name, data.num_classes), (model_name, data.num_classes), device, channels_last, speed
+        factory(model_name, data.num_classes),
+        # Arms of one model may freeze different parts (frozen BatchNorm): compiled once per mode.
+        (model_name, data.num_classes, hp.finetune, hp.freeze_stages),
+        device,
+        channels_last,
+        speed,
     )
     mean_t, std_t = (torch.tensor(v, device=device) for v in normalization(plain, hp.normalization))
     optimizer = _optimizer(plain, hp)

@@ -1,4 +1,4 @@
-"""Hyper-parameter tuning with Optuna: one Optuna study per (study, model, size), stored in the
+"""Hyper-parameter tuning with Optuna: one Optuna study per (study, arm, size), stored in the
 study's own database, whose best trial gives the hyper-parameters of that cell's final runs.
 
 A tuning job (``store.TuningJobRow``) says whether a cell is tuned; any number of workers, on any
@@ -32,7 +32,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.config import StudyConfig, TrainConfig, TuneConfig
+from study.config import Arm, StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
 from study.outcomes import TuningOutcome
 from study.plan import WorkerState
@@ -276,7 +276,8 @@ def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, 
     from study.train import train_run
 
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
-    train_idx = ctx.train_indices(Cell(job.model, job.size_kind, job.size_value, tune.subset_seed))
+    arm = cfg.arm(job.arm or job.model)
+    train_idx = ctx.train_indices(Cell(job.model, job.size_kind, job.size_value, tune.subset_seed, arm.name))
 
     def train(hp: TrainConfig, on_epoch: Callable[[Any], None]):
         # Validation stands in for the test split too: tuning never looks at a test image.
@@ -296,6 +297,7 @@ def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, 
     attrs = {
         "study": cfg.name,
         "model": job.model,
+        "arm": arm.name,
         "size_kind": job.size_kind,
         "size_value": job.size_value,
         "n_train": int(len(train_idx)),
@@ -326,7 +328,7 @@ def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, 
     try:
         with Heartbeat(ctx.store, job.id, me, interval=cfg.heartbeat, table=TuningJobRow):
             study = tune_cell(
-                job.optuna_study, storage, train, cfg.train.resolved(job.model), tune, attrs, on_trial, on_start
+                job.optuna_study, storage, train, arm.resolved(cfg.train), tune, attrs, on_trial, on_start
             )
         if budget_spent(study, tune):
             return dataclasses.replace(close_tuning(ctx.store, job, study), trials_run=outcome.trials_run)
@@ -363,11 +365,11 @@ def close_tuning(store, job: TuningJobRow, study: optuna.Study) -> TuningOutcome
     return outcome
 
 
-def tuned_hparams(cfg: StudyConfig, model: str, size_kind: str, size_value: float) -> tuple[TrainConfig, str]:
-    """The best trial's hyper-parameters for one (model, size), and where they came from:
+def tuned_hparams(cfg: StudyConfig, arm: Arm, size_kind: str, size_value: float) -> tuple[TrainConfig, str]:
+    """The best trial's hyper-parameters for one (arm, size), and where they came from:
     ``"tuned:<optuna study>#<trial number>"``."""
-    name = tuning_study_name(cfg.name, model, size_kind, size_value)
+    name = tuning_study_name(cfg.name, arm.name, size_kind, size_value)
     study = optuna.load_study(study_name=name, storage=optuna_storage(cfg.storage_url))
     chosen = study.user_attrs.get(CHOSEN_TRIAL)
     best = study.best_trial if chosen is None else study.get_trials(deepcopy=False)[chosen]
-    return dataclasses.replace(cfg.train.resolved(model), **best.params), f"tuned:{name}#{best.number}"
+    return dataclasses.replace(arm.resolved(cfg.train), **best.params), f"tuned:{name}#{best.number}"

@@ -13,10 +13,20 @@ REFERENCE = {"tiny_imagenet_mobilevit.toml": "tiny-imagenet", "text_recognition.
 COMPARISON = {"tiny_imagenet_comparison.toml": "tiny-imagenet", "text_recognition_comparison.toml": "text-recognition"}
 LABEL_EFFICIENCY = "imagenet_label_efficiency.toml"  # subset lists, from scratch: checked on its own
 REFERENCE_LIKE = [p for p in PRESETS if p.name != LABEL_EFFICIENCY]
+BOTH = {"reference_comparison.toml": "tiny-imagenet,text-recognition"}  # one study of both datasets
+# The arms of the comparisons: MobileViT three ways against three pretrained baselines.
+ARMS = {
+    "mobilevit-finetune": ("mobilevit_s", True, "full"),
+    "mobilevit-probe": ("mobilevit_s", True, "head"),
+    "mobilevit-scratch": ("mobilevit_s", False, "full"),
+    "mobilenetv2": ("mobilenetv2_100", True, "full"),
+    "resnet18": ("resnet18", True, "full"),
+    "vit-tiny": ("vit_tiny_patch16_224", True, "full"),
+}
 
 
 def test_every_preset_is_listed():
-    assert sorted(p.name for p in PRESETS) == sorted([*REFERENCE, *COMPARISON, LABEL_EFFICIENCY])
+    assert sorted(p.name for p in PRESETS) == sorted([*REFERENCE, *COMPARISON, *BOTH, LABEL_EFFICIENCY])
 
 
 def test_imagenet_label_efficiency_preset_uses_the_published_lists_and_the_comparison_models(tmp_path, cli):
@@ -38,14 +48,18 @@ def test_imagenet_label_efficiency_preset_uses_the_published_lists_and_the_compa
 @pytest.mark.parametrize("path", REFERENCE_LIKE, ids=lambda p: p.name)
 def test_preset_parses_and_validates_with_the_reference_training(path):
     cfg = config.load(path)
-    assert cfg.data.dataset == {**REFERENCE, **COMPARISON}[path.name]
+    datasets = ",".join(d.data.dataset for d in cfg.datasets) or cfg.data.dataset
+    assert datasets == {**REFERENCE, **COMPARISON, **BOTH}[path.name]
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.epochs) == ("adam", 1e-4, 10)
     assert cfg.train.pretrained and cfg.train.finetune == "full" and cfg.train.input_size == "native"
     assert any(m.startswith("mobilevit") for m in cfg.models)
     if path.name in REFERENCE:
         assert cfg.fractions == [1.0] and len(cfg.models) == 1
     else:
-        assert len(cfg.models) >= 3 and len(cfg.fractions) >= 4 and cfg.seeds >= 3
+        assert len(cfg.fractions) >= 4 and cfg.seeds >= 3
+        arms = {a.name: a.resolved(cfg.train) for a in cfg.study_arms}
+        assert {n: (cfg.arm(n).model, hp.pretrained, hp.finetune) for n, hp in arms.items()} == ARMS
+        assert arms["mobilevit-scratch"].lr > arms["mobilevit-finetune"].lr
 
 
 @pytest.mark.parametrize("path", REFERENCE_LIKE, ids=lambda p: p.name)

@@ -177,13 +177,20 @@ def upgrade(engine: Engine) -> None:
     """The one place where databases written by older versions are brought up to date.
 
     Databases written before Optuna shared them called the study table "studies", the name
-    Optuna's own table needs: rename it (keeping every row) before the tables are created."""
+    Optuna's own table needs: rename it (keeping every row) before the tables are created.
+    Databases written before arms get an ``arm`` column on runs and tuning jobs, filled with
+    their model (what an arm named after its model is), keeping every row."""
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     if "studies" in tables and STUDY_TABLE not in tables:
         if "fingerprint" in {c["name"] for c in inspector.get_columns("studies")}:  # ours, not Optuna's
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE studies RENAME TO {STUDY_TABLE}")
+    for table in ("runs", "tuning_jobs"):
+        if table in tables and "arm" not in {c["name"] for c in inspector.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN arm VARCHAR(200)")
+                conn.exec_driver_sql(f"UPDATE {table} SET arm = model WHERE arm IS NULL")
 
 
 @functools.lru_cache(maxsize=8)

@@ -100,13 +100,15 @@ class Claimed:
 
 
 class RunRow(Claimed, Base):
-    """One cell (model, size, seed) of a study and, once done, its results."""
+    """One cell (arm, size, seed) of a study and, once done, its results. ``arm`` names the way
+    it trains (see ``config.Arm``), ``model`` the timm model it trains."""
 
     __tablename__ = "runs"
     __table_args__ = (UniqueConstraint("study_id", "cell_key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     cell_key: Mapped[str] = mapped_column(String(300))
+    arm: Mapped[str | None] = mapped_column(String(200), nullable=True)  # filled by engine.upgrade in older databases
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))  # 'fraction' | 'per_class'
     size_value: Mapped[float] = mapped_column(Float)
@@ -153,11 +155,12 @@ class PredictionRow(Base):
 
 
 class ModelCostRow(Base):
-    """What a model costs, measured once per (study, model) by the study side (it needs torch)
-    and read by the analysis side. Latencies are CPU inference at batch 1, in milliseconds."""
+    """What a model costs, measured once per (study, model, input size) by the study side (it
+    needs torch) and read by the analysis side. Latencies are CPU inference at batch 1, in
+    milliseconds. (Databases made before arms keep one row per model.)"""
 
     __tablename__ = "model_costs"
-    __table_args__ = (UniqueConstraint("study_id", "model"),)
+    __table_args__ = (UniqueConstraint("study_id", "model", "input_size"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     model: Mapped[str] = mapped_column(String(200))
@@ -189,7 +192,7 @@ class LayoutChoiceRow(Base):
 
 
 class TuningJobRow(Claimed, Base):
-    """The tuning of one (model, size) of a study: its Optuna study, claimed like a run so that
+    """The tuning of one (arm, size) of a study: its Optuna study, claimed like a run so that
     one worker at a time adds trials to it. The trials themselves live in Optuna's tables."""
 
     __tablename__ = "tuning_jobs"
@@ -197,6 +200,7 @@ class TuningJobRow(Claimed, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
     optuna_study: Mapped[str] = mapped_column(String(500))  # tuning_study_name(...)
+    arm: Mapped[str | None] = mapped_column(String(200), nullable=True)  # filled by engine.upgrade in older databases
     model: Mapped[str] = mapped_column(String(200))
     size_kind: Mapped[str] = mapped_column(String(16))
     size_value: Mapped[float] = mapped_column(Float)
@@ -262,30 +266,38 @@ class DeploymentRow(Base):
 Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 
-def tuning_study_name(study: str, model: str, size_kind: str, size_value: float) -> str:
-    """Name of the Optuna study that tunes one (dataset study, model, size), in the same database.
+def tuning_study_name(study: str, arm: str, size_kind: str, size_value: float) -> str:
+    """Name of the Optuna study that tunes one (dataset study, arm, size), in the same database
+    (an arm named after its model, as every arm of a study without ``[[arms]]``, gives the name
+    of the model).
 
     Convention shared by the tuner (study/) and the analysis: the Optuna study carries user
     attributes ``study``, ``model``, ``size_kind``, ``size_value``; each trial carries
     ``epochs_run``; tuned runs record ``hparams_source = "tuned:<optuna study>#<trial number>"``.
     """
     size = f"{size_value:g}" if size_kind == "fraction" else str(int(size_value))
-    return f"{study}|tune|{model}|{size_kind}={size}"
+    return f"{study}|tune|{arm}|{size_kind}={size}"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a model trained on one subset size with one seed."""
+    """One unit of work: an arm (a model and how it trains) on one subset size with one seed.
+    ``arm`` defaults to the model's name, the arm of a study that lists models only."""
 
     model: str
     size_kind: str
     size_value: float
     seed: int
+    arm: str = ""
+
+    @property
+    def arm_name(self) -> str:
+        return self.arm or self.model
 
     @property
     def key(self) -> str:
         size = f"{self.size_value:g}" if self.size_kind == "fraction" else str(int(self.size_value))
-        return f"{self.model}|{self.size_kind}={size}|seed={self.seed}"
+        return f"{self.arm_name}|{self.size_kind}={size}|seed={self.seed}"
 
 
 def settings_fingerprint(settings: dict) -> str:

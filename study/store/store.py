@@ -7,7 +7,7 @@ Work is claimed from the store: a worker marks a pending run as its own in one t
 conditional UPDATE on both), so parallel workers (processes or machines) never run the same cell
 twice. The holder refreshes a heartbeat; a run whose worker died (a dead process on this host, or
 no heartbeat for a grace period) is returned to pending and claimed again, and only the holder
-may record it. A finished run is written in one transaction. A run whose (model, size) has a
+may record it. A finished run is written in one transaction. A run whose (arm, size) has a
 tuning job waits until that job is done; several workers may tune one cell together (see
 study/tune.py). Every worker process has a row in ``workers``: what it does and when it was last
 heard from. Timestamps that workers compare come from the database's clock, not each machine's.
@@ -97,6 +97,8 @@ class Store:
                     return row.id
                 self._refuse_other_settings(row, fingerprint, settings)
                 row.config = config
+                # Arms added to the study join those already in it (the fingerprint leaves arms out).
+                row.settings = {**settings, "arms": {**self._stored_arms(s, row), **settings.get("arms", {})}}
                 return row.id
 
         return retry_conflicts(open_or_create)  # workers starting together create it once
@@ -115,12 +117,34 @@ class Store:
         return row.id
 
     def _refuse_other_settings(self, row: StudyRow, fingerprint: str, settings: dict) -> None:
+        """Refuse settings whose fingerprint differs, and an arm of the study whose own settings
+        differ; new arms are welcome (they only add cells)."""
         if row.fingerprint != fingerprint:
-            key, old, new = _first_difference(row.settings, settings)
+            shared = ({k: v for k, v in d.items() if k != "arms"} for d in (row.settings, settings))
+            key, old, new = _first_difference(*shared)
             raise UserError(
                 f"study {row.name!r} in {masked_url(self.url)} was run with {key}={old!r}, "
                 f"this config has {key}={new!r}; use the same settings to resume, or --name NEW for a separate study"
             )
+        with self.session() as s:
+            stored = self._stored_arms(s, row)
+        for name, arm in sorted(settings.get("arms", {}).items()):
+            if name in stored and stored[name] != arm:
+                key, old, new = _first_difference(stored[name], arm)
+                raise UserError(
+                    f"arm {name!r} of study {row.name!r} in {self.url} was run with {key}={old!r}, this config has "
+                    f"{key}={new!r}; an arm's settings cannot change: give the changed arm a new name, or use --name "
+                    "NEW for a separate study"
+                )
+
+    @staticmethod
+    def _stored_arms(s: Session, row: StudyRow) -> dict[str, dict]:
+        """The arms a study was run with: from its settings, or (written before arms) one per
+        model of its runs, named after it and trained with the study's ``[train]``."""
+        if "arms" in row.settings:
+            return dict(row.settings["arms"])
+        models = s.scalars(select(RunRow.model).where(RunRow.study_id == row.id).distinct())
+        return {model: {"model": model} for model in models}
 
     def study(self, name: str) -> StudyRow | None:
         with self.session() as s:
@@ -146,6 +170,7 @@ class Store:
                     RunRow(
                         study_id=study_id,
                         cell_key=c.key,
+                        arm=c.arm_name,
                         model=c.model,
                         size_kind=c.size_kind,
                         size_value=c.size_value,
@@ -236,7 +261,7 @@ class Store:
     def claim(self, study_id: int, worker: str, models: list[str] | None = None) -> RunRow | None:
         """Atomically take the next pending run of the study, or None when none is left.
 
-        A run whose (model, size) has a tuning job that is not done yet is not claimable: its
+        A run whose (arm, size) has a tuning job that is not done yet is not claimable: its
         hyper-parameters are not known."""
         query = select(RunRow.id).where(
             RunRow.study_id == study_id,
@@ -345,15 +370,23 @@ class Store:
             )
 
     # -- tuning jobs --------------------------------------------------------------------------
-    def add_tuning_jobs(self, study_id: int, jobs: list[tuple[str, str, str, float]]) -> int:
-        """Add (optuna study name, model, size kind, size value) jobs not in the store yet."""
+    def add_tuning_jobs(self, study_id: int, jobs: list[tuple]) -> int:
+        """Add (optuna study name, model, size kind, size value[, arm]) jobs not in the store yet;
+        the arm defaults to the model."""
 
         def add() -> int:
             with self.session(write=True) as s:
                 existing = set(s.scalars(select(TuningJobRow.optuna_study).where(TuningJobRow.study_id == study_id)))
                 new = [
-                    TuningJobRow(study_id=study_id, optuna_study=name, model=model, size_kind=kind, size_value=value)
-                    for name, model, kind, value in jobs
+                    TuningJobRow(
+                        study_id=study_id,
+                        optuna_study=name,
+                        arm=arm[0] if arm else model,
+                        model=model,
+                        size_kind=kind,
+                        size_value=value,
+                    )
+                    for name, model, kind, value, *arm in jobs
                     if name not in existing
                 ]
                 s.add_all(new)
@@ -514,11 +547,17 @@ class Store:
             )
 
     def save_model_costs(self, study_id: int, model: str, fields: dict[str, Any]) -> bool:
-        """Store one model's costs unless they are stored already (by this or another process);
-        returns whether this call stored them."""
+        """Store one model's costs at ``fields["input_size"]`` unless they are stored already (by
+        this or another process); returns whether this call stored them."""
         with self.session() as s:
             if (
-                s.scalar(select(ModelCostRow.id).where(ModelCostRow.study_id == study_id, ModelCostRow.model == model))
+                s.scalar(
+                    select(ModelCostRow.id).where(
+                        ModelCostRow.study_id == study_id,
+                        ModelCostRow.model == model,
+                        ModelCostRow.input_size == fields["input_size"],
+                    )
+                )
                 is not None
             ):
                 return False
@@ -619,10 +658,10 @@ class Store:
 
 
 def _tuning_of(run: type[RunRow]):
-    """The tuning job of a run's (model, size), as a correlated subquery."""
+    """The tuning job of a run's (arm, size), as a correlated subquery."""
     return select(TuningJobRow.id).where(
         TuningJobRow.study_id == run.study_id,
-        TuningJobRow.model == run.model,
+        TuningJobRow.arm == run.arm,
         TuningJobRow.size_kind == run.size_kind,
         TuningJobRow.size_value == run.size_value,
     )
