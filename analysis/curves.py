@@ -359,9 +359,18 @@ class Curve:
         members = self.members if members is None else members
         return sum(w * FAMILIES[f](x, members[f]) for f, w in self.weights.items())
 
+    @property
+    def has_interval(self) -> bool:
+        """Whether the seed-noise term exists: the jackknife needs two leave-one-seed-out refits
+        (with 1 seed, or with so few runs per seed that removing one leaves the family unfittable,
+        there are fewer and the curve has no interval)."""
+        return len(self.jackknife) >= 2
+
     def jackknife_predictions(self, n) -> np.ndarray:
-        """(n_seeds_left_out, len(n)) predictions of the leave-one-seed-out refits."""
-        return np.array([self.predict(n, m) for m in self.jackknife]).reshape(len(self.jackknife), -1)
+        """(n_seeds_left_out, len(n)) predictions of the leave-one-seed-out refits (0 rows when
+        no refit was possible)."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        return np.array([self.predict(n, m) for m in self.jackknife]).reshape(len(self.jackknife), len(n))
 
     def extrapolation_factor(self, n) -> np.ndarray:
         """n / n_max beyond the largest measured size, n_min / n below the smallest, else 1."""
@@ -369,7 +378,8 @@ class Curve:
         return np.maximum(np.maximum(n / self.n_max, self.n_min / n), 1.0)
 
     def interval(self, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fit, low, high) at ``n``: see ``fit_learning_curves``."""
+        """(fit, low, high) at ``n``: see ``fit_learning_curves``; low and high are NaN when the
+        curve has no interval (``has_interval``)."""
         n = np.atleast_1d(np.asarray(n, dtype=float))
         fit = self.predict(n)
         half = jackknife_half_width(fit - self.jackknife_predictions(n), confidence)
@@ -401,10 +411,11 @@ SEARCH_LIMIT = 1e4  # images-needed searches up to this multiple of the largest 
 
 def jackknife_half_width(deviations: np.ndarray, confidence: float) -> np.ndarray:
     """Student t half-width from leave-one-out deviations (S, m): jackknife variance
-    (S - 1) / S * sum(dev - mean dev)^2, S - 1 degrees of freedom. Zero with fewer than 2."""
+    (S - 1) / S * sum(dev - mean dev)^2, S - 1 degrees of freedom. NaN with fewer than 2: the
+    seed noise is then unknown, and an interval without it would not have its coverage."""
     s = len(deviations)
     if s < 2:
-        return np.zeros(deviations.shape[1] if deviations.ndim == 2 else 0)
+        return np.full(deviations.shape[1] if deviations.ndim == 2 else 0, np.nan)
     centred = deviations - deviations.mean(axis=0)
     se = np.sqrt((s - 1) / s * np.sum(centred**2, axis=0))
     return stats.t.ppf(0.5 + confidence / 2, s - 1) * se
@@ -723,7 +734,7 @@ def _parameter_rows(curve: Curve, confidence: float) -> list[dict]:
                 half = float(jackknife_half_width(dev, confidence)[0])
                 row.update(ci_low=float(theta[i]) - half, ci_high=float(theta[i]) + half)
             else:
-                row.update(ci_low=np.nan, ci_high=np.nan, note="fewer than 2 seeds: no interval")
+                row.update(ci_low=np.nan, ci_high=np.nan, note="fewer than 2 leave-one-seed-out refits: no interval")
             out.append(row)
     return out
 

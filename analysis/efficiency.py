@@ -131,7 +131,10 @@ def _first_reaching(grid: np.ndarray, values: np.ndarray, target: float) -> floa
 
 def needed_interval(curve: Curve, target: float, confidence: float) -> tuple[float, float]:
     """(low, high) of n*: the sizes at which the curve's interval contains ``target`` (low: where
-    the upper bound reaches it; high: where the lower bound does, inf when it never does)."""
+    the upper bound reaches it; high: where the lower bound does, inf when it never does); NaN
+    when the curve has no interval (too few seeds)."""
+    if not curve.has_interval:
+        return np.nan, np.nan
     grid = _grid(curve)
     _, lo, hi = curve.interval(grid, confidence)
     return _first_reaching(grid, hi, target), _first_reaching(grid, lo, target)
@@ -196,10 +199,13 @@ def _needed_row(curve: Curve, target: float, confidence: float) -> dict:
         status = "extrapolated"
     else:
         status = "ok"
+    if np.isfinite(n_star) and not np.isnan(lo):
+        # the bounds are read off a grid, n* is solved exactly: keep n* inside its interval
+        lo, hi = min(lo, n_star), max(hi, n_star)
     return {
         "n_star": float(n_star),
-        "ci_low": float(max(lo, curve.n_min)),
-        "ci_high": float(max(hi, curve.n_min)),
+        "ci_low": float(max(lo, curve.n_min)) if not np.isnan(lo) else np.nan,
+        "ci_high": float(max(hi, curve.n_min)) if not np.isnan(hi) else np.nan,
         "extrapolated": bool(np.isfinite(raw) and raw > curve.n_max),
         "extrapolation_factor": float(raw / curve.n_max) if np.isfinite(raw) else np.nan,
         "upper_bound": bool(raw < curve.n_min),
@@ -246,8 +252,11 @@ def data_ratios(curves: LearningCurves, targets, confidence: float | None = None
             with np.errstate(all="ignore"):
                 lo = _ratio(ea["ci_low"], eb["ci_high"])
                 hi = _ratio(ea["ci_high"], eb["ci_low"])
-            lo = 0.0 if np.isnan(lo) else lo
-            hi = np.inf if np.isnan(hi) else hi
+            if not (curves.curves[a].has_interval and curves.curves[b].has_interval):
+                lo = hi = np.nan  # too few seeds for either model's interval: none for the ratio
+            else:
+                lo = 0.0 if np.isnan(lo) else lo
+                hi = np.inf if np.isnan(hi) else hi
             row.update(ratio=ratio, ci_low=float(lo), ci_high=float(hi))
             row["sentence"] = _ratio_sentence(a, b, ratio, lo, hi, bound, factor if extrapolated else 1.0)
             rows.append(row)
@@ -285,9 +294,11 @@ def _ratio_sentence(a: str, b: str, ratio: float, lo: float, hi: float, bound: s
         "<=": f" ({a} reaches it at its smallest measured size)",
     }.get(bound, "")
     approx = "≈ " if factor > 1.0 else ""
+    bracket = (
+        "(no interval: too few seeds)" if np.isnan(lo) and np.isnan(hi) else f"[{_fmt_ratio(lo)}, {_fmt_ratio(hi)}]"
+    )
     return (
-        f"{a} needs {at}{approx}{_fmt_ratio(ratio)}× [{_fmt_ratio(lo)}, {_fmt_ratio(hi)}] the images {b} needs"
-        f"{note}{extrapolation_words(factor)}"
+        f"{a} needs {at}{approx}{_fmt_ratio(ratio)}× {bracket} the images {b} needs{note}{extrapolation_words(factor)}"
     )
 
 
@@ -412,6 +423,7 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         changes = np.flatnonzero(sign[:-1] * sign[1:] < 0)
         row = {"model_a": a, "model_b": b}
         covers = np.abs(diff) <= half
+        no_interval = len(common) < 2  # the paired jackknife needs 2 seeds refitted in both curves
         if not len(changes):
             ahead = a if diff[-1] > 0 else b
             row.update(n_cross=np.nan, extrapolated=False, status="no crossover")
@@ -419,7 +431,10 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
                 f"{a} and {b}: no crossover within the measured range or up to {extend:g}× beyond it "
                 f"({ahead} ahead throughout"
             )
-            if covers.any():  # where the curves are within each other's interval, a crossing is not ruled out
+            if no_interval:
+                row.update(ci_low=np.nan, ci_high=np.nan)
+                row["sentence"] += "; no interval: too few seeds)"
+            elif covers.any():  # where the curves are within each other's interval, a crossing is not ruled out
                 lo_c = 0.0 if covers[0] else float(grid[covers][0])
                 hi_c = np.inf if covers[-1] else float(grid[covers][-1])
                 row.update(ci_low=lo_c, ci_high=hi_c)
@@ -439,8 +454,8 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         where = np.flatnonzero(covers)
         if len(where) == 0:
             where = np.array([i, i + 1])
-        ci_low = 0.0 if where[0] == 0 else float(grid[where[0]])
-        ci_high = np.inf if where[-1] == len(grid) - 1 else float(grid[where[-1]])
+        ci_low = np.nan if no_interval else (0.0 if where[0] == 0 else float(grid[where[0]]))
+        ci_high = np.nan if no_interval else (np.inf if where[-1] == len(grid) - 1 else float(grid[where[-1]]))
         beyond = n_cross > min(ca.n_max, cb.n_max)
         first, second = (a, b) if diff[i + 1] > 0 else (b, a)
         row.update(n_cross=n_cross, ci_low=ci_low, ci_high=ci_high, extrapolated=bool(beyond))
@@ -448,8 +463,9 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         lo_text = "below the measured range" if ci_low == 0 else f"{ci_low:,.0f}"
         hi_text = f"beyond {extend:g}× the measured range" if np.isinf(ci_high) else f"{ci_high:,.0f}"
         factor = n_cross / min(ca.n_max, cb.n_max)
+        bracket = "(no interval: too few seeds)" if no_interval else f"[{lo_text}, {hi_text}]"
         row["sentence"] = (
-            f"{first} overtakes {second} at about {n_cross:,.0f} training images [{lo_text}, {hi_text}]"
+            f"{first} overtakes {second} at about {n_cross:,.0f} training images {bracket}"
             + (extrapolation_words(factor) if beyond else "")
             + (f" (the curves cross {len(changes)} times; the last crossing is shown)" if len(changes) > 1 else "")
         )

@@ -4,10 +4,12 @@ curves that cannot be fitted, comparisons with too few seeds)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from analysis.curves import LearningCurves
+from analysis.curves import FAMILIES, LearningCurves
 from analysis.load import StudyData
 from analysis.stats import Comparisons, seeds_needed_wilcoxon
 
@@ -132,6 +134,8 @@ def sanity_checks(
             if r["warning"]:
                 add("warning", "lack_of_fit", r["warning"], r["model"])
     _seeds_per_model(done, add)
+    if curves is not None:
+        _curves_without_interval(curves, add)
     if comparisons is not None and len(comparisons.pairwise):
         _seed_notes(comparisons, add)
     frame = pd.DataFrame(rows, columns=WARNING_COLUMNS)
@@ -170,11 +174,33 @@ def _seeds_per_model(done: pd.DataFrame, add) -> None:
                 "warning",
                 "too_few_seeds",
                 f"{model}: {seeds} seeds per size: every 95% interval rests on one degree of freedom (t = 12.7: "
-                f"intervals about 5× as wide as with {RECOMMENDED_SEEDS} seeds) and the learning curve's interval on "
-                f"one left-out seed; {MIN_SEEDS_FOR_INTERVALS} seeds are the least for an interval worth reading, "
-                f"run with --seeds {RECOMMENDED_SEEDS} or more",
+                f"intervals about 5× as wide as with {RECOMMENDED_SEEDS} seeds) and the learning curve's interval, "
+                f"where it exists, on one; {MIN_SEEDS_FOR_INTERVALS} seeds are the least for an interval worth "
+                f"reading, run with --seeds {RECOMMENDED_SEEDS} or more",
                 model,
             )
+
+
+def _curves_without_interval(curves: LearningCurves, add) -> None:
+    """A warning for every fitted curve whose leave-one-seed-out jackknife has fewer than 2
+    refits: its band, images-needed intervals, ratios and crossovers have no interval."""
+    for model, curve in sorted(curves.curves.items()):
+        if curve.has_interval:
+            continue
+        pts = curves.points[curves.points["model"] == model]
+        n_seeds, n_sizes = pts["seed"].nunique(), pts["n_train"].nunique()
+        n_params = max(len(FAMILIES[f].params) for f in curve.weights)
+        # each refit, one seed out, needs n_params + 1 runs: (S - 1) seeds x K sizes of them
+        needed = max(MIN_SEEDS_FOR_INTERVALS, 1 + math.ceil((n_params + 1) / n_sizes))
+        add(
+            "warning",
+            "too_few_seeds",
+            f"{model}: too few seeds for an interval on the learning curve ({n_seeds} seed(s) at {n_sizes} sizes: "
+            f"fewer than 2 leave-one-seed-out refits of {curve.rule} were possible), so its band, the images needed, "
+            f"the ratios and the crossovers have no interval; {needed} seeds are needed, run with --seeds "
+            f"{max(needed, RECOMMENDED_SEEDS)} or more",
+            model,
+        )
 
 
 def _seed_notes(comparisons: Comparisons, add) -> None:

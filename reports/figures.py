@@ -211,7 +211,8 @@ def data_needed(
                     ax.errorbar(
                         [n],
                         [y],
-                        xerr=[[max(n - lo_drawn, 0)], [max(hi_drawn - n, 0)]],
+                        # NaN bounds: no interval (too few seeds), so no bar
+                        xerr=None if np.isnan(lo) or np.isnan(hi) else [[max(n - lo_drawn, 0)], [max(hi_drawn - n, 0)]],
                         fmt="<" if censored else "o",
                         color=c,
                         capsize=3,

@@ -106,7 +106,10 @@ def crossover_sentences(a: StudyAnalysis) -> list[str]:
     if found.empty:
         return ["No two fitted learning curves cross within the measured range or up to 4× beyond it."]
     # the interval spans every size where the difference's 95% interval holds 0: it covers at least 95%
-    return [f"{r['sentence']} (interval of at least 95%)." for _, r in found.iterrows()]
+    return [
+        f"{r['sentence']}" + (" (interval of at least 95%)." if pd.notna(r["ci_low"]) else ".")
+        for _, r in found.iterrows()
+    ]
 
 
 def score_difference_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:

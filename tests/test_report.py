@@ -633,3 +633,32 @@ def test_main_tables_are_written_as_csv_and_latex_that_parses(synthetic):
     accuracy = pd.read_csv(synthetic.folder / "table_accuracy.csv")
     assert accuracy["Model"].tolist() == ["MobileNetV2", "MobileViT-XXS", "ResNet-18"]
     assert [c for c in accuracy.columns if "macro-F1" in c]  # macro-F1 beside accuracy
+
+
+@pytest.mark.parametrize(
+    "seeds, fractions",
+    [(2, (0.25, 0.5, 1.0)), (1, (0.1, 0.25, 0.5, 1.0))],
+    ids=["2 seeds at 3 sizes", "1 seed at 4 sizes"],
+)
+def test_too_few_seeds_for_a_curve_interval_still_builds_a_report_without_one(tmp_path, seeds, fractions):
+    # each model's curve can be fitted, but leaving one seed out leaves too few runs to refit it
+    made = make_study(
+        tmp_path / "study.db", curves={"a": (0.9, 2.0, 0.5), "b": (0.85, 1.0, 0.4)}, fractions=fractions, seeds=seeds
+    )
+    data = load_study(made.url)
+    a = analyse(data, n_boot_curves=10, n_boot_stats=100)
+    folder = write_report(data, tmp_path, analysis=a)
+
+    assert set(a.curves.curves) == {"a", "b"}
+    assert not any(c.has_interval for c in a.curves.curves.values())
+    for frame in (a.bands, a.needed, a.ratios, a.crossovers):
+        assert len(frame) and frame[["ci_low", "ci_high"]].isna().all().all()
+    assert a.needed["n_star"].notna().all()  # the estimate stays, only its interval is absent
+    warned = a.warnings[a.warnings["check"] == "too_few_seeds"]["message"]
+    for model in ("a", "b"):
+        (text,) = [m for m in warned if m.startswith(f"{model}: too few seeds for an interval on the learning curve")]
+        assert "3 seeds are needed" in text
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert "too few seeds for an interval on the learning curve" in md
+    assert "no interval: too few seeds" in md and "too few seeds) (interval of at least 95%)" not in md
+    assert (folder / "figures" / "data_needed.png").is_file()
