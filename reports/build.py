@@ -127,7 +127,7 @@ def write_report(
     a = analysis or analyse(data, targets=targets, control=load_control(data))
     if tuning is None:
         tuning = load_tuning(data)
-    names = fmt.display_names(data.config, sorted(data.runs["model"].unique()))
+    names = fmt.display_names(data.config, sorted(a.data.runs["model"].unique()))  # arms where a study has them
     figs = _draw_figures(a, tuning, fig_dir, names)
     deployed = deployment.load_deployment_table(a.data)
     front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png")
