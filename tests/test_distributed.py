@@ -13,20 +13,11 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import FAST_MODEL, ROOT, run_subprocess
+from tests.conftest import FAST_MODEL, ROOT, TINY_STUDY, run_subprocess
 
 # Heartbeats every half second, taken over after 3 s of silence: a kill is noticed quickly.
 SMALL = [
-    "--models",
-    FAST_MODEL,
-    "--image-size",
-    "16",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "4",
-    "--threads",
-    "1",
+    *TINY_STUDY,
     "--heartbeat",
     "0.5",
     "--grace-period",

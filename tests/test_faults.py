@@ -12,22 +12,9 @@ import torch
 
 import study.train
 from study.execute import run_next
-from tests.conftest import FAST_MODEL
+from tests.conftest import TINY_STUDY
 
-SMALL = [
-    "--models",
-    FAST_MODEL,
-    "--image-size",
-    "16",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "4",
-    "--threads",
-    "1",
-    "--quiet",
-    "--no-report",
-]
+SMALL = [*TINY_STUDY, "--quiet", "--no-report"]
 
 
 def test_runs_that_raise_are_recorded_failed_the_study_goes_on_and_retry_failed_reruns_them(cli, tmp_path, monkeypatch):

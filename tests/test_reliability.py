@@ -20,21 +20,9 @@ import torch
 from sqlalchemy.engine import make_url
 
 from study.masking import mask_urls, masked_url
-from tests.conftest import FAST_MODEL, ROOT, run_subprocess
+from tests.conftest import ROOT, TINY_STUDY, run_subprocess
 
-TINY = [
-    "--models",
-    FAST_MODEL,
-    "--image-size",
-    "16",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "4",
-    "--threads",
-    "1",
-    "--quiet",
-]
+TINY = [*TINY_STUDY, "--quiet"]
 PASSWORD = "s3cret-Pw"
 
 
