@@ -179,6 +179,18 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--deploy-runs", metavar="WHICH", help="runs to export: best (each model's best seed at the largest size) | all"
     )
+    p.add_argument(
+        "--until-ci",
+        metavar="W",
+        help="after --seeds seeds (3 or more), add one seed at a time where the 95%% intervals of per-size accuracies "
+        "and paired differences are wider than ±W accuracy points, until all are within it (docs/sequential.md)",
+    )
+    p.add_argument("--max-seeds", metavar="N", help="with --until-ci: seeds per cell at most")
+    p.add_argument(
+        "--budget-hours",
+        metavar="H",
+        help="with --until-ci: no more seeds once the runs' training time reaches H hours",
+    )
     _budget_flags(p)
 
 
@@ -236,6 +248,9 @@ _OVERRIDES = {
     "deploy_runs": "deploy.runs",
     "latency_budget_ms": "deploy.latency_budget_ms",
     "size_budget_mb": "deploy.size_budget_mb",
+    "until_ci": "sequential.until_ci",
+    "max_seeds": "sequential.max_seeds",
+    "budget_hours": "sequential.budget_hours",
 }
 
 

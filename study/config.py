@@ -360,6 +360,57 @@ class DeployConfig:
             )
 
 
+SEQUENTIAL_MIN_SEEDS = 3  # seeds every cell has before a sequential study adds any
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """Seeds added where the answer is least certain (analysis/sequential.py, docs/sequential.md):
+    after ``seeds`` seeds of every cell, one more seed at a time goes to the cells whose 95%
+    intervals are wider than ``until_ci``, until all are within it, or ``max_seeds``, or
+    ``budget_hours``. Not part of the study's fingerprint: like ``seeds``, it only adds runs."""
+
+    until_ci: float = 0.0  # target half-width in accuracy points (per-size accuracy, paired difference); 0 = off
+    max_seeds: int = 10  # seeds per cell at most
+    budget_hours: float = 0.0  # no seeds added once the runs' training time reaches this; 0 = no limit
+    needed_width: float = 0.0  # relative half-width of images-needed intervals (0.5 = within x/÷ 1.5); 0 = not a target
+
+    def validate(self, seeds: int) -> None:
+        _check(
+            math.isfinite(self.until_ci) and (self.until_ci == 0 or 0.1 <= self.until_ci <= 50),
+            f"sequential.until_ci={self.until_ci} is invalid; give a half-width in accuracy points between 0.1 and 50 "
+            "(--until-ci 2 means ±2 points), or 0 for a fixed number of seeds",
+        )
+        _check(
+            2 <= self.max_seeds <= 1000,
+            f"sequential.max_seeds={self.max_seeds} is invalid; use a whole number of seeds per cell from 2 to 1000",
+        )
+        _check(
+            math.isfinite(self.budget_hours) and self.budget_hours >= 0,
+            f"sequential.budget_hours={self.budget_hours} is invalid; use hours of training >= 0 (0 = no limit)",
+        )
+        _check(
+            math.isfinite(self.needed_width) and self.needed_width >= 0,
+            f"sequential.needed_width={self.needed_width} is invalid; use a relative half-width >= 0, e.g. 0.5 "
+            "(0 = images needed are not a target)",
+        )
+        if self.until_ci:
+            _check(
+                seeds >= SEQUENTIAL_MIN_SEEDS,
+                f"seeds={seeds} is too few to start --until-ci; every cell needs at least {SEQUENTIAL_MIN_SEEDS} seeds "
+                "before the intervals can say where more are needed: use --seeds 3 or more",
+            )
+            _check(
+                self.max_seeds >= seeds,
+                f"sequential.max_seeds={self.max_seeds} is below seeds={seeds}; --max-seeds caps the seeds per cell, "
+                f"so give {seeds} or more",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.until_ci > 0
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs. Cells are arms x sizes x seeds (``models`` alone: one arm per model)."""
@@ -402,6 +453,7 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -520,6 +572,7 @@ class StudyConfig:
             )
         self.tune.validate()
         self.deploy.validate()
+        self.sequential.validate(self.seeds)
         return self
 
 
@@ -783,4 +836,10 @@ runs = "best"             # best: each model's best seed (by validation accuracy
 calibration_images = 300  # training images that calibrate static int8 (never test images)
 latency_budget_ms = 0     # report: the most accurate model with p50 latency (one thread) within this; 0 = no budget
 size_budget_mb = 0        # report: ... and with a file within this size; 0 = no budget
+
+[sequential]              # seeds added where the answer is least certain (docs/sequential.md)
+until_ci = 0              # target half-width of the 95% intervals, in accuracy points; 0 = a fixed number of seeds
+max_seeds = 10            # seeds per cell at most
+budget_hours = 0          # no more seeds once the runs' training time reaches this; 0 = no limit
+needed_width = 0          # also narrow images-needed intervals to this relative half-width (0.5 = x/÷ 1.5); 0 = no
 """

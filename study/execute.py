@@ -25,6 +25,7 @@ from study.machine import dask_client, plan_workers, torch_threads
 from study.masking import mask_urls
 from study.outcomes import Outcome, RunOutcome, TuningOutcome
 from study.plan import ATTACH, WorkerState, open_context
+from study.sequential import extend
 from study.stopping import Stopped, ignore_interrupts
 from study.store import Cell, Heartbeat, RunRow, worker_id
 
@@ -102,6 +103,8 @@ def run_next(cfg: StudyConfig, threads: int = 0, show_epochs: bool = False, epoc
         if run is not None:
             return _do_run(cfg, state, run, me, show_epochs, epoch_queue)
         if not ctx.store.others_working(sid):
+            if extend(cfg, ctx.store, sid):  # a sequential study's next seeds (one decision for every worker)
+                continue
             ctx.store.worker_doing(sid, me, "idle: nothing left to do")
             return None
         ctx.store.worker_doing(sid, me, "waiting: the runs left are held by other workers or wait for tuning")
@@ -196,8 +199,12 @@ def execute(cfg: StudyConfig, study_id: int, store, progress: bool = True) -> di
     counts = store.counts(study_id)
     total, pending = sum(counts.values()), counts["pending"]
     tasks = pending + store.tuning_counts(study_id)["pending"]
-    if tasks == 0 and not store.others_working(study_id):  # finished (or only failed runs left): nothing to start
-        return {**counts, "tuning_failed": store.tuning_counts(study_id)["failed"]}
+    if tasks == 0 and not store.others_working(study_id):  # finished (or only failed runs left)
+        if not extend(cfg, store, study_id):  # ... and no sequential seeds to add: nothing to start
+            return {**counts, "tuning_failed": store.tuning_counts(study_id)["failed"]}
+        counts = store.counts(study_id)
+        total, pending = sum(counts.values()), counts["pending"]
+        tasks = pending
     device = cfg.device
     if device == "auto":
         import torch
@@ -324,6 +331,7 @@ class _Reports:
                     tqdm.write(f"tuning {outcome.cell} failed: {mask_urls(outcome.error or '')}")
                 continue
             counts = self.store.counts(self.study_id)
+            self.bar.total = sum(counts.values())  # a sequential study adds runs as it goes
             self.bar.n = counts["done"] + counts["failed"]
             self.bar.refresh()
             if outcome.status == "done":

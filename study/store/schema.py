@@ -263,6 +263,25 @@ class DeploymentRow(Base):
     measured_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class SequentialRoundRow(Base):
+    """One decision of a sequential study (``--until-ci``, analysis/sequential.py), taken once
+    under the store's lock when every planned run had finished: the runs it added (``added``:
+    cell keys), or why the study stopped (``reason``), with the intervals still wider than the
+    target (``short``) and the training hours spent. Its runs are inserted in the same transaction."""
+
+    __tablename__ = "sequential_rounds"
+    __table_args__ = (UniqueConstraint("study_id", "round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey(f"{STUDY_TABLE}.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)  # 1, 2, ... in the order decided
+    reason: Mapped[str] = mapped_column(String(32))  # 'more seeds' | 'target width met' | 'seed cap' | 'time budget'
+    added: Mapped[list] = mapped_column(JSON)  # cell keys of the runs it added
+    short: Mapped[list] = mapped_column(JSON)  # intervals wider than the target: kind, arm, other, n_train, width
+    target: Mapped[dict] = mapped_column(JSON)  # the [sequential] settings it decided under
+    spent_hours: Mapped[float] = mapped_column(Float)  # training time of the finished runs
+    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 Claimable = type[RunRow] | type[TuningJobRow]  # the two kinds of work claimed from the store
 
 

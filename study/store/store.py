@@ -46,6 +46,7 @@ from study.store.schema import (
     PredictionRow,
     RunRow,
     RunWeightsRow,
+    SequentialRoundRow,
     StudyRow,
     TuningJobRow,
     WorkerRow,
@@ -538,6 +539,66 @@ class Store:
             if status:
                 q = q.where(RunRow.status == status)
             return list(s.scalars(q.order_by(RunRow.id)))
+
+    # -- sequential studies (--until-ci) ------------------------------------------------------
+    def sequential_rounds(self, study_id: int) -> list[SequentialRoundRow]:
+        """The study's sequential decisions in order; none in a database written before them."""
+        if not inspect(self.engine).has_table(SequentialRoundRow.__tablename__):
+            return []
+        with self.session() as s:
+            q = select(SequentialRoundRow).where(SequentialRoundRow.study_id == study_id)
+            return list(s.scalars(q.order_by(SequentialRoundRow.round)))
+
+    def add_round(
+        self,
+        study_id: int,
+        reason: str,
+        cells: list[tuple[Cell, int, float]],
+        short: list[dict],
+        target: dict,
+        spent_hours: float,
+    ) -> int:
+        """Record one sequential decision and add its (cell, n_train, fraction) runs, in one
+        transaction: a killed study finds both or neither. A stop that repeats the latest
+        decision (a resumed study that stops again for the same reason) adds no row. Returns
+        how many runs were added."""
+        with self.session(write=True) as s:
+            existing = set(s.scalars(select(RunRow.cell_key).where(RunRow.study_id == study_id)))
+            new = [(c, n, frac) for c, n, frac in cells if c.key not in existing]
+            last = s.scalar(
+                select(SequentialRoundRow)
+                .where(SequentialRoundRow.study_id == study_id)
+                .order_by(SequentialRoundRow.round.desc())
+                .limit(1)
+            )
+            if not new and last is not None and (last.reason, last.target, last.short) == (reason, target, short):
+                return 0
+            s.add(
+                SequentialRoundRow(
+                    study_id=study_id,
+                    round=(last.round if last is not None else 0) + 1,
+                    reason=reason,
+                    added=[c.key for c, _, _ in new],
+                    short=short,
+                    target=target,
+                    spent_hours=spent_hours,
+                )
+            )
+            s.add_all(
+                RunRow(
+                    study_id=study_id,
+                    cell_key=c.key,
+                    arm=c.arm_name,
+                    model=c.model,
+                    size_kind=c.size_kind,
+                    size_value=c.size_value,
+                    seed=c.seed,
+                    n_train=n,
+                    fraction=frac,
+                )
+                for c, n, frac in new
+            )
+            return len(new)
 
     # -- model costs --------------------------------------------------------------------------
     def model_costs(self, study_id: int) -> list[ModelCostRow]:
