@@ -22,6 +22,7 @@ from study.store.schema import (
     ModelCostRow,
     PredictionRow,
     RunRow,
+    SequentialRoundRow,
     StudyRow,
     control_name,
     is_control,
@@ -70,6 +71,7 @@ COST_COLUMNS = [
     "threads_all",
     "details",
 ]
+SEQUENTIAL_COLUMNS = ["round", "reason", "added", "short", "target", "spent_hours"]
 RESULTS_CSV_COLUMNS = [
     "dataset",
     "arm",
@@ -107,6 +109,8 @@ class StudyData:
     costs: one row per model whose costs were measured (``COST_COLUMNS``, from the
         ``model_costs`` table); no rows when none were.
     storage_url: where the study was read from (the tuning tables live in the same database).
+    sequential: the decisions of a sequential study (``--until-ci``), one row per round
+        (``SEQUENTIAL_COLUMNS``, from ``sequential_rounds``); no rows for a fixed grid.
     """
 
     name: str
@@ -120,6 +124,7 @@ class StudyData:
     predictions: dict[int, np.ndarray] = field(default_factory=dict)
     costs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COST_COLUMNS))
     storage_url: str = ""
+    sequential: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEQUENTIAL_COLUMNS))
 
     @property
     def done(self) -> pd.DataFrame:
@@ -189,6 +194,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         predictions={p.run_id: np.frombuffer(p.y_pred, dtype=np.int32) for p in preds},
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
+        sequential=pd.DataFrame(_sequential_rows(engine, study.id), columns=SEQUENTIAL_COLUMNS),
     )
 
 
@@ -226,6 +232,16 @@ def _cost_rows(engine: Engine, study_id: int) -> list[dict]:
     with Session(engine, expire_on_commit=False) as s, s.begin():
         rows = list(s.scalars(select(ModelCostRow).where(ModelCostRow.study_id == study_id)))
         return [{c: getattr(r, c) for c in COST_COLUMNS} for r in rows]
+
+
+def _sequential_rows(engine: Engine, study_id: int) -> list[dict]:
+    """The study's sequential decisions in order; none from a database made before them."""
+    if SequentialRoundRow.__tablename__ not in inspect(engine).get_table_names():
+        return []
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        query = select(SequentialRoundRow).where(SequentialRoundRow.study_id == study_id)
+        rows = list(s.scalars(query.order_by(SequentialRoundRow.round)))
+        return [{c: getattr(r, c) for c in SEQUENTIAL_COLUMNS} for r in rows]
 
 
 def _names(engine: Engine, url: str) -> list[str]:

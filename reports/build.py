@@ -29,6 +29,7 @@ from reports import format as fmt
 from reports import tables as paper
 from reports.arms import insert_section, render_arms
 from reports.narrative import answer_paragraphs, missing_summary
+from reports.sequential import render_sequential
 from reports.verdict import verdict
 from study.masking import masked_url
 
@@ -151,6 +152,9 @@ def write_report(
     arms_md, arms_html = render_arms(a, env, folder)  # studies whose arms are not just their models
     md = insert_section(md, arms_md, "## Methods")
     html = insert_section(html, arms_html, '<h2 id="methods">')
+    sequential_md, sequential_html = render_sequential(a, env, folder)  # studies run with --until-ci
+    md = insert_section(md, sequential_md, "## Methods")
+    html = insert_section(html, sequential_html, '<h2 id="methods">')
     (folder / "report.md").write_text(md, encoding="utf-8")
     (folder / "index.html").write_text(html, encoding="utf-8")
     return folder

@@ -34,6 +34,7 @@ def print_status(url: str, name: str | None) -> None:
             )
             print(f"  {status}: {r['arm']} n_train={r['n_train']} seed={r['seed']}: {detail}")
     _print_control_status(url, data.name)
+    _print_sequential(data)
     _print_tuning_status(url, data)
     _print_workers(url, data)
 
@@ -50,6 +51,55 @@ def _print_control_status(url: str, name: str) -> None:
         f"budget control {control_name(name)!r}: {counts.get('done', 0)} of {len(runs)} runs done, "
         f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed"
     )
+
+
+SHOWN = 8  # intervals and runs listed by the sequential plan
+
+
+def _print_sequential(data: StudyData) -> None:
+    """A sequential study's plan (``--until-ci``): the intervals still wider than the target
+    (computed now from the finished runs, by the rule the workers use) and the seeds scheduled
+    next (the latest decision's runs still to run, or what the rule would add now)."""
+    from analysis.sequential import MORE, Target, interval_words, plan_next
+
+    seq = data.config.get("sequential") or {}
+    if not seq.get("until_ci") and not len(data.sequential):
+        return
+    target = Target.from_config(data.config)
+    budget = f", {target.budget_hours:g} h of training at most" if target.budget_hours else ""
+    print(f"sequential: target ±{seq.get('until_ci', 0):g} points, at most {target.max_seeds} seeds per cell{budget}")
+    plan = plan_next(data.runs, target, len(data.y_test) or None)
+    short = plan.short
+    print(f"  {len(short)} interval(s) wider than the target now (training so far {plan.spent_hours:.2f} h)")
+    for _, r in short.head(SHOWN).iterrows():
+        r = r.to_dict()
+        r["half_width"] = r["half_width"] if r["half_width"] < float("inf") else None
+        print(f"    {interval_words(r)}{' (at the seed cap)' if r['capped'] else ''}")
+    rounds = data.sequential
+    pending = data.unfinished
+    if len(rounds) and rounds.iloc[-1]["reason"] == MORE and len(pending):
+        last = rounds.iloc[-1]
+        added = set(last["added"])
+        keys = [k for k in _keys(pending) if k in added]
+        print(f"  scheduled next (round {last['round']}): {len(keys)} run(s) still to run")
+        for key in keys[:SHOWN]:
+            print(f"    {key}")
+    elif len(pending):
+        print(f"  the next seeds are decided when the {len(pending)} run(s) left are finished; now they would be:")
+        for arm, kind, value, seed in plan.add[:SHOWN]:
+            print(f"    {arm} {kind}={value:g} seed {seed}")
+    elif len(rounds):
+        print(f"  stopped (round {rounds.iloc[-1]['round']}): {rounds.iloc[-1]['reason']}")
+
+
+def _keys(runs) -> list[str]:
+    """Cell keys of runs (as the store names them)."""
+    from study.store import Cell
+
+    return [
+        Cell(r["model"], r["size_kind"], float(r["size_value"]), int(r["seed"]), r["arm"]).key
+        for _, r in runs.iterrows()
+    ]
 
 
 def _planned_workers(config: dict) -> int:
