@@ -133,7 +133,8 @@ def test_bad_sequential_values_are_refused_in_one_line(cli, tmp_path, args, frag
 
 # -- real studies on digits --------------------------------------------------------------------
 
-SEQUENTIAL = [*TINY_STUDY, "--quiet", "--no-costs", "--no-deploy", "--fractions", "0.5,1.0", "--seeds", "3"]
+SEQUENTIAL = [*TINY_STUDY, "--quiet", "--no-costs", "--no-deploy", "--jobs", "1"]
+SEQUENTIAL += ["--fractions", "0.5,1.0", "--seeds", "3"]
 
 
 def test_a_sequential_study_adds_seeds_in_rounds_and_says_why_it_stopped(cli, tmp_path):
@@ -159,7 +160,7 @@ def test_a_sequential_study_adds_seeds_in_rounds_and_says_why_it_stopped(cli, tm
 @pytest.mark.slow
 def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_a_run(tmp_path):
     slow = ["--epochs", "8", "--min-steps", "320", "--heartbeat", "0.5", "--grace-period", "3"]
-    args = ["run", "--out", tmp_path, *SEQUENTIAL, "--fractions", "1.0", *slow, "--jobs", "1", "--no-report"]
+    args = ["run", "--out", tmp_path, *SEQUENTIAL, "--fractions", "1.0", *slow, "--no-report"]
     args += ["--until-ci", "0.1", "--max-seeds", "5"]
     db_path = tmp_path / "study.db"
     proc = _start(*args)
@@ -187,7 +188,7 @@ def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_
 def test_two_workers_share_a_sequential_study(tmp_path):
     """A `study run` and a `study worker` on one store: each round is decided once, every run is
     done once, and the study stops once."""
-    args = ["run", "--out", tmp_path, *SEQUENTIAL, "--epochs", "3", "--min-steps", "60", "--jobs", "1"]
+    args = ["run", "--out", tmp_path, *SEQUENTIAL, "--epochs", "3", "--min-steps", "60"]
     args += ["--until-ci", "0.1", "--max-seeds", "5", "--no-report"]
     runner = _start(*args)
     worker = _start("worker", "--out", tmp_path, "--jobs", "1", "--threads", "1", "--quiet", "--wait", "120")
