@@ -161,7 +161,7 @@ def plan_next(runs: pd.DataFrame, target: Target, n_test: int | None = None) -> 
     """Decide the next seeds of a study whose planned runs are all finished.
 
     Each interval wider than the target asks its cells for one more seed (a difference asks
-    both arms at its size for the seed after the fewer they share); cells at ``max_seeds`` give
+    both arms at its size for the seed after the fewer they have); cells at ``max_seeds`` give
     none. Demands are taken widest against the target first; with a time budget, only those whose
     runs fit in what is left (a cell's run is estimated at its mean training time so far). The
     reason is MORE when runs are added, else MET (no interval short), BUDGET (the budget stopped
@@ -169,7 +169,9 @@ def plan_next(runs: pd.DataFrame, target: Target, n_test: int | None = None) -> 
     done = finished(runs)
     spent = float(done["train_seconds"].fillna(0).sum()) / 3600 if "train_seconds" in done else 0.0
     intervals = answer_intervals(runs, target, n_test)
-    have = done.groupby(CELL)["seed"].max().add(1).to_dict()  # seeds 0..k-1: the next is k
+    # Seeds 0..k-1 are planned (done, failed or still to run): the next is k, and a failed seed
+    # counts towards the cap, so a cell whose runs keep failing cannot ask for seeds forever.
+    have = runs.groupby(CELL)["seed"].max().add(1).to_dict()
     cost = done.groupby(CELL)["train_seconds"].mean().fillna(0).to_dict() if "train_seconds" in done else {}
     left = target.budget_hours * 3600 - spent * 3600 if target.budget_hours > 0 else math.inf
     order = intervals.assign(excess=intervals["half_width"] / intervals["target"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from study.config import StudyConfig
+from study.config import SequentialConfig, StudyConfig
 from study.store.schema import BUDGET_CONTROL_FACTOR as FACTOR
 from study.store.schema import control_name, is_control
 
@@ -37,6 +37,7 @@ def control_config(cfg: StudyConfig) -> StudyConfig | None:
         seeds=1,
         costs=False,
         budget_control=False,
+        sequential=SequentialConfig(),  # one seed: the control is never sequential
         train=train,
         **{sizes_key: [int(v) for v in ends] if cfg.per_class else ends},
     ).validate()
