@@ -104,6 +104,23 @@ def test_the_time_budget_stops_it_after_what_fits():
     assert plans[-1].spent_hours == pytest.approx(14 / 60)
 
 
+def test_images_needed_asks_for_seeds_at_the_sizes_around_n_star():
+    """One arm on a pow3 curve measured at 100-800 images reaches 80% between 400 and 800: with
+    a relative target for images needed, those two sizes get the next seed, no other."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"run_id": 10 * n + s, "arm": "a", "model": "a", "size_kind": "n_train", "size_value": float(n)}
+        | {"fraction": n / 800, "n_train": n, "seed": s, "status": "done", "train_seconds": 1.0}
+        | {"test_acc": 0.9 - 0.3 * (n / 100) ** -0.7 + rng.normal(0, 0.01)}
+        for n in (100, 200, 400, 800)
+        for s in range(3)
+    ]
+    plan = plan_next(pd.DataFrame(rows), Target(width=0.5, needed_width=0.05, targets=(0.8,)), N_TEST)
+    assert plan.reason == MORE and sorted(plan.add) == [("a", "n_train", 400.0, 3), ("a", "n_train", 800.0, 3)]
+    needed = plan.intervals[plan.intervals["kind"] == "needed"]
+    assert needed["n_train"].tolist() == [400, 800] and needed["short"].all()
+
+
 def test_what_it_saved_is_against_a_fixed_grid_at_the_largest_seed_count():
     acc = _accuracies()
     seeds = {("a", 100): 6, ("b", 100): 6, ("a", 200): 3, ("b", 200): 3}
