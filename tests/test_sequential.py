@@ -202,25 +202,28 @@ def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_sequential_study(tmp_path):
-    """A `study run` and a `study worker` on one store: each round is decided once, every run is
-    done once, and the study stops once."""
-    args = ["run", "--out", tmp_path, *SEQUENTIAL, "--epochs", "3", "--min-steps", "60"]
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.distributed)])
+def test_two_workers_share_a_sequential_study(tmp_path, request, backend):
+    """A `study run` and a `study worker` on one store (SQLite's flock, PostgreSQL's advisory
+    lock): each round is decided once, every run is done once, and the study stops once."""
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    args = ["run", "--out", tmp_path, "--storage", url, *SEQUENTIAL, "--epochs", "3", "--min-steps", "60"]
     args += ["--until-ci", "0.1", "--max-seeds", "5", "--no-report"]
     runner = _start(*args)
-    worker = _start("worker", "--out", tmp_path, "--jobs", "1", "--threads", "1", "--quiet", "--wait", "120")
+    worker = _start("worker", "--out", tmp_path, "--storage", url, "--jobs", "1", "--threads", "1", "--wait", "120")
     for proc in (runner, worker):
         out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0 and "10 done, 0 failed, 0 left" in out, err
-    db = sqlite3.connect(tmp_path / "study.db")
-    assert db.execute("select count(*), min(attempts), max(attempts) from runs where status = 'done'").fetchone() == (
-        10,
-        1,
-        1,
-    )
-    rounds = db.execute("select round, reason, added from sequential_rounds order by round").fetchall()
+    engine = create_engine(url)
+    with engine.connect() as db:
+        done = db.execute(text("select count(*), min(attempts), max(attempts) from runs where status = 'done'"))
+        assert tuple(done.one()) == (10, 1, 1)
+        rounds = db.execute(text("select round, reason, added from sequential_rounds order by round")).all()
+        workers = db.execute(text("select name, runs_done from workers")).all()
+    engine.dispose()
     assert [r[1] for r in rounds] == [MORE, MORE, CAP]  # one decision per round, one stop
-    added = [key for r in rounds for key in json.loads(r[2])]
+    added = [key for r in rounds for key in (json.loads(r[2]) if isinstance(r[2], str) else r[2])]
     assert len(added) == len(set(added)) == 4
-    workers = db.execute("select name, runs_done from workers").fetchall()
     assert len(workers) == 2 and sum(n for _, n in workers) == 10
