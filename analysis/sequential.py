@@ -115,7 +115,10 @@ def answer_intervals(runs: pd.DataFrame, target: Target, n_test: int | None = No
     return frame
 
 
-def _row(kind, arm, other, cell, n_train, n_seeds, half, target) -> dict:
+def _row(
+    kind: str, arm: str, other: str, cell: pd.Series, n_train: int, n_seeds: int, half: float, target: float
+) -> dict:
+    """One row of INTERVAL_COLUMNS; ``cell`` holds the size's kind and value."""
     return {
         "kind": kind,
         "arm": arm,

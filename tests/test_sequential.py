@@ -188,6 +188,8 @@ def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_
     os.killpg(proc.pid, signal.SIGKILL)  # no clean stop: the run stays held by a dead process
     proc.communicate(timeout=60)
     assert len(done_before) == 3 and rounds_before == [(1, MORE, '["test_resnet|fraction=1|seed=3"]')]
+    status = run_subprocess("status", "--out", tmp_path).stdout  # the plan, as the killed study left it
+    assert "scheduled next (round 1): 1 run(s) still to run\n    test_resnet|fraction=1|seed=3" in status
 
     resumed = run_subprocess(*args)
     assert resumed.returncode == 0 and "5 done, 0 failed, 0 left" in resumed.stdout, resumed.stderr
