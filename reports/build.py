@@ -29,7 +29,7 @@ from reports import format as fmt
 from reports import tables as paper
 from reports.arms import insert_section, render_arms
 from reports.narrative import answer_paragraphs, missing_summary
-from reports.verdict import verdict
+from reports.verdict import MARGIN, verdict
 from study.masking import masked_url
 
 WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
@@ -168,8 +168,9 @@ def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.
         ),
         "table_pairs": (
             pairs,
-            "Paired differences in test accuracy (better model first), paired by seed; tie: not significant by the "
-            f"paired t-test, Holm-adjusted at {a.comparisons.alpha:g}.",
+            "Paired differences in test accuracy (better model first), paired by seed; significant: paired t-test, "
+            f"Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI within "
+            f"{MARGIN}.",
             pair_notes,
         ),
         "table_costs": (
@@ -292,6 +293,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "curve_selection": a.curves.selection,
         "pairwise": _records(a.comparisons.pairwise),
         "alpha": a.comparisons.alpha,
+        "margin": MARGIN,
         "seed_notes": _records(a.warnings[a.warnings["check"] == "too_few_seeds"]),
         "friedman": _records(a.ranks.friedman)[0] if len(a.ranks.friedman) else None,
         "ranks": _records(a.ranks.ranks),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.stats import equivalent
 from analysis.study_analysis import StudyAnalysis
 from reports.format import count, is_missing, pvalue
 
@@ -81,20 +82,24 @@ def oriented_pairs(pairwise: pd.DataFrame) -> pd.DataFrame:
     are then positive and P(A > B) reads as the better model's share of seeds."""
     if pairwise.empty:
         return pairwise
-    out = pairwise.copy()
-    flip = out["diff"] < 0
-    for x, y in (("model_a", "model_b"), ("mean_a", "mean_b"), ("ci_low", "ci_high")):
-        out.loc[flip, [x, y]] = out.loc[flip, [y, x]].to_numpy()
-    out.loc[flip, ["diff", "ci_low", "ci_high"]] = -out.loc[flip, ["diff", "ci_low", "ci_high"]]
-    if "mcnemar_b" in out:
-        out.loc[flip, ["mcnemar_b", "mcnemar_c"]] = out.loc[flip, ["mcnemar_c", "mcnemar_b"]].to_numpy()
-    out.loc[flip, "p_a_better"] = 1 - out.loc[flip, "p_a_better"]
+    src = pairwise
+    flip = src["diff"] < 0
+    out = src.copy()
+    # each value from the unflipped source, so no swap reads a column it has just written
+    for x, y in (("model_a", "model_b"), ("mean_a", "mean_b"), ("mcnemar_b", "mcnemar_c")):
+        if x in src:
+            out[x], out[y] = src[x].where(~flip, src[y]), src[y].where(~flip, src[x])
+    out["diff"] = src["diff"].where(~flip, -src["diff"])
+    out["ci_low"] = src["ci_low"].where(~flip, -src["ci_high"])
+    out["ci_high"] = src["ci_high"].where(~flip, -src["ci_low"])
+    out["p_a_better"] = src["p_a_better"].where(~flip, 1 - src["p_a_better"])
     return out
 
 
 def pairs_table(a: StudyAnalysis, names: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
     """Pairwise differences, better model first, and a note per column left out because it held
-    the same value in every row (it says nothing row by row)."""
+    the same value in every row (it says nothing row by row). Significant: 'yes' (paired t-test,
+    Holm), 'no (tie)' when the difference's 95% CI lies within the equivalence margin, else 'no'."""
     pw = oriented_pairs(a.comparisons.pairwise)
     if pw.empty:
         return pd.DataFrame(), []
@@ -112,7 +117,10 @@ def pairs_table(a: StudyAnalysis, names: dict[str, str]) -> tuple[pd.DataFrame, 
             "Wilcoxon p, Holm": [pvalue(v) for v in pw["p_wilcoxon_holm"]],
             "McNemar p, Holm": [pvalue(v) for v in pw["p_mcnemar_holm"]],
             "P(A > B)": ["—" if is_missing(v) else f"{float(v):.2f}" for v in pw["p_a_better"]],
-            "Significant": ["yes" if s else "tie" for s in pw["significant"]],
+            "Significant": [
+                "yes" if s else "no (tie)" if equivalent(lo, hi) else "no"
+                for s, lo, hi in zip(pw["significant"], pw["ci_low"], pw["ci_high"])
+            ],
         }
     )
     return drop_constant(table, keep=["Training images", "Better (A)", "Other (B)", "A − B (pp)", "Significant"])
