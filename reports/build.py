@@ -27,7 +27,7 @@ from analysis.study_analysis import StudyAnalysis, analyse
 from reports import deployment, figures
 from reports import format as fmt
 from reports import tables as paper
-from reports.arms import insert_section, render_arms
+from reports.arms import insert_section, render_arms, unit
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.verdict import MARGIN, verdict
 from study.masking import masked_url
@@ -159,28 +159,29 @@ def write_report(
 def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.DataFrame, str, list[str]]]:
     """The paper tables: name -> (table, caption, notes on columns left out)."""
     level = f"{100 * a.curves.confidence:g}%"
+    rows = unit(a)  # what the first column names: arms or models
     pairs, pair_notes = paper.pairs_table(a, names)
     return {
         "table_accuracy": (
             paper.accuracy_table(a, names),
-            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per model and training-set size.",
+            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per {rows} and training-set size.",
             [],
         ),
         "table_pairs": (
             pairs,
-            "Paired differences in test accuracy (better model first), paired by seed; significant: paired t-test, "
+            f"Paired differences in test accuracy (better {rows} first), paired by seed; significant: paired t-test, "
             f"Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI within "
             f"{MARGIN}.",
             pair_notes,
         ),
         "table_costs": (
             paper.costs_table(a, names),
-            "Inference cost per model: CPU latency at batch 1 (p50 / p95 over repeated timings).",
+            f"Inference cost per {rows}: CPU latency at batch 1 (p50 / p95 over repeated timings).",
             [],
         ),
         "table_convergence": (
             paper.convergence_table(a, names),
-            "Convergence per model and size (definition in the report's Convergence section).",
+            f"Convergence per {rows} and size (definition in the report's Convergence section).",
             [],
         ),
     }
@@ -267,6 +268,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "colours": figures.model_colours(models),
         "paragraphs": answer_paragraphs(a, names),
         "names": names,
+        "unit": unit(a),
         "verdict": verdict(a, names),
         "paper": {k: {**_table(t), "caption": caption, "notes": notes} for k, (t, caption, notes) in main.items()},
         "convergence_counts": _convergence_counts(a),

@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.stats import equivalent
 from analysis.study_analysis import StudyAnalysis
+from reports.arms import unit
 from reports.format import count, is_missing, pvalue
 
 LATEX_SPECIALS = {
@@ -53,8 +54,9 @@ def _ms(v) -> str:
 
 
 def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
-    """Rows: models; per size two columns: test accuracy mean [95% CI] and macro-F1 mean, both
-    in percent over the seeds. The row order is the summary's (models sorted by id)."""
+    """Rows: models (arms where the study has them, the first column named so); per size two
+    columns: test accuracy mean [95% CI] and macro-F1 mean, both in percent over the seeds. The
+    row order is the summary's (sorted by id)."""
     s = a.summary
     if s.empty:
         return pd.DataFrame()
@@ -62,7 +64,7 @@ def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     sizes = sorted(s["n_train"].unique())
     rows = []
     for model in sorted(s["model"].unique()):
-        row = {"Model": names[model]}
+        row = {unit(a).capitalize(): names[model]}
         for n in sizes:
             r = s[(s["model"] == model) & (s["n_train"] == n)]
             key = f"{count(n)} images"
@@ -145,7 +147,7 @@ def costs_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     all_label = f"{int(threads.max())} threads" if len(threads) else "all threads"
     table = pd.DataFrame(
         {
-            "Model": [names[m] for m in mc["model"]],
+            unit(a).capitalize(): [names[m] for m in mc["model"]],
             "Parameters (M)": ["—" if is_missing(v) else f"{float(v) / 1e6:.2f}" for v in mc["n_params"]],
             "MACs / image (M)": ["—" if is_missing(v) else f"{float(v) / 1e6:.1f}" for v in mc["macs"]],
             "Input (px)": ["—" if is_missing(v) else str(int(v)) for v in mc["input_size"]],
@@ -169,7 +171,7 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.DataFrame(
         {
-            "Model": [names[m] for m in c["model"]],
+            unit(a).capitalize(): [names[m] for m in c["model"]],
             "Training images": [count(n) for n in c["n_train"]],
             "Best epoch = last (runs)": [f"{b} of {r}" for b, r in zip(c["best_is_last"], c["runs"])],
             "Still rising (runs)": [f"{b} of {r}" for b, r in zip(c["rising"], c["runs"])],

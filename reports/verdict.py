@@ -24,7 +24,8 @@ import pandas as pd
 from analysis.convergence import budget_words
 from analysis.stats import EQUIVALENCE_MARGIN, equivalent
 from analysis.study_analysis import StudyAnalysis
-from reports.format import MISSING, count, join_words, num, pct, pp, pp_interval
+from reports.arms import unit
+from reports.format import MISSING, count, join_words, num, pct, plural, pp, pp_interval
 
 MARGIN = f"±{100 * EQUIVALENCE_MARGIN:g} pp"  # the equivalence margin in words
 
@@ -95,7 +96,7 @@ def gap_words(a: StudyAnalysis, n_train: int, top: str, model: str) -> str:
     return f"gap {pp(r['diff'])}, " + (f"95% CI {ci}" if ci != MISSING else "no interval")
 
 
-def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str], unit: str = "model") -> str:
+def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> str:
     """'with 116 images ResNet-18 is the most accurate (88.7%, +14.3 pp over MobileNetV2)'; a tie
     only where the paired difference's 95% CI lies within ±1 pp; otherwise a gap the paired test
     does not resolve is written with its interval ('... has the highest mean (89.3%) but is not
@@ -115,9 +116,10 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str], unit:
     equal = ties(a, n_train, top, tied[1:])
     if len(equal) == len(tied) - 1:
         if len(tied) == len(rows):
+            values = ", ".join(f"{names[m]} {pct(means[m])}" for m in tied)
             return (
-                f"{where} all {len(rows)} {unit}s tie ({', '.join(f'{names[m]} {pct(means[m])}' for m in tied)}; "
-                f"every paired difference's 95% CI within {MARGIN})"
+                f"{where} all {plural(len(rows), unit(a))} tie ({values}; every paired difference's 95% CI "
+                f"within {MARGIN})"
             )
         return (
             f"{where} {join_words([names[m] for m in tied])} tie for most accurate "
