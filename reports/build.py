@@ -206,6 +206,10 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
         figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(
             a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours, names
         )
+    if a.convergence_runs is not None and a.convergence is not None and len(a.convergence_runs):
+        figs["convergence"] = figures.convergence(
+            a.convergence_runs, a.convergence, fig_dir / "convergence.png", RISE_TOLERANCE, colours, names
+        )
     if tuning is not None and len(tuning.trials):
         figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours, names)
     done = a.data.done
@@ -278,6 +282,8 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
             "control": a.control is not None,
+            # cells with a control gain: the convergence figure's lower panel
+            "controlled": a.convergence is not None and bool(a.convergence["control_gain"].notna().any()),
         },
         "answer": _records(a.answer),
         "targets": _records(a.targets),

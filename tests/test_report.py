@@ -230,6 +230,7 @@ def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
         "average_ranks.png",
         "accuracy_vs_cost.png",
         "tuning_history.png",
+        "convergence.png",
     }
     expected |= {
         f"{kind}_{m}.png"
