@@ -5,7 +5,7 @@ key numbers and one caveat line, each claim no stronger than the analysis that b
   t-test over seeds, Holm-adjusted, ``analysis.stats``) separates it from every other model. A
   model it does not separate ties with it only when their paired difference's 95% CI lies
   within ±``EQUIVALENCE_MARGIN`` (1 pp); otherwise the gap is written with its interval, as
-  not separated by the paired test.
+  not separated by the Holm-adjusted paired test.
 - Images needed: a need censored at the smallest measured size is written as "reaches X at the
   smallest size", and a ratio against it as not estimable; a need beyond the largest measured
   size is marked extrapolated.
@@ -100,7 +100,8 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> st
     """'with 116 images ResNet-18 is the most accurate (88.7%, +14.3 pp over MobileNetV2)'; a tie
     only where the paired difference's 95% CI lies within ±1 pp; otherwise a gap the paired test
     does not resolve is written with its interval ('... has the highest mean (89.3%) but is not
-    separated by the paired test from X (75.0%, gap +14.3 pp, 95% CI [-2.0, +30.6] pp)')."""
+    separated by the Holm-adjusted paired test from X (75.0%, gap +14.3 pp, 95% CI [+1.3, +27.3]
+    pp)')."""
     tied, rows = leaders(a, n_train)
     if not tied:
         return ""
@@ -118,13 +119,13 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> st
         if len(tied) == len(rows):
             values = ", ".join(f"{names[m]} {pct(means[m])}" for m in tied)
             return (
-                f"{where} all {plural(len(rows), unit(a))} tie ({values}; every paired difference's 95% CI "
-                f"within {MARGIN})"
+                f"{where} all {plural(len(rows), unit(a))} tie ({values}; the 95% CI of each one's paired "
+                f"difference from {names[top]} within {MARGIN})"
             )
         return (
             f"{where} {join_words([names[m] for m in tied])} tie for most accurate "
-            f"({', '.join(pct(means[m]) for m in tied)}; paired differences' 95% CI within "
-            f"{MARGIN})"
+            f"({', '.join(pct(means[m]) for m in tied)}; the 95% CI of each paired difference from "
+            f"{names[top]} within {MARGIN})"
         )
     unresolved = [m for m in tied[1:] if m not in equal]
     text = f"{where} {names[top]} has the highest mean ({pct(means[top])})"
