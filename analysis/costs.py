@@ -7,19 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-MODEL_COST_COLUMNS = [
-    "model",
-    "measured",
-    "input_size",
-    "n_params",
-    "macs",
-    "size_mb",
-    "latency_p50_ms_1t",
-    "latency_p95_ms_1t",
-    "latency_p50_ms_all",
-    "latency_p95_ms_all",
-    "threads_all",
-]
+from analysis.load import COST_COLUMNS
+
+# The stored cost columns (analysis.load), less their free-form details, with whether they were measured.
+MODEL_COST_COLUMNS = ["model", "measured"] + [c for c in COST_COLUMNS if c not in ("model", "details")]
 TRAINING_COST_COLUMNS = [
     "model",
     "size_kind",

@@ -61,6 +61,17 @@ POSTHOC_COLUMNS = ["model_a", "model_b", "rank_a", "rank_b", "rank_difference", 
 
 # -- building blocks ---------------------------------------------------------------------------
 
+EQUIVALENCE_MARGIN = 0.01  # two models tie when their paired difference's 95% CI lies within ±1 pp
+
+
+def equivalent(ci_low, ci_high, margin: float = EQUIVALENCE_MARGIN) -> bool:
+    """Whether a paired difference's interval lies within ±``margin``: the models tie (with a
+    95% interval, two one-sided tests at 2.5% each). A wide interval around a non-significant
+    gap is not a tie: the data cannot tell the models apart, which is all it says."""
+    if ci_low is None or ci_high is None or pd.isna(ci_low) or pd.isna(ci_high):
+        return False
+    return bool(-margin <= float(ci_low) and float(ci_high) <= margin)
+
 
 def holm(p_values) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values; NaN entries stay NaN and do not

@@ -38,6 +38,12 @@ def has_arms(a: StudyAnalysis) -> bool:
     return any(arm != model for arm, model in arm_models(a.data).items())
 
 
+def unit(a: StudyAnalysis) -> str:
+    """What the report's rows and legends name: 'arm' where the study has arms other than its
+    models (the analysis labels results by arm), else 'model'."""
+    return "arm" if has_arms(a) else "model"
+
+
 def render_arms(a: StudyAnalysis, env: Environment, folder: Path) -> tuple[str, str]:
     """(Markdown, HTML) of the arms section, its tables written to ``folder`` as CSV; empty
     strings for a study whose arms are its models."""

@@ -27,10 +27,10 @@ from analysis.study_analysis import StudyAnalysis, analyse
 from reports import deployment, figures
 from reports import format as fmt
 from reports import tables as paper
-from reports.arms import insert_section, render_arms
+from reports.arms import insert_section, render_arms, unit
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.sequential import render_sequential
-from reports.verdict import verdict
+from reports.verdict import MARGIN, verdict
 from study.masking import masked_url
 
 WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
@@ -163,27 +163,29 @@ def write_report(
 def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.DataFrame, str, list[str]]]:
     """The paper tables: name -> (table, caption, notes on columns left out)."""
     level = f"{100 * a.curves.confidence:g}%"
+    rows = unit(a)  # what the first column names: arms or models
     pairs, pair_notes = paper.pairs_table(a, names)
     return {
         "table_accuracy": (
             paper.accuracy_table(a, names),
-            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per model and training-set size.",
+            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per {rows} and training-set size.",
             [],
         ),
         "table_pairs": (
             pairs,
-            "Paired differences in test accuracy (better model first), paired by seed; tie: not significant by the "
-            f"paired t-test, Holm-adjusted at {a.comparisons.alpha:g}.",
+            f"Paired differences in test accuracy (better {rows} first), paired by seed; significant: paired t-test, "
+            f"Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI within "
+            f"{MARGIN}.",
             pair_notes,
         ),
         "table_costs": (
             paper.costs_table(a, names),
-            "Inference cost per model: CPU latency at batch 1 (p50 / p95 over repeated timings).",
+            f"Inference cost per {rows}: CPU latency at batch 1 (p50 / p95 over repeated timings).",
             [],
         ),
         "table_convergence": (
             paper.convergence_table(a, names),
-            "Convergence per model and size (definition in the report's Convergence section).",
+            f"Convergence per {rows} and size (definition in the report's Convergence section).",
             [],
         ),
     }
@@ -207,6 +209,10 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
     if len(a.answer) and a.answer["acc_largest"].notna().any():
         figs["accuracy_vs_cost"] = figures.accuracy_vs_cost(
             a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours, names
+        )
+    if a.convergence_runs is not None and a.convergence is not None and len(a.convergence_runs):
+        figs["convergence"] = figures.convergence(
+            a.convergence_runs, a.convergence, fig_dir / "convergence.png", RISE_TOLERANCE, colours, names
         )
     if tuning is not None and len(tuning.trials):
         figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours, names)
@@ -270,6 +276,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "colours": figures.model_colours(models),
         "paragraphs": answer_paragraphs(a, names),
         "names": names,
+        "unit": unit(a),
         "verdict": verdict(a, names),
         "paper": {k: {**_table(t), "caption": caption, "notes": notes} for k, (t, caption, notes) in main.items()},
         "convergence_counts": _convergence_counts(a),
@@ -279,6 +286,8 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
             "control": a.control is not None,
+            # cells with a control gain: the convergence figure's lower panel
+            "controlled": a.convergence is not None and bool(a.convergence["control_gain"].notna().any()),
         },
         "answer": _records(a.answer),
         "targets": _records(a.targets),
@@ -296,6 +305,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "curve_selection": a.curves.selection,
         "pairwise": _records(a.comparisons.pairwise),
         "alpha": a.comparisons.alpha,
+        "margin": MARGIN,
         "seed_notes": _records(a.warnings[a.warnings["check"] == "too_few_seeds"]),
         "friedman": _records(a.ranks.friedman)[0] if len(a.ranks.friedman) else None,
         "ranks": _records(a.ranks.ranks),

@@ -524,3 +524,100 @@ def confusion_matrix(confusions: list[pd.DataFrame], model: str, path: Path, nam
     bar.set_label("share of the true class (log scale)")
     bar.ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=1))
     return save(fig, path)
+
+
+def convergence(
+    runs: pd.DataFrame,
+    cells: pd.DataFrame,
+    path: Path,
+    rise_tolerance: float,
+    colours: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
+) -> Path | None:
+    """Convergence per model and size (``analysis.convergence``). Top: each run's final-epoch
+    validation gain (its last epoch's validation accuracy minus the best of its earlier ones,
+    ``run_convergence``'s ``late_gain``), filled ▲ when above ``rise_tolerance`` (still rising),
+    hollow ○ otherwise, with that tolerance dotted. Bottom, only where the budget control ran:
+    the control's test-accuracy gain over the same seed's run (◆ filled: above the cell's
+    threshold, not converged; ◇ hollow: within it) and the threshold as a bar. Sizes are
+    categories, models side by side within each. None when no run has an epoch history."""
+    runs = runs.dropna(subset=["late_gain"])
+    if runs.empty:
+        return None
+    models = sorted(runs["model"].unique())
+    colours = _colours(models, colours)
+    sizes = sorted(int(n) for n in runs["n_train"].unique())
+    controlled = cells.dropna(subset=["control_gain"]) if len(cells) else cells
+    panels = 2 if len(controlled) else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(min(9.0, 1.5 * len(sizes) + 1.0), 2.6 * panels + 0.6), sharex=True)
+    axes = np.atleast_1d(axes)
+    width = 0.8 / len(models)
+    seeds = sorted(runs["seed"].unique())
+
+    def x_of(model: str, n: int, seed=None) -> float:
+        """Sizes are categories, models side by side within one, seeds spread a little within a model."""
+        spread = 0 if seed is None else (seeds.index(seed) - (len(seeds) - 1) / 2) * width * 0.6 / max(len(seeds), 1)
+        return sizes.index(n) - 0.4 + width * (models.index(model) + 0.5) + spread
+
+    top = axes[0]
+    for r in runs.itertuples():
+        c = colours[r.model]
+        top.plot(
+            x_of(r.model, int(r.n_train), r.seed),
+            100 * r.late_gain,
+            "^" if r.rising else "o",
+            color=c,
+            markerfacecolor=c if r.rising else "white",
+            markersize=6,
+            alpha=0.9,
+        )
+    top.axhline(100 * rise_tolerance, **TARGET_STYLE)
+    top.axhline(0, color="#999999", linewidth=0.6)
+    top.set_ylabel("final-epoch validation gain (pp)", fontsize=9)
+    if panels == 2:
+        bottom = axes[1]
+        for r in controlled.itertuples():
+            if int(r.n_train) not in sizes:
+                continue
+            x, c = x_of(r.model, int(r.n_train)), colours[r.model]
+            bottom.plot(
+                [x - width * 0.4, x + width * 0.4], [100 * r.threshold] * 2, color="#333333", linewidth=2, zorder=2
+            )
+            bottom.plot(
+                x,
+                100 * r.control_gain,
+                "D",
+                color=c,
+                markerfacecolor="white" if r.converged else c,
+                markersize=7,
+                zorder=3,
+            )
+        bottom.axhline(0, color="#999999", linewidth=0.6)
+        bottom.set_ylabel("test gain, 2× budget (pp)", fontsize=9)
+    for ax in axes:
+        ax.grid(True, axis="y", alpha=0.3)
+        for i in range(1, len(sizes)):
+            ax.axvline(i - 0.5, color="#dddddd", linewidth=0.8)
+    axes[-1].set_xticks(range(len(sizes)), [f"{n:,}" for n in sizes])
+    axes[-1].set_xlim(-0.5, len(sizes) - 0.5)
+    axes[-1].set_xlabel("training images")
+    handles = [_key(_name(names, m), "s", color=colours[m]) for m in models]
+    handles += [
+        _key("run still rising", "^"),
+        _key("run not rising", "o", hollow=True),
+        plt.Line2D([], [], **TARGET_STYLE, label=f"{100 * rise_tolerance:g} pp tolerance"),
+    ]
+    if panels == 2:
+        handles += [
+            _key("2× budget: above threshold", "D"),
+            _key("2× budget: within threshold", "D", hollow=True),
+            plt.Line2D([], [], color="#333333", linewidth=2, label="cell's threshold"),
+        ]
+    fig.legend(handles=handles, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    return save(fig, path)
+
+
+def _key(label: str, marker: str, hollow: bool = False, color: str = "#444444") -> plt.Line2D:
+    """A legend entry for a marker (no line), filled or hollow."""
+    face = "white" if hollow else color
+    return plt.Line2D([], [], marker=marker, color=color, markerfacecolor=face, linestyle="none", label=label)

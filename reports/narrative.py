@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.study_analysis import StudyAnalysis
+from reports.arms import unit
 from reports.format import count, interval, num, plural, pp
 from reports.format import p_is as fmt_p
 from reports.verdict import accuracy_clause, latency_bullet, needed_words, three
@@ -21,7 +22,7 @@ def study_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str
     seeds = runs["seed"].nunique()
     name = a.data.dataset.get("name", "the dataset")
     text = (
-        f"The study compares {plural(len(models), 'model')} ({', '.join(names[m] for m in models)}) on "
+        f"The study compares {plural(len(models), unit(a))} ({', '.join(names[m] for m in models)}) on "
         f"{plural(len(sizes), 'nested subset size')} of {name} "
         f"({count(sizes[0]) if sizes else '—'} to {count(sizes[-1]) if sizes else '—'} training images) with "
         f"{plural(seeds, 'seed')} each"

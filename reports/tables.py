@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.stats import equivalent
 from analysis.study_analysis import StudyAnalysis
+from reports.arms import unit
 from reports.format import count, is_missing, pvalue
 
 LATEX_SPECIALS = {
@@ -52,8 +54,9 @@ def _ms(v) -> str:
 
 
 def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
-    """Rows: models; per size two columns: test accuracy mean [95% CI] and macro-F1 mean, both
-    in percent over the seeds. The row order is the summary's (models sorted by id)."""
+    """Rows: models (arms where the study has them, the first column named so); per size two
+    columns: test accuracy mean [95% CI] and macro-F1 mean, both in percent over the seeds. The
+    row order is the summary's (sorted by id)."""
     s = a.summary
     if s.empty:
         return pd.DataFrame()
@@ -61,7 +64,7 @@ def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     sizes = sorted(s["n_train"].unique())
     rows = []
     for model in sorted(s["model"].unique()):
-        row = {"Model": names[model]}
+        row = {unit(a).capitalize(): names[model]}
         for n in sizes:
             r = s[(s["model"] == model) & (s["n_train"] == n)]
             key = f"{count(n)} images"
@@ -81,20 +84,24 @@ def oriented_pairs(pairwise: pd.DataFrame) -> pd.DataFrame:
     are then positive and P(A > B) reads as the better model's share of seeds."""
     if pairwise.empty:
         return pairwise
-    out = pairwise.copy()
-    flip = out["diff"] < 0
-    for x, y in (("model_a", "model_b"), ("mean_a", "mean_b"), ("ci_low", "ci_high")):
-        out.loc[flip, [x, y]] = out.loc[flip, [y, x]].to_numpy()
-    out.loc[flip, ["diff", "ci_low", "ci_high"]] = -out.loc[flip, ["diff", "ci_low", "ci_high"]]
-    if "mcnemar_b" in out:
-        out.loc[flip, ["mcnemar_b", "mcnemar_c"]] = out.loc[flip, ["mcnemar_c", "mcnemar_b"]].to_numpy()
-    out.loc[flip, "p_a_better"] = 1 - out.loc[flip, "p_a_better"]
+    src = pairwise
+    flip = src["diff"] < 0
+    out = src.copy()
+    # each value from the unflipped source, so no swap reads a column it has just written
+    for x, y in (("model_a", "model_b"), ("mean_a", "mean_b"), ("mcnemar_b", "mcnemar_c")):
+        if x in src:
+            out[x], out[y] = src[x].where(~flip, src[y]), src[y].where(~flip, src[x])
+    out["diff"] = src["diff"].where(~flip, -src["diff"])
+    out["ci_low"] = src["ci_low"].where(~flip, -src["ci_high"])
+    out["ci_high"] = src["ci_high"].where(~flip, -src["ci_low"])
+    out["p_a_better"] = src["p_a_better"].where(~flip, 1 - src["p_a_better"])
     return out
 
 
 def pairs_table(a: StudyAnalysis, names: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
     """Pairwise differences, better model first, and a note per column left out because it held
-    the same value in every row (it says nothing row by row)."""
+    the same value in every row (it says nothing row by row). Significant: 'yes' (paired t-test,
+    Holm), 'no (tie)' when the difference's 95% CI lies within the equivalence margin, else 'no'."""
     pw = oriented_pairs(a.comparisons.pairwise)
     if pw.empty:
         return pd.DataFrame(), []
@@ -112,7 +119,10 @@ def pairs_table(a: StudyAnalysis, names: dict[str, str]) -> tuple[pd.DataFrame, 
             "Wilcoxon p, Holm": [pvalue(v) for v in pw["p_wilcoxon_holm"]],
             "McNemar p, Holm": [pvalue(v) for v in pw["p_mcnemar_holm"]],
             "P(A > B)": ["—" if is_missing(v) else f"{float(v):.2f}" for v in pw["p_a_better"]],
-            "Significant": ["yes" if s else "tie" for s in pw["significant"]],
+            "Significant": [
+                "yes" if s else "no (tie)" if equivalent(lo, hi) else "no"
+                for s, lo, hi in zip(pw["significant"], pw["ci_low"], pw["ci_high"])
+            ],
         }
     )
     return drop_constant(table, keep=["Training images", "Better (A)", "Other (B)", "A − B (pp)", "Significant"])
@@ -137,7 +147,7 @@ def costs_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     all_label = f"{int(threads.max())} threads" if len(threads) else "all threads"
     table = pd.DataFrame(
         {
-            "Model": [names[m] for m in mc["model"]],
+            unit(a).capitalize(): [names[m] for m in mc["model"]],
             "Parameters (M)": ["—" if is_missing(v) else f"{float(v) / 1e6:.2f}" for v in mc["n_params"]],
             "MACs / image (M)": ["—" if is_missing(v) else f"{float(v) / 1e6:.1f}" for v in mc["macs"]],
             "Input (px)": ["—" if is_missing(v) else str(int(v)) for v in mc["input_size"]],
@@ -161,7 +171,7 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.DataFrame(
         {
-            "Model": [names[m] for m in c["model"]],
+            unit(a).capitalize(): [names[m] for m in c["model"]],
             "Training images": [count(n) for n in c["n_train"]],
             "Best epoch = last (runs)": [f"{b} of {r}" for b, r in zip(c["best_is_last"], c["runs"])],
             "Still rising (runs)": [f"{b} of {r}" for b, r in zip(c["rising"], c["runs"])],

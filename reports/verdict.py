@@ -1,8 +1,11 @@
 """The verdict at the top of the report: one headline sentence, at most three bullets with the
 key numbers and one caveat line, each claim no stronger than the analysis that backs it.
 
-- Accuracy: the leader at a size ties with every model the report's own test (paired t-test
-  over seeds, Holm-adjusted, ``analysis.stats``) does not separate from it.
+- Accuracy: the leader at a size is named most accurate only when the report's own test (paired
+  t-test over seeds, Holm-adjusted, ``analysis.stats``) separates it from every other model. A
+  model it does not separate ties with it only when their paired difference's 95% CI lies
+  within ±``EQUIVALENCE_MARGIN`` (1 pp); otherwise the gap is written with its interval, as
+  not separated by the Holm-adjusted paired test.
 - Images needed: a need censored at the smallest measured size is written as "reaches X at the
   smallest size", and a ratio against it as not estimable; a need beyond the largest measured
   size is marked extrapolated.
@@ -19,8 +22,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.convergence import budget_words
+from analysis.stats import EQUIVALENCE_MARGIN, equivalent
 from analysis.study_analysis import StudyAnalysis
-from reports.format import count, join_words, num, pct, pp
+from reports.arms import unit
+from reports.format import MISSING, count, join_words, num, pct, plural, pp, pp_interval
+
+MARGIN = f"±{100 * EQUIVALENCE_MARGIN:g} pp"  # the equivalence margin in words
 
 
 @dataclass
@@ -55,8 +62,8 @@ def pair_row(pairwise: pd.DataFrame, n_train: int, a: str, b: str) -> dict | Non
 
 
 def leaders(a: StudyAnalysis, n_train: int) -> tuple[list[str], pd.DataFrame]:
-    """(the models tied for most accurate at ``n_train``, best first; that size's summary rows,
-    best first). A model ties with the leader unless the paired test separates them."""
+    """(the models the paired test does not separate from the most accurate at ``n_train``,
+    best first; that size's summary rows, best first)."""
     rows = a.summary[a.summary["n_train"] == n_train].sort_values(["mean", "model"], ascending=[False, True])
     if rows.empty:
         return [], rows
@@ -69,31 +76,70 @@ def leaders(a: StudyAnalysis, n_train: int) -> tuple[list[str], pd.DataFrame]:
     return tied, rows
 
 
+def ties(a: StudyAnalysis, n_train: int, top: str, others: list[str]) -> list[str]:
+    """The ``others`` that tie with ``top``: their paired difference's 95% CI lies within
+    ±``EQUIVALENCE_MARGIN`` (``analysis.stats.equivalent``)."""
+    out = []
+    for model in others:
+        r = pair_row(a.comparisons.pairwise, n_train, top, model)
+        if r is not None and equivalent(r["ci_low"], r["ci_high"]):
+            out.append(model)
+    return out
+
+
+def gap_words(a: StudyAnalysis, n_train: int, top: str, model: str) -> str:
+    """'gap +14.3 pp, 95% CI [-2.0, +30.6] pp': the paired difference of ``top`` over ``model``."""
+    r = pair_row(a.comparisons.pairwise, n_train, top, model)
+    if r is None:
+        return "no paired runs"
+    ci = pp_interval(r["ci_low"], r["ci_high"])
+    return f"gap {pp(r['diff'])}, " + (f"95% CI {ci}" if ci != MISSING else "no interval")
+
+
 def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> str:
-    """'with 115 images ResNet-18 is the most accurate (88.7%)' or '... X and Y tie (95.4%, 94.8%)'."""
+    """'with 116 images ResNet-18 is the most accurate (88.7%, +14.3 pp over MobileNetV2)'; a tie
+    only where the paired difference's 95% CI lies within ±1 pp; otherwise a gap the paired test
+    does not resolve is written with its interval ('... has the highest mean (89.3%) but is not
+    separated by the Holm-adjusted paired test from X (75.0%, gap +14.3 pp, 95% CI [+1.3, +27.3]
+    pp)')."""
     tied, rows = leaders(a, n_train)
     if not tied:
         return ""
     means = rows.set_index("model")["mean"]
+    where = f"with {count(n_train)} images"
+    top = tied[0]
     if len(rows) == 1:
-        return f"with {count(n_train)} images {names[tied[0]]} reaches {pct(means[tied[0]])}"
+        return f"{where} {names[top]} reaches {pct(means[top])}"
     if len(tied) == 1:
         second = rows.iloc[1]["model"]
-        r = pair_row(a.comparisons.pairwise, n_train, tied[0], second)
+        r = pair_row(a.comparisons.pairwise, n_train, top, second)
+        return f"{where} {names[top]} is the most accurate ({pct(means[top])}, {pp(r['diff'])} over {names[second]})"
+    equal = ties(a, n_train, top, tied[1:])
+    if len(equal) == len(tied) - 1:
+        if len(tied) == len(rows):
+            values = ", ".join(f"{names[m]} {pct(means[m])}" for m in tied)
+            return (
+                f"{where} all {plural(len(rows), unit(a))} tie ({values}; the 95% CI of each one's paired "
+                f"difference from {names[top]} within {MARGIN})"
+            )
         return (
-            f"with {count(n_train)} images {names[tied[0]]} is the most accurate ({pct(means[tied[0]])}, "
-            f"{pp(r['diff'])} over {names[second]})"
+            f"{where} {join_words([names[m] for m in tied])} tie for most accurate "
+            f"({', '.join(pct(means[m]) for m in tied)}; the 95% CI of each paired difference from "
+            f"{names[top]} within {MARGIN})"
         )
-    seeds = int(rows["n_seeds"].min()) if "n_seeds" in rows else 0
-    if len(tied) == len(rows):
-        return (
-            f"with {count(n_train)} images all {len(tied)} models tie "
-            f"({', '.join(f'{names[m]} {pct(means[m])}' for m in tied)}; no difference is significant"
-            + (f" with {seeds} seeds)" if seeds else ")")
+    unresolved = [m for m in tied[1:] if m not in equal]
+    text = f"{where} {names[top]} has the highest mean ({pct(means[top])})"
+    if equal:
+        text += ", ties with " + join_words(
+            [f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m)}, within {MARGIN})" for m in equal]
         )
+        text += " and is"
+    else:
+        text += " but is"
     return (
-        f"with {count(n_train)} images {join_words([names[m] for m in tied])} tie for most accurate "
-        f"({', '.join(pct(means[m]) for m in tied)}; not separated by the paired test)"
+        text
+        + " not separated by the Holm-adjusted paired test from "
+        + join_words([f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m)})" for m in unresolved])
     )
 
 

@@ -5,6 +5,7 @@ the tests themselves."""
 from __future__ import annotations
 
 import csv
+import re
 import sqlite3
 
 import pytest
@@ -205,13 +206,13 @@ def test_a_database_written_before_arms_gets_an_arm_column_filled_with_the_model
 # -- the analysis of arms (a synthetic store: no training) ------------------------------------
 
 
-def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretrained(tmp_path):
+def _arms_study(tmp_path):
+    """A synthetic finished study of three arms, two of them resnet18 (from scratch and
+    pretrained), analysed: (its data, its analysis, the arms' settings)."""
     from sqlalchemy import update
 
     from analysis import analyse
-    from analysis.arms import pretraining_effect
     from analysis.load import load_study
-    from reports import write_report
     from study.store import RunRow, StudyRow
     from tests.synthetic import make_study
 
@@ -229,8 +230,15 @@ def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretra
             s.execute(update(RunRow).where(RunRow.arm == arm).values(model=keys["model"]))
         s.execute(update(StudyRow).values(settings={"arms": arms}))
     data = load_study(made.url)
+    return data, analyse(data, n_boot_curves=30, n_boot_stats=100), arms
+
+
+def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretrained(tmp_path):
+    from analysis.arms import pretraining_effect
+    from reports import write_report
+
+    data, a, arms = _arms_study(tmp_path)
     assert set(zip(data.runs["arm"], data.runs["model"])) == {(a, k["model"]) for a, k in arms.items()}
-    a = analyse(data, n_boot_curves=30, n_boot_stats=100)
     assert sorted(a.answer["model"]) == sorted(arms)  # the analysis compares arms, by name
     effect = pretraining_effect(a.data, a.ratios, a.needed)
     assert set(effect["model"]) == {"resnet18"}  # only resnet18 is trained both ways
@@ -243,6 +251,27 @@ def test_pretraining_effect_is_the_ratio_of_images_needed_from_scratch_to_pretra
     report = (folder / "report.md").read_text()
     assert "## Arms" in report and "| r18-in1k | resnet18 | pretrained weights | pretrained=True |" in report
     assert "from scratch (r18-scratch) it needs" in report and "the images it needs pretrained (r18-in1k)" in report
+
+
+def test_tables_and_captions_of_a_study_with_arms_name_arms_not_models(tmp_path):
+    import pandas as pd
+
+    from reports import write_report
+
+    data, a, arms = _arms_study(tmp_path)
+    folder = write_report(data, tmp_path / "out", analysis=a)
+    for name in ("table_accuracy", "table_convergence"):
+        table = pd.read_csv(folder / f"{name}.csv")
+        assert table.columns[0] == "Arm" and sorted(table["Arm"].unique()) == sorted(arms), name
+        assert (folder / f"{name}.tex").read_text().count("Arm &") == 1
+    report = (folder / "report.md").read_text()
+    html = (folder / "index.html").read_text()
+    # only pretraining's effect, per timm model, starts with a "model" column
+    assert re.findall(r"^\| [Mm]odel \| [^|]+", report, re.M) == ["| model | from scratch "]
+    assert re.findall(r"<tr><th>[Mm]odel</th><th>[^<]+", html) == ["<tr><th>model</th><th>from scratch"]
+    assert "| Arm |" in report and "| arm | accuracy, smallest size |" in report
+    assert "<th>arm</th>" in html and "per arm and training-set size" in report
+    assert "Pairwise differences, better arm first" in report and "The study compares 3 arms (" in report
 
 
 def test_cells_and_tuning_jobs_are_per_arm_and_costs_per_model_and_input_size(tmp_path):

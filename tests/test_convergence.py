@@ -66,6 +66,37 @@ def test_the_budget_control_decides_its_cells_by_the_gain_over_the_seed_noise(tm
     assert load_study(a.data.storage_url).name == "synthetic"
 
 
+def test_the_convergence_figure_is_written_in_three_formats_with_the_control_where_it_ran(tmp_path):
+    from PIL import Image
+
+    from analysis.convergence import RISE_TOLERANCE
+    from reports import figures, write_report
+
+    better = {"mobilenetv2_100": (0.93 + 0.06, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
+    make_study(
+        tmp_path / "study.db", curves=better, fractions=(0.1, 1.0), seeds=1, name=control_name("synthetic"), noise=0.0
+    )
+    a, names = _analysed(tmp_path, val_curve="plateau")
+    folder = write_report(a.data, tmp_path / "out", analysis=a)
+    png = folder / "figures" / "convergence.png"
+    with Image.open(png) as img:
+        img.verify()
+    assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF-")
+    svg = png.with_suffix(".svg").read_text(encoding="utf-8")
+    assert "final-epoch validation gain (pp)" in svg and "test gain, 2× budget (pp)" in svg  # two panels
+    assert "cell's threshold" in svg and "MobileNetV2" in svg and "ResNet-18" in svg
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert "](figures/convergence.png)" in report
+    assert "Top: the final-epoch validation gain of each finished run" in report and "seed 0 with twice" in report
+
+    # Without a control (and with runs still rising): one panel, the rising runs drawn as such.
+    b, names = _analysed(tmp_path / "rising", val_curve="rising")
+    path = figures.convergence(b.convergence_runs, b.convergence, tmp_path / "f" / "c.png", RISE_TOLERANCE, names=names)
+    assert all(path.with_suffix(f".{ext}").stat().st_size > 0 for ext in figures.FORMATS)
+    svg = path.with_suffix(".svg").read_text(encoding="utf-8")
+    assert "final-epoch validation gain (pp)" in svg and "2× budget" not in svg and "run still rising" in svg
+
+
 def test_control_config_trains_seed_0_at_the_ends_with_twice_the_budget():
     on = {"budget_control": True}
     cfg = config.load(None, {**on, "fractions": "0.1,0.25,0.5,1.0", "train.epochs": 5, "train.min_steps": 60})

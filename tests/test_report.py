@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from analysis import analyse, load_study
+from analysis.stats import equivalent
 from reports import write_report
 from reports.format import count, display_names, pct, pvalue
 from study.cli import main
@@ -229,6 +230,7 @@ def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
         "average_ranks.png",
         "accuracy_vs_cost.png",
         "tuning_history.png",
+        "convergence.png",
     }
     expected |= {
         f"{kind}_{m}.png"
@@ -314,7 +316,10 @@ def test_per_size_and_pairwise_tables_match_the_analysis(synthetic):
         assert diff >= 0  # the better model comes first: differences read positive
         assert abs(float(row[col["A − B (pp)"]]) / 100 - diff) <= HALF_UNIT
         assert row[col["t-test p, Holm"]] == pvalue(r["p_t_holm"])
-        assert row[col["Significant"]] == ("yes" if r["significant"] else "tie")
+        lo, hi = (r["ci_low"], r["ci_high"]) if len(same) else (-r["ci_high"], -r["ci_low"])
+        assert row[col["95% CI (pp)"]] == f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"  # turned with its pair
+        tie = equivalent(r["ci_low"], r["ci_high"])  # within the equivalence margin: only then a tie
+        assert row[col["Significant"]] == ("yes" if r["significant"] else "no (tie)" if tie else "no")
 
 
 def _ids(synthetic) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The verdict and the paper tables say no more than the analysis computed: ties by the
-report's own test are called ties, censored needs and their ratios are not written as numbers,
-latency is compared with its spread, and the LaTeX tables parse."""
+report's own test are called ties only within the equivalence margin (a wide gap the test
+cannot resolve is written with its interval), censored needs and their ratios are not written
+as numbers, latency is compared with its spread, and the LaTeX tables parse."""
 
 from __future__ import annotations
 
@@ -10,36 +11,62 @@ import pandas as pd
 from synthetic import make_study
 
 from analysis.load import load_study
+from analysis.stats import EQUIVALENCE_MARGIN
 from analysis.study_analysis import analyse
-from reports.format import display_names
-from reports.tables import latex_escape, oriented_pairs, to_latex
+from reports.format import display_names, pct, pp
+from reports.tables import latex_escape, oriented_pairs, pairs_table, to_latex
 from reports.verdict import faster, leaders, needed_bullet, verdict
 
 
-def _analysed(path, curves, **kwargs):
-    study = make_study(path / "study.db", curves=curves, seeds=4, epochs=4, val_curve="plateau", **kwargs)
+def _analysed(path, curves, seeds=4, **kwargs):
+    study = make_study(path / "study.db", curves=curves, seeds=seeds, epochs=4, val_curve="plateau", **kwargs)
     data = load_study(study.url, study.name)
     a = analyse(data, n_boot_curves=30, n_boot_stats=300)
     return a, display_names(data.config, curves)
 
 
-def test_a_tie_is_called_a_tie_and_a_clear_lead_is_not(tmp_path):
+def test_a_tie_is_called_a_tie_only_when_the_difference_lies_within_the_margin(tmp_path):
+    # Two models on one curve with little noise: the paired difference's 95% CI lies within ±1 pp.
     curves = {"resnet18": (0.95, 3.0, 0.5), "mobilevit_xxs": (0.95, 3.0, 0.5), "mobilenetv2_100": (0.70, 9.0, 0.5)}
-    a, names = _analysed(tmp_path, curves)
+    a, names = _analysed(tmp_path, curves, noise=0.002)
     largest = int(a.summary["n_train"].max())
     tied, _ = leaders(a, largest)
     assert set(tied) == {"resnet18", "mobilevit_xxs"}  # the same curve: the paired test cannot separate them
     pw = a.comparisons.pairwise
     pair = pw[(pw["n_train"] == largest) & pw["model_a"].isin(tied) & pw["model_b"].isin(tied)].iloc[0]
-    assert not pair["significant"]
+    assert not pair["significant"] and -EQUIVALENCE_MARGIN <= pair["ci_low"] <= pair["ci_high"] <= EQUIVALENCE_MARGIN
     headline = verdict(a, names).headline
     assert "ResNet-18 and MobileViT-XXS tie for most accurate" in headline or (
         "MobileViT-XXS and ResNet-18 tie for most accurate" in headline
     )
     assert "is the most accurate" not in headline.split(";")[-1]
-    # The pairs table turns each pair so the better model comes first.
+    table, _ = pairs_table(a, names)
+    assert set(table.loc[table["Other (B)"] == "MobileNetV2", "Significant"]) == {"yes"}
+    assert set(table.loc[table["Other (B)"] != "MobileNetV2", "Significant"]) == {"no (tie)"}
+    # The pairs table turns each pair so the better model comes first, its interval with it.
     oriented = oriented_pairs(pw)
     assert (oriented["diff"] >= 0).all()
+    assert ((oriented["ci_low"] <= oriented["diff"]) & (oriented["diff"] <= oriented["ci_high"])).all()
+    width = (oriented["ci_high"] - oriented["ci_low"]).round(9)
+    assert width.tolist() == (pw["ci_high"] - pw["ci_low"]).round(9).tolist()
+
+
+def test_a_large_gap_the_test_cannot_resolve_is_not_called_a_tie(tmp_path):
+    # 8 points apart with a lot of seed noise and 3 seeds: not significant, but no tie either.
+    curves = {"resnet18": (0.95, 3.0, 0.5), "mobilevit_xxs": (0.87, 3.0, 0.5)}
+    a, names = _analysed(tmp_path, curves, seeds=3, noise=0.1)
+    largest = int(a.summary["n_train"].max())
+    assert leaders(a, largest)[0] == ["resnet18", "mobilevit_xxs"]
+    r = a.comparisons.pairwise.query("n_train == @largest").iloc[0]
+    assert not r["significant"] and abs(r["diff"]) > 0.05 and r["ci_high"] - r["ci_low"] > 2 * EQUIVALENCE_MARGIN
+    headline = verdict(a, names).headline
+    assert "tie" not in headline
+    last = headline.split(";")[-1]
+    assert "ResNet-18 has the highest mean" in last and "not separated by the Holm-adjusted paired test" in last
+    other = pct(a.summary.query("n_train == @largest and model == 'mobilevit_xxs'")["mean"].iloc[0])
+    assert f"MobileViT-XXS ({other}, gap {pp(abs(r['diff']))}, 95% CI" in last
+    table, _ = pairs_table(a, names)
+    assert set(table["Significant"]) == {"no"}
 
 
 def test_a_censored_ratio_is_not_printed_as_a_number(tmp_path):
