@@ -254,6 +254,15 @@ _OVERRIDES = {
 }
 
 
+# Flags whose default 0 means something: what, in their help.
+ZERO_MEANS = {
+    "lr": "0 = auto",
+    "input_size": "0 = --image-size",
+    "until_ci": "0 = a fixed number of seeds",
+    "budget_hours": "0 = no limit",
+}
+
+
 def _config_default(key: str):
     """The built-in default of a dotted config key, e.g. 'train.epochs' -> 8."""
     from study.config import StudyConfig
@@ -284,8 +293,8 @@ def _with_defaults(parser: argparse.ArgumentParser) -> None:
                 value = ",".join(str(v) for v in value) or "none"
             elif isinstance(value, bool):
                 value = "on" if value else "off"
-            elif value == "" or value == 0 and action.dest in ("lr", "input_size"):
-                value = {"lr": "0 = auto", "input_size": "0 = --image-size"}.get(action.dest, "none")
+            elif value == "" or value == 0 and action.dest in ZERO_MEANS:
+                value = ZERO_MEANS.get(action.dest, "none")
         elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
             value = "off"
         else:
