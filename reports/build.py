@@ -33,7 +33,7 @@ from reports.sequential import render_sequential
 from reports.verdict import MARGIN, verdict
 from study.masking import masked_url
 
-WARMUP_DIVISOR = 20  # study/train.py warms up over the first 1/20 of a run's steps (a test keeps the two equal)
+WARMUP_DIVISOR = 10  # study/train.py warms up over the first 1/10 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
     "python",
     "study",

@@ -130,7 +130,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", metavar="N", help="images per optimiser step (smaller subsets use their size)")
     p.add_argument(
-        "--lr", metavar="LR", help="peak learning rate of AdamW (0 = auto: 2e-3 from scratch, 1e-4 pretrained)"
+        "--lr", metavar="LR", help="peak learning rate of AdamW (0 = auto: 4e-3 from scratch, 1e-4 pretrained)"
     )
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")

@@ -132,7 +132,7 @@ def _optimizer(model: torch.nn.Module, hp: TrainConfig) -> torch.optim.Optimizer
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over the first 5% of steps (``WARMUP_DIVISOR``), then cosine decay to zero."""
+    """Linear warm-up over the first 10% of steps (``WARMUP_DIVISOR``), then cosine decay to zero."""
     warmup = max(1, total_steps // WARMUP_DIVISOR)
 
     def factor(step: int) -> float:
