@@ -168,21 +168,7 @@ class Store:
         def add() -> int:
             with self.session(write=True) as s:
                 existing = set(s.scalars(select(RunRow.cell_key).where(RunRow.study_id == study_id)))
-                new = [
-                    RunRow(
-                        study_id=study_id,
-                        cell_key=c.key,
-                        arm=c.arm_name,
-                        model=c.model,
-                        size_kind=c.size_kind,
-                        size_value=c.size_value,
-                        seed=c.seed,
-                        n_train=n,
-                        fraction=frac,
-                    )
-                    for c, n, frac in cells
-                    if c.key not in existing
-                ]
+                new = [_run_row(study_id, c, n, frac) for c, n, frac in cells if c.key not in existing]
                 s.add_all(new)
                 return len(new)
 
@@ -584,20 +570,7 @@ class Store:
                     spent_hours=spent_hours,
                 )
             )
-            s.add_all(
-                RunRow(
-                    study_id=study_id,
-                    cell_key=c.key,
-                    arm=c.arm_name,
-                    model=c.model,
-                    size_kind=c.size_kind,
-                    size_value=c.size_value,
-                    seed=c.seed,
-                    n_train=n,
-                    fraction=frac,
-                )
-                for c, n, frac in new
-            )
+            s.add_all(_run_row(study_id, c, n, frac) for c, n, frac in new)
             return len(new)
 
     # -- model costs --------------------------------------------------------------------------
@@ -762,3 +735,18 @@ def study_to_join(
             on_wait()
             on_wait = None
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
+def _run_row(study_id: int, cell: Cell, n_train: int, fraction: float) -> RunRow:
+    """A pending run of ``cell`` on ``n_train`` images (``fraction`` of the pool)."""
+    return RunRow(
+        study_id=study_id,
+        cell_key=cell.key,
+        arm=cell.arm_name,
+        model=cell.model,
+        size_kind=cell.size_kind,
+        size_value=cell.size_value,
+        seed=cell.seed,
+        n_train=n_train,
+        fraction=fraction,
+    )
