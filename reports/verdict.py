@@ -87,21 +87,24 @@ def ties(a: StudyAnalysis, n_train: int, top: str, others: list[str]) -> list[st
     return out
 
 
-def gap_words(a: StudyAnalysis, n_train: int, top: str, model: str) -> str:
-    """'gap +14.3 pp, 95% CI [-2.0, +30.6] pp': the paired difference of ``top`` over ``model``."""
+def gap_words(a: StudyAnalysis, n_train: int, top: str, model: str, interval: bool = True) -> str:
+    """'gap +14.3 pp, 95% CI [-2.0, +30.6] pp' (or 'gap +14.3 pp' without ``interval``): the
+    paired difference of ``top`` over ``model``."""
     r = pair_row(a.comparisons.pairwise, n_train, top, model)
     if r is None:
         return "no paired runs"
+    if not interval:
+        return f"gap {pp(r['diff'])}"
     ci = pp_interval(r["ci_low"], r["ci_high"])
     return f"gap {pp(r['diff'])}, " + (f"95% CI {ci}" if ci != MISSING else "no interval")
 
 
-def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> str:
+def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str], interval: bool = True) -> str:
     """'with 116 images ResNet-18 is the most accurate (88.7%, +14.3 pp over MobileNetV2)'; a tie
     only where the paired difference's 95% CI lies within ±1 pp; otherwise a gap the paired test
     does not resolve is written with its interval ('... has the highest mean (89.3%) but is not
     separated by the Holm-adjusted paired test from X (75.0%, gap +14.3 pp, 95% CI [+1.3, +27.3]
-    pp)')."""
+    pp)'). ``interval=False`` leaves the intervals to the pairs table (the headline's short form)."""
     tied, rows = leaders(a, n_train)
     if not tied:
         return ""
@@ -131,7 +134,7 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> st
     text = f"{where} {names[top]} has the highest mean ({pct(means[top])})"
     if equal:
         text += ", ties with " + join_words(
-            [f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m)}, within {MARGIN})" for m in equal]
+            [f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m, interval)}, within {MARGIN})" for m in equal]
         )
         text += " and is"
     else:
@@ -139,7 +142,7 @@ def accuracy_clause(a: StudyAnalysis, n_train: int, names: dict[str, str]) -> st
     return (
         text
         + " not separated by the Holm-adjusted paired test from "
-        + join_words([f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m)})" for m in unresolved])
+        + join_words([f"{names[m]} ({pct(means[m])}, {gap_words(a, n_train, top, m, interval)})" for m in unresolved])
     )
 
 
@@ -291,9 +294,10 @@ def verdict(a: StudyAnalysis, names: dict[str, str]) -> Verdict:
     if s.empty:
         return Verdict("No run has finished yet, so there is no verdict to give.")
     sizes = sorted(s["n_train"].unique())
-    clauses = [accuracy_clause(a, int(sizes[0]), names)]
+    # The headline gives the gaps; their intervals are in the full answer and the pairs table.
+    clauses = [accuracy_clause(a, int(sizes[0]), names, interval=False)]
     if len(sizes) > 1:
-        clauses.append(accuracy_clause(a, int(sizes[-1]), names))
+        clauses.append(accuracy_clause(a, int(sizes[-1]), names, interval=False))
     headline = "; ".join(c for c in clauses if c)
     headline = headline[0].upper() + headline[1:] + f" ({convergence_clause(a, names)})."
     bullets = [b for b in (needed_bullet(a, names), _score_bullet(a, names), latency_bullet(a, names)) if b]

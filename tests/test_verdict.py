@@ -14,6 +14,7 @@ from analysis.load import load_study
 from analysis.stats import EQUIVALENCE_MARGIN
 from analysis.study_analysis import analyse
 from reports.format import display_names, pct, pp
+from reports.narrative import best_sentence
 from reports.tables import latex_escape, oriented_pairs, pairs_table, to_latex
 from reports.verdict import faster, leaders, needed_bullet, verdict
 
@@ -64,7 +65,8 @@ def test_a_large_gap_the_test_cannot_resolve_is_not_called_a_tie(tmp_path):
     last = headline.split(";")[-1]
     assert "ResNet-18 has the highest mean" in last and "not separated by the Holm-adjusted paired test" in last
     other = pct(a.summary.query("n_train == @largest and model == 'mobilevit_xxs'")["mean"].iloc[0])
-    assert f"MobileViT-XXS ({other}, gap {pp(abs(r['diff']))}, 95% CI" in last
+    assert f"MobileViT-XXS ({other}, gap {pp(abs(r['diff']))})" in last  # the headline's short form
+    assert f"MobileViT-XXS ({other}, gap {pp(abs(r['diff']))}, 95% CI" in best_sentence(a, names)  # the full answer
     table, _ = pairs_table(a, names)
     assert set(table["Significant"]) == {"no"}
 
