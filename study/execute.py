@@ -345,19 +345,25 @@ class _EpochProgress:
     workers cannot share a terminal line, but each epoch they finish shows here."""
 
     def __init__(self, total: int):
-        import multiprocessing
+        from multiprocessing.managers import SyncManager
 
-        self._manager = multiprocessing.Manager()
+        # The queue's server process leaves Ctrl-C to the main process, like the pool's workers:
+        # killed by it, it would break the queue under the thread that drains it.
+        self._manager = SyncManager()
+        self._manager.start(ignore_interrupts)
         self.queue = self._manager.Queue()
         self._bar = tqdm(total=total, desc="epochs", unit="epoch", position=1, leave=False)
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
-        while (item := self.queue.get()) is not None:
-            cell, epoch, val_acc = item
-            self._bar.update(1)
-            self._bar.set_postfix_str(f"{cell} epoch {epoch} val_acc={val_acc:.3f}")
+        try:
+            while (item := self.queue.get()) is not None:
+                cell, epoch, val_acc = item
+                self._bar.update(1)
+                self._bar.set_postfix_str(f"{cell} epoch {epoch} val_acc={val_acc:.3f}")
+        except (OSError, EOFError):  # the queue's process is gone (SIGTERM or SIGKILL to the group): no more epochs
+            return
 
     def close(self) -> None:
         try:

@@ -190,6 +190,9 @@ def test_a_stopped_run_hands_its_runs_back_at_once_and_a_resume_does_each_run_on
     db_path = tmp_path / "study.db"
     proc = _start(*args)
     _poll(db_path, "select name from workers where doing like 'run %: epoch 1/8,%'")
+    # Every worker busy with a run: a pool worker is past its start-up, where it learns to leave
+    # Ctrl-C to the main process (one still importing torch would die of it, with a traceback).
+    _poll(db_path, f"select count(*) from workers where doing like 'run %' having count(*) >= {jobs}")
     with sqlite3.connect(db_path) as db:
         done_before = dict(db.execute("select id, finished_at from runs where status = 'done'").fetchall())
     if to_group:
