@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
+from analysis.load import LATENCY_COLUMNS
 from study.errors import UserError
 from study.store.engine import open_database
 from study.store.schema import DeploymentRow, RunRow, RunWeightsRow, StudyRow
@@ -32,11 +33,7 @@ DEPLOYMENT_COLUMNS = [
     "precision",
     "status",
     "size_mb",
-    "latency_p50_ms_1t",
-    "latency_p95_ms_1t",
-    "latency_p50_ms_all",
-    "latency_p95_ms_all",
-    "threads_all",
+    *LATENCY_COLUMNS,
     "test_acc",
     "drop_from_fp32",
     "max_logit_diff",

@@ -58,19 +58,9 @@ RUN_COLUMNS = [
     "environment",
     "worker",
 ]
-COST_COLUMNS = [
-    "model",
-    "input_size",
-    "n_params",
-    "macs",
-    "size_mb",
-    "latency_p50_ms_1t",
-    "latency_p95_ms_1t",
-    "latency_p50_ms_all",
-    "latency_p95_ms_all",
-    "threads_all",
-    "details",
-]
+# p50/p95 latency at batch 1 with one thread and with all threads: costs and deployments alike
+LATENCY_COLUMNS = ["latency_p50_ms_1t", "latency_p95_ms_1t", "latency_p50_ms_all", "latency_p95_ms_all", "threads_all"]
+COST_COLUMNS = ["model", "input_size", "n_params", "macs", "size_mb", *LATENCY_COLUMNS, "details"]
 SEQUENTIAL_COLUMNS = ["round", "reason", "added", "short", "target", "spent_hours"]
 RESULTS_CSV_COLUMNS = [
     "dataset",
