@@ -52,6 +52,7 @@ def run_convergence(done: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
             continue
         n = len(val)
         gain = float(val[-1] - val[:-1].max()) if n > 1 else np.nan
+        best = int(r.best_epoch) if pd.notna(r.best_epoch) else int(np.argmax(val)) + 1
         rows.append(
             {
                 "run_id": r.run_id,
@@ -59,8 +60,8 @@ def run_convergence(done: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                 "n_train": int(r.n_train),
                 "seed": int(r.seed),
                 "epochs_run": n,
-                "best_epoch": int(r.best_epoch) if pd.notna(r.best_epoch) else int(np.argmax(val)) + 1,
-                "best_is_last": bool((int(r.best_epoch) if pd.notna(r.best_epoch) else int(np.argmax(val)) + 1) == n),
+                "best_epoch": best,
+                "best_is_last": best == n,
                 "late_gain": gain,
                 "rising": bool(np.isfinite(gain) and gain > RISE_TOLERANCE),
             }
