@@ -166,37 +166,29 @@ def test_a_study_with_a_subset_list_and_streamed_data_runs_end_to_end(cli, tmp_p
 
 def test_a_subset_list_naming_an_image_outside_the_training_pool_is_refused(cli, tmp_path):
     root = write_imagenet(tmp_path / "imagenet")
+
+    def run_with(lst):
+        return cli(
+            "run",
+            "--out",
+            tmp_path / "o",
+            *SMALL,
+            "--dataset",
+            "imagenet",
+            "--data-root",
+            root,
+            "--subset-list",
+            lst,
+            "--quiet",
+        )
+
     lst = _write_list(tmp_path / "bad.txt", ["n01440764_100.JPEG", "n09999999_1.JPEG"])
-    code, _, err = cli(
-        "run",
-        "--out",
-        tmp_path / "o",
-        *SMALL,
-        "--dataset",
-        "imagenet",
-        "--data-root",
-        root,
-        "--subset-list",
-        lst,
-        "--quiet",
-    )
+    code, _, err = run_with(lst)
     assert code == 2 and "'n09999999_1.JPEG', which is not in the training pool" in err
     assert len(err.strip().splitlines()) == 1
     # A validation image is not a training image either.
     lst = _write_list(tmp_path / "val.txt", ["ILSVRC2012_val_00000001.JPEG"])
-    code, _, err = cli(
-        "run",
-        "--out",
-        tmp_path / "o",
-        *SMALL,
-        "--dataset",
-        "imagenet",
-        "--data-root",
-        root,
-        "--subset-list",
-        lst,
-        "--quiet",
-    )
+    code, _, err = run_with(lst)
     assert code == 2 and "ILSVRC2012_val_00000001.JPEG" in err
     code, _, err = cli("run", "--out", tmp_path / "o", *SMALL, "--subset-list", tmp_path / "missing.txt", "--quiet")
     assert code == 2 and "missing.txt' does not exist" in err
