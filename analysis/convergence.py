@@ -133,4 +133,7 @@ def budget_words(config: dict) -> str:
     """The study's training budget in words, from its stored config: 'a 6-epoch budget'."""
     train = (config or {}).get("train", {})
     epochs = train.get("epochs")
-    return f"a {epochs}-epoch budget" if epochs else "its training budget"
+    if not epochs:
+        return "its training budget"
+    article = "an" if str(epochs)[0] == "8" or epochs in (11, 18) else "a"  # "an 8-epoch", "an 11-epoch"
+    return f"{article} {epochs}-epoch budget"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from synthetic import make_study
 
+from analysis.convergence import budget_words
 from analysis.load import load_control, load_study
 from analysis.study_analysis import analyse
 from reports.format import display_names
@@ -34,6 +35,13 @@ def test_a_study_whose_models_plateau_early_gets_no_convergence_warning(tmp_path
     headline = verdict(a, names).headline
     assert "under a 6-epoch budget, enough for every model" in headline
     assert "not converged" not in headline
+
+
+@pytest.mark.parametrize(
+    "epochs, words", [(6, "a 6-epoch budget"), (8, "an 8-epoch budget"), (11, "an 11-epoch budget")]
+)
+def test_the_budget_is_named_with_its_article(epochs, words):
+    assert budget_words({"train": {"epochs": epochs}}) == words
 
 
 def test_a_study_cut_short_gets_the_warning_in_the_banner_rows_and_the_headline(tmp_path):
