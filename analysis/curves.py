@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from scipy.optimize import brentq, least_squares
 
-from analysis.stats import holm, t_summary
+from analysis.stats import accuracy_floor, holm, t_summary
 
 SUMMARY_COLUMNS = ["model", "n_train", "fraction", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 FIT_COLUMNS = [
@@ -509,6 +509,7 @@ def fit_learning_curves(
     confidence: float = 0.95,
     extrapolation_sd: float = EXTRAPOLATION_SD_PER_DOUBLING,
     alpha: float = 0.05,
+    n_test: int | None = None,
 ) -> LearningCurves:
     """Fit every family in ``families`` to each model's finished runs and build its curve.
 
@@ -525,7 +526,8 @@ def fit_learning_curves(
     jackknife of the prediction (seeds are the replicates; a seed's luck carries across sizes),
     misfit the lack of fit of the means beyond seed noise, and sd_ext the extrapolation error
     per doubling: the larger of ``extrapolation_sd`` and the model's own leave-last-out error
-    per doubling.
+    per doubling. ``n_test``: the test set's size, whose rounding floors the seed spread in the
+    lack-of-fit test (``stats.accuracy_floor``).
     """
     if select not in SELECTION_RULES and select not in FAMILIES:
         raise ValueError(f"select={select!r}; use one of {', '.join(SELECTION_RULES + tuple(FAMILIES))}")
@@ -598,7 +600,7 @@ def fit_learning_curves(
         members = {f: fitted[f] for f in weights}
         jack, jack_seeds = _jackknife(members, pts, n_scale)
         curve = Curve(model, members, weights, jack, n_scale, float(x_n.min()), n_scale, jackknife_seeds=jack_seeds)
-        lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows)
+        lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows, n_test)
         curve.misfit_sd = lof["misfit_sd"]
         curve.extrapolation_sd = max(extrapolation_sd, _lolo_per_doubling(model_rows, weights, sizes))
         curves[model] = curve
@@ -672,30 +674,50 @@ def _jackknife(members: dict[str, np.ndarray], pts: pd.DataFrame, n_scale: float
     return out, tuple(used)
 
 
-def _lack_of_fit(curve: Curve, summary_of_model: pd.DataFrame, rows: list[dict]) -> dict:
+def _lack_of_fit(curve: Curve, summary_of_model: pd.DataFrame, rows: list[dict], n_test: int | None = None) -> dict:
     """Measured means against the curve: chi2 = sum (mean - fit)^2 / (sd^2 / S) over sizes,
-    with K - p degrees of freedom (p: parameters of the largest member); misfit_sd is the
-    residual spread beyond seed noise, sqrt(max(0, mean r^2 - mean sd^2 / S)). A warning when
-    p < LACK_OF_FIT_ALPHA: the family does not describe the measured sizes."""
+    with K - p degrees of freedom (p: parameters of the largest member; sd at least the test
+    set's rounding, ``accuracy_floor``); misfit_sd is the residual spread beyond seed noise: the
+    larger of sqrt(max(0, mean r^2 - mean sd^2 / S)) and, where chi2 can be computed, the
+    Paule-Mandel estimate (``_excess_sd``). A warning when p < LACK_OF_FIT_ALPHA: the family
+    does not describe the measured sizes."""
     s = summary_of_model.sort_values("n_train")
     resid = s["mean"].to_numpy() - curve.predict(s["n_train"].to_numpy(float))
-    var = (s["std"] ** 2 / s["n_seeds"]).to_numpy()
+    sd = np.maximum(s["std"].to_numpy(float), accuracy_floor(n_test))
+    var = sd**2 / s["n_seeds"].to_numpy(float)
     n_par = max(len(FAMILIES[f].params) for f in curve.weights)
     df = len(s) - n_par
     misfit = float(np.sqrt(max(0.0, np.mean(resid**2) - np.mean(var))))
     out = {"family": curve.rule, "n_sizes": len(s), "chi2": np.nan, "df": df, "p_value": np.nan, "misfit_sd": misfit}
     out["warning"] = ""
-    if df >= 1 and np.all(var > 0):
+    if df >= 1 and np.all(var > 1e-20):  # without a floor, equal seeds leave only float noise to divide by
         chi2 = float(np.sum(resid**2 / var))
         p = float(stats.chi2.sf(chi2, df))
-        out.update(chi2=chi2, p_value=p)
+        # the unweighted estimate above can read 0 where chi2, weighted by each size's noise, finds
+        # a misfit at a quiet size; the band takes the larger of the two
+        misfit = max(misfit, _excess_sd(resid, var, df))
+        out.update(chi2=chi2, p_value=p, misfit_sd=misfit)
         if p < LACK_OF_FIT_ALPHA:
             out["warning"] = (
                 f"{curve.model}: the {curve.rule} curve misses the measured means by more than seed noise explains "
-                f"(chi2 = {chi2:.1f} on {df} df, p = {p:.2g}); its band is widened by the misfit ({100 * misfit:.1f} "
-                "points), but read the fitted curve with care"
+                f"(chi2 = {chi2:.3g} on {df} df, p = {p:.2g}); "
+                + (
+                    f"its band is widened by the misfit ({100 * misfit:.1f} points)"
+                    if misfit >= 0.0005
+                    else "the misfit beyond seed noise is under 0.05 points, so its band is not widened"
+                )
+                + ", but read the fitted curve with care"
             )
     return out
+
+
+def _excess_sd(resid: np.ndarray, var: np.ndarray, df: int) -> float:
+    """The spread tau beyond seed noise that brings the lack-of-fit statistic down to its degrees
+    of freedom, sum r^2 / (var + tau^2) = df (the Paule-Mandel estimate); 0 when chi2 <= df."""
+    excess = lambda tau2: float(np.sum(resid**2 / (var + tau2))) - df  # noqa: E731
+    if excess(0.0) <= 0:
+        return 0.0
+    return float(np.sqrt(brentq(excess, 0.0, float(np.sum(resid**2)) / df)))
 
 
 def _lolo_per_doubling(rows: list[dict], weights: dict[str, float], sizes: np.ndarray) -> float:

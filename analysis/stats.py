@@ -99,6 +99,13 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
     return b, c, p
 
 
+def accuracy_floor(n_test: int | None) -> float:
+    """The smallest standard deviation one accuracy on ``n_test`` items is taken to have: it is
+    rounded to 1 / n_test, which carries rounding noise of sd 1 / (n_test * sqrt(12)). Seeds that
+    all score the same (the spread of their sample is 0) do not make a mean exact."""
+    return 1.0 / (n_test * np.sqrt(12.0)) if n_test else 0.0
+
+
 def difference_floor(n_test: int | None) -> float:
     """The smallest standard deviation a difference of two accuracies on ``n_test`` items is
     taken to have: each accuracy is rounded to 1 / n_test, and a difference of two rounded

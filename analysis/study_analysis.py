@@ -135,9 +135,9 @@ def analyse(
     data = by_arm(data)
     done = data.done
     done = done[done["test_acc"].notna()]
-    curves = fit_learning_curves(done, select=select, confidence=confidence, alpha=alpha)
-    target_frame = targets_table(curves.summary, targets)
     n_test = len(data.y_test) if data.y_test is not None and len(data.y_test) else None
+    curves = fit_learning_curves(done, select=select, confidence=confidence, alpha=alpha, n_test=n_test)
+    target_frame = targets_table(curves.summary, targets)
     comparisons = paired_comparisons(
         done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_test=n_test
     )

@@ -235,7 +235,7 @@ def _curve_rep(seed: int, n_seeds: int, shape: str) -> dict[str, float]:
     st = Study(rng, n_seeds)
     runs, _, _ = _runs({"m": st.correct(shape)})
     out: dict[str, float] = {}
-    curves = fit_learning_curves(runs, select=DEFAULT_SELECTION)
+    curves = fit_learning_curves(runs, select=DEFAULT_SELECTION, n_test=N_TEST)
     if "m" not in curves.curves:
         out["refused"] = True  # not monotone (the dip) or no fit: nothing is drawn, nothing to cover
         return out
@@ -289,7 +289,7 @@ def _crossover_rep(seed: int, n_seeds: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     st = Study(rng, n_seeds)
     runs, _, _ = _runs({"fast": st.correct("fast"), "slow": st.correct("slow")})
-    curves = fit_learning_curves(runs, select=DEFAULT_SELECTION)
+    curves = fit_learning_curves(runs, select=DEFAULT_SELECTION, n_test=N_TEST)
     out: dict[str, float] = {}
     grid = np.geomspace(100, 8 * N_MAX, 300)
     d = st.truth("fast", grid) - st.truth("slow", grid)

@@ -64,6 +64,12 @@ def num(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def three(v, sign: bool = False) -> str:
+    """A score or a difference of scores in the report's one format for them: three decimals,
+    signed when ``sign``: 0.8921 -> '0.892', -0.0634 -> '-0.063'."""
+    return MISSING if is_missing(v) else f"{float(v):{'+' if sign else ''}.3f}"
+
+
 def pvalue(v) -> str:
     """'<0.001' below a thousandth, else three decimals."""
     if is_missing(v):
@@ -115,6 +121,16 @@ def p_with_holm(p, p_holm) -> str:
     return MISSING if is_missing(p) else f"{pvalue(p)} ({pvalue(p_holm)})"
 
 
+def named(text, names: dict[str, str]) -> str:
+    """``text`` with each model id in ``names`` that stands as a whole word written as its display
+    name: the analysis writes its sentences (ratios, crossovers) with the ids the runs store."""
+    ids = sorted((m for m, name in names.items() if m != name), key=len, reverse=True)
+    if is_missing(text) or not ids:
+        return text
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, ids)) + r")(?![\w-])")
+    return pattern.sub(lambda m: names[m.group(1)], str(text))
+
+
 def md_cell(v) -> str:
     """Text made safe for GitHub Markdown, in a table cell or a paragraph: one line, pipes
     escaped, and a '<' that could open an HTML tag written as an entity."""
@@ -149,4 +165,6 @@ FILTERS = {
     "seconds": seconds,
     "millions": millions,
     "md": md_cell,
+    "named": named,
+    "three": three,
 }

@@ -8,9 +8,10 @@ import pandas as pd
 
 from analysis.study_analysis import StudyAnalysis
 from reports.arms import unit
-from reports.format import count, interval, num, plural, pp
+from reports.format import count, interval, named, num, plural, pp, three
 from reports.format import p_is as fmt_p
-from reports.verdict import accuracy_clause, latency_bullet, needed_words, three
+from reports.tables import oriented_pairs
+from reports.verdict import accuracy_clause, latency_bullet, needed_words
 
 
 def study_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
@@ -97,7 +98,7 @@ def _ratio_extrapolation(ratios: pd.DataFrame, target: float, model: str, refere
     return f" (extrapolated {rows['extrapolation_factor'].iloc[0]:.2g}× beyond the data)"
 
 
-def crossover_sentences(a: StudyAnalysis) -> list[str]:
+def crossover_sentences(a: StudyAnalysis, names: dict[str, str] | None = None) -> list[str]:
     """Where one model's curve overtakes another's, with its 95% interval (analysis.efficiency.crossovers);
     one sentence when no fitted curves cross."""
     cross = a.crossovers
@@ -108,20 +109,20 @@ def crossover_sentences(a: StudyAnalysis) -> list[str]:
         return ["No two fitted learning curves cross within the measured range or up to 4× beyond it."]
     # the interval spans every size where the difference's 95% interval holds 0: it covers at least 95%
     return [
-        f"{r['sentence']}" + (" (interval of at least 95%)." if pd.notna(r["ci_low"]) else ".")
+        named(r["sentence"], names or {}) + (" (interval of at least 95%)." if pd.notna(r["ci_low"]) else ".")
         for _, r in found.iterrows()
     ]
 
 
 def score_difference_sentence(a: StudyAnalysis, names: dict[str, str] | None = None) -> str:
     """Which data-efficiency scores differ (paired over seeds, Holm), from ``a.score_differences``."""
-    sd = a.score_differences.dropna(subset=["diff"])
+    sd = oriented_pairs(a.score_differences.dropna(subset=["diff"]))
     if sd.empty:
         return ""
     sig = sd[sd["significant"]]
     items = [
         f"{(names or {}).get(r['model_a'], r['model_a'])} − {(names or {}).get(r['model_b'], r['model_b'])} "
-        f"{three(r['diff'])} {interval(r['ci_low'], r['ci_high'], three)}"
+        f"{three(r['diff'], sign=True)} [{three(r['ci_low'], sign=True)}, {three(r['ci_high'], sign=True)}]"
         for _, r in sig.iterrows()
     ]
     head = (
@@ -189,7 +190,7 @@ def answer_paragraphs(a: StudyAnalysis, names: dict[str, str] | None = None) -> 
     eff = " ".join(x for x in (efficiency_sentence(a, names), score_difference_sentence(a, names)) if x)
     if eff:
         paragraphs.append(eff)
-    cross = crossover_sentences(a)
+    cross = crossover_sentences(a, names)
     if cross:
         paragraphs.append(" ".join(cross))
     paragraphs.append(" ".join(significance_sentences(a, names)))

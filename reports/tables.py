@@ -80,8 +80,9 @@ def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
 
 
 def oriented_pairs(pairwise: pd.DataFrame) -> pd.DataFrame:
-    """The pairwise table with each pair turned so that model_a has the higher mean: differences
-    are then positive and P(A > B) reads as the better model's share of seeds."""
+    """A table of pairs (accuracy or score differences) with each pair turned so that model_a
+    has the higher mean: differences are then positive and P(A > B) reads as the better model's
+    share of seeds."""
     if pairwise.empty:
         return pairwise
     src = pairwise
@@ -94,7 +95,8 @@ def oriented_pairs(pairwise: pd.DataFrame) -> pd.DataFrame:
     out["diff"] = src["diff"].where(~flip, -src["diff"])
     out["ci_low"] = src["ci_low"].where(~flip, -src["ci_high"])
     out["ci_high"] = src["ci_high"].where(~flip, -src["ci_low"])
-    out["p_a_better"] = src["p_a_better"].where(~flip, 1 - src["p_a_better"])
+    if "p_a_better" in src:
+        out["p_a_better"] = src["p_a_better"].where(~flip, 1 - src["p_a_better"])
     return out
 
 

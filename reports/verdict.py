@@ -25,7 +25,7 @@ from analysis.convergence import budget_words
 from analysis.stats import EQUIVALENCE_MARGIN, equivalent
 from analysis.study_analysis import StudyAnalysis
 from reports.arms import unit
-from reports.format import MISSING, count, join_words, num, pct, plural, pp, pp_interval
+from reports.format import MISSING, count, join_words, num, pct, plural, pp, pp_interval, three
 
 MARGIN = f"±{100 * EQUIVALENCE_MARGIN:g} pp"  # the equivalence margin in words
 
@@ -323,8 +323,3 @@ def milliseconds(v) -> str:
         return "—"
     v = float(v)
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
-
-
-def three(v) -> str:
-    """A score in the report's one format for scores: three decimals."""
-    return "—" if pd.isna(v) else f"{float(v):.3f}"

@@ -142,3 +142,38 @@ def test_a_family_that_misfits_the_means_is_warned_about_and_its_band_widened():
     assert lof["p_value"] < 0.01 and lof["misfit_sd"] > 0.01 and "misses the measured means" in lof["warning"]
     warnings = sanity_checks(_study(runs), curves)
     assert (warnings["check"] == "lack_of_fit").any()
+
+
+def _tied_top(n_test: int = 359) -> pd.DataFrame:
+    """Accuracies rounded to 1 / n_test, as a study's are, with every seed scoring the same at
+    the largest size (as ResNet-18 did on all 1,151 digits)."""
+    runs = _runs({"tied": slow}, seeds=3, seed=4)
+    top = runs["n_train"] == runs["n_train"].max()
+    runs.loc[top, "test_acc"] = runs.loc[top, "test_acc"].mean()
+    runs["test_acc"] = np.round(runs["test_acc"] * n_test) / n_test
+    return runs
+
+
+def test_seeds_that_tie_at_a_size_are_floored_at_the_test_sets_rounding_not_divided_by():
+    runs = _tied_top()
+    lof = fit_learning_curves(runs, n_test=359).lack_of_fit.set_index("model").loc["tied"]
+    assert np.isfinite(lof["chi2"]) and lof["chi2"] < 1e4  # a zero spread gave chi2 ~ 1e26
+    assert "e+" not in lof["warning"]
+    unfloored = fit_learning_curves(runs).lack_of_fit.set_index("model").loc["tied"]
+    assert np.isnan(unfloored["chi2"])  # without the test set's size, no test rather than a huge one
+
+
+@pytest.mark.parametrize("which", ["s_shaped", "tied"])
+def test_the_band_is_widened_until_the_misfit_explains_the_lack_of_fit_statistic(which):
+    s_shaped = lambda n: 0.5 + 0.4 / (1 + (n / 400) ** -4)  # noqa: E731
+    runs = _runs({which: s_shaped}, seeds=6, noise=0.003, luck=0.003) if which == "s_shaped" else _tied_top()
+    curves = fit_learning_curves(runs, families=("pow3",), select="pow3", n_test=359)
+    lof = curves.lack_of_fit.set_index("model").loc[which]
+    s = curves.summary[curves.summary["model"] == which].sort_values("n_train")
+    resid = s["mean"].to_numpy() - predict(curves, which, s["n_train"].to_numpy())["fit"].to_numpy()
+    var = np.maximum(s["std"].to_numpy(), 1 / (359 * np.sqrt(12))) ** 2 / s["n_seeds"].to_numpy()
+    assert lof["chi2"] == pytest.approx(np.sum(resid**2 / var))
+    # with the misfit added to the noise, the statistic no longer exceeds its degrees of freedom
+    assert np.sum(resid**2 / (var + lof["misfit_sd"] ** 2)) <= lof["df"] + 1e-6
+    if lof["chi2"] > lof["df"]:
+        assert lof["misfit_sd"] > 0

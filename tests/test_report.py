@@ -27,7 +27,7 @@ from PIL import Image
 from analysis import analyse, load_study
 from analysis.stats import equivalent
 from reports import write_report
-from reports.format import count, display_names, pct, pvalue
+from reports.format import count, display_names, named, pct, pvalue
 from study.cli import main
 from tests.conftest import FAST_MODEL, ROOT
 from tests.synthetic import REALISTIC_COSTS, make_study
@@ -327,6 +327,39 @@ def _ids(synthetic) -> dict[str, str]:
     return {v: k for k, v in display_names(synthetic.data.config, synthetic.data.runs["model"].unique()).items()}
 
 
+def test_named_writes_whole_ids_as_display_names_and_leaves_the_rest():
+    names = {"resnet18": "ResNet-18", "resnet18d": "ResNet-18-D", "custom_net": "custom_net"}
+    text = "resnet18 overtakes resnet18d; see confusion_resnet18.png and model 'resnet18'."
+    assert named(text, names) == "ResNet-18 overtakes ResNet-18-D; see confusion_resnet18.png and model 'ResNet-18'."
+    assert named(None, names) is None and named("custom_net", names) == "custom_net"
+
+
+def test_score_differences_read_better_first_under_display_names(synthetic):
+    sd = synthetic.analysis.score_differences.dropna(subset=["diff"])
+    ids = _ids(synthetic)
+    header, rows = _html_table(synthetic, "score-differences-table")
+    assert header[2] == "score difference (A − B, A the higher)" and len(rows) == len(sd) > 0
+    for row in rows:
+        a, b = ids[row[0]], ids[row[1]]  # display names: a timm id would raise here
+        r = sd[sd["model_a"].isin([a, b]) & sd["model_b"].isin([a, b])].iloc[0]
+        diff, lo, hi = (
+            (r["diff"], r["ci_low"], r["ci_high"]) if r["model_a"] == a else (-r["diff"], -r["ci_high"], -r["ci_low"])
+        )
+        assert diff >= 0 and row[2] == f"{diff:+.3f}" and row[3] == f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def test_sentences_written_by_the_analysis_name_models_by_their_display_names(synthetic):
+    a = synthetic.analysis
+    written = [s for s in [*a.crossovers["sentence"], *a.ratios["sentence"]] if isinstance(s, str) and s]
+    assert any(m in s for s in written for m in ("mobilenetv2_100", "resnet18"))  # the analysis writes ids
+    html = (synthetic.folder / "index.html").read_text(encoding="utf-8")
+    for block in ("crossovers", "ratios"):
+        start = html.index(f'id="{block}"')
+        shown = html[start : html.index("</ul>", start)]
+        assert "<li>" in shown and not any(m in shown for m in ("mobilenetv2_100", "resnet18", "mobilevit_xxs"))
+    assert "- Crossover: " in synthetic.md and ")- Crossover" not in synthetic.md  # one bullet per line
+
+
 def test_answer_needed_and_cost_tables_match_the_analysis(synthetic):
     a = synthetic.analysis
     ids = _ids(synthetic)
@@ -375,14 +408,14 @@ def test_failed_and_missing_runs_are_said(synthetic):
     by_check = {r[1]: r for r in rows}
     assert (
         by_check["diverged_run"][0] == "error"
-        and "resnet18 with 200 images, seed 4 failed: DivergedError" in by_check["diverged_run"][2]
+        and "ResNet-18 with 200 images, seed 4 failed: DivergedError" in by_check["diverged_run"][2]
     )
     assert (
-        "mobilevit_xxs with 2,000 images: 1 planned run(s) have no result yet (seeds 3; status pending)"
+        "MobileViT-XXS with 2,000 images: 1 planned run(s) have no result yet (seeds 3; status pending)"
         == by_check["missing_runs"][2]
     )
     header, rows = _html_table(synthetic, "missing-table")
-    assert ["mobilevit_xxs", "2,000", "pending", "3"] in rows and ["resnet18", "200", "failed", "4"] in rows
+    assert ["MobileViT-XXS", "2,000", "pending", "3"] in rows and ["ResNet-18", "200", "failed", "4"] in rows
     assert "58 of 60 planned runs finished (1 failed, 1 not run yet)" in synthetic.md
     assert "> [!WARNING]" in synthetic.md
 
@@ -409,10 +442,10 @@ def test_a_study_with_nothing_finished_still_reports_what_is_missing(tmp_path):
 
 def test_costs_and_tuning_sections(synthetic):
     html = (synthetic.folder / "index.html").read_text(encoding="utf-8")
-    assert "Costs were not measured for: mobilevit_xxs." in html
+    assert "Costs were not measured for: MobileViT-XXS." in html
     header, rows = _html_table(synthetic, "tuning-best-table")
     assert header[-2:] == ["augment", "lr"]
-    assert rows[0][:3] == ["mobilenetv2_100", "fraction = 0.5", pct(0.79)] and rows[0][-2] == "strong"
+    assert rows[0][:3] == ["MobileNetV2", "fraction = 0.5", pct(0.79)] and rows[0][-2] == "strong"
     header, rows = _html_table(synthetic, "tuning-importances-table")
     assert header[2:] == ["augment", "lr"] and rows[0][2:] == ["0.2", "0.8"]
 
