@@ -131,7 +131,7 @@ def write_report(
     names = fmt.display_names(data.config, sorted(a.data.runs["model"].unique()))  # arms where a study has them
     figs = _draw_figures(a, tuning, fig_dir, names)
     deployed = deployment.load_deployment_table(a.data)
-    front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png")
+    front = deployment.draw(deployed, sorted(a.data.runs["model"].unique()), fig_dir / "accuracy_vs_latency.png", names)
     if front is not None:
         figs["accuracy_vs_latency"] = front
     deployment.write_csv(deployed, a.data, folder)

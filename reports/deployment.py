@@ -50,10 +50,10 @@ def write_csv(table: pd.DataFrame | None, data: StudyData, folder: Path) -> None
     frame.to_csv(folder / "deployment.csv", index=False)
 
 
-def draw(table: pd.DataFrame | None, models: list[str], path: Path) -> Path | None:
+def draw(table: pd.DataFrame | None, models: list[str], path: Path, names: dict[str, str] | None = None) -> Path | None:
     """Test accuracy against p50 latency (one thread, log scale), one panel per training-set
-    size: colour = model, marker = precision, open marker = PyTorch; the Pareto front as a step
-    line through the optimal variants."""
+    size: colour = model (labelled by ``names``), marker = precision, open marker = PyTorch; the
+    Pareto front as a step line through the optimal variants."""
     if table is None:
         return None
     points = with_front(table)
@@ -95,7 +95,7 @@ def draw(table: pd.DataFrame | None, models: list[str], path: Path) -> Path | No
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     handles = [
-        figures.plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=m)
+        figures.plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=(names or {}).get(m, m))
         for m in models
         if m in set(points["model"])
     ]

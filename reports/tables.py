@@ -132,11 +132,11 @@ def pairs_table(a: StudyAnalysis, names: dict[str, str]) -> tuple[pd.DataFrame, 
 
 def drop_constant(table: pd.DataFrame, keep: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """``table`` without the columns (other than ``keep``) whose value is the same in every row,
-    and a note for each: 'Seeds: 3 in every row'."""
+    and a note for each: 'Seeds = 3'."""
     if len(table) < 2:
         return table, []
     constant = [c for c in table.columns if c not in keep and table[c].nunique(dropna=False) == 1]
-    notes = [f"{c}: {table[c].iloc[0]} in every row" for c in constant]
+    notes = [f"{c} = {table[c].iloc[0]}" for c in constant]
     return table.drop(columns=constant), notes
 
 
