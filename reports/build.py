@@ -31,7 +31,9 @@ from reports.arms import insert_section, render_arms, unit
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.sequential import render_sequential
 from reports.verdict import MARGIN, verdict
+from study.config import StudyConfig
 from study.masking import masked_url
+from study.settings import methods_rows
 
 WARMUP_DIVISOR = 10  # study/train.py warms up over the first 1/10 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
@@ -502,7 +504,7 @@ def _policy(train: dict) -> str:
 
 
 def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
-    """(setting, value used) for every training and data setting, with 'auto' values replaced by
+    """(setting, value used) for every setting declared for Methods, with 'auto' values replaced by
     what the runs used: the learning rate from each run's stored hyper-parameters, the input size
     from the data's image size or the measured costs."""
     cfg = a.data.config or {}
@@ -524,12 +526,9 @@ def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
         train["patience"] = "0 (no early stopping)"
     if not train.get("weights"):
         train["weights"] = "none"
-    rows = [(f"train.{k}", str(v)) for k, v in sorted(train.items())]
-    rows += [(f"data.{k}", str(v)) for k, v in sorted(data.items()) if k not in ("root", "test_root", "cache_dir")]
-    for key in ("budget_control",):
-        if key in cfg:
-            rows.append((key, str(cfg[key])))
-    return rows
+    # Which settings are rows, and their names, come from the declarations (study/settings.py).
+    shown = {f"train.{k}": str(train[k]) for k in ("lr", "input_size", "patience", "weights") if k in train}
+    return methods_rows(StudyConfig, cfg, shown)
 
 
 def _run_lrs(done: pd.DataFrame) -> list[float]:

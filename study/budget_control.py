@@ -19,7 +19,7 @@ from study.config import SequentialConfig, StudyConfig
 from study.store.schema import BUDGET_CONTROL_FACTOR as FACTOR
 from study.store.schema import control_name, is_control
 
-__all__ = ["FACTOR", "control_config", "control_name", "is_control"]
+__all__ = ["FACTOR", "control_config", "control_name", "is_control", "run_control"]
 
 
 def control_config(cfg: StudyConfig) -> StudyConfig | None:
@@ -41,3 +41,17 @@ def control_config(cfg: StudyConfig) -> StudyConfig | None:
         train=train,
         **{sizes_key: [int(v) for v in ends] if cfg.per_class else ends},
     ).validate()
+
+
+def run_control(cfg: StudyConfig, quiet: bool) -> None:
+    """Train the study's budget control when it has one (after the study's own runs)."""
+    control = control_config(cfg)
+    if control is None:
+        return
+    from study.execute import execute
+    from study.plan import open_context
+
+    print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
+    ctx = open_context(control)
+    counts = execute(control, ctx.study_id, ctx.store, progress=not quiet)
+    print(f"budget control: {counts['done']} done, {counts['failed']} failed")

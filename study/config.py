@@ -14,15 +14,17 @@ import copy
 import dataclasses
 import math
 import os
-import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from study.coerce import coerce, known_keys, overridden, parse_bytes
 from study.errors import UserError
+from study.settings import Check, check_declared, declared, example_toml, setting
+
+__all__ = ["parse_bytes"]  # re-exported: memory sizes are read where the images are placed
 
 DEFAULT_MODELS = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]
 AUGMENT_POLICIES = ("none", "light", "standard", "strong", "trivial")
@@ -49,21 +51,70 @@ BACKENDS = ("loky", "dask")  # joblib backends: local processes, or a dask.distr
 class DataConfig:
     """Which images, at what size, and how they are split."""
 
-    dataset: str = "digits"
-    root: str = ""  # folder of the data, for datasets read from disk
-    test_root: str = ""  # imagefolder only: a separate folder of test images
-    image_size: int = 32  # images are decoded and cached at this size (square)
-    test_fraction: float = 0.2  # used when the dataset has no official test split
-    val_fraction: float = 0.2  # of the training pool, fixed for all seeds
-    min_per_class: int = 2  # every subset keeps at least this many images of each class
-    cache_dir: str = ""  # decoded arrays; default <out>/cache
+    dataset: str = setting(
+        "digits",
+        "the dataset",
+        "study",
+        flag="--dataset",
+        allowed="digits (bundled) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition",
+        methods=True,
+    )
+    root: str = setting(
+        "",
+        "the dataset's folder (imagefolder: one subfolder per class; cifar: torchvision's root, downloaded into "
+        "<out>/cache/downloads if empty; text-recognition: the output of `study datasets build-text-recognition`)",
+        "study",
+        flag="--data-root",
+        metavar="DIR",
+        also=("worker",),
+        also_help="where the dataset lies on this machine (default: where the study's config says)",
+        example='"path/to/images"',
+    )
+    test_root: str = setting(
+        "",
+        "imagefolder: a separate folder of test images",
+        "study",
+        flag="--test-root",
+        metavar="DIR",
+        also=("worker",),
+        also_help="imagefolder: where the test images lie on this machine",
+        example='""',
+    )
+    image_size: int = setting(
+        32,
+        "the side of the square images as decoded and cached",
+        "study",
+        flag="--image-size",
+        metavar="PX",
+        unit="px",
+        check=(lambda v: v >= 8, "{key}={value} is too small; use 8 or more"),
+        methods=True,
+    )
+    test_fraction: float = setting(
+        0.2,
+        "the held-out test split's share, when the dataset has no test split of its own",
+        "study",
+        check=(lambda v: 0 < v < 1, "{key}={value} must lie strictly between 0 and 1"),
+        methods=True,
+    )
+    val_fraction: float = setting(
+        0.2,
+        "the validation split's share of the training pool (tuning, early stopping), fixed for every seed",
+        "study",
+        check=(lambda v: 0 < v < 1, "{key}={value} must lie strictly between 0 and 1"),
+        methods=True,
+    )
+    min_per_class: int = setting(
+        2,
+        "every subset keeps at least this many images of each class",
+        "study",
+        check=(lambda v: v >= 1, "{key}={value} must be at least 1"),
+        methods=True,
+    )
+    cache_dir: str = setting("", "where decoded arrays are cached", "study", zero="<out>/cache", example='""')
 
     def validate(self) -> None:
-        _check(self.image_size >= 8, f"data.image_size={self.image_size} is too small; use 8 or more")
-        for key in ("test_fraction", "val_fraction"):
-            value = getattr(self, key)
-            _check(0 < value < 1, f"data.{key}={value} must lie strictly between 0 and 1")
-        _check(self.min_per_class >= 1, f"data.min_per_class={self.min_per_class} must be at least 1")
+        check_declared(self, "data.")
 
 
 @dataclass(frozen=True)
@@ -110,56 +161,124 @@ class TrainConfig:
     # 8 epochs and at least 160 steps: 160, 160, 160 and 288 steps at 10 / 25 / 50 / 100% of digits.
     # Small subsets need as many steps as large ones to fit (at 40 steps MobileNetV2 reached 37% on
     # 116 images, at 150 steps 85%); the budget is what the default study's 5 minutes allow.
-    epochs: int = 8
-    min_steps: int = 160  # floor on optimiser steps, so that small subsets are not starved
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 0.0  # 0 = auto: FINETUNE_LR with pretrained weights, SCRATCH_LR from scratch
-    weight_decay: float = 0.05
-    augment: str = "light"
-    augment_strength: float = 1.0
-    normalization: str = "model"  # the model's pretrained config, ImageNet's, or 0.5/0.5
-    patience: int = 0  # epochs without validation improvement before stopping; 0 = never stop
-    input_size: int | str = 0  # model input; 0 = data.image_size, "native" = the model's pretrained size
-    label_smoothing: float = 0.0
+    epochs: int = setting(
+        8,
+        "epochs per run: passes over the run's subset; a small subset repeats passes within an epoch until it has "
+        "min_steps / epochs optimiser steps",
+        "arm",
+        flag="--epochs",
+        metavar="N",
+        check=(lambda v: v >= 1, "{key}={value} must be at least 1"),
+    )
+    min_steps: int = setting(
+        160,
+        "floor on optimiser steps per run, so that small subsets are not starved",
+        "arm",
+        flag="--min-steps",
+        metavar="N",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 or more"),
+    )
+    batch_size: int = setting(
+        32,
+        "images per optimiser step (a smaller subset uses its size)",
+        "arm",
+        flag="--batch-size",
+        metavar="N",
+        check=(lambda v: v >= 2, "{key}={value} must be at least 2"),
+    )
+    optimizer: str = setting("adamw", "the optimiser", "arm", choices=OPTIMIZERS)
+    lr: float = setting(
+        0.0,
+        "peak learning rate (auto: 4e-3 from scratch, 1e-4 when fine-tuning pretrained weights)",
+        "arm",
+        flag="--lr",
+        metavar="LR",
+        zero="0 = auto",
+        check=(lambda v: 0 <= v < 10, "{key}={value} must be a learning rate in (0, 10), or 0 for auto"),
+    )
+    weight_decay: float = setting(
+        0.05, "decoupled weight decay on weights", "arm", check=(lambda v: v >= 0, "{key}={value} must be 0 or more")
+    )
+    augment: str = setting(
+        "light",
+        "augmentation policy of the training batches",
+        "arm",
+        flag="--augment",
+        metavar="POLICY",
+        choices=AUGMENT_POLICIES,
+    )
+    augment_strength: float = setting(
+        1.0,
+        "augmentation magnitude: 0 = off, 1 = the policy's, up to 3",
+        "arm",
+        check=(lambda v: 0 <= v <= 3, "{key}={value} must lie in [0, 3]"),
+    )
+    normalization: str = setting(
+        "model",
+        "input normalisation: the model's pretrained config, ImageNet's, or mean 0.5 / std 0.5",
+        "arm",
+        choices=NORMALIZATIONS,
+    )
+    patience: int = setting(
+        0,
+        "epochs without validation improvement before a run stops early",
+        "arm",
+        zero="0 = never stop early",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 (off) or more"),
+    )
+    input_size: int | str = setting(
+        0,
+        "model input side (0 = data.image_size, native = each model's pretrained size)",
+        "arm",
+        flag="--input-size",
+        metavar="PX|native",
+        zero="0 = --image-size",
+        unit="px",
+        check=(
+            lambda v: v == NATIVE or (isinstance(v, int) and (v == 0 or v >= 8)),
+            "{key}={value!r} is invalid; use 0 (= data.image_size), '" + NATIVE + "' (the model's "
+            "pretrained size) or a size of 8 px or more",
+        ),
+    )
+    label_smoothing: float = setting(
+        0.0, "label smoothing of the loss", "arm", check=(lambda v: 0 <= v < 1, "{key}={value} must lie in [0, 1)")
+    )
     # Transfer learning (see study/transfer.py): where initial weights come from, what trains.
-    pretrained: bool = False  # timm's pretrained weights for every model without a weights file
-    weights: list[str] = field(default_factory=list)  # "MODEL=PATH" local .safetensors / .pth files
-    finetune: str = "full"  # full: every layer trains; head: only the new classifier (linear probe)
-    freeze_stages: int = 0  # with finetune=full: keep the stem and the first K stages frozen
+    pretrained: bool = setting(
+        False,
+        "start from timm's pretrained weights, for every model without a weights file (hub cache; "
+        "HF_HUB_OFFLINE=1 works with a filled cache)",
+        "arm",
+        flag="--pretrained",
+        kind="bool",
+    )
+    weights: list[str] = setting(
+        [],
+        "local .safetensors / .pth weights of a model, as MODEL=PATH",
+        "arm",
+        flag="--weights",
+        metavar="MODEL=PATH",
+        kind="append",
+    )
+    finetune: str = setting(
+        "full",
+        "what trains: every layer (full) or only the new classifier, a linear probe (head)",
+        "arm",
+        flag="--finetune",
+        metavar="MODE",
+        choices=FINETUNE_MODES,
+    )
+    freeze_stages: int = setting(
+        0,
+        "with finetune full: keep the stem and the first K stages frozen",
+        "arm",
+        flag="--freeze-stages",
+        metavar="K",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 (none frozen) or more"),
+    )
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, f"train.epochs={self.epochs} must be at least 1")
-        _check(self.min_steps >= 0, f"train.min_steps={self.min_steps} must be 0 or more")
-        _check(self.batch_size >= 2, f"train.batch_size={self.batch_size} must be at least 2")
-        _check(
-            self.optimizer in OPTIMIZERS,
-            f"train.optimizer={self.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}",
-        )
-        _check(0 <= self.lr < 10, f"train.lr={self.lr} must be a learning rate in (0, 10), or 0 for auto")
-        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
-        _check(
-            self.augment in AUGMENT_POLICIES,
-            f"train.augment={self.augment!r} is unknown; valid: {', '.join(AUGMENT_POLICIES)}",
-        )
-        _check(0 <= self.augment_strength <= 3, f"train.augment_strength={self.augment_strength} must lie in [0, 3]")
-        _check(
-            self.normalization in NORMALIZATIONS,
-            f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}",
-        )
-        _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
-        _check(
-            self.input_size == NATIVE
-            or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
-            f"train.input_size={self.input_size!r} is invalid; use 0 (= data.image_size), '{NATIVE}' (the model's "
-            "pretrained size) or a size of 8 px or more",
-        )
-        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        _check(
-            self.finetune in FINETUNE_MODES,
-            f"train.finetune={self.finetune!r} is unknown; valid: {', '.join(FINETUNE_MODES)}",
-        )
-        _check(self.freeze_stages >= 0, f"train.freeze_stages={self.freeze_stages} must be 0 (none frozen) or more")
+        check_declared(self, "train.")
         _check(
             self.finetune == "full" or self.freeze_stages == 0,
             f"train.freeze_stages={self.freeze_stages} only applies to train.finetune='full'; finetune='head' "
@@ -260,7 +379,7 @@ def _arm(table: Any) -> Arm:
             continue
         _check(key in ARM_KEYS, f"arm {name!r}: unknown key {key!r}; valid keys: name, model, {', '.join(ARM_KEYS)}")
         try:  # ``weights``: one file path for the arm's model (study-wide it is a list of MODEL=PATH)
-            overrides[key] = _coerce(value, str if key == "weights" else hints[key], key)
+            overrides[key] = coerce(value, str if key == "weights" else hints[key], key)
         except UserError as exc:
             raise UserError(f"arm {name!r}: {exc}") from None
     return Arm(name, model, overrides)
@@ -274,12 +393,20 @@ def _arms_with_models(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     tables = raw["arms"]
     _check(isinstance(tables, list), "arms must be a list of tables ([[arms]] in TOML, --arm on the command line)")
-    models = _coerce(raw["models"], list[str], "models") if "models" in raw else []
+    models = coerce(raw["models"], list[str], "models") if "models" in raw else []
     given = [parse_arm_spec(t) if isinstance(t, str) else t for t in tables]
     tables = [{"name": m, "model": m} for m in models] + given
     raw["arms"] = tables
     raw["models"] = list(dict.fromkeys(t.get("model") for t in tables if isinstance(t, dict)))
     return raw
+
+
+def _range(ok: Any, what: str, key: str) -> Check:
+    """The check of a search range: [] or [low, high] with low <= high, both ``ok``."""
+    return (
+        lambda v: v == [] or (len(v) == 2 and all(ok(x) for x in v) and v[0] <= v[1]),
+        "{key}={value} is invalid; use [low, high] with low <= high, both " + what + ", or [] to keep train." + key,
+    )
 
 
 @dataclass(frozen=True)
@@ -291,40 +418,77 @@ class TuneConfig:
     fixes it. Learning rate and weight decay are drawn log-uniformly, the strength uniformly.
     """
 
-    trials: int = 0  # finished (complete or pruned) trials per (model, size); 0 = no tuning
-    timeout: float = 0.0  # seconds of finished trials per (model, size); 0 = no limit
-    epochs: int = 0  # epochs per trial; 0 = train.epochs
-    pruner: str = "median"  # median | hyperband | none
-    startup_trials: int = 5  # random trials before TPE models the space and pruning starts
-    warmup_epochs: int = 2  # epochs a trial always runs before the pruner may stop it
-    seed: int = 0  # TPE sampler seed: the same config proposes the same trials
-    subset_seed: int = 0  # trials train on this seed's subset
-    lr: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
-    weight_decay: list[float] = field(default_factory=lambda: [1e-6, 0.3])
-    augment: list[str] = field(default_factory=lambda: list(AUGMENT_POLICIES))
-    augment_strength: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    normalization: list[str] = field(default_factory=lambda: list(NORMALIZATIONS))
+    trials: int = setting(
+        0,
+        "Optuna trials (finished or pruned) per model and size before the final runs",
+        "study",
+        flag="--trials",
+        metavar="N",
+        zero="0 = no tuning: use [train]",
+        check=(lambda v: v >= 0, "{key}={value} is invalid; use 0 (no tuning) or more trials"),
+    )
+    timeout: float = setting(
+        0.0,
+        "seconds of trials per model and size",
+        "study",
+        flag="--tune-timeout",
+        metavar="SECONDS",
+        zero="0 = no limit",
+        unit="s",
+        check=(lambda v: v >= 0, "{key}={value} is invalid; use seconds >= 0 (0 = no limit)"),
+    )
+    epochs: int = setting(
+        0,
+        "epochs per trial",
+        "study",
+        zero="0 = train.epochs",
+        check=(lambda v: v >= 0, "{key}={value} is invalid; use 0 (= train.epochs) or more"),
+    )
+    pruner: str = setting(
+        "median", "the pruner that stops unpromising trials", "study", flag="--pruner", metavar="NAME", choices=PRUNERS
+    )
+    startup_trials: int = setting(
+        5,
+        "random trials before TPE models the space and pruning starts",
+        "study",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 or more"),
+    )
+    warmup_epochs: int = setting(
+        2,
+        "epochs a trial always runs before the pruner may stop it",
+        "study",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 or more"),
+    )
+    seed: int = setting(0, "TPE sampler seed: the same config proposes the same trials", "study")
+    subset_seed: int = setting(0, "trials train on this seed's subset; final runs use every seed", "study")
+    # Search space: [low, high] is searched, [] keeps the [train] value, [x, x] fixes it.
+    lr: list[float] = setting(
+        [1e-5, 1e-1],
+        "search range of the learning rate, drawn log-uniformly",
+        "study",
+        check=_range(lambda v: v > 0 and math.isfinite(v), "positive numbers", "lr"),
+    )
+    weight_decay: list[float] = setting(
+        [1e-6, 0.3],
+        "search range of the weight decay, drawn log-uniformly",
+        "study",
+        check=_range(lambda v: v > 0 and math.isfinite(v), "positive numbers", "weight_decay"),
+    )
+    augment: list[str] = setting(
+        list(AUGMENT_POLICIES), "augmentation policies to choose from", "study", choices=AUGMENT_POLICIES
+    )
+    augment_strength: list[float] = setting(
+        [0.5, 2.0],
+        "search range of the augmentation strength, drawn uniformly",
+        "study",
+        check=_range(lambda v: 0 <= v <= 3, "numbers in [0, 3]", "augment_strength"),
+    )
+    normalization: list[str] = setting(
+        list(NORMALIZATIONS), "normalisations to choose from", "study", choices=NORMALIZATIONS
+    )
 
     def validate(self) -> None:
-        _check(self.trials >= 0, f"tune.trials={self.trials} is invalid; use 0 (no tuning) or more trials")
-        _check(self.timeout >= 0, f"tune.timeout={self.timeout} is invalid; use seconds >= 0 (0 = no limit)")
-        _check(self.epochs >= 0, f"tune.epochs={self.epochs} is invalid; use 0 (= train.epochs) or more")
-        _check(self.pruner in PRUNERS, f"tune.pruner={self.pruner!r} is unknown; valid: {', '.join(PRUNERS)}")
-        _check(self.startup_trials >= 0, f"tune.startup_trials={self.startup_trials} must be 0 or more")
-        _check(self.warmup_epochs >= 0, f"tune.warmup_epochs={self.warmup_epochs} must be 0 or more")
-        for key in ("lr", "weight_decay"):  # log-uniform: both ends positive
-            self._check_range(key, lambda v: v > 0 and math.isfinite(v), "positive numbers")
-        self._check_range("augment_strength", lambda v: 0 <= v <= 3, "numbers in [0, 3]")
-        for key, valid in (("augment", AUGMENT_POLICIES), ("normalization", NORMALIZATIONS)):
-            for choice in getattr(self, key):
-                _check(choice in valid, f"tune.{key} choice {choice!r} is unknown; valid: {', '.join(valid)}")
-
-    def _check_range(self, key: str, ok, what: str) -> None:
-        values = getattr(self, key)
-        _check(
-            values == [] or (len(values) == 2 and all(ok(v) for v in values) and values[0] <= values[1]),
-            f"tune.{key}={values} is invalid; use [low, high] with low <= high, both {what}, or [] to keep train.{key}",
-        )
+        check_declared(self, "tune.")
 
     @property
     def searched(self) -> list[str]:
@@ -333,6 +497,7 @@ class TuneConfig:
 
 
 DEPLOY_RUNS = ("best", "all")
+_NO_BUDGET = "{key}={value} is invalid; use a positive number, or 0 for no budget"
 
 
 @dataclass(frozen=True)
@@ -342,24 +507,54 @@ class DeployConfig:
     Not part of the study's fingerprint: it measures trained models, it does not change them.
     """
 
-    enabled: bool = True  # export after the runs (needs `pip install 'study[deploy]'`)
-    runs: str = "best"  # best: each model's best seed (validation accuracy) at the largest size | all: every run
-    calibration_images: int = 300  # training images that calibrate static int8 (never test images)
-    latency_budget_ms: float = 0.0  # report: the most accurate model within p50 (one thread) <= this; 0 = none
-    size_budget_mb: float = 0.0  # report: ... and file size <= this; 0 = none
+    enabled: bool = setting(
+        True,
+        "after the runs, export the trained models to ONNX, quantize them to int8 and time them on the CPU "
+        "(needs `pip install 'study[deploy]'`)",
+        "study",
+        flag="--no-deploy",
+        kind="off",
+    )
+    runs: str = setting(
+        "best",
+        "runs to export: best (each model's best seed by validation accuracy, at the largest size) or all",
+        "study",
+        flag="--deploy-runs",
+        metavar="WHICH",
+        choices=DEPLOY_RUNS,
+        also=("deploy",),
+        also_help="best (default) | all: every run whose weights were kept",
+    )
+    calibration_images: int = setting(
+        300,
+        "training images that calibrate static int8 (never test images)",
+        "study",
+        check=(lambda v: v >= 1, "{key}={value} must be at least 1, e.g. 300"),
+    )
+    latency_budget_ms: float = setting(
+        0.0,
+        "the report names the most accurate model whose p50 latency (ONNX Runtime or PyTorch, one thread) fits, "
+        "per size",
+        "report",
+        flag="--latency-budget-ms",
+        metavar="MS",
+        zero="0 = no budget",
+        unit="ms",
+        check=(lambda v: math.isfinite(v) and v >= 0, _NO_BUDGET),
+    )
+    size_budget_mb: float = setting(
+        0.0,
+        "... and whose file fits this size",
+        "report",
+        flag="--size-budget-mb",
+        metavar="MB",
+        zero="0 = no budget",
+        unit="MB",
+        check=(lambda v: math.isfinite(v) and v >= 0, _NO_BUDGET),
+    )
 
     def validate(self) -> None:
-        _check(self.runs in DEPLOY_RUNS, f"deploy.runs={self.runs!r} is unknown; valid: {', '.join(DEPLOY_RUNS)}")
-        _check(
-            self.calibration_images >= 1,
-            f"deploy.calibration_images={self.calibration_images} must be at least 1, e.g. 300",
-        )
-        for key in ("latency_budget_ms", "size_budget_mb"):
-            value = getattr(self, key)
-            _check(
-                math.isfinite(value) and value >= 0,
-                f"deploy.{key}={value} is invalid; use a positive number, or 0 for no budget",
-            )
+        check_declared(self, "deploy.")
 
 
 SEQUENTIAL_MIN_SEEDS = 3  # seeds every cell has before a sequential study adds any
@@ -372,30 +567,58 @@ class SequentialConfig:
     intervals are wider than ``until_ci``, until all are within it, or ``max_seeds``, or
     ``budget_hours``. Not part of the study's fingerprint: like ``seeds``, it only adds runs."""
 
-    until_ci: float = 0.0  # target half-width in accuracy points (per-size accuracy, paired difference); 0 = off
-    max_seeds: int = 10  # seeds per cell at most
-    budget_hours: float = 0.0  # no seeds added once the runs' training time reaches this; 0 = no limit
-    needed_width: float = 0.0  # relative half-width of images-needed intervals (0.5 = within x/÷ 1.5); 0 = not a target
+    until_ci: float = setting(
+        0.0,
+        "after the first seeds (3 or more), add one seed at a time where the 95% intervals of per-size accuracies "
+        "and paired differences are wider than ±W accuracy points, until all are within it (docs/sequential.md)",
+        "study",
+        flag="--until-ci",
+        metavar="W",
+        zero="0 = a fixed number of seeds",
+        unit="accuracy points",
+        check=(
+            lambda v: math.isfinite(v) and (v == 0 or 0.1 <= v <= 50),
+            "{key}={value} is invalid; give a half-width in accuracy points between 0.1 and 50 "
+            "(--until-ci 2 means ±2 points), or 0 for a fixed number of seeds",
+        ),
+    )
+    max_seeds: int = setting(
+        10,
+        "with until_ci: seeds per cell at most",
+        "study",
+        flag="--max-seeds",
+        metavar="N",
+        check=(
+            lambda v: 2 <= v <= 1000,
+            "{key}={value} is invalid; use a whole number of seeds per cell from 2 to 1000",
+        ),
+    )
+    budget_hours: float = setting(
+        0.0,
+        "with until_ci: no more seeds once the runs' training time reaches this many hours",
+        "study",
+        flag="--budget-hours",
+        metavar="H",
+        zero="0 = no limit",
+        unit="h",
+        check=(
+            lambda v: math.isfinite(v) and v >= 0,
+            "{key}={value} is invalid; use hours of training >= 0 (0 = no limit)",
+        ),
+    )
+    needed_width: float = setting(
+        0.0,
+        "also narrow the images-needed intervals to this relative half-width (0.5 = within x/÷ 1.5)",
+        "study",
+        zero="0 = not a target",
+        check=(
+            lambda v: math.isfinite(v) and v >= 0,
+            "{key}={value} is invalid; use a relative half-width >= 0, e.g. 0.5 (0 = images needed are not a target)",
+        ),
+    )
 
     def validate(self, seeds: int) -> None:
-        _check(
-            math.isfinite(self.until_ci) and (self.until_ci == 0 or 0.1 <= self.until_ci <= 50),
-            f"sequential.until_ci={self.until_ci} is invalid; give a half-width in accuracy points between 0.1 and 50 "
-            "(--until-ci 2 means ±2 points), or 0 for a fixed number of seeds",
-        )
-        _check(
-            2 <= self.max_seeds <= 1000,
-            f"sequential.max_seeds={self.max_seeds} is invalid; use a whole number of seeds per cell from 2 to 1000",
-        )
-        _check(
-            math.isfinite(self.budget_hours) and self.budget_hours >= 0,
-            f"sequential.budget_hours={self.budget_hours} is invalid; use hours of training >= 0 (0 = no limit)",
-        )
-        _check(
-            math.isfinite(self.needed_width) and self.needed_width >= 0,
-            f"sequential.needed_width={self.needed_width} is invalid; use a relative half-width >= 0, e.g. 0.5 "
-            "(0 = images needed are not a target)",
-        )
+        check_declared(self, "sequential.")
         if self.until_ci:
             _check(
                 seeds >= SEQUENTIAL_MIN_SEEDS,
@@ -417,41 +640,210 @@ class SequentialConfig:
 class StudyConfig:
     """Everything a study needs. Cells are arms x sizes x seeds (``models`` alone: one arm per model)."""
 
-    name: str = "default"  # study name in the store; results of different settings never mix
-    out: str = "study-out"
-    storage: str = ""  # SQLAlchemy URL; default sqlite:///<out>/study.db
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    arms: list[Arm] = field(default_factory=list)  # [[arms]]; empty = one arm per model, named after it
-    fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
-    per_class: list[int] = field(default_factory=list)  # images per class; replaces fractions
-    # Files of training image names, one a line: each adds a size whose subset is exactly that list, for every seed.
-    subset_lists: list[str] = field(default_factory=list)
-    seeds: int = 3
-    device: str = "auto"
-    jobs: int = 0  # parallel runs; 0 = sized to the machine (loky) or to the cluster (dask)
-    threads: int = 0  # torch threads per worker; 0 = the cores shared out among the workers
-    backend: str = "loky"  # joblib backend: loky (local processes) | dask (a dask.distributed cluster)
-    scheduler: str = ""  # dask: the scheduler's address, e.g. tcp://head-node:8786
-    heartbeat: float = 20.0  # seconds between a worker's heartbeats while it holds a run or trial
-    grace_period: float = 180.0  # seconds without a heartbeat after which another worker takes the work over
+    name: str = setting(
+        "default",
+        "study name in the store; change it to start a separate study (results of different settings never mix)",
+        "location",
+        flag="--name",
+        aliases=("--study",),
+        check=(lambda v: bool(v.strip()), "name must not be empty"),
+    )
+    out: str = setting("study-out", "results, cache and report folder", "location", flag="--out", metavar="DIR")
+    storage: str = setting(
+        "",
+        "SQLAlchemy URL of the store (or postgresql+psycopg://user@host/db)",
+        "location",
+        flag="--storage",
+        metavar="URL",
+        zero="sqlite:///<out>/study.db",
+        example='"sqlite:///study-out/study.db"',
+    )
+    models: list[str] = setting(
+        list(DEFAULT_MODELS),
+        "timm model names, each an arm named after its model",
+        "study",
+        flag="--models",
+        metavar="A,B",
+        check=[
+            (bool, "models must name at least one model"),
+            (lambda v: len(set(v)) == len(v), "models={value} lists a model twice"),
+        ],
+    )
+    arms: list[Arm] = setting(
+        [],
+        "named ways to train: a timm model plus [train] keys of its own (weights=PATH: a weights file of its "
+        "model), e.g. vit-in1k=mobilevit_xxs,pretrained=true; [[arms]] tables work too (docs/arms.md)",
+        "study",
+        flag="--arm",
+        metavar="NAME=MODEL[,KEY=VALUE...]",
+        kind="append",
+        example='[{ name = "vit-in1k", model = "mobilevit_xxs", pretrained = true }, '
+        '{ name = "r18", model = "resnet18" }]',
+    )
+    fractions: list[float] = setting(
+        [0.1, 0.25, 0.5, 1.0],
+        "nested, stratified fractions of the training pool, each in (0, 1]",
+        "study",
+        flag="--fractions",
+        metavar="F,F",
+        each=True,
+        wrong_type="fractions must be numbers in (0, 1], e.g. 0.1,0.25,0.5,1.0",
+        check=(
+            lambda f: isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1,
+            "fraction {value} is invalid; fractions must lie in (0, 1], e.g. 0.1,0.25,0.5,1.0",
+        ),
+    )
+    per_class: list[int] = setting(
+        [],
+        "images per class instead of fractions, e.g. 5,10,50",
+        "study",
+        flag="--per-class",
+        metavar="K,K",
+        example="[5, 10, 50]",
+        each=True,
+        wrong_type="per_class must be whole numbers of images per class, e.g. 5,10,50",
+        check=(
+            lambda k: isinstance(k, int) and k >= 1,
+            "per_class value {value} is invalid; use whole numbers of images per class >= 1",
+        ),
+    )
+    subset_lists: list[str] = setting(
+        [],
+        "files of training image names, one a line: each adds a size of exactly those images, for every seed",
+        "study",
+        flag="--subset-list",
+        metavar="FILE",
+        kind="append",
+        example='["1percent.txt"]',
+    )
+    seeds: int = setting(
+        3,
+        "seeds per cell (each draws its own subset, initialisation and augmentation)",
+        "study",
+        flag="--seeds",
+        metavar="N",
+        check=(lambda v: v >= 1, "{key}={value} is invalid; use 1 or more seeds"),
+        wrong_type="use a whole number of seeds >= 1",
+    )
+    device: str = setting("auto", "the training device", "machine", flag="--device", metavar="DEV", choices=DEVICES)
+    jobs: int = setting(
+        0,
+        "parallel runs (0 = one per core, or every thread of the dask cluster)",
+        "machine",
+        flag="--jobs",
+        metavar="N",
+        check=(lambda v: v >= 0, "{key}={value} is invalid; use 0 (auto) or a positive number"),
+    )
+    threads: int = setting(
+        0,
+        "torch threads per worker (0 = the cores shared out among the workers)",
+        "machine",
+        flag="--threads",
+        metavar="N",
+        check=(lambda v: v >= 0, "{key}={value} is invalid; use 0 (auto) or a positive number"),
+    )
+    backend: str = setting(
+        "loky",
+        "joblib backend: local processes (loky) or a dask.distributed cluster (dask)",
+        "machine",
+        flag="--backend",
+        metavar="NAME",
+        choices=BACKENDS,
+    )
+    scheduler: str = setting(
+        "",
+        "with backend dask: the scheduler's address, e.g. tcp://head-node:8786",
+        "machine",
+        flag="--scheduler",
+        metavar="ADDRESS",
+        example='"tcp://head-node:8786"',
+    )
+    heartbeat: float = setting(
+        20.0,
+        "seconds between a busy worker's heartbeats",
+        "study",
+        flag="--heartbeat",
+        metavar="SECONDS",
+        unit="s",
+        also=("worker",),
+        check=(lambda v: math.isfinite(v) and v > 0, "{key}={value} is invalid; use seconds > 0, e.g. 20"),
+    )
+    grace_period: float = setting(
+        180.0,
+        "seconds of silence after which a worker's run or trial is taken over",
+        "study",
+        flag="--grace-period",
+        metavar="SECONDS",
+        unit="s",
+        also=("worker",),
+    )
     # Speed and cost settings: they change how fast a study runs, not its results, so they are
     # not part of the study's fingerprint.
-    compile: bool = False  # torch.compile each model once per worker
-    channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
-    costs: bool = True  # measure each model's MACs, size and CPU latency once per study
+    compile: bool = setting(
+        False,
+        "torch.compile each model once per worker (pays off on long GPU runs)",
+        "machine",
+        flag="--compile",
+        kind="on",
+    )
+    channels_last: str = setting(
+        "auto",
+        "channels-last memory layout: auto (measured once per study, model and kind of device), on or off",
+        "study",
+        flag="--channels-last",
+        metavar="MODE",
+        choices=CHANNELS_LAST,
+        also=("worker",),
+    )
+    costs: bool = setting(
+        True, "measure each model's MACs, size and CPU latency once per study", "study", flag="--no-costs", kind="off"
+    )
     # Convergence check (study/budget_control.py): seed 0 of each model at the smallest and largest
     # size trained again with twice the budget, in a companion study of the same store. Off by
     # default: it adds about 40% to the default study's time (see docs/report.md).
-    budget_control: bool = False
+    budget_control: bool = setting(
+        False,
+        "after the study, retrain seed 0 of each model at the smallest and largest size with twice the budget, "
+        "so the report can say whether the runs converged",
+        "study",
+        flag="--budget-control",
+        kind="bool",
+        methods=True,
+    )
     # Presentation only: the report's name for each model (timm id -> name); unlisted ids get the
     # readable defaults of reports.format.DISPLAY_NAMES ("MobileViT-XXS", "ResNet-18", ...).
-    display_names: dict[str, str] = field(default_factory=dict)
-    memory_budget: str = ""  # what a run's images may take on its device ("256MB", "2GB"); "" = half the free memory
+    display_names: dict[str, str] = setting(
+        {},
+        "the report's name for each model; readable defaults for common timm ids",
+        "report",
+        example='{ resnet18 = "ResNet-18" }',
+    )
+    memory_budget: str = setting(
+        "",
+        "memory a run's images may take on the device, e.g. 256MB or 2GB; beyond it they stream from the cache",
+        "machine",
+        flag="--memory-budget",
+        metavar="SIZE",
+        zero="half the free memory",
+        example='"2GB"',
+        check=(lambda v: not v or parse_bytes(v) > 0, "memory_budget={value!r} is invalid"),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     # [[datasets]]: several datasets, each a study "<name>/<dataset>" of its own (``dataset_studies``);
     # empty = the one dataset of [data].
-    datasets: list[DatasetEntry] = field(default_factory=list)
-    group: str = ""  # set on each dataset's study: the name of the study of several datasets it belongs to
+    datasets: list[DatasetEntry] = setting(
+        [],
+        "several datasets instead of one, each a name plus [data] keys (the rest from [data]): every arm trains on "
+        'every dataset, each a study "<name>/<dataset>" of its own; [[datasets]] tables work too',
+        "study",
+        example='[{ name = "tiny", dataset = "tiny-imagenet", root = "data/tiny-imagenet-200" }, { name = "digits" }]',
+    )
+    group: str = setting(
+        "",
+        "set by the study itself on each dataset's study: the study of several datasets it belongs to",
+        "study",
+        example='""',
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -496,9 +888,7 @@ class StudyConfig:
 
     def validate(self) -> StudyConfig:
         """Check every value; raise UserError naming the first bad one. Returns self."""
-        _check(bool(self.name.strip()), "name must not be empty")
-        _check(bool(self.models), "models must name at least one model")
-        _check(len(set(self.models)) == len(self.models), f"models={self.models} lists a model twice")
+        check_declared(self, "")
         _check(
             bool(self.fractions) or bool(self.per_class) or bool(self.subset_lists),
             "fractions, per_class or subset_lists must name at least one size",
@@ -509,21 +899,6 @@ class StudyConfig:
             read_list(path)  # exists, is text, names an image
         names = [list_name(p) for p in self.subset_lists]
         _check(len(set(names)) == len(names), f"subset_lists={self.subset_lists} names two lists alike; rename one")
-        for f in self.fractions:
-            _check(
-                isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1,
-                f"fraction {f} is invalid; fractions must lie in (0, 1], e.g. 0.1,0.25,0.5,1.0",
-            )
-        for k in self.per_class:
-            _check(
-                isinstance(k, int) and k >= 1,
-                f"per_class value {k} is invalid; use whole numbers of images per class >= 1",
-            )
-        _check(self.seeds >= 1, f"seeds={self.seeds} is invalid; use 1 or more seeds")
-        _check(self.device in DEVICES, f"device={self.device!r} is unknown; valid: {', '.join(DEVICES)}")
-        _check(self.jobs >= 0, f"jobs={self.jobs} is invalid; use 0 (auto) or a positive number")
-        _check(self.threads >= 0, f"threads={self.threads} is invalid; use 0 (auto) or a positive number")
-        _check(self.backend in BACKENDS, f"backend={self.backend!r} is unknown; valid: {', '.join(BACKENDS)}")
         if self.backend == "dask":
             _check(
                 bool(self.scheduler.strip()),
@@ -535,20 +910,10 @@ class StudyConfig:
                 f"scheduler={self.scheduler!r} only applies to backend='dask'; add --backend dask or drop --scheduler",
             )
         _check(
-            math.isfinite(self.heartbeat) and self.heartbeat > 0,
-            f"heartbeat={self.heartbeat} is invalid; use seconds > 0, e.g. 20",
-        )
-        _check(
             math.isfinite(self.grace_period) and self.grace_period > self.heartbeat,
             f"grace_period={self.grace_period} is invalid; use more seconds than heartbeat={self.heartbeat:g} (a few "
             "heartbeats), e.g. 180",
         )
-        _check(
-            self.channels_last in CHANNELS_LAST,
-            f"channels_last={self.channels_last!r} is unknown; valid: {', '.join(CHANNELS_LAST)}",
-        )
-        if self.memory_budget:
-            parse_bytes(self.memory_budget)
         self.data.validate()
         names = [d.name for d in self.datasets]
         for entry in self.datasets:
@@ -578,18 +943,6 @@ class StudyConfig:
         return self
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """A memory size such as ``256MB``, ``2GB``, ``1.5GiB`` or ``1000000`` in bytes (binary units:
-    1 MB = 1024² bytes). Raises UserError for anything else."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
-        raise UserError(f"memory_budget={text!r} is invalid; use a size such as 256MB, 2GB or 1.5GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
@@ -613,11 +966,12 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(overridden(raw, overrides))), "").validate()
 
 
-# Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget")
+# Top-level keys that describe the machine a command runs on, not the study: where it writes, and
+# the settings declared with scope "machine".
+MACHINE_KEYS = ("out", *(d.key for d in declared(StudyConfig) if d.setting.scope == "machine" and not d.section))
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -625,34 +979,12 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
     machine's ``overrides`` (dotted keys, as for ``load``): how ``study worker`` joins a study
     from its storage URL alone. Keys written by an older version and unknown now are dropped;
     keys added since take their defaults; ``MACHINE_KEYS`` take this machine's flags or defaults."""
-    raw = _known_keys(StudyConfig, copy.deepcopy(stored))
+    raw = known_keys(StudyConfig, copy.deepcopy(stored))
     for key in MACHINE_KEYS:  # how the invoking machine ran it says nothing about this one
         raw.pop(key, None)
     if raw.get("arms"):  # stored arms already include those named after models
         raw.pop("models", None)
-    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
-
-
-def _known_keys(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {
-        k: _known_keys(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
-        for k, v in raw.items()
-        if k in hints
-    }
-
-
-def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """``raw`` with dotted-key ``overrides`` applied; None values are ignored."""
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        *sections, key = dotted.split(".")
-        target = raw
-        for section in sections:
-            target = target.setdefault(section, {})
-        target[key] = value
-    return raw
+    return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(overridden(raw, overrides))), "").validate()
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -676,68 +1008,8 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
         elif dataclasses.is_dataclass(hint):
             values[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
-            values[name] = _coerce(value, hint, f"{prefix}{name}")
+            values[name] = coerce(value, hint, f"{prefix}{name}", fields[name].metadata["setting"].wrong_type)
     return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a simple type hint (str, int, float, bool, list[...])."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, key)
-            except UserError:
-                pass
-        raise UserError(f"{key}={value!r} has the wrong type; expected {hint}")
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise UserError(f'{key}={value!r} must be a table of keys, e.g. {{ resnet18 = "ResNet-18" }}')
-        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):  # "0.1,0.25" from the CLI or a hand-written file
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key}={value!r} must be a list")
-        return [_coerce(v, item, key) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is Any:
-        return value
-    kind = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
-    hint_text = _HINTS.get(key, "")
-    raise UserError(f"{key}={value!r} is not {kind}" + (f"; {hint_text}" if hint_text else ""))
-
-
-_HINTS = {
-    "fractions": "fractions must be numbers in (0, 1], e.g. 0.1,0.25,0.5,1.0",
-    "per_class": "per_class must be whole numbers of images per class, e.g. 5,10,50",
-    "seeds": "use a whole number of seeds >= 1",
-}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -749,99 +1021,4 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain
 
 
-EXAMPLE_TOML = """\
-# study.toml: configuration of a data-efficiency study.
-# Run it with:  python -m study run --config study.toml
-# Any value can also be given on the command line, which wins over this file.
-
-name = "default"          # study name in the store; change it to start a separate study
-out = "study-out"          # results, cache and report go here
-# storage = "sqlite:///study-out/study.db"   # or postgresql+psycopg://user@host/db
-
-models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model name
-# Arms instead (or as well): named ways to train, a model plus any [train] keys of its own (an arm's
-# weights key is one file of its model); [[arms]] tables work too (docs/arms.md)
-# arms = [{ name = "vit-in1k", model = "mobilevit_xxs", pretrained = true }, { name = "r18", model = "resnet18" }]
-fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
-# per_class = [5, 10, 50]           # images per class instead of fractions
-# subset_lists = ["1percent.txt"]   # files of training image names: each a size of exactly those images
-seeds = 3                           # each seed draws its own subsets, init and augmentation
-device = "auto"                     # auto | cpu | cuda
-jobs = 0                            # parallel runs; 0 = sized to the machine (or the dask cluster)
-threads = 0                         # torch threads per worker; 0 = the cores shared out among the workers
-backend = "loky"                    # loky (local processes) | dask (a dask.distributed cluster)
-# scheduler = "tcp://head-node:8786" # backend = "dask": the scheduler's address
-heartbeat = 20                      # seconds between heartbeats of a worker holding a run or trial
-grace_period = 180                  # seconds without one after which another worker takes the work over
-compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
-channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
-costs = true                        # measure MACs, size and CPU latency of each model once per study
-budget_control = false             # also retrain seed 0 at the smallest and largest size with twice the
-                                    # budget: the report then tests convergence against the seed noise
-# display_names = { resnet18 = "ResNet-18" }   # names in the report; readable defaults for common timm ids
-# memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
-
-# Several datasets instead of one: each a name plus [data] keys (the rest come from [data]); every arm
-# trains on every dataset, each a study "<name>/<dataset>" of its own; [[datasets]] tables work too
-# datasets = [{ name = "tiny", dataset = "tiny-imagenet", root = "data/tiny-imagenet-200" }, { name = "digits" }]
-# group = ""              # set by the study itself on each dataset's study: the study of several datasets
-
-[data]
-dataset = "digits"  # digits (bundled) | imagefolder | tiny-imagenet | imagenet | cifar10 | cifar100 | text-recognition
-# root = "path/to/images" # imagefolder: one subfolder per class; tiny-imagenet: tiny-imagenet-200/;
-                          # cifar10/100: torchvision's root (downloaded into <out>/cache/downloads if empty);
-                          # text-recognition: the output of `study datasets build-text-recognition`
-# test_root = ""          # imagefolder: optional separate folder of test images
-# cache_dir = ""          # where decoded arrays are cached; default <out>/cache
-image_size = 32           # images are decoded once at this size and cached
-test_fraction = 0.2       # held-out test split when the dataset has none of its own
-val_fraction = 0.2        # validation part of the training pool (tuning, early stopping)
-min_per_class = 2         # every subset keeps at least this many images per class
-
-[train]
-epochs = 8                # each one pass over the run's subset, more for small subsets
-min_steps = 160           # floor on optimiser steps for small fractions
-batch_size = 32
-optimizer = "adamw"       # adamw | adam | sgd
-lr = 0                    # 0 = auto: 1e-4 when fine-tuning pretrained weights, 4e-3 from scratch
-weight_decay = 0.05
-augment = "light"         # none | light | standard | strong | trivial
-augment_strength = 1.0    # 0 = off, 1 = default magnitudes, up to 3
-normalization = "model"   # model (its pretrained config) | imagenet | half (0.5/0.5)
-patience = 0              # early stopping after this many epochs without improvement; 0 = off
-input_size = 0            # model input size; 0 = data.image_size, "native" = the size the model was pretrained at
-label_smoothing = 0.0
-pretrained = false        # start from timm's pretrained weights (hub cache; HF_HUB_OFFLINE=1 works with a filled cache)
-weights = []              # local weight files, e.g. ["mobilevit_xxs=weights/mobilevit_xxs.safetensors"]
-finetune = "full"         # full | head (linear probe: only the new classifier trains)
-freeze_stages = 0         # finetune = "full": keep the stem and the first K stages frozen
-
-[tune]                    # Optuna tunes [train] keys per (model, size) on the validation split
-trials = 0                # finished trials per (model, size); 0 = no tuning (use [train])
-timeout = 0               # seconds of trials per (model, size); 0 = no limit
-epochs = 0                # epochs per trial; 0 = train.epochs
-pruner = "median"         # median | hyperband | none
-startup_trials = 5        # random trials before TPE takes over and pruning starts
-warmup_epochs = 2         # epochs a trial always runs before the pruner may stop it
-seed = 0                  # TPE sampler seed: the same config proposes the same trials
-subset_seed = 0           # trials train on this seed's subset; final runs use every seed
-# Search space: [low, high] is searched, [] keeps the [train] value, [x, x] fixes it.
-lr = [1e-5, 1e-1]                # log-uniform
-weight_decay = [1e-6, 0.3]       # log-uniform
-augment = ["none", "light", "standard", "strong", "trivial"]
-augment_strength = [0.5, 2.0]    # uniform
-normalization = ["model", "imagenet", "half"]
-
-[deploy]                  # ONNX export, int8 quantization and CPU timing (pip install 'study[deploy]')
-enabled = true            # export after the runs; --no-deploy turns it off
-runs = "best"             # best: each model's best seed (by validation accuracy) at the largest size | all: every run
-calibration_images = 300  # training images that calibrate static int8 (never test images)
-latency_budget_ms = 0     # report: the most accurate model with p50 latency (one thread) within this; 0 = no budget
-size_budget_mb = 0        # report: ... and with a file within this size; 0 = no budget
-
-[sequential]              # seeds added where the answer is least certain (docs/sequential.md)
-until_ci = 0              # target half-width of the 95% intervals, in accuracy points; 0 = a fixed number of seeds
-max_seeds = 10            # seeds per cell at most
-budget_hours = 0          # no more seeds once the runs' training time reaches this; 0 = no limit
-needed_width = 0          # also narrow images-needed intervals to this relative half-width (0.5 = x/÷ 1.5); 0 = no
-"""
+EXAMPLE_TOML = example_toml(StudyConfig)  # what `python -m study init` writes

@@ -10,10 +10,14 @@ instead of a traceback per process.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from study.masking import mask_urls
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -58,3 +62,17 @@ def stop_on_signals() -> Iterator[None]:
 def ignore_interrupts() -> None:
     """In a pool's worker process: leave Ctrl-C to the main process, which stops the pool."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def say_stopped(stop: Stopped, argv: list[str]) -> None:
+    """One line on stderr: what the stop handed back to the store, and the command that resumes."""
+    handed = stop.handed_back
+    what = (
+        f"{handed.get('runs', 0)} run(s), {handed.get('tuning_jobs', 0)} tuning job(s) and "
+        f"{handed.get('trials', 0)} trial(s) to rerun handed back to the store"
+        if handed
+        else "nothing was in flight"
+    )
+    print(
+        f"study: stopped by {stop}: {what}; resume with: python -m study {mask_urls(shlex.join(argv))}", file=sys.stderr
+    )

@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("study", "analysis", "reports")
 # What analysis/ and reports/ may import from study/: the contract and the way to open it.
 # study.masking: how a storage URL is shown (no password), shared by every place that shows one.
-ANALYSIS_MAY_IMPORT = {"study.errors", "study.store.schema", "study.store.engine", "study.masking"}
+# study.config and study.settings: the settings' declarations (no torch), from which the report's
+# Methods table takes its rows.
+ANALYSIS_MAY_IMPORT = {
+    "study.errors",
+    "study.store.schema",
+    "study.store.engine",
+    "study.masking",
+    "study.config",
+    "study.settings",
+}
 
 
 def _modules() -> dict[str, Path]:

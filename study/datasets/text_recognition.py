@@ -254,3 +254,21 @@ def _take(candidates: list[Path], k: int, size: int) -> tuple[list[np.ndarray], 
         chosen += [p for p, good in zip(batch, ok) if good]
         skipped += bad
     return images, chosen, skipped, candidates[position:]
+
+
+def build_and_say(
+    msra: Path, flickr: Path, out: Path, per_class: int, size: int, seed: int, test_fraction: float, force: bool
+) -> int:
+    """``study datasets build-text-recognition``: ``build`` and say what was written and how to use it."""
+    import sys
+
+    summary = build(msra, flickr, out, per_class, size, seed, test_fraction, force)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"wrote {out}: {counts} images of {size}x{size} px; sources in {out / MANIFEST}")
+    if summary["skipped"]:
+        print(
+            f"warning: {len(summary['skipped'])} unreadable source file(s) skipped, e.g. {summary['skipped'][0]}",
+            file=sys.stderr,
+        )
+    print(f"use it with: python -m study run --dataset text-recognition --data-root {out}")
+    return 0
