@@ -96,3 +96,29 @@ def overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[st
             target = target.setdefault(section, {})
         target[key] = value
     return raw
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a plain dict, refusing unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a table of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + k for k in fields)}"
+        )
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if hasattr(item, "from_table"):  # [[arms]], [[datasets]]: tables of their own grammar
+            values[name] = [item.from_table(table) for table in value]
+        elif dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = coerce(
+                value, hint, f"{prefix}{name}", getattr(fields[name].metadata.get("setting"), "wrong_type", "")
+            )
+    return cls(**values)
