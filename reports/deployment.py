@@ -21,7 +21,7 @@ from analysis.deployment import (
     with_front,
 )
 from analysis.load import StudyData
-from reports import figures
+from reports import figure_style as figures
 from reports import format as fmt
 
 PRECISION_MARKERS = {"fp32": "o", "int8-dynamic": "s", "int8-static": "^"}

@@ -78,7 +78,7 @@ def test_the_convergence_figure_is_written_in_three_formats_with_the_control_whe
     from PIL import Image
 
     from analysis.convergence import RISE_TOLERANCE
-    from reports import figures, write_report
+    from reports import figure_style, run_figures, write_report
 
     better = {"mobilenetv2_100": (0.93 + 0.06, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
     make_study(
@@ -99,8 +99,10 @@ def test_the_convergence_figure_is_written_in_three_formats_with_the_control_whe
 
     # Without a control (and with runs still rising): one panel, the rising runs drawn as such.
     b, names = _analysed(tmp_path / "rising", val_curve="rising")
-    path = figures.convergence(b.convergence_runs, b.convergence, tmp_path / "f" / "c.png", RISE_TOLERANCE, names=names)
-    assert all(path.with_suffix(f".{ext}").stat().st_size > 0 for ext in figures.FORMATS)
+    path = run_figures.convergence(
+        b.convergence_runs, b.convergence, tmp_path / "f" / "c.png", RISE_TOLERANCE, names=names
+    )
+    assert all(path.with_suffix(f".{ext}").stat().st_size > 0 for ext in figure_style.FORMATS)
     svg = path.with_suffix(".svg").read_text(encoding="utf-8")
     assert "final-epoch validation gain (pp)" in svg and "2× budget" not in svg and "run still rising" in svg
 
