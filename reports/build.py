@@ -10,9 +10,7 @@ resampled at random, so the same store always gives the same files.
 from __future__ import annotations
 
 import base64
-import json
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +22,14 @@ from analysis.confusion import confusion_matrices
 from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
 from analysis.load import StudyData, load_control, load_tuning
 from analysis.study_analysis import StudyAnalysis, analyse
-from reports import deployment, figures
+from reports import deployment, figure_style, figures, run_figures
 from reports import format as fmt
 from reports import tables as paper
 from reports.arms import insert_section, render_arms, unit
+from reports.methods import methods
 from reports.narrative import answer_paragraphs, missing_summary
 from reports.sequential import render_sequential
 from reports.verdict import MARGIN, verdict
-from study.config import StudyConfig
-from study.masking import masked_url
-from study.settings import methods_rows
-
-WARMUP_DIVISOR = 10  # study/train.py warms up over the first 1/10 of a run's steps (a test keeps the two equal)
-ENVIRONMENT_KEYS = [
-    "python",
-    "study",
-    "torch",
-    "timm",
-    "numpy",
-    "device",
-    "gpu",
-    "cuda",
-    "platform",
-    "processor",
-    "cpu_count",
-    "torch_threads",
-    "host",
-]
 
 
 def _env() -> Environment:
@@ -86,20 +65,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
-def curve_method_text(selection: str) -> str:
-    """How each model's curve and its interval were made, in words (analysis.curves)."""
-    rule = {
-        "average": "an AICc-weighted average of the families that fit within ΔAICc 6 of the best",
-        "aicc": "the family with the lowest AICc",
-        "extrapolation": "the family with the lowest leave-last-out extrapolation error",
-    }.get(selection, f"the {selection} family alone")
-    return (
-        f"Each model's curve is {rule}, fitted by least squares to every run on x = n / n_max; its 95% interval "
-        "adds seed noise (leave-one-seed-out jackknife, Student t), the curve's lack of fit and, beyond the measured "
-        "sizes, an extrapolation error that grows with log2(n / n_max) (calibrated in docs/statistics.md)"
-    )
-
-
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with pandas' missing values turned into NaN/None the filters understand."""
     return [{k: (None if v is pd.NA else v) for k, v in row.items()} for row in frame.to_dict("records")]
@@ -124,7 +89,7 @@ def write_report(
     folder = Path(out_dir) / "report"
     fig_dir = folder / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for fmt_ in figures.FORMATS:  # figures of models or sections that are gone
+    for fmt_ in figure_style.FORMATS:  # figures of models or sections that are gone
         for stale in fig_dir.glob(f"*.{fmt_}"):
             stale.unlink()
     a = analysis or analyse(data, targets=targets, control=load_control(data))
@@ -196,7 +161,7 @@ def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.
 def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]) -> dict[str, Path]:
     """Every figure of the report, keyed by name; a figure with nothing to show is left out."""
     models = sorted(a.data.runs["model"].unique())
-    colours = figures.model_colours(models)
+    colours = figure_style.model_colours(models)
     figs: dict[str, Path | None] = {}
     if len(a.summary):
         figs["learning_curves"] = figures.learning_curves(
@@ -213,11 +178,13 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
             a.answer, a.model_costs, fig_dir / "accuracy_vs_cost.png", colours, names
         )
     if a.convergence_runs is not None and a.convergence is not None and len(a.convergence_runs):
-        figs["convergence"] = figures.convergence(
+        figs["convergence"] = run_figures.convergence(
             a.convergence_runs, a.convergence, fig_dir / "convergence.png", RISE_TOLERANCE, colours, names
         )
     if tuning is not None and len(tuning.trials):
-        figs["tuning_history"] = figures.tuning_history(tuning.trials, fig_dir / "tuning_history.png", colours, names)
+        figs["tuning_history"] = run_figures.tuning_history(
+            tuning.trials, fig_dir / "tuning_history.png", colours, names
+        )
     done = a.data.done
     sizes = sorted(int(n) for n in done["n_train"].unique())
     confusions = [confusion_matrices(a.data, n) for n in dict.fromkeys([sizes[0], sizes[-1]])] if sizes else []
@@ -229,10 +196,10 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
         while slug in used:
             slug += "_"
         used.add(slug)
-        figs[f"training:{model}"] = figures.training_curves(
+        figs[f"training:{model}"] = run_figures.training_curves(
             a.data.epochs, done, model, fig_dir / f"training_{slug}.png", colours[model], sizes, loss_max
         )
-        figs[f"confusion:{model}"] = figures.confusion_matrix(
+        figs[f"confusion:{model}"] = run_figures.confusion_matrix(
             confusions, model, fig_dir / f"confusion_{slug}.png", names
         )
     return {k: p for k, p in figs.items() if p is not None}
@@ -275,7 +242,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "counts": counts,
         "total": len(runs),
         "models": models,
-        "colours": figures.model_colours(models),
+        "colours": figure_style.model_colours(models),
         "paragraphs": answer_paragraphs(a, names),
         "names": names,
         "unit": unit(a),
@@ -323,7 +290,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "n_errors": int(severity_counts.get("error", 0)),
         "n_warnings": int(severity_counts.get("warning", 0)),
         "missing": _records(missing_summary(a)),
-        "methods": _methods(a),
+        "methods": methods(a),
     }
 
 
@@ -421,148 +388,3 @@ def _details(a: StudyAnalysis, models: list[str]) -> list[dict]:
             {"model": model, "runs": _records(r), "training": f"training:{model}", "confusion": f"confusion:{model}"}
         )
     return out
-
-
-def _methods(a: StudyAnalysis) -> dict[str, Any]:
-    data = a.data
-    cfg = data.config or {}
-    sizes = (
-        data.runs[["size_kind", "size_value", "subset_list", "n_train", "fraction"]]
-        .drop_duplicates()
-        .sort_values("n_train")
-    )
-    envs: dict[str, dict] = {}
-    for env, n in (
-        data.done["environment"]
-        .dropna()
-        .map(lambda e: json.dumps({k: e.get(k) for k in ENVIRONMENT_KEYS if k in e}, sort_keys=True))
-        .value_counts()
-        .sort_index()
-        .items()
-    ):
-        envs[env] = {**json.loads(env), "runs": int(n)}
-    env_keys = [k for k in ENVIRONMENT_KEYS if any(k in e for e in envs.values())]
-    tune = cfg.get("tune") or {}
-    train = cfg.get("train", {})
-    return {
-        "sizes": _records(sizes),
-        "seeds": int(data.runs["seed"].nunique()),
-        "train": train,
-        "data": cfg.get("data", {}),
-        "tune": tune if tune.get("trials") else {},
-        "environments": list(envs.values()),
-        "environment_keys": env_keys,
-        "devices": sorted(data.done["device"].dropna().unique()),
-        "curve_method": curve_method_text(a.curves.selection),
-        "confidence": a.curves.confidence,
-        "families": list(a.curves.families),
-        "resolved": resolved_settings(a),
-        "steps": _steps(data),
-        "policy": _policy(train),
-        "command": reproduce_command(cfg, _run_lrs(data.done)),
-        "store": masked_url(data.storage_url) if data.storage_url else "",
-    }
-
-
-def _steps(data: StudyData) -> list[dict]:
-    """Per training-set size, the batch, optimiser steps per epoch, epochs and steps per run as
-    the finished runs trained them (the epochs table counts the images each epoch saw)."""
-    e = data.epochs.merge(data.done[["run_id", "n_train", "hparams"]], on="run_id")
-    out = []
-    for n, g in e.groupby("n_train", sort=True):
-        last = g.sort_values("epoch").groupby("run_id").tail(1).iloc[0]
-        hp = last["hparams"] if isinstance(last["hparams"], dict) else {}
-        batch = min(int(hp.get("batch_size", 0) or 0), int(n)) or None
-        epochs = int(last["epoch"])
-        if not batch:
-            continue
-        steps = int(last["images_seen"]) // batch
-        out.append(
-            {"n_train": int(n), "batch": batch, "steps_per_epoch": steps // epochs, "epochs": epochs, "steps": steps}
-        )
-    return out
-
-
-def _policy(train: dict) -> str:
-    """The optimiser, schedule, initialisation and budget policy in words, with their values."""
-    epochs, min_steps = train.get("epochs", "—"), train.get("min_steps", "—")
-    optimiser = {"adamw": "AdamW (decoupled weight decay)", "adam": "Adam (L2 weight decay)", "sgd": "SGD"}.get(
-        train.get("optimizer", ""), str(train.get("optimizer", "—"))
-    )
-    if train.get("optimizer") == "sgd":
-        optimiser += " with Nesterov momentum 0.9"
-    return (
-        f"Every run trains for {epochs} epochs; an epoch is one pass over the run's subset, or as many passes as "
-        f"give at least {min_steps} / {epochs} optimiser steps for small subsets (table below). Optimiser: "
-        f"{optimiser}, weight decay {train.get('weight_decay', '—')} on weights, none on biases and normalisation "
-        f"parameters. Learning rate: linear warm-up over the first 1/{WARMUP_DIVISOR} of the run's optimiser steps "
-        "to its peak, then cosine decay to zero, updated every step. Initialisation: timm's for every layer except "
-        "the new classifier, drawn from a normal distribution with standard deviation 0.01 truncated at two "
-        "standard deviations, bias zero. Validation follows each epoch and the best epoch's weights are tested. "
-        f"Normalisation: {train.get('normalization', '—')} (model: each model's own pretrained mean and std)."
-    )
-
-
-def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
-    """(setting, value used) for every setting declared for Methods, with 'auto' values replaced by
-    what the runs used: the learning rate from each run's stored hyper-parameters, the input size
-    from the data's image size or the measured costs."""
-    cfg = a.data.config or {}
-    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
-    done = a.data.done
-    lrs = _run_lrs(done)
-    if lrs:
-        train["lr"] = ", ".join(f"{v:g}" for v in lrs) + (" (auto)" if not train.get("lr") else "")
-    size = train.get("input_size", 0)
-    if size in (0, "0", None):
-        train["input_size"] = f"{data.get('image_size', '—')} px (= data.image_size)"
-    elif size == "native":
-        measured = a.model_costs.dropna(subset=["input_size"])
-        per_model = ", ".join(f"{m} {int(v)} px" for m, v in zip(measured["model"], measured["input_size"]))
-        train["input_size"] = f"native: {per_model}" if per_model else "native (each model's pretrained size)"
-    else:
-        train["input_size"] = f"{size} px"
-    if not train.get("patience"):
-        train["patience"] = "0 (no early stopping)"
-    if not train.get("weights"):
-        train["weights"] = "none"
-    # Which settings are rows, and their names, come from the declarations (study/settings.py).
-    shown = {f"train.{k}": str(train[k]) for k in ("lr", "input_size", "patience", "weights") if k in train}
-    return methods_rows(StudyConfig, cfg, shown)
-
-
-def _run_lrs(done: pd.DataFrame) -> list[float]:
-    """The learning rates the finished runs used (their stored hyper-parameters), sorted."""
-    return sorted({float(h["lr"]) for h in done["hparams"].dropna() if isinstance(h, dict) and h.get("lr")})
-
-
-def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
-    """A ``python -m study run`` command line that gives this study's settings explicitly; the
-    learning rate as the runs used it when they all used one (an 'auto' 0 means another value
-    under other defaults)."""
-    train, data = dict(cfg.get("train", {})), cfg.get("data", {})
-    if not train.get("lr") and lrs and len(lrs) == 1:
-        train["lr"] = f"{lrs[0]:g}"
-    parts = ["python -m study run"]
-
-    def flag(name: str, value) -> None:
-        if value in (None, "", [], False):
-            return
-        if isinstance(value, list):
-            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        parts.append(f"--{name} {shlex.quote(str(value))}")
-
-    flag("name", cfg.get("name"))
-    flag("dataset", data.get("dataset"))
-    flag("models", cfg.get("models"))
-    flag("per-class" if cfg.get("per_class") else "fractions", cfg.get("per_class") or cfg.get("fractions"))
-    flag("seeds", cfg.get("seeds"))
-    for key in ("epochs", "min_steps", "batch_size", "lr", "augment", "input_size"):
-        if key in train:
-            flag(key.replace("_", "-"), train[key])
-    flag("image-size", data.get("image_size"))
-    if train.get("pretrained"):
-        parts.append("--pretrained")
-    if cfg.get("budget_control"):
-        parts.append("--budget-control")
-    return " ".join(parts)

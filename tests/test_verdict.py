@@ -128,7 +128,7 @@ def assert_balanced_latex(tex: str, columns: int) -> None:
 
 
 def test_the_methods_warm_up_is_the_training_loops():
-    from reports.build import WARMUP_DIVISOR
+    from reports.methods import WARMUP_DIVISOR
     from study.config import WARMUP_DIVISOR as TRAINED
 
     assert WARMUP_DIVISOR == TRAINED
