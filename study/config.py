@@ -422,10 +422,17 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
     """Rebuild a study's config from the copy in the store (``studies.config``), with this
     machine's ``overrides`` (dotted keys, as for ``load``): how ``study worker`` joins a study
     from its storage URL alone. Keys written by an older version and unknown now are dropped;
-    keys added since take their defaults; ``MACHINE_KEYS`` take this machine's flags or defaults."""
+    keys added since take their defaults; ``MACHINE_KEYS`` and every setting of scope "machine" (in a
+    section too) take this machine's flags or defaults."""
     raw = known_keys(StudyConfig, copy.deepcopy(stored))
-    for key in MACHINE_KEYS:  # how the invoking machine ran it says nothing about this one
-        raw.pop(key, None)
+    machine = [d.key for d in declared(StudyConfig) if d.setting.scope == "machine"]
+    for key in (*MACHINE_KEYS, *machine):  # how the invoking machine ran it says nothing about this one
+        *sections, name = key.split(".")
+        table = raw
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table.pop(name, None)
     if raw.get("arms"):  # stored arms already include those named after models
         raw.pop("models", None)
     return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(overridden(raw, overrides))), "").validate()

@@ -108,7 +108,7 @@ class TrainConfig:
         "arm",
         flag="--input-size",
         metavar="PX|native",
-        zero="0 = --image-size",
+        zero="0 = data.image_size",
         unit="px",
         check=(
             lambda v: v == NATIVE or (isinstance(v, int) and (v == 0 or v >= 8)),
