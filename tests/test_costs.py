@@ -116,6 +116,8 @@ def test_a_study_records_costs_once_and_per_run_throughput_and_memory(cli, tmp_p
         FAST_MODEL,
         "--image-size",
         "16",
+        "--budget",
+        "fixed",
         "--epochs",
         "1",
         "--min-steps",

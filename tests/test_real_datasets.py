@@ -27,6 +27,8 @@ SMALL = [
     FAST_MODEL,
     "--image-size",
     "16",
+    "--budget",
+    "fixed",
     "--epochs",
     "1",
     "--min-steps",

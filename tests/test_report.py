@@ -476,6 +476,8 @@ def real_study(tmp_path_factory):
             FAST_MODEL,
             "--image-size",
             "16",
+            "--budget",
+            "fixed",
             "--epochs",
             "1",
             "--min-steps",

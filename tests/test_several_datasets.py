@@ -48,6 +48,7 @@ image_size = 20
 image_size = 16
 
 [train]
+budget = "fixed"
 epochs = 2
 min_steps = 4
 """
