@@ -332,7 +332,7 @@ class TuneConfig:
 
     trials: int = 0  # finished (complete or pruned) trials per (model, size); 0 = no tuning
     timeout: float = 0.0  # seconds of finished trials per (model, size); 0 = no limit
-    epochs: int = 0  # epochs per trial; 0 = train.epochs
+    epochs: int = 0  # epochs per trial under the fixed budget; 0 = train.epochs (plateau: trials stop like runs)
     pruner: str = "median"  # median | hyperband | none
     startup_trials: int = 5  # random trials before TPE models the space and pruning starts
     warmup_epochs: int = 2  # epochs a trial always runs before the pruner may stop it
