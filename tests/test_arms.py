@@ -24,6 +24,7 @@ TINY = [
     "16",
     "--budget",
     "fixed",
+    "--no-budget-control",
     "--epochs",
     "2",
     "--min-steps",

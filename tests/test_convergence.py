@@ -135,7 +135,7 @@ def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_p
     out = tmp_path / "o"
     args = [
         *["--out", out, "--models", FAST_MODEL, "--image-size", "16"],
-        *["--budget", "fixed", "--epochs", "1", "--min-steps", "2"],
+        *["--budget", "fixed", "--no-budget-control", "--epochs", "1", "--min-steps", "2"],
     ]
     code, stdout, err = cli(
         "run",

@@ -118,6 +118,7 @@ def test_a_study_records_costs_once_and_per_run_throughput_and_memory(cli, tmp_p
         "16",
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--min-steps",

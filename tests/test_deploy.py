@@ -170,6 +170,7 @@ def _run(cli, out: Path, *extra: str) -> None:
     args += [
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--min-steps",

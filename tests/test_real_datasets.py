@@ -29,6 +29,7 @@ SMALL = [
     "16",
     "--budget",
     "fixed",
+    "--no-budget-control",
     "--epochs",
     "1",
     "--min-steps",

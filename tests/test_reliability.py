@@ -105,7 +105,19 @@ def test_device_cuda_without_cuda_is_refused_and_leaves_no_study_behind(cli, tmp
     assert not (tmp_path / "study.db").exists()  # no store, so no study that a later command would clash with
     # The next command in the same --out, with other settings, is not told of a study that was never run.
     code, out, err = cli(
-        "run", "--out", tmp_path, *TINY, "--budget", "fixed", "--epochs", "1", "--fractions", "1.0", "--seeds", "1"
+        "run",
+        "--out",
+        tmp_path,
+        *TINY,
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--epochs",
+        "1",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
     )
     assert code == 0 and "1 done, 0 failed, 0 left" in out, err
 
@@ -152,6 +164,7 @@ SLOW = [
     *TINY,
     "--budget",
     "fixed",
+    "--no-budget-control",
     "--patience",
     "0",
     "--epochs",
@@ -247,6 +260,7 @@ def test_a_stopped_study_worker_hands_its_run_to_the_command_still_running_at_on
         *TINY,
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--patience",
         "0",
         "--epochs",
@@ -331,6 +345,7 @@ def test_two_run_commands_on_one_out_share_the_study_and_do_each_run_once(tmp_pa
         *TINY,
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--epochs",
         "3",
         "--min-steps",

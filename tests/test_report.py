@@ -478,6 +478,7 @@ def real_study(tmp_path_factory):
             "16",
             "--budget",
             "fixed",
+            "--no-budget-control",
             "--epochs",
             "1",
             "--min-steps",

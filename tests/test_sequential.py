@@ -179,6 +179,7 @@ def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_
     slow = [
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--patience",
         "0",
         "--epochs",
@@ -233,6 +234,7 @@ def test_two_workers_share_a_sequential_study(tmp_path, request, backend):
         *SEQUENTIAL,
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--epochs",
         "3",
         "--min-steps",

@@ -21,6 +21,7 @@ def _toml(path, folder, extra: str = "") -> str:
 seeds = 3
 threads = 1
 jobs = 1
+budget_control = false
 {extra}
 [[arms]]
 name = "scratch"

@@ -302,6 +302,7 @@ def test_pretrained_study_runs_offline_from_a_filled_cache(hub_cache, tmp_path):
         "16",
         "--budget",
         "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--min-steps",
