@@ -234,6 +234,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
     selected = a.fits[a.fits["selected"]]
     unfitted = a.fits[~a.fits["model"].isin(selected["model"])].drop_duplicates("model")
     severity_counts = a.warnings["severity"].value_counts().to_dict()
+    carried = "control_test_acc" in data.done and bool(data.done["control_test_acc"].notna().any())
     return {
         "name": data.name,
         "dataset": data.dataset,
@@ -254,7 +255,9 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "rise": 100 * RISE_TOLERANCE,
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
-            "control": a.control is not None,
+            "control": a.control is not None or carried,
+            "plateau": paper.plateau_budget(a),
+            "train": (data.config or {}).get("train") or {},
             # cells with a control gain: the convergence figure's lower panel
             "controlled": a.convergence is not None and bool(a.convergence["control_gain"].notna().any()),
         },
@@ -312,11 +315,12 @@ def _unconverged(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
 def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:
     runs, cells = a.convergence_runs, a.convergence
     if runs is None or cells is None:
-        return {"runs": 0, "best_is_last": 0, "rising": 0, "cells": 0, "not_converged": 0}
+        return {"runs": 0, "best_is_last": 0, "rising": 0, "capped": 0, "cells": 0, "not_converged": 0}
     return {
         "runs": len(runs),
         "best_is_last": int(runs["best_is_last"].sum()),
         "rising": int(runs["rising"].sum()),
+        "capped": int(runs["capped"].sum()),
         "cells": len(cells),
         "not_converged": int((~cells["converged"]).sum()),
     }

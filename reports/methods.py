@@ -153,7 +153,7 @@ def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
         train["input_size"] = f"native: {per_model}" if per_model else "native (each model's pretrained size)"
     else:
         train["input_size"] = f"{size} px"
-    if not train.get("patience"):
+    if not train.get("patience") and train.get("budget", "fixed") == "fixed":
         train["patience"] = "0 (no early stopping)"
     if not train.get("weights"):
         train["weights"] = "none"
@@ -188,12 +188,13 @@ def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
     flag("models", cfg.get("models"))
     flag("per-class" if cfg.get("per_class") else "fractions", cfg.get("per_class") or cfg.get("fractions"))
     flag("seeds", cfg.get("seeds"))
-    for key in ("epochs", "min_steps", "batch_size", "lr", "augment", "input_size"):
-        if key in train:
-            flag(key.replace("_", "-"), train[key])
+    budget = ("epochs", "min_steps") if train.get("budget", "fixed") == "fixed" else ("max_steps", "min_gain")
+    for key in ("budget", "patience", *budget, "batch_size", "lr", "augment", "input_size"):
+        if key in train:  # a patience of 0 (never stop early) is a value, not an absence
+            flag(key.replace("_", "-"), str(train[key]) if key == "patience" else train[key])
     flag("image-size", data.get("image_size"))
     if train.get("pretrained"):
         parts.append("--pretrained")
-    if cfg.get("budget_control"):
-        parts.append("--budget-control")
+    if "budget_control" in cfg:  # on by default since the plateau budget, off before
+        parts.append("--budget-control" if cfg["budget_control"] else "--no-budget-control")
     return " ".join(parts)

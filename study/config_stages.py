@@ -168,7 +168,7 @@ class TuneConfig:
     )
     epochs: int = setting(
         0,
-        "epochs per trial",
+        "epochs per trial under the fixed budget (plateau: trials stop like runs)",
         "study",
         zero="0 = train.epochs",
         check=(lambda v: v >= 0, "{key}={value} is invalid; use 0 (= train.epochs) or more"),

@@ -25,22 +25,40 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 # measured in docs/report.md, "The default budget".
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 4e-3
+# Schedule-free AdamW (the plateau budget) from scratch: 1e-2 reached MobileNetV2's plateau on 116
+# digits in 400 steps at 95% (4e-3: 620 steps, 94%) and on 1,151 in about 400 (docs/report.md).
+SCHEDULE_FREE_LR = 1e-2
 WARMUP_DIVISOR = 10  # the learning rate warms up linearly over the first 1/10 of a run's optimiser steps
 FINETUNE_MODES = ("full", "head")
 NATIVE = "native"  # train.input_size: the size the model was pretrained at
+# How long a run trains (``TrainConfig.budget``): until validation accuracy stops improving
+# (schedule-free optimisation, no planned end), or a fixed number of epochs on a cosine schedule.
+BUDGETS = ("plateau", "fixed")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
-    # 8 epochs and at least 160 steps: 160, 160, 160 and 288 steps at 10 / 25 / 50 / 100% of digits.
-    # Small subsets need as many steps as large ones to fit (at 40 steps MobileNetV2 reached 37% on
-    # 116 images, at 150 steps 85%); the budget is what the default study's 5 minutes allow.
+    # plateau: a run trains until validation accuracy has not gained ``min_gain`` points for
+    # ``patience`` epochs, under a cap of ``max_steps`` (study/train.py; measured in docs/report.md,
+    # "The default budget"). fixed: ``epochs`` epochs on a warm-up + cosine schedule.
+    budget: str = setting(
+        "plateau",
+        "how long a run trains: plateau (until validation stops improving, under max_steps) | fixed (epochs "
+        "epochs on a cosine schedule)",
+        "arm",
+        flag="--budget",
+        metavar="POLICY",
+        choices=BUDGETS,
+    )
+    # An epoch is one pass over the run's subset, or min_steps / epochs optimiser steps when a pass is
+    # shorter (20 steps by default): validation runs after each. Under the fixed budget, 8 epochs and at
+    # least 160 steps: 160, 160, 160 and 288 steps at 10 / 25 / 50 / 100% of digits.
     epochs: int = setting(
         8,
-        "epochs per run: passes over the run's subset; a small subset repeats passes within an epoch until it has "
-        "min_steps / epochs optimiser steps",
+        "fixed budget: epochs per run; both budgets: an epoch is a pass over the run's subset, or min_steps / "
+        "epochs optimiser steps when a pass is shorter",
         "arm",
         flag="--epochs",
         metavar="N",
@@ -48,9 +66,41 @@ class TrainConfig:
     )
     min_steps: int = setting(
         160,
-        "floor on optimiser steps per run, so that small subsets are not starved",
+        "fixed budget: floor on optimiser steps per run, so that small subsets are not starved; with epochs, an "
+        "epoch's shortest length",
         "arm",
         flag="--min-steps",
+        metavar="N",
+        check=(lambda v: v >= 0, "{key}={value} must be 0 or more"),
+    )
+    patience: int = setting(
+        4,
+        "epochs without a validation gain of min_gain points before a run stops (fixed budget: 0 = never)",
+        "arm",
+        flag="--patience",
+        metavar="N",
+    )
+    min_gain: float = setting(
+        0.5,
+        "validation accuracy points that count as an improvement",
+        "arm",
+        flag="--min-gain",
+        metavar="POINTS",
+        unit="accuracy points",
+        check=(lambda v: 0 <= v <= 10, "{key}={value} is invalid; use validation accuracy points in [0, 10]"),
+    )
+    max_steps: int = setting(
+        2000,
+        "plateau budget: cap on a run's optimiser steps (a run reaching it is capped, not converged)",
+        "arm",
+        flag="--max-steps",
+        metavar="N",
+    )
+    warmup_steps: int = setting(
+        20,
+        "plateau budget: optimiser steps of linear learning-rate warm-up",
+        "arm",
+        flag="--warmup-steps",
         metavar="N",
         check=(lambda v: v >= 0, "{key}={value} must be 0 or more"),
     )
@@ -65,7 +115,7 @@ class TrainConfig:
     optimizer: str = setting("adamw", "the optimiser", "arm", choices=OPTIMIZERS)
     lr: float = setting(
         0.0,
-        "peak learning rate (auto: 4e-3 from scratch, 1e-4 when fine-tuning pretrained weights)",
+        "peak learning rate (auto: from scratch 1e-2 plateau, 4e-3 fixed; 1e-4 when fine-tuning pretrained weights)",
         "arm",
         flag="--lr",
         metavar="LR",
@@ -94,13 +144,6 @@ class TrainConfig:
         "input normalisation: the model's pretrained config, ImageNet's, or mean 0.5 / std 0.5",
         "arm",
         choices=NORMALIZATIONS,
-    )
-    patience: int = setting(
-        0,
-        "epochs without validation improvement before a run stops early",
-        "arm",
-        zero="0 = never stop early",
-        check=(lambda v: v >= 0, "{key}={value} must be 0 (off) or more"),
     )
     input_size: int | str = setting(
         0,
@@ -155,6 +198,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_declared(self, "train.")
+        if self.budget == "plateau":
+            _check(
+                self.patience >= 1,
+                f"train.patience={self.patience} is invalid with train.budget='plateau'; use 1 or more epochs",
+            )
+        else:
+            _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
+        _check(
+            self.max_steps >= max(1, self.warmup_steps),
+            f"train.max_steps={self.max_steps} is below train.warmup_steps={self.warmup_steps}; use a cap of at "
+            "least the warm-up",
+        )
+        _check(
+            self.budget == "fixed" or self.optimizer != "adam" or self.weight_decay == 0,
+            f"train.optimizer='adam' with weight_decay={self.weight_decay} needs train.budget='fixed'; the plateau "
+            "budget trains with schedule-free AdamW or SGD (use optimizer='adamw', or weight_decay=0)",
+        )
         _check(
             self.finetune == "full" or self.freeze_stages == 0,
             f"train.freeze_stages={self.freeze_stages} only applies to train.finetune='full'; finetune='head' "
@@ -178,19 +238,23 @@ class TrainConfig:
             files[model] = path
         return files
 
-    def budget(self, n_train: int) -> tuple[int, int, int]:
-        """(batch size, optimiser steps per epoch, epochs) of a run on ``n_train`` images: an
+    def plan(self, n_train: int) -> tuple[int, int, int]:
+        """(batch size, optimiser steps per epoch, epochs at most) of a run on ``n_train`` images: an
         epoch is one pass over the subset, or as many passes as give ``min_steps / epochs`` steps
-        when the subset is small, so tiny fractions are not starved of updates."""
+        when the subset is small, so tiny fractions are not starved of updates. Under the plateau
+        budget the epochs are the cap's (``max_steps``); the run usually stops before."""
         batch = min(self.batch_size, n_train)
-        steps_per_epoch = math.ceil(n_train / batch)
-        return batch, max(steps_per_epoch, math.ceil(self.min_steps / self.epochs)), self.epochs
+        steps_per_epoch = max(math.ceil(n_train / batch), math.ceil(self.min_steps / self.epochs))
+        if self.budget == "plateau":
+            return batch, steps_per_epoch, max(1, self.max_steps // steps_per_epoch)
+        return batch, steps_per_epoch, self.epochs
 
     def resolved(self, model: str | None = None) -> TrainConfig:
         """These hyper-parameters with 'auto' values made concrete, as a run of ``model`` uses
         them: it fine-tunes when it starts from timm's weights or from a weights file of its own."""
         pretrained = self.pretrained or (model in self.weight_files if model else bool(self.weights))
-        return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else SCRATCH_LR))
+        scratch = SCHEDULE_FREE_LR if self.budget == "plateau" else SCRATCH_LR
+        return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else scratch))
 
 
 ARM_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # what an arm may set for itself

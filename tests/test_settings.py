@@ -84,7 +84,9 @@ def test_flag_key_init_docs_and_methods_come_from_the_declaration(d, parser):
 
 
 def test_a_flag_value_reaches_the_config():
-    args = cli.build_parser().parse_args(["run", "--epochs", "7", "--grace-period", "55", "--pruner", "none"])
+    args = cli.build_parser().parse_args(
+        ["run", "--budget", "fixed", "--epochs", "7", "--grace-period", "55", "--pruner", "none"]
+    )
     cfg = cli._config(args)
     assert (cfg.train.epochs, cfg.grace_period, cfg.tune.pruner) == (7, 55.0, "none")
 
