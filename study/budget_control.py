@@ -31,7 +31,6 @@ __all__ = [
     "control_fields",
     "control_name",
     "is_control",
-    "run_control",
 ]
 
 
@@ -74,17 +73,3 @@ def control_config(cfg: StudyConfig) -> StudyConfig | None:
         train=train,
         **{sizes_key: [int(v) for v in ends] if cfg.per_class else ends},
     ).validate()
-
-
-def run_control(cfg: StudyConfig, quiet: bool) -> None:
-    """Train the study's budget control when it has one (after the study's own runs)."""
-    control = control_config(cfg)
-    if control is None:
-        return
-    from study.execute import execute
-    from study.plan import open_context
-
-    print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
-    ctx = open_context(control)
-    counts = execute(control, ctx.study_id, ctx.store, progress=not quiet)
-    print(f"budget control: {counts['done']} done, {counts['failed']} failed")

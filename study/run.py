@@ -15,7 +15,6 @@ def run_study(cfg, retry_failed: bool, quiet: bool, report: bool) -> int:
     """Train every cell of the study ``cfg`` (each dataset's study of a study of several), its
     budget control and its deployment, then write results.csv and the report. Returns the exit
     status: 1 when a run or tuning job failed."""
-    from study.budget_control import run_control
     from study.execute import execute
     from study.outputs import budgets, write_outputs
     from study.plan import open_context
@@ -122,3 +121,19 @@ def deploy_stored(url: str, name: str | None, out: Path, runs: str | None, quiet
     for line in lines or ["nothing to deploy: every chosen run is deployed already"]:
         print(mask_urls(line))
     return 0
+
+
+def run_control(cfg, quiet: bool) -> None:
+    """Train the study's budget control when it has one (after the study's own runs)."""
+    from study.budget_control import FACTOR, control_config
+
+    control = control_config(cfg)
+    if control is None:
+        return
+    from study.execute import execute
+    from study.plan import open_context
+
+    print(f"budget control: seed 0 at the smallest and largest size with {FACTOR}x the budget ({control.name!r})")
+    ctx = open_context(control)
+    counts = execute(control, ctx.study_id, ctx.store, progress=not quiet)
+    print(f"budget control: {counts['done']} done, {counts['failed']} failed")
