@@ -103,7 +103,7 @@ def test_models_are_shorthand_for_arms_named_after_them(tmp_path):
         (["x"], "--arm 'x' is invalid; use NAME=MODEL[,KEY=VALUE...]"),
         (["=resnet18"], "is invalid; use NAME=MODEL"),
         (["x=resnet18,lr"], "'lr' is not KEY=VALUE"),
-        (["x=resnet18,colour=red"], "arm 'x': unknown key 'colour'; valid keys: name, model, epochs"),
+        (["x=resnet18,colour=red"], "arm 'x': unknown key 'colour'; valid keys: name, model, budget, epochs"),
         (["x=resnet18,lr=fast"], "arm 'x': lr='fast' is not a number"),
         (["x=resnet18,lr=20"], "arm 'x': lr=20.0 must be a learning rate"),
         (["x=resnet18,finetune=half"], "arm 'x': finetune='half' is unknown; valid: full, head"),
