@@ -32,6 +32,7 @@ from reports.narrative import answer_paragraphs, missing_summary
 from reports.sequential import render_sequential
 from reports.verdict import MARGIN, verdict
 from study.masking import masked_url
+from study.store.schema import LIST_SHA256
 
 WARMUP_DIVISOR = 10  # study/train.py warms up over the first 1/10 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
@@ -444,6 +445,8 @@ def _methods(a: StudyAnalysis) -> dict[str, Any]:
     train = cfg.get("train", {})
     return {
         "sizes": _records(sizes),
+        # Each subset list's file checksum, as its publisher gives it (study.plan.study_settings).
+        "lists": sorted(((data.settings or {}).get(LIST_SHA256) or {}).items()),
         "seeds": int(data.runs["seed"].nunique()),
         "train": train,
         "data": cfg.get("data", {}),

@@ -407,10 +407,12 @@ def _config(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from study.execute import execute
-    from study.plan import open_context
+    from study.plan import check_classes, open_context
 
     # A study of several datasets is one study per dataset, every one checked before any trains.
     studies = cfg.dataset_studies() or [cfg]
+    for study in studies:  # before the first is recorded: a later dataset's one class refuses them all
+        check_classes(study)
     contexts = [open_context(study) for study in studies]
     failed = 0
     for study, ctx in zip(studies, contexts, strict=True):

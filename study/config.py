@@ -342,7 +342,7 @@ class DeployConfig:
     Not part of the study's fingerprint: it measures trained models, it does not change them.
     """
 
-    enabled: bool = True  # export after the runs (needs `pip install 'study[deploy]'`)
+    enabled: bool = True  # export after the runs (onnx and onnxruntime come with `pip install -e .`)
     runs: str = "best"  # best: each model's best seed (validation accuracy) at the largest size | all: every run
     calibration_images: int = 300  # training images that calibrate static int8 (never test images)
     latency_budget_ms: float = 0.0  # report: the most accurate model within p50 (one thread) <= this; 0 = none
@@ -832,7 +832,7 @@ augment = ["none", "light", "standard", "strong", "trivial"]
 augment_strength = [0.5, 2.0]    # uniform
 normalization = ["model", "imagenet", "half"]
 
-[deploy]                  # ONNX export, int8 quantization and CPU timing (pip install 'study[deploy]')
+[deploy]                  # ONNX export, int8 quantization and CPU timing with ONNX Runtime
 enabled = true            # export after the runs; --no-deploy turns it off
 runs = "best"             # best: each model's best seed (by validation accuracy) at the largest size | all: every run
 calibration_images = 300  # training images that calibrate static int8 (never test images)

@@ -36,6 +36,7 @@ from study.store.schema import (
     PENDING,
     RUNNING,
     STATUSES,
+    UNFINGERPRINTED,
     Base,
     Cell,
     Claimable,
@@ -122,7 +123,7 @@ class Store:
         """Refuse settings whose fingerprint differs, and an arm of the study whose own settings
         differ; new arms are welcome (they only add cells)."""
         if row.fingerprint != fingerprint:
-            shared = ({k: v for k, v in d.items() if k != "arms"} for d in (row.settings, settings))
+            shared = ({k: v for k, v in d.items() if k not in UNFINGERPRINTED} for d in (row.settings, settings))
             key, old, new = _first_difference(*shared)
             raise UserError(
                 f"study {row.name!r} in {masked_url(self.url)} was run with {key}={old!r}, "
