@@ -84,6 +84,12 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
         help="memory a run's images may take on the device, e.g. 256MB or 2GB; beyond it they stream from the cache "
         "(default: half the free memory)",
     )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also record every run in this MLflow tracker: a folder, sqlite:///FILE.db or http://HOST:5000 "
+        "(pip install -e '.[tracking]'; docs/tracking.md)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -251,6 +257,7 @@ _OVERRIDES = {
     "until_ci": "sequential.until_ci",
     "max_seeds": "sequential.max_seeds",
     "budget_hours": "sequential.budget_hours",
+    "mlflow": "tracking.mlflow",
 }
 
 
@@ -406,6 +413,7 @@ def _config(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    from study import tracking
     from study.execute import execute
     from study.plan import check_classes, open_context
 
@@ -414,6 +422,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for study in studies:  # before the first is recorded: a later dataset's one class refuses them all
         check_classes(study)
     contexts = [open_context(study) for study in studies]
+    for study, ctx in zip(studies, contexts, strict=True):
+        tracking.open_study(study, ctx.store)  # the parents every worker's runs nest under (--mlflow)
     failed = 0
     for study, ctx in zip(studies, contexts, strict=True):
         for warning in ctx.warnings:
@@ -442,6 +452,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for line in deploy_study(ctx, progress=not args.quiet):
                 print(mask_urls(line))
     _write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=not args.no_report, budgets=_budgets(cfg))
+    tracking.finish_study(cfg, contexts[0].store, Path(cfg.out))  # the report and results.csv to the parent
     return 0 if failed == 0 else 1
 
 
@@ -477,18 +488,22 @@ _WORKER_OVERRIDES = (
     "compile",
     "channels_last",
     "memory_budget",
+    "mlflow",
 )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join a study from the store alone: its config is the stored one, with this machine's
     flags; the data this machine decodes must give the study's fingerprint."""
-    from study import config
+    from study import config, tracking
     from study.execute import execute
     from study.plan import JOIN, open_context
     from study.store import missing_sqlite_file, study_to_join
 
-    local = config.load(args.config, {k: getattr(args, k, None) for k in ("out", "storage")})
+    # The tracker's URI is checked here too, before the store is opened.
+    local = config.load(
+        args.config, {k: getattr(args, k, None) for k in ("out", "storage")} | {"tracking.mlflow": args.mlflow}
+    )
     check_out(local.out)
     url = local.storage_url
     what = f"study {args.name!r}" if args.name else "a study"
@@ -513,13 +528,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "`python -m study run --storage URL`, or pass --study NAME"
         )
     overrides = {_OVERRIDES[k]: getattr(args, k, None) for k in _WORKER_OVERRIDES}
+    overrides["tracking.mlflow"] = local.tracking.mlflow or None  # --mlflow, else this machine's --config
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
     for warning in ctx.warnings:
         print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if args.retry_failed:
         ctx.store.retry_failed(ctx.study_id)
+    tracking.open_study(cfg, ctx.store)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not args.quiet)
+    if counts["pending"] + counts["running"] == 0:  # nothing left for anyone: the study's parent run ends
+        tracking.finish_study(cfg, ctx.store, None)
     print(
         f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} "
         "left"

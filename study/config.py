@@ -362,6 +362,21 @@ class DeployConfig:
             )
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a study's runs are also recorded: an MLflow tracker (study/tracking.py,
+    docs/tracking.md). Not part of the study's fingerprint, and each machine gives its own (a
+    worker does not take the study's): it records runs, it does not change them."""
+
+    mlflow: str = ""  # tracking URI: a folder (local file store), sqlite:///FILE.db, http(s)://HOST:PORT; "" = off
+
+    def validate(self) -> None:
+        if self.mlflow:
+            from study.tracking import check_uri
+
+            check_uri(self.mlflow)
+
+
 SEQUENTIAL_MIN_SEEDS = 3  # seeds every cell has before a sequential study adds any
 
 
@@ -456,6 +471,7 @@ class StudyConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -575,6 +591,7 @@ class StudyConfig:
         self.tune.validate()
         self.deploy.validate()
         self.sequential.validate(self.seeds)
+        self.tracking.validate()
         return self
 
 
@@ -617,7 +634,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget")
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget", "tracking")
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -844,4 +861,7 @@ until_ci = 0              # target half-width of the 95% intervals, in accuracy 
 max_seeds = 10            # seeds per cell at most
 budget_hours = 0          # no more seeds once the runs' training time reaches this; 0 = no limit
 needed_width = 0          # also narrow images-needed intervals to this relative half-width (0.5 = x/÷ 1.5); 0 = no
+
+[tracking]                # every run also in an MLflow tracker (pip install -e '.[tracking]'; docs/tracking.md)
+# mlflow = "mlruns"       # a folder (local file store) | sqlite:///mlflow.db | http://HOST:5000; "" = off
 """

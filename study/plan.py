@@ -276,11 +276,13 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
 
 
 def stored_config(cfg: StudyConfig) -> dict:
-    """The config as the store keeps it: the storage URL without its password (whoever reads the
-    store knows where it is; ``study worker`` takes the URL from its own flags)."""
+    """The config as the store keeps it: the storage and tracking URLs without their passwords
+    (whoever reads the store knows where it is; ``study worker`` takes both from its own flags)."""
     config = to_dict(cfg)
     if config.get("storage"):
         config["storage"] = masked_url(config["storage"])
+    if config.get("tracking", {}).get("mlflow"):
+        config["tracking"]["mlflow"] = masked_url(config["tracking"]["mlflow"])
     return config
 
 
