@@ -164,7 +164,7 @@ def study_info(cfg, store, name: str | None = None) -> StudyInfo:
 
     name = name or cfg.name
     row = store.study(name)
-    url = masked_url(store.url)
+    url = store.url
     experiment = cfg.group or (name[: -len(control_name(""))] if is_control(name) else name)
     group = None
     if cfg.group:  # the parent of all datasets: keyed by the first dataset's study, as every process finds it
@@ -177,10 +177,16 @@ def _key(name: str, created) -> str:
     return hashlib.sha256(f"{name}|{created.isoformat() if created else ''}".encode()).hexdigest()[:16]
 
 
+def study_tags(name: str, url: str, fingerprint: str) -> dict[str, str]:
+    """The tags every run of a study carries: its name, its store's URL (password masked) and
+    its settings' fingerprint."""
+    return {NAME: name, "study.store": masked_url(url), "study.fingerprint": fingerprint}
+
+
 def _info(name, key, experiment, url, fingerprint, group, store) -> StudyInfo:
     from study.store import NamedLock
 
-    tags = {NAME: name, "study.store": url, "study.fingerprint": fingerprint}
+    tags = study_tags(name, url, fingerprint)
     return StudyInfo(name, key, experiment, tags, group, lock=lambda lock: NamedLock(store.engine, lock))
 
 
