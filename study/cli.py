@@ -119,10 +119,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", metavar="K,K", help="images per class instead of fractions, e.g. 5,10,50")
     p.add_argument(
         "--subset-list",
-        metavar="FILE",
+        metavar="FILE|NAME",
         action="append",
-        help="a file of training image names, one a line: adds a size of exactly those images, for every seed "
-        "(repeatable)",
+        help="a file of training image names, one a line, or a published list (imagenet-1pct, imagenet-10pct): adds "
+        "a size of exactly those images, for every seed (repeatable)",
     )
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
     p.add_argument(

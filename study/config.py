@@ -781,7 +781,8 @@ models = ["mobilevit_xxs", "mobilenetv2_100", "resnet18"]   # any timm model nam
 # arms = [{ name = "vit-in1k", model = "mobilevit_xxs", pretrained = true }, { name = "r18", model = "resnet18" }]
 fractions = [0.1, 0.25, 0.5, 1.0]   # nested, stratified fractions of the training pool
 # per_class = [5, 10, 50]           # images per class instead of fractions
-# subset_lists = ["1percent.txt"]   # files of training image names: each a size of exactly those images
+# subset_lists = ["imagenet-1pct"]  # each a size of exactly the images a list names: imagenet-1pct and
+                                    # imagenet-10pct (the published ImageNet lists, shipped) or a file path
 seeds = 3                           # each seed draws its own subsets, init and augmentation
 device = "auto"                     # auto | cpu | cuda
 jobs = 0                            # parallel runs; 0 = sized to the machine (or the dask cluster)

@@ -263,12 +263,13 @@ class Tracker:
             # A server that is down fails within seconds, not after MLflow's minutes of retries.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-            logging.getLogger("alembic").setLevel(logging.WARNING)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from mlflow.tracking import MlflowClient
 
+                # After the import, which sets MLflow's own levels: its INFO lines would break the progress bars.
+                logging.getLogger("mlflow").setLevel(logging.WARNING)
+                logging.getLogger("alembic").setLevel(logging.WARNING)
                 self._client = MlflowClient(tracking_uri=client_uri(self.uri))
         return self._client
 
