@@ -417,6 +417,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.execute import execute
     from study.plan import check_classes, open_context
 
+    tracking.require_mlflow(cfg)
     # A study of several datasets is one study per dataset, every one checked before any trains.
     studies = cfg.dataset_studies() or [cfg]
     for study in studies:  # before the first is recorded: a later dataset's one class refuses them all
@@ -505,6 +506,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args.config, {k: getattr(args, k, None) for k in ("out", "storage")} | {"tracking.mlflow": args.mlflow}
     )
     check_out(local.out)
+    tracking.require_mlflow(local)
     url = local.storage_url
     what = f"study {args.name!r}" if args.name else "a study"
     store, name, names = study_to_join(

@@ -54,15 +54,12 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "second
 
 
 def check_uri(uri: str) -> None:
-    """Refuse a tracking URI that cannot work, before anything is written: MLflow missing, an
-    unknown scheme, a folder or database file that cannot be made, a server URL without a host.
-    Nothing is contacted (a server that is down is found when the study starts, and only warned of)."""
+    """Refuse a tracking URI that cannot work, before anything is written: an unknown scheme, a
+    folder or database file that cannot be made, a server URL without a host. Nothing is
+    contacted (a server that is down is found when the study starts, and only warned of).
+    Whether MLflow is installed is ``require_mlflow``'s question (``status`` and ``report`` do
+    not need it)."""
     shown = masked_url(uri)
-    if importlib.util.find_spec("mlflow") is None:
-        raise UserError(
-            f"tracking.mlflow={shown!r} needs MLflow, which is not installed: pip install -e '.[tracking]' "
-            "(or pip install mlflow)"
-        )
     scheme, path = _split(uri)
     if scheme not in ("", *SCHEMES):
         raise UserError(f"tracking.mlflow={shown!r} has the unknown scheme {scheme + '://'!r}; valid: {VALID}")
@@ -95,6 +92,15 @@ def check_uri(uri: str) -> None:
             raise UserError(
                 f"tracking.mlflow={shown!r} is not a database URL; e.g. postgresql://USER@HOST/DB"
             ) from None
+
+
+def require_mlflow(cfg) -> None:
+    """Refuse a tracked study where MLflow is not installed, before anything is written."""
+    if cfg.tracking.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise UserError(
+            f"tracking.mlflow={masked_url(cfg.tracking.mlflow)!r} needs MLflow, which is not installed: "
+            "pip install -e '.[tracking]' (or pip install mlflow)"
+        )
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -307,7 +313,10 @@ class Tracker:
             from mlflow.entities import Param
 
             run_id = self.parent(client, study)
-            logged = client.get_run(run_id).data.params
+            run = client.get_run(run_id)
+            if run.info.status != "RUNNING":  # ended by an earlier command of this process: open again
+                client.update_run(run_id, status="RUNNING")
+            logged = run.data.params
             new = [Param(k, _text(v)) for k, v in params.items() if k not in logged]
             if new:
                 client.log_batch(run_id, params=new)

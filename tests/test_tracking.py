@@ -187,6 +187,18 @@ def test_a_bad_tracking_uri_is_refused_before_anything_is_written(cli, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written, the tracker neither
 
 
+def test_a_tracker_without_mlflow_installed_is_refused_before_anything_is_written(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails, as without the extra
+    out = tmp_path / "o"
+    code, _, err = cli("run", "--out", out, *TINY, "--mlflow", tmp_path / "mlruns")
+    assert code == 2
+    assert err.strip().endswith(
+        "needs MLflow, which is not installed: pip install -e '.[tracking]' (or pip install mlflow)"
+    )
+    assert not out.exists() and not (tmp_path / "mlruns").exists()
+    assert cli("status", "--out", out)[0] == 2  # no study there, but not for want of MLflow
+
+
 def test_the_config_file_names_the_tracker_and_the_store_keeps_it_without_password(tmp_path):
     from study import config
     from study.plan import stored_config
@@ -266,3 +278,34 @@ def test_runs_stopped_by_ctrl_c_are_not_left_running(tmp_path):
     stopped = [r for r in _kind(runs, "run") if r.info.status == "KILLED"]
     assert {r.info.run_id for r in running} <= {r.info.run_id for r in stopped}
     assert _kind(runs, "study")[0].info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_study_of_several_datasets_nests_a_parent_per_dataset(cli, tmp_path):
+    """[[datasets]]: one parent for the study, one per dataset under it, each run under its
+    dataset's parent; each dataset's report on its parent, the report across them on the top."""
+    from tests.conftest import FAST_MODEL, write_imagefolder
+
+    shapes = write_imagefolder(tmp_path / "shapes", {"a": 12, "b": 12, "c": 12})
+    path = tmp_path / "two.toml"
+    path.write_text(
+        f'models = ["{FAST_MODEL}"]\nfractions = [1.0]\nseeds = 1\njobs = 1\nthreads = 1\n'
+        f'[[datasets]]\nname = "digits"\ndataset = "digits"\n\n'
+        f'[[datasets]]\nname = "shapes"\ndataset = "imagefolder"\nroot = "{shapes}"\n\n'
+        "[data]\nimage_size = 16\n[train]\nepochs = 2\nmin_steps = 4\n"
+        f'[tracking]\nmlflow = "{tmp_path / "mlruns"}"\n'
+    )
+    code, _, err = cli("run", "--out", tmp_path / "o", "--config", path, "--quiet", "--no-deploy", "--no-costs")
+    assert code == 0, err
+    client = _client(tmp_path / "mlruns")
+    runs = _runs(tmp_path / "mlruns")
+    parents = {r.data.tags["study.name"]: r for r in _kind(runs, "study")}
+    assert set(parents) == {"default", "default/digits", "default/shapes"}
+    top = parents["default"]
+    for name in ("default/digits", "default/shapes"):
+        assert parents[name].data.tags["mlflow.parentRunId"] == top.info.run_id
+        (child,) = [r for r in _kind(runs, "run") if r.data.tags["study.name"] == name]
+        assert child.data.tags["mlflow.parentRunId"] == parents[name].info.run_id
+        assert {a.path for a in client.list_artifacts(parents[name].info.run_id)} == {"report"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {"report", "results.csv"} <= {a.path for a in client.list_artifacts(top.info.run_id)}
