@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -234,13 +233,6 @@ def test_the_published_subset_lists_ship_by_name_with_their_checksums(name):
     assert "google-research/simclr" in (path.parent / "ORIGIN.md").read_text()
     # Accepted where a path is, in a config and as --subset-list.
     assert StudyConfig(subset_lists=[name]).validate().sizes[-1] == ("list", 0.0)
-
-
-def test_the_imagenet_preset_uses_the_published_lists_by_name():
-    preset = tomllib.loads(
-        Path(__file__).resolve().parents[1].joinpath("configs/imagenet_label_efficiency.toml").read_text()
-    )
-    assert preset["subset_lists"] == ["imagenet-1pct", "imagenet-10pct"]
 
 
 def test_a_published_list_resolves_against_the_training_pool(tmp_path):
