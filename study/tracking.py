@@ -303,8 +303,15 @@ class Tracker:
     def _experiment(self, client, name: str) -> str:
         if name not in self._experiments:
             found = client.get_experiment_by_name(name)
-            self._experiments[name] = found.experiment_id if found else client.create_experiment(name)
+            self._experiments[name] = found.experiment_id if found else client.create_experiment(name, self._artifacts)
         return self._experiments[name]
+
+    @property
+    def _artifacts(self) -> str | None:
+        """Where a new experiment keeps artifacts: beside a SQLite tracker's file (MLflow's default
+        is ./mlruns of whatever folder a process started in); the store's or server's own choice else."""
+        scheme, path = _split(self.uri)
+        return (Path(path).expanduser().absolute().parent / "mlartifacts").as_uri() if scheme == "sqlite" else None
 
     def open_study(self, study: StudyInfo, params: dict[str, Any]) -> None:
         """Make (or find and reopen) the study's parent run, with the study's params."""
