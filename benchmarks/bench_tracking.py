@@ -10,9 +10,14 @@ training images per second of the whole run's wall time. The runs alternate off,
 (the order flipped every other pair) after one untimed run of each, so other work on a shared
 machine slows both alike; the ratio is the median of the per-pair ratios.
 
+On a machine shared with other work, wall time varies by more than the cost being measured, so
+the benchmark also reports what does not depend on the neighbours: training images per second
+of this process's CPU time (both threads, the tracker's included), the CPU time of the tracker's
+own thread per run, and how long the training thread waited for the tracker at the run's end.
+
     PYTHONPATH=. python benchmarks/bench_tracking.py --model mobilenetv2_100 --repeats 5
 
-The last line is exactly ``tracked/untracked=R``.
+The last line is exactly ``tracked/untracked=R cpu=C``: R of wall time, C of CPU time.
 """
 
 from __future__ import annotations
@@ -67,41 +72,80 @@ def main(argv=None) -> None:
     uri = args.mlflow or str(Path(temp.name) / "mlruns")
     if not args.mlflow:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    tracker = tracking.Tracker(uri)
+
+    class TimedTracker(tracking.Tracker):
+        """The module's tracker, with the CPU time of its thread's calls counted."""
+
+        cpu = 0.0
+
+        def submit(self, op) -> None:
+            def timed(client) -> None:
+                start = time.thread_time()
+                try:
+                    op(client)
+                finally:
+                    TimedTracker.cpu += time.thread_time() - start
+
+            super().submit(timed)
+
+    tracker = TimedTracker(uri)
     study = tracking.StudyInfo("bench", "0" * 16, "bench-tracking", tracking.study_tags("bench", "sqlite://", ""))
     cell = Cell(args.model, "fraction", args.fraction, 0)
 
-    def one_run(tracked: bool) -> float:
-        """Training images per second of one whole run, tracked or not."""
-        start = time.perf_counter()
+    def one_run(tracked: bool) -> dict[str, float]:
+        """One whole run, tracked or not: training images per second of wall and of CPU time,
+        the tracker thread's CPU seconds and the wait for the tracker at the end."""
+        start, cpu, tracker_cpu = time.perf_counter(), time.process_time(), TimedTracker.cpu
         run = tracking.NO_RUN
         if tracked:
             params = {"arm": cell.arm_name, "n_train": len(train_idx), **tracking.train_params(hp)}
             run = tracker.start_run(study, tracking.RUN, cell.key, params, {})
         result = train_run(data, train_idx, splits.val, splits.test, args.model, hp, 0, device, on_epoch=run.epoch)
         run.end("FINISHED", "done", tracking.final_metrics(result))
+        waited = time.perf_counter()
         run.close()
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
         if tracked and tracker.failed:
             sys.exit("the tracker failed; see the warning above")
-        return result.history[-1].images_seen / seconds
+        images = result.history[-1].images_seen
+        return {
+            "wall": images / (end - start),
+            "cpu": images / (time.process_time() - cpu),
+            "tracker_cpu": TimedTracker.cpu - tracker_cpu,
+            "wait": end - waited,
+        }
 
     print(
         f"{args.model} on {len(train_idx)} digits images, {args.epochs} epochs, device {device}, "
         f"{torch.get_num_threads()} threads; tracker {tracking.masked_url(uri)}"
     )
     one_run(False), one_run(True)  # warm-up: caches, allocator, MLflow's import and its store
-    off, on, ratios = [], [], []
+    off, on = [], []
     for i in range(args.repeats):
         order = (False, True) if i % 2 == 0 else (True, False)
-        speeds = {tracked: one_run(tracked) for tracked in order}
-        off.append(speeds[False])
-        on.append(speeds[True])
-        ratios.append(speeds[True] / speeds[False])
-        print(f"  pair {i + 1}: off {speeds[False]:.1f} img/s, on {speeds[True]:.1f} img/s, ratio {ratios[-1]:.4f}")
-    print(f"untracked: {statistics.median(off):.1f} images/s (median of {args.repeats} runs)")
-    print(f"tracked:   {statistics.median(on):.1f} images/s (median of {args.repeats} runs)")
-    print(f"tracked/untracked={statistics.median(ratios):.4f}")
+        runs = {tracked: one_run(tracked) for tracked in order}
+        off.append(runs[False])
+        on.append(runs[True])
+        a, b = runs[False], runs[True]
+        print(
+            f"  pair {i + 1}: off {a['wall']:.1f} img/s, on {b['wall']:.1f} img/s "
+            f"(wall, ratio {b['wall'] / a['wall']:.4f}); "
+            f"off {a['cpu']:.1f}, on {b['cpu']:.1f} img per CPU-s (ratio {b['cpu'] / a['cpu']:.4f}); tracker thread "
+            f"{b['tracker_cpu'] * 1000:.0f} ms CPU, end wait {b['wait'] * 1000:.0f} ms"
+        )
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    wall = statistics.median(b["wall"] / a["wall"] for a, b in zip(off, on))
+    cpu = statistics.median(b["cpu"] / a["cpu"] for a, b in zip(off, on))
+    print(f"untracked: {median(off, 'wall'):.1f} images/s, {median(off, 'cpu'):.1f} images per CPU-second")
+    print(
+        f"tracked:   {median(on, 'wall'):.1f} images/s, {median(on, 'cpu'):.1f} images per CPU-second; the tracker's "
+        f"thread {median(on, 'tracker_cpu') * 1000:.0f} ms CPU and the wait at the run's end "
+        f"{median(on, 'wait') * 1000:.0f} ms per run (medians of {args.repeats})"
+    )
+    print(f"tracked/untracked={wall:.4f} cpu={cpu:.4f}")
     temp.cleanup()
 
 
