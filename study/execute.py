@@ -176,7 +176,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
             outcome.status, outcome.test_acc = "done", result.test_acc
-            tracked.end("FINISHED", "done", tracking.final_metrics(result))
+            tracked.end("FINISHED", "done", tracking.final_metrics(result), stop=result.stop)
             _keep_weights(cfg, ctx.store, run, result.weights)
         else:
             outcome.status = "lost"  # another worker took the run over meanwhile

@@ -427,14 +427,19 @@ class TrackedRun:
         step, at = int(stats.epoch), int(time.time() * 1000)
         self._log(lambda: {"metrics": [(k, v, at, step) for k, v in values.items()]})
 
-    def end(self, status: str, outcome: str, metrics: dict[str, float] | None = None, error: str = "") -> None:
+    def end(
+        self, status: str, outcome: str, metrics: dict[str, float] | None = None, error: str = "", stop: str = ""
+    ) -> None:
         """End the run: MLflow ``status`` (FINISHED, FAILED, KILLED), the study's ``outcome``
-        (done, failed, pruned, lost, stopped) as a tag, its final metrics and its error."""
+        (done, failed, pruned, lost, stopped) as a tag, its final metrics, its error and why its
+        training stopped."""
         if self.tracker is None or self.ended:
             return
         self.ended = True
         at = int(time.time() * 1000)
         tags = {STATUS: outcome, **({"study.error": mask_urls(error)[:5000]} if error else {})}
+        if stop:  # why training stopped: plateau, capped, epochs, patience
+            tags["study.stop"] = stop
         final = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
         self._log(lambda: {"metrics": [(k, v, at, 0) for k, v in final.items()], "tags": tags})
 
@@ -587,10 +592,12 @@ def start_trial(cfg, store, optuna_study: str, trial_number: int, hp, searched: 
 
 def final_metrics(result) -> dict[str, float]:
     """A finished run's metrics (a ``RunResult``): test accuracy, loss and macro-F1, and more."""
-    keys = ("test_acc", "test_loss", "test_f1", "best_epoch", "epochs_run", "train_seconds", "images_per_second")
+    keys = ("test_acc", "test_loss", "test_f1", "best_epoch", "epochs_run", "steps", "train_seconds")
+    found = {k: getattr(result, k) for k in keys if isinstance(getattr(result, k, None), (int, float))}
     return {
-        **{k: getattr(result, k) for k in keys},
+        **found,
         "best_val_acc": result.val_acc,
+        "images_per_second": result.images_per_second,
         "peak_memory_mb": result.peak_memory_mb,
     }
 
