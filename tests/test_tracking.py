@@ -23,7 +23,7 @@ else:
     mlflow = pytest.importorskip("mlflow", reason="the tracking extra: pip install -e '.[tracking]'")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's opt-in to the folder store the tests read
 
-TINY = [*TINY_STUDY, "--quiet", "--no-deploy", "--no-costs"]
+TINY = [*TINY_STUDY, "--quiet", "--no-deploy", "--no-costs", "--no-budget-control"]
 PASSWORD = "s3cret-Pw"
 
 
@@ -289,10 +289,10 @@ def test_a_study_of_several_datasets_nests_a_parent_per_dataset(cli, tmp_path):
     shapes = write_imagefolder(tmp_path / "shapes", {"a": 12, "b": 12, "c": 12})
     path = tmp_path / "two.toml"
     path.write_text(
-        f'models = ["{FAST_MODEL}"]\nfractions = [1.0]\nseeds = 1\njobs = 1\nthreads = 1\n'
+        f'models = ["{FAST_MODEL}"]\nfractions = [1.0]\nseeds = 1\njobs = 1\nthreads = 1\nbudget_control = false\n'
         f'[[datasets]]\nname = "digits"\ndataset = "digits"\n\n'
         f'[[datasets]]\nname = "shapes"\ndataset = "imagefolder"\nroot = "{shapes}"\n\n'
-        "[data]\nimage_size = 16\n[train]\nepochs = 2\nmin_steps = 4\n"
+        '[data]\nimage_size = 16\n[train]\nbudget = "fixed"\nepochs = 2\nmin_steps = 4\n'
         f'[tracking]\nmlflow = "{tmp_path / "mlruns"}"\n'
     )
     code, _, err = cli("run", "--out", tmp_path / "o", "--config", path, "--quiet", "--no-deploy", "--no-costs")
