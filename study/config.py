@@ -673,7 +673,7 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None
 
 
 # Top-level keys that describe the machine a command runs on, not the study.
-MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget", "tracking")
+MACHINE_KEYS = ("out", "device", "jobs", "threads", "backend", "scheduler", "compile", "memory_budget")
 
 
 def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -684,6 +684,7 @@ def from_stored(stored: dict[str, Any], overrides: dict[str, Any] | None = None)
     raw = _known_keys(StudyConfig, copy.deepcopy(stored))
     for key in MACHINE_KEYS:  # how the invoking machine ran it says nothing about this one
         raw.pop(key, None)
+    raw.pop("tracking", None)  # nor where it recorded runs (--mlflow): each machine gives its own
     if raw.get("arms"):  # stored arms already include those named after models
         raw.pop("models", None)
     return from_dict(StudyConfig, _datasets_over_data(_arms_with_models(_overridden(raw, overrides))), "").validate()
