@@ -19,7 +19,7 @@ from study.errors import UserError
 from study.store.engine import open_database
 from study.store.schema import DeploymentRow, RunRow, RunWeightsRow, StudyRow
 
-INSTALL_HINT = "pip install 'study[deploy]'"
+INSTALL_HINT = "pip install onnx onnxruntime onnxscript"  # dependencies of `pip install -e .`
 DEPLOYMENT_COLUMNS = [
     "run_id",
     "model",

@@ -15,6 +15,7 @@ from analysis.study_analysis import StudyAnalysis
 from study.config import StudyConfig
 from study.masking import masked_url
 from study.settings import methods_rows
+from study.store.schema import LIST_SHA256
 
 WARMUP_DIVISOR = 10  # study/train.py warms up over the first 1/10 of a run's steps (a test keeps the two equal)
 ENVIRONMENT_KEYS = [
@@ -77,6 +78,8 @@ def methods(a: StudyAnalysis) -> dict[str, Any]:
     train = cfg.get("train", {})
     return {
         "sizes": _records(sizes),
+        # Each subset list's file checksum, as its publisher gives it (study.plan.study_settings).
+        "lists": sorted(((data.settings or {}).get(LIST_SHA256) or {}).items()),
         "seeds": int(data.runs["seed"].nunique()),
         "train": train,
         "data": cfg.get("data", {}),

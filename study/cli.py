@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from study.flags import command_keys, overrides
     from study.run import join_study
 
-    local = _config(args, ("out", "storage"))
+    local = _config(args, ("out", "storage", "tracking.mlflow"))  # the tracker's URI is checked before the store opens
     machine = overrides(args, StudyConfig, tuple(k for k in command_keys("worker", StudyConfig) if k != "name"))
     return join_study(local, args.name, args.wait, machine, args.retry_failed, args.quiet)
 

@@ -28,6 +28,7 @@ from study.config_stages import (
     DatasetEntry,
     DeployConfig,
     SequentialConfig,
+    TrackingConfig,
     TuneConfig,
     _datasets_over_data,
 )
@@ -162,12 +163,13 @@ class StudyConfig:
     )
     subset_lists: list[str] = setting(
         [],
-        "files of training image names, one a line: each adds a size of exactly those images, for every seed",
+        "lists of training image names, one a line: each adds a size of exactly those images, for every seed; "
+        "imagenet-1pct and imagenet-10pct name the published ImageNet lists (shipped), anything else a file",
         "study",
         flag="--subset-list",
-        metavar="FILE",
+        metavar="FILE|NAME",
         kind="append",
-        example='["1percent.txt"]',
+        example='["imagenet-1pct"]',
     )
     seeds: int = setting(
         3,
@@ -301,6 +303,7 @@ class StudyConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -393,6 +396,7 @@ class StudyConfig:
         self.tune.validate()
         self.deploy.validate()
         self.sequential.validate(self.seeds)
+        self.tracking.validate()
         return self
 
 

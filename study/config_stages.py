@@ -239,7 +239,7 @@ class DeployConfig:
     enabled: bool = setting(
         True,
         "after the runs, export the trained models to ONNX, quantize them to int8 and time them on the CPU "
-        "(needs `pip install 'study[deploy]'`)",
+        "(onnx and onnxruntime come with `pip install -e .`)",
         "study",
         flag="--no-deploy",
         kind="off",
@@ -363,3 +363,28 @@ class SequentialConfig:
     @property
     def enabled(self) -> bool:
         return self.until_ci > 0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a study's runs are also recorded: an MLflow tracker (study/tracking.py,
+    docs/tracking.md). Not part of the study's fingerprint, and each machine gives its own (a
+    worker does not take the study's): it records runs, it does not change them."""
+
+    mlflow: str = setting(
+        "",
+        "also record every run in this MLflow tracker: a folder (local file store), sqlite:///FILE.db or "
+        "http(s)://HOST:PORT (pip install -e '.[tracking]'; docs/tracking.md)",
+        "machine",
+        flag="--mlflow",
+        metavar="URI",
+        zero="off",
+        example='"mlruns"',
+    )
+
+    def validate(self) -> None:
+        check_declared(self, "tracking.")
+        if self.mlflow:
+            from study.tracking import check_uri
+
+            check_uri(self.mlflow)

@@ -46,7 +46,7 @@ from study import costs
 from study.config import StudyConfig, TrainConfig, from_dict
 from study.store import DONE, RunRow, Store
 
-INSTALL_HINT = "pip install 'study[deploy]'"  # onnx, onnxruntime and onnxscript (the exporter's)
+INSTALL_HINT = "pip install onnx onnxruntime onnxscript"  # in `pip install -e .`; lost only to a partial install
 PYTORCH, ONNXRUNTIME = "pytorch", "onnxruntime"
 FP32, INT8_DYNAMIC, INT8_STATIC = "fp32", "int8-dynamic", "int8-static"
 VARIANTS = ((PYTORCH, FP32), (ONNXRUNTIME, FP32), (ONNXRUNTIME, INT8_DYNAMIC), (ONNXRUNTIME, INT8_STATIC))

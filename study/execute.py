@@ -20,6 +20,7 @@ from functools import partial
 
 from tqdm.auto import tqdm
 
+from study import tracking
 from study.budget_control import carries_control, control_fields
 from study.config import StudyConfig, TrainConfig, to_dict
 from study.machine import dask_client, plan_workers, torch_threads
@@ -120,13 +121,16 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
     ctx = state.ctx
     cell = Cell(run.model, run.size_kind, run.size_value, run.seed, run.arm or run.model)
     outcome = RunOutcome(cell.key)
-    bar = None
+    bar, tracked = None, tracking.NO_RUN
     try:
         hp, source = hparams_for(cfg, run)
-        epochs_at_most = hp.plan(len(ctx.train_indices(cell)))[2]
+        train_idx = ctx.train_indices(cell)
+        epochs_at_most = hp.plan(len(train_idx))[2]
         bar = tqdm(total=epochs_at_most, desc=f"  {cell.key}", unit="epoch", leave=False, disable=not show_epochs)
+        tracked = tracking.start_run(cfg, ctx.store, cell, run.id, len(train_idx), hp, source)  # --mlflow
 
         def on_epoch(stats) -> None:
+            tracked.epoch(stats)
             bar.update(1)
             bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
             # The workers table shows each run's progress (`status`, and tests that act mid-run).
@@ -139,7 +143,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         with Heartbeat(ctx.store, run.id, me, interval=cfg.heartbeat):
             result = train_run(
                 state.data,
-                ctx.train_indices(cell),
+                train_idx,
                 ctx.splits.val,
                 ctx.splits.test,
                 cell.model,
@@ -172,15 +176,22 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
         epochs = [vars(e) for e in result.history]
         if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
             outcome.status, outcome.test_acc = "done", result.test_acc
+            tracked.end("FINISHED", "done", tracking.final_metrics(result), stop=result.stop)
             _keep_weights(cfg, ctx.store, run, result.weights)
         else:
             outcome.status = "lost"  # another worker took the run over meanwhile
+            tracked.end("KILLED", "lost")
     except Exception as exc:  # out of memory, a NaN loss...: recorded, and the study goes on
         ctx.store.fail(run.id, me, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         outcome.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        tracked.end("FAILED", "failed", error=f"{type(exc).__name__}: {exc}")
+    except BaseException:  # stopped (study.stopping): the run goes back to the store, not left running
+        tracked.end("KILLED", "stopped")
+        raise
     finally:
         if bar is not None:
             bar.close()
+        tracked.close()  # its records reach the tracker before the next run starts
     return outcome
 
 
@@ -235,6 +246,7 @@ def hand_back(cfg: StudyConfig, store, study_id: int) -> dict[str, int]:
     to pending (``Store.hand_back``), and the Optuna trials its stopped worker processes held
     failed and enqueued again with their parameters. Returns counts for the message."""
     handed = store.hand_back(study_id, worker_id())
+    tracking.hand_back(cfg, store)  # --mlflow: the handed-back runs ended, not left running
     trials = 0
     if cfg.tune.trials:
         import optuna

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,15 @@ from study.datasets import Dataset, check_name, load_dataset
 from study.datasets.cache import cached_hashes
 from study.errors import UserError
 from study.masking import masked_url
-from study.store import Cell, Store, optuna_storage, settings_fingerprint, tuning_study_name
+from study.store import (
+    LIST_SHA256,
+    UNFINGERPRINTED,
+    Cell,
+    Store,
+    optuna_storage,
+    settings_fingerprint,
+    tuning_study_name,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +107,22 @@ def check_transfer(cfg: StudyConfig) -> list[str]:
     return warnings
 
 
+def check_classes(cfg: StudyConfig) -> None:
+    """Refuse a dataset of one class before anything is decoded or written: a classifier needs
+    two. An image folder is judged by its class folders; a ``[[datasets]]`` entry is named."""
+    if cfg.data.dataset != "imagefolder" or not cfg.data.root:
+        return
+    from study.datasets.imagefolder import check_classes as check_folders
+
+    try:
+        check_folders(Path(cfg.data.root))
+    except UserError as exc:
+        if not cfg.group:
+            raise
+        entry = cfg.name[len(cfg.group) + 1 :]
+        raise UserError(f"dataset {entry!r}: {str(exc).replace('data.', '')}") from None
+
+
 def load_data(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np.ndarray]:
     """Decode (or memory-map) the dataset and make its fixed, leak-checked splits."""
     dataset, splits, hashes, _ = load_data_and_lists(cfg)
@@ -108,6 +133,10 @@ def load_data_and_lists(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np
     """``load_data``, and the dataset indices of each of ``cfg.subset_lists`` (kept in the pool)."""
     check_name(cfg.data.dataset)
     dataset = load_dataset(cfg.data, cfg.cache_path)
+    if dataset.num_classes < 2:  # any dataset, whatever its source: a classifier needs two classes
+        raise UserError(
+            f"data.dataset={cfg.data.dataset!r} has {dataset.num_classes} class(es); a classifier needs at least 2"
+        )
     hashes = cached_hashes(dataset)  # kept beside the cache: a worker does not read every image for them
     train_side = np.flatnonzero(~dataset.test_mask) if dataset.test_mask is not None else np.arange(len(dataset))
     lists = [subsets.resolve(path, dataset.names, train_side) for path in cfg.subset_lists]
@@ -149,6 +178,8 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     settings = {"data": data, "content": content_digest, "train": train, "arms": arm_settings(cfg)}
     if cfg.subset_lists:  # what each list selects; studies without lists keep their fingerprint
         settings["subset_lists"] = [[subsets.list_name(p), subsets.list_digest(p)] for p in cfg.subset_lists]
+        # Each list's file as its publisher checks it (the report's Methods print it); not fingerprinted.
+        settings[LIST_SHA256] = {subsets.list_name(p): subsets.list_sha256(p) for p in cfg.subset_lists}
     if cfg.tune.trials:  # tuned hyper-parameters replace [train]'s; untuned studies keep their fingerprint
         tune = to_dict(cfg.tune)
         tune.pop("timeout")  # a time budget, like jobs: it does not define what is compared
@@ -170,8 +201,9 @@ def arm_settings(cfg: StudyConfig) -> dict[str, dict]:
 
 
 def study_fingerprint(settings: dict) -> str:
-    """The fingerprint of a study's shared settings: all of ``study_settings`` but its arms."""
-    return settings_fingerprint({k: v for k, v in settings.items() if k != "arms"})
+    """The fingerprint of a study's shared settings: all of ``study_settings`` but its arms and
+    the lists' file checksums (``subset_lists`` holds what each list selects)."""
+    return settings_fingerprint({k: v for k, v in settings.items() if k not in UNFINGERPRINTED})
 
 
 def plan_tuning(cfg: StudyConfig) -> list[tuple[str, str, str, float, str]]:
@@ -201,6 +233,7 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
     """
     check_models(cfg)
     if mode != ATTACH:  # worker processes of a command reuse what its first check found
+        check_classes(cfg)
         check_out(cfg.out)
         check_device(cfg.device)
     model_warnings = check_transfer(cfg) if mode != ATTACH else []
@@ -243,11 +276,13 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
 
 
 def stored_config(cfg: StudyConfig) -> dict:
-    """The config as the store keeps it: the storage URL without its password (whoever reads the
-    store knows where it is; ``study worker`` takes the URL from its own flags)."""
+    """The config as the store keeps it: the storage and tracking URLs without their passwords
+    (whoever reads the store knows where it is; ``study worker`` takes both from its own flags)."""
     config = to_dict(cfg)
     if config.get("storage"):
         config["storage"] = masked_url(config["storage"])
+    if config.get("tracking", {}).get("mlflow"):
+        config["tracking"]["mlflow"] = masked_url(config["tracking"]["mlflow"])
     return config
 
 

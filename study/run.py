@@ -15,13 +15,19 @@ def run_study(cfg, retry_failed: bool, quiet: bool, report: bool) -> int:
     """Train every cell of the study ``cfg`` (each dataset's study of a study of several), its
     budget control and its deployment, then write results.csv and the report. Returns the exit
     status: 1 when a run or tuning job failed."""
+    from study import tracking
     from study.execute import execute
     from study.outputs import budgets, write_outputs
-    from study.plan import open_context
+    from study.plan import check_classes, open_context
 
+    tracking.require_mlflow(cfg)
     # A study of several datasets is one study per dataset, every one checked before any trains.
     studies = cfg.dataset_studies() or [cfg]
+    for study in studies:  # before the first is recorded: a later dataset's one class refuses them all
+        check_classes(study)
     contexts = [open_context(study) for study in studies]
+    for study, ctx in zip(studies, contexts, strict=True):
+        tracking.open_study(study, ctx.store)  # the parents every worker's runs nest under (--mlflow)
     failed = 0
     for study, ctx in zip(studies, contexts, strict=True):
         for warning in ctx.warnings:
@@ -50,6 +56,7 @@ def run_study(cfg, retry_failed: bool, quiet: bool, report: bool) -> int:
             for line in deploy_study(ctx, progress=not quiet):
                 print(mask_urls(line))
     write_outputs(cfg.storage_url, cfg.name, Path(cfg.out), report=report, budgets=budgets(cfg))
+    tracking.finish_study(cfg, contexts[0].store, Path(cfg.out))  # the report and results.csv to the parent
     return 0 if failed == 0 else 1
 
 
@@ -57,13 +64,14 @@ def join_study(local, name: str | None, wait: float, overrides: dict, retry_fail
     """Join a study from the store alone: its config is the stored one, with this machine's
     ``overrides``; the data this machine decodes must give the study's fingerprint. ``local`` is
     this machine's config (where the store is)."""
-    from study import config
+    from study import config, tracking
     from study.checks import check_out
     from study.execute import execute
     from study.plan import JOIN, open_context
     from study.store import missing_sqlite_file, study_to_join
 
     check_out(local.out)
+    tracking.require_mlflow(local)
     url = local.storage_url
     what = f"study {name!r}" if name else "a study"
     store, found, names = study_to_join(
@@ -85,13 +93,18 @@ def join_study(local, name: str | None, wait: float, overrides: dict, retry_fail
             "`python -m study run --storage URL`, or pass --study NAME"
         )
     name = found
+    # The tracker: --mlflow, else this machine's --config (never the study's stored one).
+    overrides = {**overrides, "tracking.mlflow": local.tracking.mlflow or None}
     cfg = config.from_stored(store.study(name).config, {**overrides, "storage": url, "name": name})
     ctx = open_context(cfg, mode=JOIN)
     for warning in ctx.warnings:
         print(f"warning: {mask_urls(warning)}", file=sys.stderr)
     if retry_failed:
         ctx.store.retry_failed(ctx.study_id)
+    tracking.open_study(cfg, ctx.store)
     counts = execute(cfg, ctx.study_id, ctx.store, progress=not quiet)
+    if counts["pending"] + counts["running"] == 0:  # nothing left for anyone: the study's parent run ends
+        tracking.finish_study(cfg, ctx.store, None)
     print(
         f"study {name!r}: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} "
         "left"

@@ -5,6 +5,10 @@ for every seed (ImageNet's published 1% and 10% label lists: one file name a lin
 A line names an image by its file name, or by its path under the training folder
 (``n01440764/n01440764_10026.JPEG``) where file names repeat across classes. Listed images are
 kept out of the harness's test and validation draws, so every one of them can train.
+
+The published ImageNet lists ship with the package (``study/data/imagenet_subsets/``, with their
+licence and origin) and are named ``imagenet-1pct`` and ``imagenet-10pct`` wherever a list's path
+is accepted.
 """
 
 from __future__ import annotations
@@ -17,13 +21,28 @@ import numpy as np
 from study.errors import UserError
 
 KIND = "list"  # Cell.size_kind of a subset list; its size_value is the list's position in subset_lists
+# The published lists shipped with the package, by the names a config or --subset-list gives them.
+PUBLISHED = {"imagenet-1pct": "1percent.txt", "imagenet-10pct": "10percent.txt"}
+PUBLISHED_DIR = Path(__file__).resolve().parent / "data" / "imagenet_subsets"
+
+
+def list_path(spec: str | Path) -> Path:
+    """The file a subset list names: a published list's shipped file, or the path given."""
+    name = str(spec)
+    return PUBLISHED_DIR / PUBLISHED[name] if name in PUBLISHED else Path(spec)
 
 
 def read_list(path: str | Path) -> list[str]:
     """The image names of a subset list, once each, in file order (blank lines and # comments skipped)."""
-    p = Path(path)
+    p = list_path(path)
     if not p.is_file():
-        raise UserError(f"subset list {str(p)!r} does not exist; give a file with one training image name a line")
+        if str(path) in PUBLISHED:  # an install without its package data
+            raise UserError(f"subset list {str(path)!r} is missing from this install ({p}); reinstall the package")
+        published = ", ".join(PUBLISHED)
+        raise UserError(
+            f"subset list {str(p)!r} does not exist; give a file with one training image name a line, or a "
+            f"published list: {published}"
+        )
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -35,8 +54,13 @@ def read_list(path: str | Path) -> list[str]:
 
 
 def list_name(path: str | Path) -> str:
-    """How results and the report name a list: its file name."""
-    return Path(path).name
+    """How results and the report name a list: a published list's name, else its file name."""
+    return str(path) if str(path) in PUBLISHED else Path(path).name
+
+
+def list_sha256(path: str | Path) -> str:
+    """The sha256 of a list's file, byte for byte: what its publisher gives to check a copy."""
+    return hashlib.sha256(list_path(path).read_bytes()).hexdigest()
 
 
 def list_digest(path: str | Path) -> str:

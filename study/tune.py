@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from study import tracking
 from study.config import Arm, StudyConfig, TrainConfig, TuneConfig
 from study.errors import DivergedError
 from study.outcomes import TuningOutcome
@@ -290,20 +291,46 @@ def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, 
     arm = cfg.arm(job.arm or job.model)
     train_idx = ctx.train_indices(Cell(job.model, job.size_kind, job.size_value, tune.subset_seed, arm.name))
 
+    current: dict[str, optuna.Trial] = {}  # the trial being trained (on_start), for the tracker
+
     def train(hp: TrainConfig, on_epoch: Callable[[Any], None]):
-        # Validation stands in for the test split too: tuning never looks at a test image.
-        return train_run(
-            state.data,
-            train_idx,
-            ctx.splits.val,
-            ctx.splits.val,
-            job.model,
-            hp,
-            tune.subset_seed,
-            state.device,
-            on_epoch=on_epoch,
-            speed=state.speed,
+        trial = current.get("trial")
+        tracked = tracking.start_trial(
+            cfg, ctx.store, job.optuna_study, trial.number if trial else -1, hp, trial.params if trial else {}
         )
+
+        def epoch(stats) -> None:
+            tracked.epoch(stats)
+            on_epoch(stats)  # may prune the trial
+
+        try:
+            # Validation stands in for the test split too: tuning never looks at a test image.
+            result = train_run(
+                state.data,
+                train_idx,
+                ctx.splits.val,
+                ctx.splits.val,
+                job.model,
+                hp,
+                tune.subset_seed,
+                state.device,
+                on_epoch=epoch,
+                speed=state.speed,
+            )
+        except (optuna.TrialPruned, DivergedError) as exc:
+            tracked.end("FINISHED", "pruned", error=f"{type(exc).__name__}: {exc}")
+            raise
+        except Exception as exc:
+            tracked.end("FAILED", "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException:  # stopped: the trial runs again after a resume
+            tracked.end("KILLED", "stopped")
+            raise
+        else:
+            tracked.end("FINISHED", "complete", {"val_acc": result.val_acc, "best_epoch": result.best_epoch})
+        finally:
+            tracked.close()
+        return result
 
     attrs = {
         "study": cfg.name,
@@ -320,6 +347,7 @@ def _tune_job(cfg: StudyConfig, state: WorkerState, job: TuningJobRow, storage, 
     )
 
     def on_start(trial: optuna.Trial) -> None:
+        current["trial"] = trial
         ctx.store.worker_doing(ctx.study_id, me, f"tuning {job.optuna_study}: trial #{trial.number}")
 
     def on_trial(trial: FrozenTrial) -> None:

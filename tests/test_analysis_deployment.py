@@ -126,13 +126,13 @@ def test_without_onnxruntime_the_study_skips_deployment_and_the_report_says_how(
         if run.size_value == 1.0:
             store.save_weights(run.id, b"safetensors bytes")
     assert study.deploy.deploy_study(ctx) == [
-        "deployment skipped: onnxruntime is not installed (pip install 'study[deploy]')"
+        "deployment skipped: onnxruntime is not installed (pip install onnx onnxruntime onnxscript)"
     ]
     code, out, err = cli("report", "--out", tmp_path, "--name", made.name)
     assert code == 0, err
     md = (tmp_path / "report" / "report.md").read_text()
     assert "No trained model has been exported yet" in md and "which are not installed here" in md
-    assert "pip install 'study[deploy]'" in md
+    assert "pip install onnx onnxruntime onnxscript" in md
     assert "## 4. Costs" in md and "## 5. Tuning" in md  # the rest of the report is there
     assert list(pd.read_csv(tmp_path / "report" / "deployment.csv").columns) == CSV_COLUMNS
 

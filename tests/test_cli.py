@@ -73,6 +73,27 @@ def test_empty_folder_and_unreadable_class_are_refused(cli, tmp_path):
     )
 
 
+def test_a_dataset_of_one_class_is_refused_before_anything_is_written(cli, tmp_path):
+    """A classifier needs two classes: one class folder is refused in the issue's words, before
+    the cache, the store or the out folder exists; the same for a [[datasets]] entry, even when
+    the dataset before it is fine."""
+    root = write_imagefolder(tmp_path / "one", {"cat": 20})
+    out = tmp_path / "o"
+    code, _, err = cli("run", "--out", out, *SMALL, "--dataset", "imagefolder", "--data-root", root)
+    assert code == 2
+    assert err.strip() == "study: error: data.root has 1 class folder ('cat'); a classifier needs at least 2"
+    assert not out.exists()
+    config = tmp_path / "two.toml"
+    config.write_text(
+        f'[[datasets]]\nname = "digits"\ndataset = "digits"\n\n'
+        f'[[datasets]]\nname = "cats"\ndataset = "imagefolder"\nroot = "{root}"\n'
+    )
+    code, _, err = cli("run", "--out", out, "--config", config, *SMALL)
+    assert code == 2
+    assert err.strip() == "study: error: dataset 'cats': root has 1 class folder ('cat'); a classifier needs at least 2"
+    assert not out.exists()
+
+
 def test_class_too_small_to_split_is_refused(cli, tmp_path):
     root = write_imagefolder(tmp_path / "data", {"big": 12, "tiny": 3})
     _refused(

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("onnxruntime", reason="the deploy extra: pip install 'study[deploy]'")
+pytest.importorskip("onnxruntime", reason="a main dependency: pip install -e .")
 
 import study.deploy  # noqa: E402
 from analysis.deployment import CSV_COLUMNS  # noqa: E402

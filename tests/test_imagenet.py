@@ -3,6 +3,7 @@ subset lists: a size that is exactly the images a file names, for every seed."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -175,7 +176,13 @@ def test_a_study_with_a_subset_list_and_streamed_data_runs_end_to_end(cli, tmp_p
     assert data.splits["n_test"] == N_VAL * len(WNIDS)
     results = (out / "results.csv").read_text()
     assert "1percent.txt" in results
-    assert "1percent.txt" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "1percent.txt" in report
+    # The list's file checksum is kept with the study and printed in the Methods.
+    sha = hashlib.sha256(lst.read_bytes()).hexdigest()
+    assert data.settings["subset_list_sha256"] == {"1percent.txt": sha}
+    assert f"1percent.txt `{sha}`" in report
+    assert sha in (out / "report" / "index.html").read_text()
 
 
 def test_a_subset_list_naming_an_image_outside_the_training_pool_is_refused(cli, tmp_path):
@@ -216,3 +223,38 @@ def test_a_subset_list_refuses_a_file_name_two_classes_share(tmp_path):
     with pytest.raises(UserError, match="several class folders share"):
         resolve(lst, names, np.arange(3))
     assert resolve(_write_list(tmp_path / "m.txt", ["dog/0.png", "1.png"]), names, np.arange(3)).tolist() == [1, 2]
+
+
+# The sha256 its publisher's files have (google-research/simclr, imagenet_subsets/).
+PUBLISHED_SHA256 = {
+    "imagenet-1pct": ("1percent.txt", 12811, "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
+    "imagenet-10pct": ("10percent.txt", 128116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SHA256))
+def test_the_published_subset_lists_ship_by_name_with_their_checksums(name):
+    from study.subsets import list_name, list_path, list_sha256, read_list
+
+    file, count, sha = PUBLISHED_SHA256[name]
+    path = list_path(name)
+    assert path.name == file and path.is_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha == list_sha256(name)
+    names = read_list(name)
+    assert len(names) == count and all(n.endswith(".JPEG") for n in names)
+    assert list_name(name) == name
+    assert (path.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert "google-research/simclr" in (path.parent / "ORIGIN.md").read_text()
+    # Accepted where a path is, in a config and as --subset-list.
+    assert StudyConfig(subset_lists=[name]).validate().sizes[-1] == ("list", 0.0)
+
+
+def test_a_published_list_resolves_against_the_training_pool(tmp_path):
+    """A name of the shipped 1% list that a (small) ImageNet copy holds is found; one it lacks is
+    refused naming the list by its name."""
+    from study.subsets import read_list, resolve
+
+    first = read_list("imagenet-1pct")[0]  # e.g. n04235860_14959.JPEG
+    names = np.array([f"{first.split('_')[0]}/{first}".encode(), b"n01440764/n01440764_1.JPEG"])
+    with pytest.raises(UserError, match="subset list 'imagenet-1pct' names"):
+        resolve("imagenet-1pct", names, np.arange(2))

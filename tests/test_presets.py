@@ -29,15 +29,11 @@ def test_every_preset_is_listed():
     assert sorted(p.name for p in PRESETS) == sorted([*REFERENCE, *COMPARISON, *BOTH, LABEL_EFFICIENCY])
 
 
-def test_imagenet_label_efficiency_preset_uses_the_published_lists_and_the_comparison_models(tmp_path, cli):
+def test_imagenet_label_efficiency_preset_uses_the_published_lists_and_the_comparison_models():
     path = ROOT / "configs" / LABEL_EFFICIENCY
-    # The lists are not shipped: without them the preset is refused, naming the missing file.
-    code, _, err = cli("run", "--config", path, "--out", tmp_path / "o", "--quiet")
-    assert code == 2 and "subset list 'data/imagenet/1percent.txt' does not exist" in err
-    lists = [tmp_path / "1percent.txt", tmp_path / "10percent.txt"]
-    for lst in lists:
-        lst.write_text("n01440764_10026.JPEG\n")
-    cfg = config.load(path, {"subset_lists": [str(p) for p in lists]})
+    # The published lists ship with the package: the preset names them and validates as it is.
+    cfg = config.load(path)
+    assert cfg.subset_lists == ["imagenet-1pct", "imagenet-10pct"]
     assert cfg.data.dataset == "imagenet" and cfg.fractions == [1.0] and cfg.seeds >= 3
     assert [kind for kind, _ in cfg.sizes] == ["fraction", "list", "list"]
     assert {"mobilenetv2_100", "resnet18"} <= set(cfg.models)

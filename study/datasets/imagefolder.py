@@ -20,9 +20,7 @@ def list_class_files(root: Path, what: str = "data.root") -> dict[str, list[Path
         raise UserError(f"{what} {str(root)!r} does not exist; expected a folder with one subfolder per class")
     if not root.is_dir():
         raise UserError(f"{what} {str(root)!r} is not a folder; expected a folder with one subfolder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise UserError(f"{what} {str(root)!r} has no class folders; expected {root}/<class name>/<image files>")
+    classes = class_folders(root, what)
     files: dict[str, list[Path]] = {}
     for name in classes:
         found = []
@@ -31,6 +29,23 @@ def list_class_files(root: Path, what: str = "data.root") -> dict[str, list[Path
             found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
         files[name] = found
     return files
+
+
+def class_folders(root: Path, what: str = "data.root") -> list[str]:
+    """The class folders under ``root``, sorted; refuses none, and a training folder (not a test
+    folder, which may lack classes) with only one: a classifier needs two classes."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{what} {str(root)!r} has no class folders; expected {root}/<class name>/<image files>")
+    if len(classes) == 1 and what != "data.test_root":
+        raise UserError(f"{what} has 1 class folder ({classes[0]!r}); a classifier needs at least 2")
+    return classes
+
+
+def check_classes(root: Path) -> None:
+    """Refuse a training folder without two class folders, before anything is decoded."""
+    if root.is_dir():  # a missing folder is refused with its own message when the data loads
+        class_folders(root)
 
 
 def source_fingerprint(files: dict[str, list[Path]], root: Path) -> list:

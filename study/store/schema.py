@@ -357,6 +357,13 @@ class Cell:
         return f"{self.arm_name}|{self.size_kind}={size}|seed={self.seed}"
 
 
+LIST_SHA256 = "subset_list_sha256"  # settings key: {subset list name: sha256 of its file}, for the report
+# Settings keys kept with a study but left out of its fingerprint: arms only add cells (each arm
+# is checked on its own), and a list's file checksum records provenance (what a list selects is
+# fingerprinted as ``subset_lists``).
+UNFINGERPRINTED = ("arms", LIST_SHA256)
+
+
 def settings_fingerprint(settings: dict) -> str:
     """The 32-hex digest of a study's settings: runs may join a study only with the same one."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]

@@ -32,6 +32,7 @@ from study.store.engine import missing_sqlite_file, open_database, retry_conflic
 from study.store.records import StudyRecords
 from study.store.schema import (
     STATUSES,
+    UNFINGERPRINTED,
     RunRow,
     StudyRow,
     WorkerRow,
@@ -107,7 +108,7 @@ class Store(RunClaims, StudyRecords):
         """Refuse settings whose fingerprint differs, and an arm of the study whose own settings
         differ; new arms are welcome (they only add cells)."""
         if row.fingerprint != fingerprint:
-            shared = ({k: v for k, v in d.items() if k != "arms"} for d in (row.settings, settings))
+            shared = ({k: v for k, v in d.items() if k not in UNFINGERPRINTED} for d in (row.settings, settings))
             key, old, new = _first_difference(*shared)
             raise UserError(
                 f"study {row.name!r} in {masked_url(self.url)} was run with {key}={old!r}, "
