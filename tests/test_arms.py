@@ -19,7 +19,22 @@ from study.store import Store
 from tests.conftest import FAST_MODEL
 
 # A tiny study: test_resnet at 16 px, two rounds, on the bundled digits.
-TINY = ["--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--jobs", "1", "--quiet"]
+TINY = [
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--jobs",
+    "1",
+    "--quiet",
+]
 
 
 def _refused(result, fragment):

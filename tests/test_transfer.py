@@ -151,7 +151,7 @@ def _captured_training(tmp_path, hp: TrainConfig):
     state = _source_state()
     path = _write(state, tmp_path / "w.safetensors")
     hp = dataclasses.replace(
-        hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none"
+        hp, weights=[f"{FAST_MODEL}={path}"], budget="fixed", epochs=2, min_steps=4, batch_size=8, augment="none"
     ).resolved(FAST_MODEL)
     assert hp.lr == 1e-4  # 'auto' learning rate: fine-tuning, since the model starts from a file
     ds = load_dataset(
@@ -300,6 +300,9 @@ def test_pretrained_study_runs_offline_from_a_filled_cache(hub_cache, tmp_path):
         "head",
         "--image-size",
         "16",
+        "--budget",
+        "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--min-steps",
