@@ -379,9 +379,10 @@ def verdict(a: StudyAnalysis, names: dict[str, str]) -> Verdict:
         return Verdict("No run has finished yet, so there is no verdict to give.")
     sizes = sorted(s["n_train"].unique())
     headline = primary_clause(a, names)
-    secondary = per_size_bullet(a, names, sizes)
+    per_size = per_size_clauses(a, names, sizes)
+    secondary = SECONDARY + per_size + "." if per_size else ""
     if not headline:  # one size, or no score: the per-size comparison is all there is
-        headline, secondary = secondary.removeprefix(SECONDARY), ""
+        headline, secondary = per_size, ""
     headline = headline[0].upper() + headline[1:] + f" ({convergence_clause(a, names)})."
     bullets = [b for b in (secondary, needed_bullet(a, names), latency_bullet(a, names)) if b]
     return Verdict(headline, bullets[:3], caveat_line(a, names), primary_declaration(a))
@@ -390,14 +391,13 @@ def verdict(a: StudyAnalysis, names: dict[str, str]) -> Verdict:
 SECONDARY = "Per size (secondary; paired t-tests Holm-adjusted over every size and pair): "
 
 
-def per_size_bullet(a: StudyAnalysis, names: dict[str, str], sizes: list) -> str:
-    """The per-size accuracy comparisons at the smallest and the largest size, as secondary
-    results; the gaps' intervals are in the pairs table."""
+def per_size_clauses(a: StudyAnalysis, names: dict[str, str], sizes: list) -> str:
+    """The per-size accuracy comparisons at the smallest and the largest size (secondary
+    results; the gaps' intervals are in the pairs table)."""
     clauses = [accuracy_clause(a, int(sizes[0]), names, interval=False)]
     if len(sizes) > 1:
         clauses.append(accuracy_clause(a, int(sizes[-1]), names, interval=False))
-    text = "; ".join(c for c in clauses if c)
-    return SECONDARY + text + "." if text else ""
+    return "; ".join(c for c in clauses if c)
 
 
 def milliseconds(v) -> str:
