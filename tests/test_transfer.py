@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from study import config
-from study.config import SCRATCH_LR, StudyConfig, TrainConfig
+from study.config import SCHEDULE_FREE_LR, StudyConfig, TrainConfig
 from study.errors import UserError
 from study.models import _skeleton, create_model, input_size_for, interpolation_warning, preflight
 from study.plan import study_settings
@@ -256,7 +256,7 @@ def test_bad_transfer_settings_are_refused(overrides, fragment):
 
 def test_auto_learning_rate_fine_tunes_models_that_start_from_weights():
     hp = TrainConfig(weights=["a=w.pth"])
-    assert hp.resolved("a").lr == 1e-4 and hp.resolved("b").lr == SCRATCH_LR  # b trains from scratch
+    assert hp.resolved("a").lr == 1e-4 and hp.resolved("b").lr == SCHEDULE_FREE_LR  # b trains from scratch
     assert TrainConfig(pretrained=True).resolved("b").lr == 1e-4
     assert TrainConfig(pretrained=True, lr=0.01).resolved("b").lr == 0.01
 
