@@ -343,7 +343,7 @@ def test_score_differences_read_better_first_under_display_names(synthetic):
     sd = synthetic.analysis.score_differences.dropna(subset=["diff"])
     ids = _ids(synthetic)
     header, rows = _html_table(synthetic, "score-differences-table")
-    assert header[2] == "score difference (A − B, A the higher)" and len(rows) == len(sd) > 0
+    assert header[2] == "score difference (A − B, A the higher): the primary comparison" and len(rows) == len(sd) > 0
     for row in rows:
         a, b = ids[row[0]], ids[row[1]]  # display names: a timm id would raise here
         r = sd[sd["model_a"].isin([a, b]) & sd["model_b"].isin([a, b])].iloc[0]
