@@ -275,7 +275,7 @@ def _paired_tests(d: np.ndarray, confidence: float, floor: float, n_test: int | 
     if np.isfinite(t["sd"]) and t["sd"] > 0:
         out["_effect"] = t["mean"] / t["sd"]
     if nonzero.any():
-        w, p = wilcoxon_signed_rank(d[nonzero])
+        w, p = wilcoxon_signed_rank(d[nonzero], n_test)
         out.update(w_stat=w, p_wilcoxon=p)
     else:
         out.update(w_stat=0.0, p_wilcoxon=1.0)

@@ -27,6 +27,7 @@ from analysis.efficiency import (
     targets_table,
 )
 from analysis.load import StudyData, results_table
+from analysis.population import population_accuracy
 from analysis.sanity import sanity_checks
 from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
 
@@ -56,7 +57,13 @@ class StudyAnalysis:
     the function that makes it: summary (``curves.summarize``), fits and bands (``curves``),
     targets, needed, ratios, scores (``efficiency``), comparisons and ranks (``stats``),
     model_costs, training_costs, time_to_target (``costs``), confusion (``confusion``),
-    warnings (``sanity``) and answer (``answer_table``)."""
+    warnings (``sanity``), population (``population.population_accuracy``: accuracy on the item
+    population, the main table's interval) and answer (``answer_table``).
+
+    Two estimands: ``summary``'s interval is over seeds on this test set (the learning curves'
+    and the paired differences' question); ``population``'s adds the test set's sampling (the
+    question of a reader who compares an accuracy with other work). The primary comparison is
+    ``score_differences`` (``PRIMARY_COMPARISON``)."""
 
     data: StudyData
     curves: LearningCurves
@@ -75,6 +82,7 @@ class StudyAnalysis:
     confusion: pd.DataFrame
     warnings: pd.DataFrame
     answer: pd.DataFrame
+    population: pd.DataFrame | None = None  # analysis.population.population_accuracy
     convergence_runs: pd.DataFrame | None = None  # analysis.convergence.run_convergence
     convergence: pd.DataFrame | None = None  # analysis.convergence.cell_convergence
     control: StudyData | None = None  # the budget control (study.budget_control), when it ran
@@ -93,6 +101,7 @@ class StudyAnalysis:
             "answer": self.answer,
             "results": results_table(self.data),
             "learning_curve": self.summary,
+            "population_accuracy": self.population if self.population is not None else pd.DataFrame(),
             "curve_fits": self.fits,
             "curve_bands": self.bands,
             "targets": self.targets,
@@ -168,6 +177,7 @@ def analyse(
         confusion=confusion_matrices(data),
         warnings=sanity_checks(data, curves, comparisons),
         answer=pd.DataFrame(),
+        population=population_accuracy(done, data.predictions, data.y_test, confidence),
     )
     analysis.answer = answer_table(analysis)
     analysis.control = control
@@ -197,11 +207,12 @@ def _with_convergence(warnings: pd.DataFrame, cells: pd.DataFrame, config: dict)
 
 
 def answer_table(analysis: StudyAnalysis) -> pd.DataFrame:
-    """One row per model (ANSWER_COLUMNS): mean test accuracy with its CI at the smallest and the
-    largest measured size, the data-efficiency score with its CI, mean training seconds of a
+    """One row per model (ANSWER_COLUMNS): mean test accuracy with its population CI (seeds and
+    test-set sampling, ``population.population_accuracy``) at the smallest and the largest
+    measured size, the data-efficiency score with its CI, mean training seconds of a
     run at the largest size, parameters, MACs and CPU latency (p50, one thread). The images
     needed per target are in ``analysis.needed``."""
-    s = analysis.summary
+    s = analysis.population if analysis.population is not None else analysis.summary
     rows = []
     for model in sorted(analysis.data.runs["model"].unique()):
         m = s[s["model"] == model].sort_values("n_train")

@@ -135,14 +135,16 @@ def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.
     return {
         "table_accuracy": (
             paper.accuracy_table(a, names),
-            f"Test accuracy (mean over seeds, {level} CI) and macro-F1 (mean) per {rows} and training-set size.",
+            f"Test accuracy (mean over seeds, {level} CI for the population the test set was drawn from: seeds and "
+            f"test-set sampling) and macro-F1 (mean) per {rows} and training-set size.",
             [],
         ),
         "table_pairs": (
             pairs,
-            f"Paired differences in test accuracy (better {rows} first), paired by seed; significant: paired t-test, "
-            f"Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI within "
-            f"{MARGIN}.",
+            f"Paired differences in test accuracy (better {rows} first), paired by seed on the shared test set ("
+            f"{level} CI over seeds on this test set); secondary to the primary comparison; significant: paired "
+            f"t-test, Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI "
+            f"within {MARGIN}.",
             pair_notes,
         ),
         "table_costs": (

@@ -56,8 +56,9 @@ def _ms(v) -> str:
 def accuracy_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     """Rows: models (arms where the study has them, the first column named so); per size two
     columns: test accuracy mean [95% CI] and macro-F1 mean, both in percent over the seeds. The
-    row order is the summary's (sorted by id)."""
-    s = a.summary
+    interval is the population one (seeds and test-set sampling, ``analysis.population``) where
+    the analysis has it, else over seeds on this test set. The row order is sorted by id."""
+    s = a.population if a.population is not None and len(a.population) else a.summary
     if s.empty:
         return pd.DataFrame()
     f1 = a.data.done.groupby(["model", "n_train"])["test_f1"].mean()

@@ -1,6 +1,7 @@
 """Significance tests against reference computations on fixed data, and the coverage of the
 bootstrap intervals in a small simulation."""
 
+import warnings
 from math import comb
 
 import numpy as np
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.inference import _nct_sf
 from analysis.stats import (
     bootstrap_mean_ci,
     difference_floor,
@@ -22,6 +24,7 @@ from analysis.stats import (
     seeds_for_power,
     seeds_needed_wilcoxon,
     t_summary,
+    wilcoxon_signed_rank,
 )
 
 # Test accuracies of three models, six seeds, two sizes (fixed data for reference checks)
@@ -207,8 +210,46 @@ def test_exact_bootstrap_enumerates_every_distinct_resample():
     counts, weights = distinct_resamples(5)
     assert len(counts) == comb(9, 5) == 126 and weights.sum() == pytest.approx(1.0)
     assert (counts.sum(axis=1) == 5).all()
-    lo, hi = bootstrap_mean_ci(np.array([0.1, 0.2, 0.3]), 0.95)
-    assert (lo, hi) == pytest.approx((0.1, 0.3))  # with 3 seeds the widest a bootstrap can be is [min, max]
+
+
+def test_bootstrap_of_few_values_falls_back_to_student_t_and_says_so():
+    # with 3 seeds the widest a bootstrap can be is [min, max], which covers 0.75: not a 95% interval
+    values = np.array([0.1, 0.2, 0.3])
+    with pytest.warns(UserWarning, match="3 values cannot support a 95% bootstrap interval"):
+        lo, hi = bootstrap_mean_ci(values, 0.95)
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.2 - half, 0.2 + half))
+    assert lo < 0.1 and hi > 0.3
+    rng = np.random.default_rng(7)
+    hits = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(400):
+            lo, hi = bootstrap_mean_ci(rng.normal(0, 1, 3))
+            hits += lo <= 0 <= hi
+    assert 0.92 <= hits / 400 <= 0.98  # the bootstrap's [min, max] covered 0.75 here
+
+
+def test_power_is_right_far_in_the_lower_tail_at_holm_levels():
+    # scipy's nct.cdf(-crit, df, nc) is NaN here; NaN used to read as "not enough power"
+    assert paired_t_power(3.19, 5, 0.05 / 6) == pytest.approx(0.9029, abs=5e-4)
+    assert seeds_for_power(3.19, 0.05 / 6) == 5  # was 6 (7 with this scipy)
+    assert seeds_for_power(3.0, 0.0025) == 6  # was 9
+    assert _nct_sf(4.85, 4, -7.13) < 1e-16  # P(T < -4.85) under nc 7.13: 1.3e-17 by quadrature
+
+
+def test_wilcoxon_ranks_whole_test_images_with_mid_ranks():
+    n_test = 400
+    a = np.array([343, 350, 362, 308, 300]) / n_test
+    b = np.array([342, 348, 363, 304, 299]) / n_test
+    d = a - b  # +1, +2, -1, +4, +1 images; the three 1-image differences differ by 1e-17 as floats
+    assert wilcoxon_signed_rank(d)[1] == pytest.approx(0.1875)  # raw floats: distinct ranks
+    w, p = wilcoxon_signed_rank(d, n_test)
+    assert p == pytest.approx(8 / 32) and w == 2.0  # mid-rank 2 for the tied ones: W- = 2
+    runs = pd.DataFrame(
+        [{"model": m, "seed": s, "n_train": 100, "test_acc": v[s]} for m, v in (("a", a), ("b", b)) for s in range(5)]
+    )
+    assert paired_comparisons(runs, n_test=n_test).pairwise.iloc[0]["p_wilcoxon"] == pytest.approx(0.25)
 
 
 def test_seeds_for_power_uses_the_holm_level():
@@ -220,7 +261,7 @@ def test_seeds_for_power_uses_the_holm_level():
         assert r["seeds_for_power"] == seeds_for_power(d.mean() / d.std(ddof=1), 0.05 / m)
 
 
-@pytest.mark.parametrize("n_seeds", [6, 12])
+@pytest.mark.parametrize("n_seeds", [7, 12])
 def test_bootstrap_intervals_cover_the_true_mean_at_close_to_the_nominal_rate(n_seeds):
     """300 simulated studies of paired differences: the 95% interval should hold the true mean
     in about 95% of them (binomial sd 1.3%); a plain percentile interval gives ~88% here."""

@@ -220,6 +220,11 @@ def test_every_section_is_present_in_order(synthetic):
     verdict = html[html.index('id="verdict"') : html.index('id="main-table"')]
     assert verdict.count("<li>") <= 3 and verdict.count('class="caveat"') <= 1
     assert html.index('id="verdict"') < html.index('id="main-table"') < html.index('id="answer-details"')
+    # What the primary comparison is, printed before any result; the headline is its result.
+    assert html.index('class="primary"') < html.index('class="headline"') < html.index("<li>")
+    assert "Primary comparison (fixed before the data)" in synthetic.md
+    assert synthetic.md.index("Primary comparison (fixed before the data)") < synthetic.md.index("**Over ")
+    assert "for the population the test set was drawn from" in synthetic.md  # the main table's estimand
 
 
 def test_every_figure_is_a_valid_png_and_the_markdown_links_them(synthetic):
@@ -338,7 +343,7 @@ def test_score_differences_read_better_first_under_display_names(synthetic):
     sd = synthetic.analysis.score_differences.dropna(subset=["diff"])
     ids = _ids(synthetic)
     header, rows = _html_table(synthetic, "score-differences-table")
-    assert header[2] == "score difference (A − B, A the higher)" and len(rows) == len(sd) > 0
+    assert header[2] == "score difference (A − B, A the higher): the primary comparison" and len(rows) == len(sd) > 0
     for row in rows:
         a, b = ids[row[0]], ids[row[1]]  # display names: a timm id would raise here
         r = sd[sd["model_a"].isin([a, b]) & sd["model_b"].isin([a, b])].iloc[0]

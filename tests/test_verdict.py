@@ -36,11 +36,17 @@ def test_a_tie_is_called_a_tie_only_when_the_difference_lies_within_the_margin(t
     pw = a.comparisons.pairwise
     pair = pw[(pw["n_train"] == largest) & pw["model_a"].isin(tied) & pw["model_b"].isin(tied)].iloc[0]
     assert not pair["significant"] and -EQUIVALENCE_MARGIN <= pair["ci_low"] <= pair["ci_high"] <= EQUIVALENCE_MARGIN
-    headline = verdict(a, names).headline
-    assert "ResNet-18 and MobileViT-XXS tie for most accurate" in headline or (
-        "MobileViT-XXS and ResNet-18 tie for most accurate" in headline
+    v = verdict(a, names)
+    # the headline rests on the primary comparison (score differences, Holm over the 3 pairs) ...
+    assert "3 pairs" in v.primary and "data-efficiency score" in v.primary and "secondary" in v.primary
+    assert "ahead of MobileNetV2 by" in v.headline and "ties with" in v.headline
+    # ... and the per-size comparisons are a secondary bullet
+    per_size = v.bullets[0]
+    assert per_size.startswith("Per size (secondary")
+    assert "ResNet-18 and MobileViT-XXS tie for most accurate" in per_size or (
+        "MobileViT-XXS and ResNet-18 tie for most accurate" in per_size
     )
-    assert "is the most accurate" not in headline.split(";")[-1]
+    assert "is the most accurate" not in per_size.split(";")[-1]
     table, _ = pairs_table(a, names)
     assert set(table.loc[table["Other (B)"] == "MobileNetV2", "Significant"]) == {"yes"}
     assert set(table.loc[table["Other (B)"] != "MobileNetV2", "Significant"]) == {"no (tie)"}
@@ -60,9 +66,11 @@ def test_a_large_gap_the_test_cannot_resolve_is_not_called_a_tie(tmp_path):
     assert leaders(a, largest)[0] == ["resnet18", "mobilevit_xxs"]
     r = a.comparisons.pairwise.query("n_train == @largest").iloc[0]
     assert not r["significant"] and abs(r["diff"]) > 0.05 and r["ci_high"] - r["ci_low"] > 2 * EQUIVALENCE_MARGIN
-    headline = verdict(a, names).headline
-    assert "tie" not in headline
-    last = headline.split(";")[-1]
+    v = verdict(a, names)
+    assert "not separated from MobileViT-XXS" in v.headline and "tie" not in v.headline
+    per_size = v.bullets[0]
+    assert "tie" not in per_size
+    last = per_size.split(";")[-1]
     assert "ResNet-18 has the highest mean" in last and "not separated by the Holm-adjusted paired test" in last
     other = pct(a.summary.query("n_train == @largest and model == 'mobilevit_xxs'")["mean"].iloc[0])
     assert f"MobileViT-XXS ({other}, gap {pp(abs(r['diff']))})" in last  # the headline's short form
