@@ -120,6 +120,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seeds", metavar="N", help="seeds per cell (each draws its own subset, init, augmentation)")
     p.add_argument(
+        "--split-per-seed",
+        action=argparse.BooleanOptionalAction,
+        help="each seed draws its own stratified test and validation split (default: one split for every seed)",
+    )
+    p.add_argument(
         "--epochs",
         metavar="N",
         help="epochs per run: passes over the run's subset; a small subset repeats passes within an epoch until "
@@ -218,6 +223,7 @@ _OVERRIDES = {
     "per_class": "per_class",
     "subset_list": "subset_lists",
     "seeds": "seeds",
+    "split_per_seed": "data.split_per_seed",
     "epochs": "train.epochs",
     "min_steps": "train.min_steps",
     "batch_size": "train.batch_size",

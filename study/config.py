@@ -57,6 +57,7 @@ class DataConfig:
     val_fraction: float = 0.2  # of the training pool, fixed for all seeds
     min_per_class: int = 2  # every subset keeps at least this many images of each class
     cache_dir: str = ""  # decoded arrays; default <out>/cache
+    split_per_seed: bool = False  # each seed draws its own test and validation split (splits as a source of variance)
 
     def validate(self) -> None:
         _check(self.image_size >= 8, f"data.image_size={self.image_size} is too small; use 8 or more")
@@ -550,6 +551,11 @@ class StudyConfig:
         if self.memory_budget:
             parse_bytes(self.memory_budget)
         self.data.validate()
+        _check(
+            not (self.data.split_per_seed and self.tune.trials),
+            f"data.split_per_seed=true with tune.trials={self.tune.trials} is not supported: hyper-parameters tuned on "
+            "one seed's validation images would be tested on by other seeds; set tune.trials=0 or split_per_seed=false",
+        )
         names = [d.name for d in self.datasets]
         for entry in self.datasets:
             _check(names.count(entry.name) == 1, f"dataset name {entry.name!r} is given twice; name each one once")
@@ -797,6 +803,8 @@ image_size = 32           # images are decoded once at this size and cached
 test_fraction = 0.2       # held-out test split when the dataset has none of its own
 val_fraction = 0.2        # validation part of the training pool (tuning, early stopping)
 min_per_class = 2         # every subset keeps at least this many images per class
+split_per_seed = false    # true: each seed draws its own stratified test and validation split, so the report
+                          # measures the split's share of the variance (docs/statistics.md)
 
 [train]
 epochs = 8                # each one pass over the run's subset, more for small subsets

@@ -179,7 +179,9 @@ def upgrade(engine: Engine) -> None:
     Databases written before Optuna shared them called the study table "studies", the name
     Optuna's own table needs: rename it (keeping every row) before the tables are created.
     Databases written before arms get an ``arm`` column on runs and tuning jobs, filled with
-    their model (what an arm named after its model is), keeping every row."""
+    their model (what an arm named after its model is), keeping every row. Databases written
+    before per-seed splits get an empty ``y_true`` column on predictions (their runs share
+    ``y_test``)."""
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     if "studies" in tables and STUDY_TABLE not in tables:
@@ -191,6 +193,14 @@ def upgrade(engine: Engine) -> None:
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN arm VARCHAR(200)")
                 conn.exec_driver_sql(f"UPDATE {table} SET arm = model WHERE arm IS NULL")
+    if "predictions" in tables and "y_true" not in {c["name"] for c in inspector.get_columns("predictions")}:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN y_true {_blob(engine)}")
+
+
+def _blob(engine: Engine) -> str:
+    """The column type of binary data in this database's SQL."""
+    return "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
 
 
 @functools.lru_cache(maxsize=8)
