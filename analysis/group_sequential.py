@@ -72,16 +72,16 @@ def _boundaries(fractions: tuple[float, ...], alpha: float, spending: str) -> tu
         sd = math.sqrt(t[k] - t[k - 1])
         root = math.sqrt(t[k])
 
-        def crossing(c: float, grid=grid, density=density, sd=sd, root=root) -> float:
+        def excess(c: float, grid=grid, density=density, sd=sd, root=root, goal=increments[k]) -> float:
+            """Probability of first crossing at this look with boundary c, less the error to spend."""
             upper = stats.norm.sf((c * root - grid) / sd)
             lower = stats.norm.cdf((-c * root - grid) / sd)
-            return float(np.sum(density * (upper + lower)))
+            return float(np.sum(density * (upper + lower))) - goal
 
-        goal = increments[k]
-        if goal <= 1e-15:
+        if increments[k] <= 1e-15:
             c = 40.0  # nothing to spend: a boundary no statistic reaches
         else:
-            c = float(optimize.brentq(lambda c: crossing(c) - goal, 1e-6, 40.0, xtol=1e-10))
+            c = float(optimize.brentq(excess, 1e-6, 40.0, xtol=1e-10))
         out.append(c)
         new_grid, new_weights = _grid(c * root)
         kernel = _pdf((new_grid[:, None] - grid[None, :]) / sd) / sd

@@ -17,8 +17,8 @@ torch-free; the study side (``study/sequential.py``) and the benchmark call ``pl
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import pandas as pd

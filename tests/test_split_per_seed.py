@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.load import load_study
-from analysis.split_variance import split_variance, item_sampling_variance
+from analysis.split_variance import item_sampling_variance, split_variance
 from study.config import StudyConfig, from_dict
 from study.errors import UserError
 from study.splits import check_disjoint, content_hashes, make_splits, training_subset
