@@ -135,7 +135,8 @@ def answer_intervals(runs: pd.DataFrame, target: Target, n_test: int | None = No
         rows += _needed_rows(done, target)
     frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
     frame["decided"] = False
-    frame.loc[frame["kind"] == "difference", "decided"] = decided
+    if decided:
+        frame.loc[frame["kind"] == "difference", "decided"] = decided
     frame["short"] = (frame["half_width"] > frame["target"]) & ~frame["decided"]
     frame["capped"] = False
     return frame

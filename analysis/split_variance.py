@@ -62,6 +62,18 @@ def item_sampling_variance(y_true: np.ndarray, y_pred: np.ndarray, population: n
     return float(total)
 
 
+def share_interval(test_var: float, total: float, df: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """The test set's share of the between-seed variance ``total`` (``df`` degrees of freedom),
+    and its interval: total * df / chi2 brackets the true total (normal seeds), and the share
+    moves inversely with it; ``test_var``, an average over the cell's runs and items, is taken as
+    known. Shares are capped at 1."""
+    if total <= 0:
+        return 1.0, 0.0, 1.0
+    hi_total = total * df / stats.chi2.ppf((1 - confidence) / 2, df)
+    lo_total = total * df / stats.chi2.ppf((1 + confidence) / 2, df)
+    return min(test_var / total, 1.0), min(test_var / hi_total, 1.0), min(test_var / lo_total, 1.0)
+
+
 def split_variance(data: StudyData, confidence: float = 0.95) -> pd.DataFrame:
     """Per arm and size, the between-seed variance of accuracy split into the test set's sampling
     and the rest (SPLIT_VARIANCE_COLUMNS); no rows for a study with one split for every seed, or
@@ -80,11 +92,7 @@ def split_variance(data: StudyData, confidence: float = 0.95) -> pd.DataFrame:
             np.mean([item_sampling_variance(data.labels_of(r), data.predictions[r], population) for r in ids])
         )
         total = float(cell["test_acc"].var(ddof=1))
-        df = len(cell) - 1
-        share = min(test_var / total, 1.0) if total > 0 else 1.0
-        # total * df / chi2 brackets the true total; the share moves inversely with it.
-        hi_total = total * df / stats.chi2.ppf((1 - confidence) / 2, df) if total > 0 else np.inf
-        lo_total = total * df / stats.chi2.ppf((1 + confidence) / 2, df) if total > 0 else 0.0
+        share, low, high = share_interval(test_var, total, len(cell) - 1, confidence)
         rows.append(
             {
                 "model": model,
@@ -94,8 +102,8 @@ def split_variance(data: StudyData, confidence: float = 0.95) -> pd.DataFrame:
                 "sd_test_sampling": float(np.sqrt(test_var)),
                 "sd_training": float(np.sqrt(max(total - test_var, 0.0))),
                 "share_test": share,
-                "share_low": min(test_var / hi_total, 1.0) if np.isfinite(hi_total) else 0.0,
-                "share_high": min(test_var / lo_total, 1.0) if lo_total > 0 else 1.0,
+                "share_low": low,
+                "share_high": high,
             }
         )
     return pd.DataFrame(rows, columns=SPLIT_VARIANCE_COLUMNS)

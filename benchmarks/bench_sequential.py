@@ -10,17 +10,21 @@ Run:  PYTHONPATH=. python benchmarks/bench_sequential.py            (simulation 
    'a' (pow3), 'b' (a shifted by a logit of 0.15, about 2.5 points: a close pair) and 'c' (a's
    truth: a null pair for the type-I rows), plus 'd' far below (a clearly separated pair).
    Every arm starts with 3 seeds; ``analysis.sequential.plan_next`` (the rule the study runs)
-   adds seeds until every interval is within W or MAX_SEEDS. Then the report's functions make
-   the final intervals: coverage of per-size accuracy and of paired differences, and the paired
-   t-test's type-I error on the null pair. Compute is counted as training images (a run costs
-   its size), against a fixed grid of every cell at the largest seed count reached.
+   adds seeds until every accuracy interval is within W and every difference is decided by its
+   group-sequential test or within W, or MAX_SEEDS. Then the report's functions make the final
+   intervals: coverage of per-size accuracy, of the differences' repeated confidence intervals,
+   of the learning-curve bands at the measured sizes and of images needed; the group-sequential
+   test's type-I error on the null pair over the whole sequence (and, for comparison, the
+   fixed-sample t interval and test on the same runs). Compute is counted as training images (a
+   run costs its size), against a fixed grid at the largest seed count reached and at the cap.
 2. A real study on the bundled digits (two small timm models at 16 px, a few steps): ``study run
    --until-ci`` and the same study as a fixed grid at the largest seed count the sequential one
    reached; seeds and measured training time of each.
 
-The last line is ``compute_ratio=R worst_coverage=C``: R = sequential / fixed-grid training
-time of the real study (of the simulation with --no-real), C the worst coverage row of the
-simulation.
+The last line is ``compute_ratio=R worst_coverage=C type1=T``: R = sequential / fixed-grid
+training time of the real study (of the simulation with --no-real), C the worst coverage row of
+the simulation (accuracy, differences, curve bands, images needed), T the type-I error of the
+group-sequential test on the null pair over the whole sequence.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from joblib import Parallel, delayed
 
 from analysis.curves import DEFAULT_SELECTION, fit_learning_curves, predict, summarize
 from analysis.efficiency import data_needed
-from analysis.group_sequential import POCOCK
+from analysis.group_sequential import POCOCK, SPENDING
 from analysis.sequential import MORE, Target, compute_saved, group_sequential_pairs, plan_next
 from analysis.stats import difference_floor, paired_comparisons, t_summary
 from benchmarks.bench_calibration import EFFECT_LOGIT, N_TEST, SIZES, Study
@@ -285,22 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller real study")
     parser.add_argument("--no-real", action="store_true", help="the simulation only")
+    parser.add_argument("--widths", default="4", help="target half-widths W in points, comma-separated (default 4)")
+    parser.add_argument("--spending", default=POCOCK, choices=SPENDING, help="the spending function (default pocock)")
+    parser.add_argument("--reps", type=int, default=0, help="studies per W (default 200; 40 with --quick)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     start = time.time()
-    reps = 40 if args.quick else 250
-    sim = simulate((0.04, 0.03), reps, args.jobs)
+    reps = args.reps or (40 if args.quick else 200)
+    widths = tuple(float(w) / 100 for w in args.widths.split(","))
+    sim = simulate(widths, reps, args.jobs, args.spending)
     pd.set_option("display.width", 220)
     print(
         f"Simulation: {reps} studies per W; 4 arms x 4 sizes, {START_SEEDS} seeds to start, at most {MAX_SEEDS}; "
-        "cov_* = coverage of the report's 95% intervals at the stop, t1 = paired t type-I error on the null pair; "
-        "compute_ratio = training images / a fixed grid at the largest seed count reached; "
-        "t1_stop_at_significance = the type-I error of a rule that would stop a pair once its t-test is significant "
-        "(not this rule: shown to say why it is not used)"
+        f"{args.spending} spending. cov_* = coverage at the stop of the 95% intervals the sequential report shows "
+        "(accuracy: Student t; difference: the repeated confidence interval; curve band at the measured sizes; "
+        f"images needed for each arm's true accuracy at {NEEDED_AT:,.0f} images); t1_group_sequential = a null "
+        "pair ever decided; pw_close_pair = the 2.5-point pair decided; info_*: the fixed-sample t interval and "
+        "test on the same runs, and a rule that stops a pair once its plain t-test is significant (not used); "
+        "compute_ratio = training images / a fixed grid at the largest seed count reached, compute_vs_max_grid "
+        "/ a fixed grid at the seed cap"
     )
-    print(sim.round(3).to_string(index=False))
+    print(sim.round(3).set_index("W_points").T.to_string())
     print(f"[simulation: {time.time() - start:.0f} s]", file=sys.stderr, flush=True)
-    worst = float(sim[["cov_accuracy", "cov_difference"]].min().min())
+    worst = float(sim[["cov_accuracy", "cov_difference", "cov_curve_band", "cov_images_needed"]].min().min())
+    type1 = float(sim["t1_group_sequential"].max())
     ratio = float(sim["compute_ratio"].iloc[0])
     if not args.no_real:
         real = real_study("0.25,1.0" if args.quick else "0.1,0.25,1.0", 3.0, 5 if args.quick else 8)
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
         ratio = real["ratio_measured"]
     print(f"\n{time.time() - start:.0f} s with {args.jobs} jobs; load average {os.getloadavg()[0]:.1f}")
-    print(f"compute_ratio={ratio:.3f} worst_coverage={worst:.3f}")
+    print(f"compute_ratio={ratio:.3f} worst_coverage={worst:.3f} type1={type1:.3f}")
     return 0
 
 
