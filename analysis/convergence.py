@@ -1,20 +1,27 @@
 """Did the runs converge under their training budget?
 
-Two kinds of evidence, each with a stated definition:
+Evidence, each with a stated definition:
 
+- Per run, how it stopped (``runs.stop``, plateau budget): a run that stopped on its plateau
+  (validation accuracy gained less than ``min_gain`` points in ``patience`` epochs) converged by
+  its own rule; one that reached the cap of optimiser steps is *capped*, and a capped run counts
+  as not converged everywhere.
 - Per run, from its validation curve: ``best_is_last`` (the selected epoch is the final one)
   and ``late_gain``: the final epoch's validation accuracy minus the best of the epochs before
   it. A run is *still rising* when ``late_gain`` exceeds ``RISE_TOLERANCE`` (1 percentage
-  point): at the end of a cosine schedule the learning rate is near zero, so a run that still
-  gains that much in its last epoch was cut short. With such a schedule the last epoch is often
-  the best by a hair, so ``best_is_last`` alone is reported, not judged.
-- Per cell (model, size), the budget control (``study.budget_control``): seed 0 retrained with
-  twice the budget. The cell has *not converged* when the doubled budget raises test accuracy by
-  more than ``max(2 × the seed standard deviation of the cell, GAIN_FLOOR)``; a gain within the
-  seed noise means more training would not change the comparison.
+  point). Under the fixed budget's cosine schedule the last epochs barely move whatever the model
+  could still learn, so this signal is weak there; ``best_is_last`` alone is reported, not judged.
+- Per cell (model, size), the budget control: seed 0 given twice the optimiser steps. Under the
+  plateau budget the run itself goes on after its stop for as many steps again and records what
+  it would then have reported (``control_test_acc``); under the fixed budget a companion study
+  retrains seed 0 with twice the budget (``study.budget_control``). The cell has *not converged*
+  when the doubled steps raise test accuracy by more than ``max(2 × the seed standard deviation
+  of the cell, GAIN_FLOOR)``; a gain within the seed noise means more training would not change
+  the comparison.
 
-Cells without a control are judged by their runs: not converged when most of them are still
-rising.
+A cell is converged when its control (where it ran) is within the threshold and none of its runs
+was capped. Cells without a control are judged by their runs: under the plateau budget not
+converged when any run was capped, under the fixed budget when most of them are still rising.
 """
 
 from __future__ import annotations
@@ -22,17 +29,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from study.store.schema import CAPPED, PLATEAU
+
 RISE_TOLERANCE = 0.01  # validation accuracy gained by the final epoch, above which a run still rises
 GAIN_FLOOR = 0.01  # the budget control's gain must exceed this as well as twice the seed spread
 NOISE_MULTIPLE = 2.0
 
-RUN_COLUMNS = ["run_id", "model", "n_train", "seed", "epochs_run", "best_epoch", "best_is_last", "late_gain", "rising"]
+RUN_COLUMNS = [
+    "run_id",
+    "model",
+    "n_train",
+    "seed",
+    "epochs_run",
+    "best_epoch",
+    "best_is_last",
+    "late_gain",
+    "rising",
+    "capped",
+]
 CELL_COLUMNS = [
     "model",
     "n_train",
     "runs",
     "best_is_last",
     "rising",
+    "capped",
     "seed_std",
     "control_gain",
     "control_epochs",
@@ -64,18 +85,29 @@ def run_convergence(done: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                 "best_is_last": best == n,
                 "late_gain": gain,
                 "rising": bool(np.isfinite(gain) and gain > RISE_TOLERANCE),
+                "capped": getattr(r, "stop", None) == CAPPED,
             }
         )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def in_run_control(done: pd.DataFrame) -> pd.DataFrame:
+    """The control that runs carried (plateau budget) in the shape of a companion control study's
+    runs: one row per run that has one, its test accuracy and steps those after twice the steps."""
+    if "control_test_acc" not in done:
+        return pd.DataFrame(columns=done.columns)
+    carried = done[done["control_test_acc"].notna()]
+    return carried.assign(test_acc=carried["control_test_acc"], epochs_run=carried["control_steps"])
+
+
 def cell_convergence(done: pd.DataFrame, runs: pd.DataFrame, control: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (model, size) (CELL_COLUMNS). ``runs``: ``run_convergence``; ``control``: the
-    budget control's finished runs (its ``done`` frame), matched to the study's runs of the same
-    model, size and seed. ``converged`` is False/True, ``evidence`` 'budget control' or
-    'validation curves'."""
+    budget control's finished runs (a companion study's ``done`` frame, or ``in_run_control``),
+    matched to the study's runs of the same model, size and seed. ``converged`` is False/True,
+    ``evidence`` 'budget control', 'cap' or 'validation curves'."""
     rows = []
     control = control if control is not None else pd.DataFrame(columns=done.columns)
+    plateau = "stop" in done and bool(done["stop"].isin([PLATEAU, CAPPED]).any())  # the plateau budget's runs
     for (model, n_train), cell in done.groupby(["model", "n_train"], sort=True):
         cr = runs[(runs["model"] == model) & (runs["n_train"] == n_train)]
         std = float(cell["test_acc"].std(ddof=1)) if len(cell) > 1 else np.nan
@@ -88,8 +120,13 @@ def cell_convergence(done: pd.DataFrame, runs: pd.DataFrame, control: pd.DataFra
             if len(same):
                 gain = float(c["test_acc"] - same["test_acc"].iloc[0])
                 ctl_epochs = c["epochs_run"]
-        if np.isfinite(gain):
+        capped = int(cr["capped"].sum())
+        if capped:  # a capped run never counts as converged, whatever else says
+            converged, evidence = False, "cap"
+        elif np.isfinite(gain):
             converged, evidence = bool(gain <= threshold), "budget control"
+        elif plateau:
+            converged, evidence = True, "plateau stops"
         else:
             converged, evidence = bool(cr["rising"].sum() * 2 <= len(cr)), "validation curves"
         rows.append(
@@ -99,6 +136,7 @@ def cell_convergence(done: pd.DataFrame, runs: pd.DataFrame, control: pd.DataFra
                 "runs": len(cell),
                 "best_is_last": int(cr["best_is_last"].sum()),
                 "rising": int(cr["rising"].sum()),
+                "capped": capped,
                 "seed_std": std,
                 "control_gain": gain,
                 "control_epochs": ctl_epochs,
@@ -115,9 +153,11 @@ def convergence_messages(cells: pd.DataFrame, budget: str) -> list[tuple[str, in
     e.g. 'a 6-epoch budget'."""
     out = []
     for r in cells[~cells["converged"]].itertuples():
-        if r.evidence == "budget control":
+        if r.evidence == "cap":
+            why = f"{r.capped} of {r.runs} run(s) reached the cap on optimiser steps while still improving"
+        elif r.evidence == "budget control":
             why = (
-                f"twice the budget changed the same seed's test accuracy by {100 * r.control_gain:+.1f} pp, more than "
+                f"twice the steps changed the same seed's test accuracy by {100 * r.control_gain:+.1f} pp, more than "
                 f"{100 * r.threshold:.1f} pp (twice the seed standard deviation, at least {100 * GAIN_FLOOR:.0f} pp)"
             )
         else:
@@ -130,8 +170,14 @@ def convergence_messages(cells: pd.DataFrame, budget: str) -> list[tuple[str, in
 
 
 def budget_words(config: dict) -> str:
-    """The study's training budget in words, from its stored config: 'a 6-epoch budget'."""
+    """The study's training budget in words, from its stored config: 'a 6-epoch budget', or
+    'a plateau budget of 4 epochs' patience, a 0.5-point minimum gain and a 2,000-step cap'."""
     train = (config or {}).get("train", {})
+    if train.get("budget") == "plateau":
+        return (
+            f"a plateau budget of {train.get('patience')} epochs' patience, a {train.get('min_gain'):g}-point minimum "
+            f"gain and a {int(train.get('max_steps', 0)):,}-step cap"
+        )
     epochs = train.get("epochs")
     if not epochs:
         return "its training budget"

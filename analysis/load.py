@@ -57,6 +57,12 @@ RUN_COLUMNS = [
     "attempts",
     "environment",
     "worker",
+    "stop",
+    "steps_run",
+    "control_val_acc",
+    "control_test_acc",
+    "control_steps",
+    "control_seconds",
 ]
 # p50/p95 latency at batch 1 with one thread and with all threads: costs and deployments alike
 LATENCY_COLUMNS = ["latency_p50_ms_1t", "latency_p95_ms_1t", "latency_p50_ms_all", "latency_p95_ms_all", "threads_all"]
@@ -84,6 +90,9 @@ RESULTS_CSV_COLUMNS = [
     "peak_memory_mb",
     "device",
     "hparams_source",
+    "stop",
+    "steps_run",
+    "control_test_acc",
 ]
 
 

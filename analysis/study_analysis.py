@@ -9,7 +9,13 @@ import pandas as pd
 
 from analysis.arms import by_arm
 from analysis.confusion import confusion_matrices
-from analysis.convergence import budget_words, cell_convergence, convergence_messages, run_convergence
+from analysis.convergence import (
+    budget_words,
+    cell_convergence,
+    convergence_messages,
+    in_run_control,
+    run_convergence,
+)
 from analysis.costs import model_costs, time_to_target, training_costs
 from analysis.curves import DEFAULT_SELECTION, LearningCurves, curve_bands, fit_learning_curves
 from analysis.efficiency import (
@@ -175,7 +181,7 @@ def analyse(
     analysis.answer = answer_table(analysis)
     analysis.control = control
     analysis.convergence_runs = run_convergence(done, data.epochs)
-    control_done = control.done[control.done["test_acc"].notna()] if control is not None else None
+    control_done = control.done[control.done["test_acc"].notna()] if control is not None else in_run_control(done)
     analysis.convergence = cell_convergence(done, analysis.convergence_runs, control_done)
     analysis.warnings = _with_convergence(analysis.warnings, analysis.convergence, data.config)
     return analysis

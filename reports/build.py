@@ -266,6 +266,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
     selected = a.fits[a.fits["selected"]]
     unfitted = a.fits[~a.fits["model"].isin(selected["model"])].drop_duplicates("model")
     severity_counts = a.warnings["severity"].value_counts().to_dict()
+    carried = "control_test_acc" in data.done and bool(data.done["control_test_acc"].notna().any())
     return {
         "name": data.name,
         "dataset": data.dataset,
@@ -287,7 +288,9 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "rise": 100 * RISE_TOLERANCE,
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
-            "control": a.control is not None,
+            "control": a.control is not None or carried,
+            "plateau": paper.plateau_budget(a),
+            "train": (data.config or {}).get("train") or {},
             # cells with a control gain: the convergence figure's lower panel
             "controlled": a.convergence is not None and bool(a.convergence["control_gain"].notna().any()),
         },
@@ -345,11 +348,12 @@ def _unconverged(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
 def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:
     runs, cells = a.convergence_runs, a.convergence
     if runs is None or cells is None:
-        return {"runs": 0, "best_is_last": 0, "rising": 0, "cells": 0, "not_converged": 0}
+        return {"runs": 0, "best_is_last": 0, "rising": 0, "capped": 0, "cells": 0, "not_converged": 0}
     return {
         "runs": len(runs),
         "best_is_last": int(runs["best_is_last"].sum()),
         "rising": int(runs["rising"].sum()),
+        "capped": int(runs["capped"].sum()),
         "cells": len(cells),
         "not_converged": int((~cells["converged"]).sum()),
     }
@@ -522,7 +526,7 @@ def resolved_settings(a: StudyAnalysis) -> list[tuple[str, str]]:
         train["input_size"] = f"native: {per_model}" if per_model else "native (each model's pretrained size)"
     else:
         train["input_size"] = f"{size} px"
-    if not train.get("patience"):
+    if not train.get("patience") and train.get("budget", "fixed") == "fixed":
         train["patience"] = "0 (no early stopping)"
     if not train.get("weights"):
         train["weights"] = "none"
@@ -560,12 +564,13 @@ def reproduce_command(cfg: dict, lrs: list[float] | None = None) -> str:
     flag("models", cfg.get("models"))
     flag("per-class" if cfg.get("per_class") else "fractions", cfg.get("per_class") or cfg.get("fractions"))
     flag("seeds", cfg.get("seeds"))
-    for key in ("epochs", "min_steps", "batch_size", "lr", "augment", "input_size"):
-        if key in train:
-            flag(key.replace("_", "-"), train[key])
+    budget = ("epochs", "min_steps") if train.get("budget", "fixed") == "fixed" else ("max_steps", "min_gain")
+    for key in ("budget", "patience", *budget, "batch_size", "lr", "augment", "input_size"):
+        if key in train:  # a patience of 0 (never stop early) is a value, not an absence
+            flag(key.replace("_", "-"), str(train[key]) if key == "patience" else train[key])
     flag("image-size", data.get("image_size"))
     if train.get("pretrained"):
         parts.append("--pretrained")
-    if cfg.get("budget_control"):
-        parts.append("--budget-control")
+    if "budget_control" in cfg:  # on by default since the plateau budget, off before
+        parts.append("--budget-control" if cfg["budget_control"] else "--no-budget-control")
     return " ".join(parts)

@@ -166,8 +166,8 @@ def costs_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
 
 
 def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
-    """Per (model, size): runs whose best epoch was the last, runs still rising, the budget
-    control's gain against its threshold, and the verdict."""
+    """Per (model, size): runs whose best epoch was the last, runs still rising, runs capped (plateau
+    budget), the budget control's gain against its threshold, and the verdict."""
     c = a.convergence
     if c is None or c.empty:
         return pd.DataFrame()
@@ -177,15 +177,18 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
             "Training images": [count(n) for n in c["n_train"]],
             "Best epoch = last (runs)": [f"{b} of {r}" for b, r in zip(c["best_is_last"], c["runs"])],
             "Still rising (runs)": [f"{b} of {r}" for b, r in zip(c["rising"], c["runs"])],
+            "Capped (runs)": [f"{b} of {r}" for b, r in zip(c["capped"], c["runs"])],
             "Seed std (pp)": ["—" if is_missing(v) else f"{100 * float(v):.1f}" for v in c["seed_std"]],
-            "2× budget gain (pp)": [_pp(v) for v in c["control_gain"]],
+            "2× steps gain (pp)": [_pp(v) for v in c["control_gain"]],
             "Threshold (pp)": [f"{100 * float(v):.1f}" for v in c["threshold"]],
             "Converged": ["yes" if v else "no" for v in c["converged"]],
             "Evidence": list(c["evidence"]),
         }
     )
     if c["control_gain"].isna().all():  # no budget control: its columns would be empty
-        table = table.drop(columns=["2× budget gain (pp)", "Threshold (pp)"])
+        table = table.drop(columns=["2× steps gain (pp)", "Threshold (pp)"])
+    if not plateau_budget(a):  # a fixed budget has no cap
+        table = table.drop(columns=["Capped (runs)"])
     if c["evidence"].nunique() == 1:  # the section's text names the one kind of evidence
         table = table.drop(columns=["Evidence"])
     return table
@@ -225,3 +228,8 @@ def write_tables(tables: dict[str, tuple[pd.DataFrame, str]], folder: Path) -> N
             continue
         table.to_csv(folder / f"{name}.csv", index=False)
         (folder / f"{name}.tex").write_text(to_latex(table, caption, f"tab:{name}"), encoding="utf-8")
+
+
+def plateau_budget(a: StudyAnalysis) -> bool:
+    """Whether the study's runs trained under the plateau budget (its stored config)."""
+    return ((a.data.config or {}).get("train") or {}).get("budget") == "plateau"

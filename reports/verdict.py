@@ -155,7 +155,14 @@ def convergence_clause(a: StudyAnalysis, names: dict[str, str]) -> str:
         return f"under {budget}"
     bad = cells[~cells["converged"]]
     if bad.empty:
-        how = "the budget control" if (cells["evidence"] == "budget control").any() else "the validation curves"
+        evidence = set(cells["evidence"])
+        how = (
+            "the budget control"
+            if "budget control" in evidence
+            else "their plateau stops"
+            if "plateau stops" in evidence
+            else "the validation curves"
+        )
         return f"under {budget}, enough for every model by {how}"
     models = [names[m] for m in sorted(bad["model"].unique())]
     verb = "had" if len(models) > 1 else "had"

@@ -133,9 +133,27 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-steps", metavar="N", help="floor on optimiser steps per run, so small subsets are not starved"
     )
+    p.add_argument(
+        "--budget",
+        metavar="POLICY",
+        help="how long a run trains: plateau (until validation stops improving, under --max-steps) | fixed "
+        "(--epochs epochs on a cosine schedule)",
+    )
+    p.add_argument(
+        "--patience",
+        metavar="N",
+        help="epochs without a validation gain of --min-gain points before a run stops (fixed budget: 0 = never)",
+    )
+    p.add_argument("--min-gain", metavar="POINTS", help="validation accuracy points that count as an improvement")
+    p.add_argument(
+        "--max-steps", metavar="N", help="plateau budget: cap on a run's optimiser steps (a run reaching it is capped)"
+    )
+    p.add_argument("--warmup-steps", metavar="N", help="plateau budget: optimiser steps of learning-rate warm-up")
     p.add_argument("--batch-size", metavar="N", help="images per optimiser step (smaller subsets use their size)")
     p.add_argument(
-        "--lr", metavar="LR", help="peak learning rate of AdamW (0 = auto: 4e-3 from scratch, 1e-4 pretrained)"
+        "--lr",
+        metavar="LR",
+        help="peak learning rate (0 = auto: from scratch 1e-2 plateau, 4e-3 fixed; 1e-4 pretrained)",
     )
     p.add_argument("--augment", metavar="POLICY", help="none | light | standard | strong | trivial")
     p.add_argument("--image-size", metavar="PX", help="size images are decoded and cached at")
@@ -171,8 +189,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget-control",
         action=argparse.BooleanOptionalAction,
-        help="after the study, retrain seed 0 of each model at the smallest and largest size with twice the budget, "
-        "so the report can say whether the runs converged",
+        help="give seed 0 of each model at the smallest and largest size twice the optimiser steps (plateau budget: "
+        "the run goes on after its stop), so the report can say whether the runs converged",
     )
     p.add_argument(
         "--no-deploy",
@@ -226,6 +244,11 @@ _OVERRIDES = {
     "split_per_seed": "data.split_per_seed",
     "epochs": "train.epochs",
     "min_steps": "train.min_steps",
+    "budget": "train.budget",
+    "patience": "train.patience",
+    "min_gain": "train.min_gain",
+    "max_steps": "train.max_steps",
+    "warmup_steps": "train.warmup_steps",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "augment": "train.augment",

@@ -38,10 +38,16 @@ CHANNELS_LAST = ("auto", "on", "off")
 # measured in docs/report.md, "The default budget".
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 4e-3
+# Schedule-free AdamW (the plateau budget) from scratch: 1e-2 reached MobileNetV2's plateau on 116
+# digits in 400 steps at 95% (4e-3: 620 steps, 94%) and on 1,151 in about 400 (docs/report.md).
+SCHEDULE_FREE_LR = 1e-2
 WARMUP_DIVISOR = 10  # the learning rate warms up linearly over the first 1/10 of a run's optimiser steps
 FINETUNE_MODES = ("full", "head")
 NATIVE = "native"  # train.input_size: the size the model was pretrained at
 PRUNERS = ("median", "hyperband", "none")
+# How long a run trains (``TrainConfig.budget``): until validation accuracy stops improving
+# (schedule-free optimisation, no planned end), or a fixed number of epochs on a cosine schedule.
+BUDGETS = ("plateau", "fixed")
 BACKENDS = ("loky", "dask")  # joblib backends: local processes, or a dask.distributed cluster
 
 
@@ -108,19 +114,26 @@ def _datasets_over_data(raw: dict[str, Any]) -> dict[str, Any]:
 class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
-    # 8 epochs and at least 160 steps: 160, 160, 160 and 288 steps at 10 / 25 / 50 / 100% of digits.
-    # Small subsets need as many steps as large ones to fit (at 40 steps MobileNetV2 reached 37% on
-    # 116 images, at 150 steps 85%); the budget is what the default study's 5 minutes allow.
+    # plateau: a run trains until validation accuracy has not gained ``min_gain`` points for
+    # ``patience`` epochs, under a cap of ``max_steps`` (study/train.py; measured in docs/report.md,
+    # "The default budget"). fixed: ``epochs`` epochs on a warm-up + cosine schedule.
+    budget: str = "plateau"
+    # An epoch is one pass over the run's subset, or min_steps / epochs optimiser steps when a pass is
+    # shorter (20 steps by default): validation runs after each. Under the fixed budget, 8 epochs and at
+    # least 160 steps: 160, 160, 160 and 288 steps at 10 / 25 / 50 / 100% of digits.
     epochs: int = 8
-    min_steps: int = 160  # floor on optimiser steps, so that small subsets are not starved
+    min_steps: int = 160  # floor on optimiser steps (fixed budget); with epochs, an epoch's shortest length
+    patience: int = 4  # epochs without a validation gain of min_gain points before a run stops; fixed: 0 = never
+    min_gain: float = 0.5  # validation accuracy points that count as an improvement
+    max_steps: int = 2000  # plateau: the cap on optimiser steps; a run that reaches it is capped, not converged
+    warmup_steps: int = 20  # plateau: optimiser steps of linear learning-rate warm-up
     batch_size: int = 32
     optimizer: str = "adamw"
-    lr: float = 0.0  # 0 = auto: FINETUNE_LR with pretrained weights, SCRATCH_LR from scratch
+    lr: float = 0.0  # 0 = auto: FINETUNE_LR pretrained; from scratch SCHEDULE_FREE_LR (plateau) or SCRATCH_LR (fixed)
     weight_decay: float = 0.05
     augment: str = "light"
     augment_strength: float = 1.0
     normalization: str = "model"  # the model's pretrained config, ImageNet's, or 0.5/0.5
-    patience: int = 0  # epochs without validation improvement before stopping; 0 = never stop
     input_size: int | str = 0  # model input; 0 = data.image_size, "native" = the model's pretrained size
     label_smoothing: float = 0.0
     # Transfer learning (see study/transfer.py): where initial weights come from, what trains.
@@ -130,6 +143,7 @@ class TrainConfig:
     freeze_stages: int = 0  # with finetune=full: keep the stem and the first K stages frozen
 
     def validate(self) -> None:
+        _check(self.budget in BUDGETS, f"train.budget={self.budget!r} is unknown; valid: {', '.join(BUDGETS)}")
         _check(self.epochs >= 1, f"train.epochs={self.epochs} must be at least 1")
         _check(self.min_steps >= 0, f"train.min_steps={self.min_steps} must be 0 or more")
         _check(self.batch_size >= 2, f"train.batch_size={self.batch_size} must be at least 2")
@@ -148,7 +162,28 @@ class TrainConfig:
             self.normalization in NORMALIZATIONS,
             f"train.normalization={self.normalization!r} is unknown; valid: {', '.join(NORMALIZATIONS)}",
         )
-        _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
+        if self.budget == "plateau":
+            _check(
+                self.patience >= 1,
+                f"train.patience={self.patience} is invalid with train.budget='plateau'; use 1 or more epochs",
+            )
+        else:
+            _check(self.patience >= 0, f"train.patience={self.patience} must be 0 (off) or more")
+        _check(
+            0 <= self.min_gain <= 10,
+            f"train.min_gain={self.min_gain} is invalid; use validation accuracy points in [0, 10]",
+        )
+        _check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be 0 or more")
+        _check(
+            self.max_steps >= max(1, self.warmup_steps),
+            f"train.max_steps={self.max_steps} is below train.warmup_steps={self.warmup_steps}; use a cap of at "
+            "least the warm-up",
+        )
+        _check(
+            self.budget == "fixed" or self.optimizer != "adam" or self.weight_decay == 0,
+            f"train.optimizer='adam' with weight_decay={self.weight_decay} needs train.budget='fixed'; the plateau "
+            "budget trains with schedule-free AdamW or SGD (use optimizer='adamw', or weight_decay=0)",
+        )
         _check(
             self.input_size == NATIVE
             or (isinstance(self.input_size, int) and (self.input_size == 0 or self.input_size >= 8)),
@@ -184,19 +219,23 @@ class TrainConfig:
             files[model] = path
         return files
 
-    def budget(self, n_train: int) -> tuple[int, int, int]:
-        """(batch size, optimiser steps per epoch, epochs) of a run on ``n_train`` images: an
+    def plan(self, n_train: int) -> tuple[int, int, int]:
+        """(batch size, optimiser steps per epoch, epochs at most) of a run on ``n_train`` images: an
         epoch is one pass over the subset, or as many passes as give ``min_steps / epochs`` steps
-        when the subset is small, so tiny fractions are not starved of updates."""
+        when the subset is small, so tiny fractions are not starved of updates. Under the plateau
+        budget the epochs are the cap's (``max_steps``); the run usually stops before."""
         batch = min(self.batch_size, n_train)
-        steps_per_epoch = math.ceil(n_train / batch)
-        return batch, max(steps_per_epoch, math.ceil(self.min_steps / self.epochs)), self.epochs
+        steps_per_epoch = max(math.ceil(n_train / batch), math.ceil(self.min_steps / self.epochs))
+        if self.budget == "plateau":
+            return batch, steps_per_epoch, max(1, self.max_steps // steps_per_epoch)
+        return batch, steps_per_epoch, self.epochs
 
     def resolved(self, model: str | None = None) -> TrainConfig:
         """These hyper-parameters with 'auto' values made concrete, as a run of ``model`` uses
         them: it fine-tunes when it starts from timm's weights or from a weights file of its own."""
         pretrained = self.pretrained or (model in self.weight_files if model else bool(self.weights))
-        return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else SCRATCH_LR))
+        scratch = SCHEDULE_FREE_LR if self.budget == "plateau" else SCRATCH_LR
+        return dataclasses.replace(self, lr=self.lr or (FINETUNE_LR if pretrained else scratch))
 
 
 ARM_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # what an arm may set for itself
@@ -294,7 +333,7 @@ class TuneConfig:
 
     trials: int = 0  # finished (complete or pruned) trials per (model, size); 0 = no tuning
     timeout: float = 0.0  # seconds of finished trials per (model, size); 0 = no limit
-    epochs: int = 0  # epochs per trial; 0 = train.epochs
+    epochs: int = 0  # epochs per trial under the fixed budget; 0 = train.epochs (plateau: trials stop like runs)
     pruner: str = "median"  # median | hyperband | none
     startup_trials: int = 5  # random trials before TPE models the space and pruning starts
     warmup_epochs: int = 2  # epochs a trial always runs before the pruner may stop it
@@ -441,9 +480,9 @@ class StudyConfig:
     channels_last: str = "auto"  # auto (measured once per study, model and kind of device) | on | off
     costs: bool = True  # measure each model's MACs, size and CPU latency once per study
     # Convergence check (study/budget_control.py): seed 0 of each model at the smallest and largest
-    # size trained again with twice the budget, in a companion study of the same store. Off by
-    # default: it adds about 40% to the default study's time (see docs/report.md).
-    budget_control: bool = False
+    # size given twice the optimiser steps. Under the plateau budget the run goes on after its stop
+    # (only the extra steps are paid); under the fixed budget a companion study retrains it.
+    budget_control: bool = True
     # Presentation only: the report's name for each model (timm id -> name); unlisted ids get the
     # readable defaults of reports.format.DISPLAY_NAMES ("MobileViT-XXS", "ResNet-18", ...).
     display_names: dict[str, str] = field(default_factory=dict)
@@ -782,8 +821,8 @@ grace_period = 180                  # seconds without one after which another wo
 compile = false                     # torch.compile each model once per worker (pays off on long GPU runs)
 channels_last = "auto"              # memory layout: auto (measured once per study, model and device kind) | on | off
 costs = true                        # measure MACs, size and CPU latency of each model once per study
-budget_control = false             # also retrain seed 0 at the smallest and largest size with twice the
-                                    # budget: the report then tests convergence against the seed noise
+budget_control = true              # give seed 0 at the smallest and largest size twice the optimiser steps:
+                                    # the report then tests convergence against the seed noise
 # display_names = { resnet18 = "ResNet-18" }   # names in the report; readable defaults for common timm ids
 # memory_budget = "2GB"             # a run's images on its device, beyond which they stream ("" = half the free memory)
 
@@ -807,16 +846,20 @@ split_per_seed = false    # true: each seed draws its own stratified test and va
                           # measures the split's share of the variance (docs/statistics.md)
 
 [train]
-epochs = 8                # each one pass over the run's subset, more for small subsets
-min_steps = 160           # floor on optimiser steps for small fractions
+budget = "plateau"        # plateau: until validation stops improving (schedule-free AdamW) | fixed: `epochs`, cosine
+patience = 4              # epochs without a validation gain of min_gain points before a run stops (fixed: 0 = never)
+min_gain = 0.5            # validation accuracy points that count as an improvement
+max_steps = 2000          # plateau: cap on optimiser steps; a run that reaches it is capped (not converged)
+warmup_steps = 20         # plateau: optimiser steps of linear learning-rate warm-up
+epochs = 8                # fixed: epochs per run; both: an epoch is a pass, or min_steps / epochs steps if more
+min_steps = 160           # fixed: floor on optimiser steps for small fractions
 batch_size = 32
 optimizer = "adamw"       # adamw | adam | sgd
-lr = 0                    # 0 = auto: 1e-4 when fine-tuning pretrained weights, 4e-3 from scratch
+lr = 0                    # 0 = auto: 1e-4 fine-tuning pretrained weights; from scratch 1e-2 (plateau), 4e-3 (fixed)
 weight_decay = 0.05
 augment = "light"         # none | light | standard | strong | trivial
 augment_strength = 1.0    # 0 = off, 1 = default magnitudes, up to 3
 normalization = "model"   # model (its pretrained config) | imagenet | half (0.5/0.5)
-patience = 0              # early stopping after this many epochs without improvement; 0 = off
 input_size = 0            # model input size; 0 = data.image_size, "native" = the size the model was pretrained at
 label_smoothing = 0.0
 pretrained = false        # start from timm's pretrained weights (hub cache; HF_HUB_OFFLINE=1 works with a filled cache)

@@ -20,6 +20,7 @@ from functools import partial
 
 from tqdm.auto import tqdm
 
+from study.budget_control import carries_control, control_fields
 from study.config import StudyConfig, TrainConfig, to_dict
 from study.machine import dask_client, plan_workers, torch_threads
 from study.masking import mask_urls
@@ -122,14 +123,15 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
     bar = None
     try:
         hp, source = hparams_for(cfg, run)
-        bar = tqdm(total=hp.epochs, desc=f"  {cell.key}", unit="epoch", leave=False, disable=not show_epochs)
+        epochs_at_most = hp.plan(len(ctx.train_indices(cell)))[2]
+        bar = tqdm(total=epochs_at_most, desc=f"  {cell.key}", unit="epoch", leave=False, disable=not show_epochs)
 
         def on_epoch(stats) -> None:
             bar.update(1)
             bar.set_postfix(val_acc=f"{stats.val_acc:.3f}")
             # The workers table shows each run's progress (`status`, and tests that act mid-run).
             ctx.store.worker_doing(
-                ctx.study_id, me, f"run {cell.key}: epoch {stats.epoch}/{hp.epochs}, val_acc {stats.val_acc:.3f}"
+                ctx.study_id, me, f"run {cell.key}: epoch {stats.epoch}/{epochs_at_most}, val_acc {stats.val_acc:.3f}"
             )
             if epoch_queue is not None:
                 epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
@@ -147,6 +149,7 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
                 state.device,
                 on_epoch=on_epoch,
                 speed=state.speed,
+                control=carries_control(cfg, hp, run.size_value, cell.seed),
             )
         fields = {
             "hparams": to_dict(hp),
@@ -163,6 +166,9 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
             "peak_memory_mb": result.peak_memory_mb,
             "device": result.device,
             "environment": environment(result.device),
+            "stop": result.stop,
+            "steps_run": result.steps,
+            **control_fields(result.control),
         }
         epochs = [vars(e) for e in result.history]
         # A seed's own split: its test labels are stored with the predictions they score.
@@ -270,7 +276,8 @@ def _work(
             if workers == 1:
                 reports.consume(iter(lambda: run_next(cfg, threads, show_epochs=progress), None))
             else:
-                epochs = _EpochProgress(pending * cfg.train.epochs) if progress else None
+                planned = pending * cfg.train.epochs if cfg.train.budget == "fixed" else None  # plateau: unknown
+                epochs = _EpochProgress(planned) if progress else None
                 for restart in range(MAX_RESTARTS + 1):
                     try:
                         queue = epochs.queue if epochs else None

@@ -9,14 +9,27 @@ The loop itself is ``TrainLoop``, so that the benchmark (``benchmarks/bench_trai
 exactly what a study runs. On a GPU the loop never waits for the host: batch orders go to the
 device an epoch at a time and metrics stay on the device until the epoch ends.
 
-Budget policy: a run trains for ``epochs`` epochs. An epoch is one pass over the run's subset,
-or as many passes as give at least ``min_steps / epochs`` optimiser steps when the subset is
-small, so tiny fractions are not starved of updates. Validation follows each epoch; the weights
-of the best epoch are the ones tested.
+Budget policy (``TrainConfig.budget``). An epoch is one pass over the run's subset, or as many
+passes as give at least ``min_steps / epochs`` optimiser steps when the subset is small, so tiny
+fractions are not starved of updates. Validation follows each epoch; the weights of the best epoch
+are the ones tested.
+
+- ``plateau`` (the default): schedule-free AdamW (Defazio et al. 2024, the ``schedulefree``
+  package) after a linear warm-up, with no schedule that depends on a planned end, so the run can
+  stop whenever it has converged: once validation accuracy has not gained ``min_gain`` points for
+  ``patience`` epochs. Validation evaluates the optimiser's averaged weights, with batch-norm
+  statistics recomputed for them. A run that reaches ``max_steps`` first stops there as *capped*.
+- ``fixed``: ``epochs`` epochs of AdamW on a warm-up + cosine schedule (``patience`` > 0 may stop
+  it early).
+
+The convergence control (``control=True``): after the run has stopped on its plateau, it trains
+as many steps again and records the validation and test accuracy it would then have reported
+(``RunResult.control``), without changing the run's own result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +51,9 @@ from study.models import count_parameters, create_model, input_size_for, normali
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
+# Images whose batch-norm statistics averaged weights are evaluated with: recomputed every epoch, so
+# few (128 cost about a tenth of a 20-step epoch at 32 px); enough for a mean and variance per channel.
+CALIBRATION_IMAGES = 128
 
 
 @dataclass
@@ -67,6 +83,9 @@ class RunResult:
     peak_memory_mb: float
     device: str
     epochs_run: int = 0
+    stop: str = "epochs"  # plateau | capped (plateau budget), epochs | patience (fixed budget)
+    steps: int = 0  # optimiser steps the run took
+    control: dict | None = None  # the convergence control: val_acc, test_acc, steps, best_epoch, seconds
     extra: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # the tested (best round's) state dict, kept for export
 
@@ -80,11 +99,6 @@ def resolve_device(name: str) -> torch.device:
 
         raise UserError("device='cuda' was asked for but no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
-
-
-def budget(n_train: int, hp: TrainConfig) -> tuple[int, int, int]:
-    """(batch size, steps per epoch, epochs) for a subset of ``n_train`` images (``TrainConfig.budget``)."""
-    return hp.budget(n_train)
 
 
 class BatchOrder:
@@ -127,6 +141,8 @@ def make_optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool = True) 
     # that cut AdamW's step on ResNet-18 from about 30-60 ms to 6 ms: the loop over parameter
     # tensors is memory-bound, and it was a third of a training step at 32 px.
     kernel = {"fused": True} if fused else {}
+    if hp.budget == "plateau":
+        return _schedule_free(groups, hp)
     if hp.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=hp.lr, **kernel)
     if hp.optimizer == "adam":
@@ -135,8 +151,29 @@ def make_optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool = True) 
     return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
 
 
+def _schedule_free(groups: list[dict], hp: TrainConfig) -> torch.optim.Optimizer:
+    """The plateau budget's optimiser: schedule-free AdamW (``adam`` only without weight decay,
+    where the two agree) or SGD with momentum 0.9, warmed up over ``warmup_steps``."""
+    import schedulefree
+
+    if hp.optimizer == "sgd":
+        optimizer = schedulefree.SGDScheduleFree(groups, lr=hp.lr, momentum=0.9, warmup_steps=hp.warmup_steps)
+    else:
+        optimizer = schedulefree.AdamWScheduleFree(groups, lr=hp.lr, warmup_steps=hp.warmup_steps)
+    optimizer.train()  # it starts in evaluation mode
+    return optimizer
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` keeps averaged weights to evaluate (``.eval()`` / ``.train()``)."""
+    return "train_mode" in optimizer.defaults
+
+
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over the first 10% of steps (``WARMUP_DIVISOR``), then cosine decay to zero."""
+    """Linear warm-up over the first 10% of steps (``WARMUP_DIVISOR``), then cosine decay to zero;
+    constant for a schedule-free optimiser (it warms up by itself and has no planned end)."""
+    if is_schedule_free(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = max(1, total_steps // WARMUP_DIVISOR)
 
     def factor(step: int) -> float:
@@ -209,10 +246,53 @@ class TrainLoop:
     device: torch.device
     steps_per_epoch: int
     epochs: int
+    calibration: np.ndarray  # dataset indices whose batch-norm statistics the averaged weights use
 
     @property
     def batch(self) -> int:
         return self.order.batch
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the last step (a schedule-free optimiser's includes its warm-up)."""
+        group = self.optimizer.param_groups[0]
+        return float(group.get("scheduled_lr", group["lr"]))
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The weights to evaluate and keep: a schedule-free optimiser's averaged weights, their
+        batch-norm statistics recomputed (the running ones were gathered at other weights), or
+        the trained weights as they are."""
+        if not is_schedule_free(self.optimizer):
+            yield
+            return
+        self.optimizer.eval()
+        try:
+            self._recompute_batch_norm()
+            yield
+        finally:
+            self.optimizer.train()
+
+    @torch.no_grad()
+    def _recompute_batch_norm(self) -> None:
+        """Batch-norm running statistics as the cumulative average over ``calibration``'s images,
+        unaugmented (as they are evaluated). Frozen layers (timm's FrozenBatchNorm2d) keep theirs."""
+        layers = [m for m in self.plain.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        layers = [m for m in layers if m.track_running_stats]
+        if not layers:
+            return
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # None: a cumulative average over the batches below
+        self.plain.train()
+        for images, _ in self.data.eval_batches(self.calibration, EVAL_BATCH):
+            x = to_model_input(images, self.input_size, self.mean, self.std, channels_last=self.channels_last)
+            with autocast(self.device):
+                self.plain(x)
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        self.plain.eval()
 
     def batch_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model input and labels of the subset's images at ``positions``, augmented
@@ -272,7 +352,7 @@ def build_loop(
     configure_device(device)
     factory = model_factory or (lambda name, num_classes: create_model(name, num_classes, hp))
     input_size = input_size_for(model_name, hp.input_size, data.image_size)
-    batch, steps_per_epoch, epochs = budget(len(train_idx), hp)
+    batch, steps_per_epoch, epochs = hp.plan(len(train_idx))
     channels_last = use_channels_last(
         speed.channels_last,
         model_name,
@@ -282,6 +362,8 @@ def build_loop(
         device,
         speed.layout_choices,
     )
+    # A fixed sample of the subset, for the batch-norm statistics of averaged weights.
+    calibration = np.asarray(train_idx)[np.random.default_rng(seed).permutation(len(train_idx))[:CALIBRATION_IMAGES]]
     torch.manual_seed(seed)
     model, plain = prepare_model(
         factory(model_name, data.num_classes),
@@ -313,6 +395,7 @@ def build_loop(
         device=device,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
+        calibration=np.sort(calibration),
     )
 
 
@@ -328,6 +411,7 @@ def train_run(
     on_epoch: Callable[[EpochStats], None] | None = None,
     model_factory: Callable[[str, int], torch.nn.Module] | None = None,
     speed: Speed | None = None,
+    control: bool = False,
 ) -> RunResult:
     """Train ``model_name`` on ``data[train_idx]``, select the best epoch on ``val_idx`` and
     evaluate it on ``test_idx``. ``data`` is the run's images, or a worker's ``ImageSource``
@@ -335,7 +419,8 @@ def train_run(
 
     ``seed`` fixes the initialisation, the batch order and the augmentation stream. ``on_epoch``
     is called after each epoch's validation (progress, heartbeats, Optuna pruning: it may raise
-    to stop the run). ``speed`` chooses layout and compilation (default: ``Speed()``). Raises
+    to stop the run). ``speed`` chooses layout and compilation (default: ``Speed()``). ``control``
+    continues a run that stopped on its plateau for as many steps again (``RunResult.control``). Raises
     DivergedError when the training loss becomes non-finite.
     """
     memory = PeakMemory(device)
@@ -343,12 +428,14 @@ def train_run(
         data = data.for_run(train_idx, val_idx, test_idx)
     loop = build_loop(data, train_idx, model_name, hp, seed, device, model_factory, speed)
     try:
-        return _train(loop, data, val_idx, test_idx, hp, device, memory, on_epoch)
+        return _train(loop, data, val_idx, test_idx, hp, device, memory, on_epoch, control)
     finally:
         loop.close()
 
 
-def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, device, memory, on_epoch) -> RunResult:
+def _train(
+    loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, device, memory, on_epoch, control: bool
+) -> RunResult:
     """``train_run``'s epochs, validation and test, on a built loop (which the caller closes)."""
     val_t, test_t = np.asarray(val_idx), np.asarray(test_idx)
     evaluation = dict(
@@ -359,48 +446,61 @@ def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, d
         device=device,
         channels_last=loop.channels_last,
     )
-
     history: list[EpochStats] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
+    best = _Best()
+    plateau = Plateau(hp.patience, hp.min_gain / 100)
     step_seconds, images_seen = 0.0, 0
     run_start = time.perf_counter()
-    for epoch in range(1, loop.epochs + 1):
+
+    def epoch(number: int) -> EpochStats:
+        nonlocal step_seconds, images_seen
         epoch_start = time.perf_counter()
         loss_sum, correct = loop.run(loop.steps_per_epoch)
         seen = loop.steps_per_epoch * loop.batch
         images_seen += seen
         train_loss = loss_sum.item() / seen  # one sync per epoch, not per step
         if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch} (lr={hp.lr:g})")
+            raise DivergedError(f"training loss became {train_loss} in epoch {number} (lr={hp.lr:g})")
         step_seconds += time.perf_counter() - epoch_start
-        val_loss, val_acc, _ = evaluate(loop.plain, indices=val_t, **evaluation)
-        stats = EpochStats(
-            epoch,
+        with loop.averaged():
+            val_loss, val_acc, _ = evaluate(loop.plain, indices=val_t, **evaluation)
+            best.offer(number, val_acc, loop.plain)
+        return EpochStats(
+            number,
             train_loss,
             correct.item() / seen,
             val_loss,
             val_acc,
-            loop.scheduler.get_last_lr()[0],
+            loop.lr,
             time.perf_counter() - epoch_start,
             images_seen,
         )
+
+    stop = "capped" if hp.budget == "plateau" else "epochs"
+    for number in range(1, loop.epochs + 1):
+        stats = epoch(number)
         history.append(stats)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in loop.plain.state_dict().items()}
         if on_epoch is not None:
             on_epoch(stats)
-        if hp.patience and epoch - best_epoch >= hp.patience:
+        if hp.patience and plateau.stopped(number, stats.val_acc):
+            stop = "plateau" if hp.budget == "plateau" else "patience"
             break
     train_seconds = time.perf_counter() - run_start
+    run_best = best.snapshot()
 
-    loop.plain.load_state_dict(best_state)
+    control = control and stop == "plateau"
+    trained = {k: v.detach().clone() for k, v in loop.plain.state_dict().items()} if control else None
+    loop.plain.load_state_dict(best.state)
     test_loss, test_acc, predictions = evaluate(loop.plain, indices=test_t, **evaluation)
     test_labels = data.labels_of(test_t)
+    check = None
+    if control:  # train on from where the run stopped, not from its best epoch
+        loop.plain.load_state_dict(trained)
+        check = _control(loop, best, run_best, len(history), epoch, test_acc, test_t, evaluation)
     return RunResult(
         history=history,
-        best_epoch=best_epoch,
-        val_acc=best_acc,
+        best_epoch=run_best[0],
+        val_acc=run_best[1],
         test_acc=test_acc,
         test_loss=test_loss,
         test_f1=float(f1_score(test_labels, predictions, average="macro", zero_division=0)),
@@ -411,6 +511,59 @@ def _train(loop: TrainLoop, data: RunData, val_idx, test_idx, hp: TrainConfig, d
         peak_memory_mb=memory.peak_mb(),
         device=str(device),
         epochs_run=len(history),
+        stop=stop,
+        steps=len(history) * loop.steps_per_epoch,
+        control=check,
         extra={"channels_last": loop.channels_last, "compiled": loop.model is not loop.plain},
-        weights=best_state,
+        weights=run_best[2],
     )
+
+
+class _Best:
+    """The epoch with the best validation accuracy so far, and a copy of its weights."""
+
+    def __init__(self) -> None:
+        self.epoch, self.acc, self.state = 0, -1.0, None
+
+    def offer(self, epoch: int, acc: float, model: nn.Module) -> None:
+        if acc > self.acc:
+            self.epoch, self.acc = epoch, acc
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def snapshot(self) -> tuple[int, float, dict | None]:
+        return self.epoch, self.acc, self.state
+
+
+class Plateau:
+    """The stopping rule: stop once ``patience`` epochs have passed since validation accuracy
+    last rose by at least ``min_gain`` (a fraction) above the level it had then. A slow climb
+    keeps a run going as long as it adds ``min_gain`` within any ``patience`` epochs."""
+
+    def __init__(self, patience: int, min_gain: float) -> None:
+        self.patience, self.min_gain = patience, min_gain
+        self.level, self.since = -math.inf, 0
+
+    def stopped(self, epoch: int, val_acc: float) -> bool:
+        """Whether the run stops after ``epoch``, whose validation accuracy was ``val_acc``."""
+        # A small tolerance: accuracies are counts over the validation set, min_gain a round number.
+        if val_acc >= self.level + self.min_gain - 1e-9:
+            self.level, self.since = val_acc, epoch
+        return epoch - self.since >= self.patience
+
+
+def _control(loop: TrainLoop, best: _Best, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
+    """The convergence control: train ``epochs`` more epochs (as many steps again), then the
+    validation and test accuracy of the epoch the run would have selected over all of them."""
+    start = time.perf_counter()
+    for number in range(epochs + 1, 2 * epochs + 1):
+        epoch(number)
+    if best.epoch != run_best[0]:  # a later epoch validated better: test what it would have reported
+        loop.plain.load_state_dict(best.state)
+        test_acc = evaluate(loop.plain, indices=test_t, **evaluation)[1]
+    return {
+        "val_acc": best.acc,
+        "test_acc": test_acc,
+        "steps": 2 * epochs * loop.steps_per_epoch,
+        "best_epoch": best.epoch,
+        "seconds": time.perf_counter() - start,
+    }

@@ -56,12 +56,22 @@ CHOSEN_TRIAL = "chosen_trial"  # Optuna study user attribute: the trial whose pa
 TrainFn = Callable[[TrainConfig, Callable[[Any], None]], Any]
 
 
-def make_pruner(tune: TuneConfig, epochs: int) -> optuna.pruners.BasePruner:
-    """The configured pruner, deciding on validation accuracy reported after each epoch."""
+def trial_epochs(tune: TuneConfig, train: TrainConfig) -> int | None:
+    """Epochs of a trial under the fixed budget (``tune.epochs``, 0 = ``train.epochs``); None under
+    the plateau budget, whose trials stop on their plateau like the runs, each after its own number."""
+    return None if train.budget == "plateau" else tune.epochs or train.epochs
+
+
+def make_pruner(tune: TuneConfig, epochs: int | None) -> optuna.pruners.BasePruner:
+    """The configured pruner, deciding on validation accuracy reported after each epoch. Trials of
+    different lengths (``epochs`` None: the plateau budget) are compared epoch by epoch as far as
+    each went; Hyperband then takes its largest resource from the first trial that finishes."""
     warmup = max(1, tune.warmup_epochs)
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=warmup)
     if tune.pruner == "hyperband":
+        if epochs is None:
+            return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource="auto", reduction_factor=3)
         return optuna.pruners.HyperbandPruner(min_resource=min(warmup, epochs), max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
@@ -107,7 +117,7 @@ def tune_cell(
     trial replaces the searched keys. ``attrs`` become the study's user attributes. ``on_start``
     is called as a trial starts, ``on_trial`` when it has ended.
     """
-    epochs = tune.epochs or base.epochs
+    epochs = trial_epochs(tune, base)
     study = open_tuning_study(study_name, storage, tune, epochs)
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
@@ -127,13 +137,14 @@ def tune_cell(
                 if on_start is not None:
                     on_start(trial)
 
-            frozen = _run_trial(study, train, dataclasses.replace(base, epochs=epochs), tune, started)
+            trial_train = base if epochs is None else dataclasses.replace(base, epochs=epochs)
+            frozen = _run_trial(study, train, trial_train, tune, started)
         if on_trial is not None:
             on_trial(frozen)
 
 
 def open_tuning_study(
-    study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int
+    study_name: str, storage: optuna.storages.BaseStorage, tune: TuneConfig, epochs: int | None
 ) -> optuna.Study:
     """The cell's Optuna study (made if new), with the trials of dead workers failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress and failed trials are ours to show
@@ -262,7 +273,7 @@ def tune_next(cfg: StudyConfig, state: WorkerState, show_progress: bool = False)
     ctx, me, tune = state.ctx, worker_id(), cfg.tune
     storage = optuna_storage(cfg.storage_url, cfg.heartbeat, cfg.grace_period)
     for job in ctx.store.open_tuning_jobs(ctx.study_id):
-        study = open_tuning_study(job.optuna_study, storage, tune, tune.epochs or cfg.train.epochs)
+        study = open_tuning_study(job.optuna_study, storage, tune, trial_epochs(tune, cfg.train))
         if budget_spent(study, tune):
             return close_tuning(ctx.store, job, study)
         if budget_left(study, tune) > 0 and ctx.store.join_tuning(job.id, me):

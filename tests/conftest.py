@@ -19,7 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small real timm models: a whole study trains in seconds on a CPU.
 FAST_MODEL = "test_resnet"
 # A study that trains in a second or two a run: the fast model at 16 px, 2 epochs, one torch thread.
-TINY_STUDY = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1"]
+TINY_STUDY = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,22 @@ from study.store import Store
 from tests.conftest import FAST_MODEL
 
 # A tiny study: test_resnet at 16 px, two rounds, on the bundled digits.
-TINY = ["--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--jobs", "1", "--quiet"]
+TINY = [
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--jobs",
+    "1",
+    "--quiet",
+]
 
 
 def _refused(result, fragment):
@@ -59,7 +74,7 @@ def test_arm_flags_name_ways_to_train_and_resolve_their_settings():
     assert [a.name for a in cfg.study_arms] == ["vit-scratch", "vit-in1k", "r18-probe"]
     assert cfg.models == ["mobilevit_xxs", "resnet18"]  # the arms' distinct models
     scratch, in1k, probe = (a.resolved(cfg.train) for a in cfg.study_arms)
-    assert (scratch.pretrained, scratch.lr) == (False, config.SCRATCH_LR)
+    assert (scratch.pretrained, scratch.lr) == (False, config.SCHEDULE_FREE_LR)
     assert (in1k.pretrained, in1k.lr) == (True, config.FINETUNE_LR)
     assert (probe.finetune, probe.input_size) == ("head", "native")
     # The config as stored and read back by a worker is the same study.

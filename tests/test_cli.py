@@ -12,7 +12,22 @@ import pytest
 
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess, write_imagefolder
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def _refused(result, fragment):
@@ -169,6 +184,9 @@ def test_a_study_killed_at_any_moment_resumes_without_losing_or_repeating_runs(t
         FAST_MODEL,
         "--image-size",
         "16",
+        "--budget",
+        "fixed",
+        "--no-budget-control",
         "--epochs",
         "2",
         "--min-steps",

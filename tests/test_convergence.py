@@ -106,7 +106,7 @@ def test_the_convergence_figure_is_written_in_three_formats_with_the_control_whe
 
 
 def test_control_config_trains_seed_0_at_the_ends_with_twice_the_budget():
-    on = {"budget_control": True}
+    on = {"budget_control": True, "train.budget": "fixed"}
     cfg = config.load(None, {**on, "fractions": "0.1,0.25,0.5,1.0", "train.epochs": 5, "train.min_steps": 60})
     control = control_config(cfg)
     assert control.name == "default+budget-x2"
@@ -117,6 +117,8 @@ def test_control_config_trains_seed_0_at_the_ends_with_twice_the_budget():
     assert control_config(config.load(None, {**on, "tune.trials": 3})) is None
     per_class = control_config(config.load(None, {**on, "per_class": "5,10,50", "fractions": []}))
     assert per_class.per_class == [5, 50]
+    # The plateau budget's runs carry their control: no companion study.
+    assert control_config(config.load(None, {"budget_control": True})) is None
 
 
 @pytest.mark.parametrize("key", ["display_names"])
@@ -131,7 +133,10 @@ def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_p
     from tests.conftest import FAST_MODEL
 
     out = tmp_path / "o"
-    args = ["--out", out, "--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "2"]
+    args = [
+        *["--out", out, "--models", FAST_MODEL, "--image-size", "16"],
+        *["--budget", "fixed", "--no-budget-control", "--epochs", "1", "--min-steps", "2"],
+    ]
     code, stdout, err = cli(
         "run",
         *args,

@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=SIDE))
     dataset, splits, _ = load_data(cfg)
     data = TrainData.from_arrays(dataset.images, dataset.labels, dataset.num_classes, torch.device("cpu"))
-    hp = TrainConfig(epochs=3, lr=3e-3, augment="none").resolved(FAST_MODEL)
+    hp = TrainConfig(budget="fixed", epochs=3, lr=3e-3, augment="none").resolved(FAST_MODEL)
     result = train_run(data, splits.pool, splits.val, splits.test, FAST_MODEL, hp, 0, torch.device("cpu"))
     model = study.deploy.load_trained(FAST_MODEL, dataset.num_classes, study.deploy.weights_bytes(result.weights))
     inputs = _inputs(dataset, model)
@@ -167,7 +167,21 @@ def test_a_model_the_exporter_cannot_handle_is_recorded_with_its_reason(trained,
 
 def _run(cli, out: Path, *extra: str) -> None:
     args = ["run", "--out", out, "--models", f"{FAST_MODEL},test_efficientnet", "--image-size", "16"]
-    args += ["--epochs", "1", "--min-steps", "2", "--fractions", "0.1,0.25", "--seeds", "2", "--jobs", "1"]
+    args += [
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "2",
+        "--fractions",
+        "0.1,0.25",
+        "--seeds",
+        "2",
+        "--jobs",
+        "1",
+    ]
     code, _, err = cli(*args, "--quiet", *extra)
     assert code == 0, err
 

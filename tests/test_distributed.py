@@ -132,7 +132,7 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     heartbeats have been silent for the grace period, A's run too."""
     # Eight epochs of 40 steps a run: killed once its first epoch is reported, the run has seven
     # epochs left, many times longer than the store's poll, so the kill lands inside it on any machine.
-    slow_runs = ["--epochs", "8", "--min-steps", "320"]
+    slow_runs = ["--budget", "fixed", "--no-budget-control", "--patience", "0", "--epochs", "8", "--min-steps", "320"]
     a = _start(
         "run",
         "--storage",

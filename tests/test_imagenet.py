@@ -21,7 +21,21 @@ from tests.conftest import FAST_MODEL, class_image
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
 DEVKIT_ORDER = ["n01484850", "n01440764", "n01443537"]  # the devkit's IDs 1..3 follow its own order
 N_TRAIN, N_VAL = 12, 4
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "1", "--min-steps", "3", "--threads", "1"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--epochs",
+    "1",
+    "--min-steps",
+    "3",
+    "--threads",
+    "1",
+]
 
 
 def write_imagenet(root: Path, val: str = "devkit", seed: int = 0) -> Path:

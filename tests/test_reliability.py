@@ -104,7 +104,21 @@ def test_device_cuda_without_cuda_is_refused_and_leaves_no_study_behind(cli, tmp
     assert code == 2 and err.count("\n") == 1 and "device='cuda'" in err
     assert not (tmp_path / "study.db").exists()  # no store, so no study that a later command would clash with
     # The next command in the same --out, with other settings, is not told of a study that was never run.
-    code, out, err = cli("run", "--out", tmp_path, *TINY, "--epochs", "1", "--fractions", "1.0", "--seeds", "1")
+    code, out, err = cli(
+        "run",
+        "--out",
+        tmp_path,
+        *TINY,
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--epochs",
+        "1",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
+    )
     assert code == 0 and "1 done, 0 failed, 0 left" in out, err
 
 
@@ -146,7 +160,22 @@ def test_a_full_disk_while_writing_the_outputs_is_one_line_and_leaves_store_and_
 
 # Runs of eight epochs of 40 steps: once a run's first epoch is stored, seven are left, far
 # longer than it takes the test to see it and send the signal, on any machine.
-SLOW = [*TINY, "--epochs", "8", "--min-steps", "320", "--heartbeat", "0.5", "--grace-period", "3"]
+SLOW = [
+    *TINY,
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--patience",
+    "0",
+    "--epochs",
+    "8",
+    "--min-steps",
+    "320",
+    "--heartbeat",
+    "0.5",
+    "--grace-period",
+    "3",
+]
 CELLS = ["--fractions", "0.5,1.0", "--seeds", "2"]  # 4 runs
 
 
@@ -227,7 +256,22 @@ def test_a_stopped_study_worker_hands_its_run_to_the_command_still_running_at_on
     """`study worker` joins a running `study run`; stopped by SIGTERM in the middle of a run, it
     hands that run back at once, and the other command does it (no grace period waited for:
     the grace period here is longer than the test allows)."""
-    long_grace = [*TINY, "--epochs", "8", "--min-steps", "320", "--heartbeat", "1", "--grace-period", "3600"]
+    long_grace = [
+        *TINY,
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--patience",
+        "0",
+        "--epochs",
+        "8",
+        "--min-steps",
+        "320",
+        "--heartbeat",
+        "1",
+        "--grace-period",
+        "3600",
+    ]
     db_path = tmp_path / "study.db"
     runner = _start("run", "--out", tmp_path, *long_grace, *CELLS, "--jobs", "1", "--no-report")
     _poll(db_path, "select name from workers where doing like 'run %: epoch 1/8,%'")
@@ -294,7 +338,21 @@ def test_a_stopped_worker_fails_its_trial_so_it_reruns_and_a_resume_spends_the_b
 def test_two_run_commands_on_one_out_share_the_study_and_do_each_run_once(tmp_path):
     """Two terminals, the same command: both create-or-open the study, claim runs from it, and
     write the report in turn; every run is done exactly once."""
-    args = ["run", "--out", tmp_path, *TINY, "--epochs", "3", "--min-steps", "60", "--fractions", "0.25,0.5,1.0"]
+    args = [
+        "run",
+        "--out",
+        tmp_path,
+        *TINY,
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--epochs",
+        "3",
+        "--min-steps",
+        "60",
+        "--fractions",
+        "0.25,0.5,1.0",
+    ]
     args += ["--seeds", "2", "--jobs", "1"]
     first, second = _start(*args), _start(*args)
     for proc in (first, second):

@@ -176,7 +176,21 @@ def test_a_sequential_study_adds_seeds_in_rounds_and_says_why_it_stopped(cli, tm
 
 @pytest.mark.slow
 def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_a_run(tmp_path):
-    slow = ["--epochs", "8", "--min-steps", "320", "--heartbeat", "0.5", "--grace-period", "3"]
+    slow = [
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--patience",
+        "0",
+        "--epochs",
+        "8",
+        "--min-steps",
+        "320",
+        "--heartbeat",
+        "0.5",
+        "--grace-period",
+        "3",
+    ]
     args = ["run", "--out", tmp_path, *SEQUENTIAL, "--fractions", "1.0", *slow, "--no-report"]
     args += ["--until-ci", "0.1", "--max-seeds", "5"]
     db_path = tmp_path / "study.db"
@@ -211,7 +225,21 @@ def test_two_workers_share_a_sequential_study(tmp_path, request, backend):
     from sqlalchemy import create_engine, text
 
     url = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    args = ["run", "--out", tmp_path, "--storage", url, *SEQUENTIAL, "--epochs", "3", "--min-steps", "60"]
+    args = [
+        "run",
+        "--out",
+        tmp_path,
+        "--storage",
+        url,
+        *SEQUENTIAL,
+        "--budget",
+        "fixed",
+        "--no-budget-control",
+        "--epochs",
+        "3",
+        "--min-steps",
+        "60",
+    ]
     args += ["--until-ci", "0.1", "--max-seeds", "5", "--no-report"]
     runner = _start(*args)
     worker = _start("worker", "--out", tmp_path, "--storage", url, "--jobs", "1", "--threads", "1", "--wait", "120")

@@ -55,7 +55,9 @@ def test_worker_flags_are_the_worker_overrides_and_cover_the_machine_keys():
 
 
 def test_a_flag_value_reaches_the_config():
-    args = cli.build_parser().parse_args(["run", "--epochs", "7", "--grace-period", "55", "--pruner", "none"])
+    args = cli.build_parser().parse_args(
+        ["run", "--budget", "fixed", "--epochs", "7", "--grace-period", "55", "--pruner", "none"]
+    )
     cfg = cli._config(args)
     assert (cfg.train.epochs, cfg.grace_period, cfg.tune.pruner) == (7, 55.0, "none")
 

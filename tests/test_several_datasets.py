@@ -21,6 +21,7 @@ def _toml(path, folder, extra: str = "") -> str:
 seeds = 3
 threads = 1
 jobs = 1
+budget_control = false
 {extra}
 [[arms]]
 name = "scratch"
@@ -48,6 +49,7 @@ image_size = 20
 image_size = 16
 
 [train]
+budget = "fixed"
 epochs = 2
 min_steps = 4
 """

@@ -29,7 +29,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-HP = TrainConfig(epochs=2, min_steps=6, batch_size=8, lr=1e-3, augment="standard")
+HP = TrainConfig(budget="fixed", epochs=2, min_steps=6, batch_size=8, lr=1e-3, augment="standard")
 
 
 def test_batch_order_is_seeded_equal_sized_and_walks_whole_permutations():

@@ -66,7 +66,7 @@ def test_workers_on_a_cpu_share_the_caches_memory_map_not_a_copy(tmp_path):
 def test_a_run_over_its_budget_streams_and_matches_the_resident_run(tmp_path):
     images, labels = _cache(tmp_path)
     train, val, test = np.arange(0, 42, 2), np.arange(1, 42, 4), np.arange(3, 42, 4)
-    hp = TrainConfig(epochs=2, min_steps=7, batch_size=4, lr=1e-3, augment="standard")
+    hp = TrainConfig(budget="fixed", epochs=2, min_steps=7, batch_size=4, lr=1e-3, augment="standard")
     row = images[0].nbytes
     needed = len(np.unique(np.r_[train, val, test])) * row
     resident = ImageSource(images, labels, 3, CPU, budget=needed, path=str(tmp_path / "images.npy"))

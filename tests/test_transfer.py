@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from study import config
-from study.config import SCRATCH_LR, StudyConfig, TrainConfig
+from study.config import SCHEDULE_FREE_LR, StudyConfig, TrainConfig
 from study.errors import UserError
 from study.models import _skeleton, create_model, input_size_for, interpolation_warning, preflight
 from study.plan import study_settings
@@ -151,7 +151,7 @@ def _captured_training(tmp_path, hp: TrainConfig):
     state = _source_state()
     path = _write(state, tmp_path / "w.safetensors")
     hp = dataclasses.replace(
-        hp, weights=[f"{FAST_MODEL}={path}"], epochs=2, min_steps=4, batch_size=8, augment="none"
+        hp, weights=[f"{FAST_MODEL}={path}"], budget="fixed", epochs=2, min_steps=4, batch_size=8, augment="none"
     ).resolved(FAST_MODEL)
     assert hp.lr == 1e-4  # 'auto' learning rate: fine-tuning, since the model starts from a file
     ds = load_dataset(
@@ -256,7 +256,7 @@ def test_bad_transfer_settings_are_refused(overrides, fragment):
 
 def test_auto_learning_rate_fine_tunes_models_that_start_from_weights():
     hp = TrainConfig(weights=["a=w.pth"])
-    assert hp.resolved("a").lr == 1e-4 and hp.resolved("b").lr == SCRATCH_LR  # b trains from scratch
+    assert hp.resolved("a").lr == 1e-4 and hp.resolved("b").lr == SCHEDULE_FREE_LR  # b trains from scratch
     assert TrainConfig(pretrained=True).resolved("b").lr == 1e-4
     assert TrainConfig(pretrained=True, lr=0.01).resolved("b").lr == 0.01
 
@@ -300,6 +300,9 @@ def test_pretrained_study_runs_offline_from_a_filled_cache(hub_cache, tmp_path):
         "head",
         "--image-size",
         "16",
+        "--budget",
+        "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--min-steps",

@@ -23,7 +23,22 @@ from study.store import DONE, PENDING, RUNNING, Cell, Store, TuningJobRow, tunin
 from study.tune import make_sampler, optuna_storage, suggest, tune_cell
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess, silence
 
-SMALL = ["--models", FAST_MODEL, "--image-size", "16", "--epochs", "2", "--min-steps", "4", "--threads", "1", "--quiet"]
+SMALL = [
+    "--models",
+    FAST_MODEL,
+    "--image-size",
+    "16",
+    "--budget",
+    "fixed",
+    "--no-budget-control",
+    "--epochs",
+    "2",
+    "--min-steps",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def _toml(tmp_path, text: str):
@@ -66,7 +81,7 @@ def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digit
     from study.train import train_run
 
     data, idx, val = digits  # fraction 0.5 of seed 0: the subset the 0.5 cell is tuned on
-    bad = TrainConfig(epochs=2, min_steps=20, lr=1e-6)
+    bad = TrainConfig(budget="fixed", epochs=2, min_steps=20, lr=1e-6)
     untuned_val = train_run(data, idx, val, val, FAST_MODEL, bad, 0, torch.device("cpu")).val_acc
     assert untuned_val < 0.2  # lr=1e-6 barely moves from chance
 
@@ -183,7 +198,12 @@ def test_a_diverging_trial_is_pruned_and_the_study_goes_on(digits, tmp_path):
         {"lr": 1e6}
     )  # absurd: NaN loss
     study = tune_cell(
-        "cell", storage, _train_fn(digits), TrainConfig(epochs=2, min_steps=4, augment="none"), tune, {"study": "s"}
+        "cell",
+        storage,
+        _train_fn(digits),
+        TrainConfig(budget="fixed", epochs=2, min_steps=4, augment="none"),
+        tune,
+        {"study": "s"},
     )
     trials = study.get_trials()
     assert len(trials) == 3
@@ -199,7 +219,7 @@ def test_the_same_config_proposes_the_same_trials(digits, tmp_path):
     tune = TuneConfig(
         trials=2, startup_trials=1, lr=[1e-3, 3e-2], augment=["none", "strong"], normalization=["model", "half"]
     )
-    hp = TrainConfig(epochs=2, min_steps=4)
+    hp = TrainConfig(budget="fixed", epochs=2, min_steps=4)
     runs = []
     for name in ("a", "b"):
         storage = optuna_storage(f"sqlite:///{tmp_path / name}.db")
@@ -224,7 +244,7 @@ def test_hyperband_and_no_pruner_are_options(digits, tmp_path):
         "cell",
         optuna_storage(f"sqlite:///{tmp_path / 'h.db'}"),
         _train_fn(digits),
-        TrainConfig(epochs=2, min_steps=4),
+        TrainConfig(budget="fixed", epochs=2, min_steps=4),
         tune,
         {},
     )
@@ -240,7 +260,7 @@ def test_the_timeout_ends_tuning_after_the_trial_that_crosses_it(digits, tmp_pat
         "cell",
         optuna_storage(f"sqlite:///{tmp_path / 't.db'}"),
         _train_fn(digits),
-        TrainConfig(epochs=1, min_steps=2),
+        TrainConfig(budget="fixed", epochs=1, min_steps=2),
         tune,
         {},
     )
@@ -262,6 +282,9 @@ def test_when_every_trial_diverges_the_cell_fails_and_its_runs_wait(cli, tmp_pat
         "1",
         "--trials",
         "2",
+        "--budget",
+        "fixed",
+        "--no-budget-control",
         "--epochs",
         "1",
         "--no-report",
@@ -290,6 +313,9 @@ def test_a_killed_tuning_resumes_the_same_optuna_study_without_repeating_trials(
         FAST_MODEL,
         "--image-size",
         "16",
+        "--budget",
+        "fixed",
+        "--no-budget-control",
         "--epochs",
         "2",
         "--min-steps",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from study.errors import UserError
 from study.masking import mask_urls, masked_url
-from study.store.schema import MAX_ATTEMPTS, STUDY_TABLE, Base
+from study.store.schema import MAX_ATTEMPTS, RUN_ADDED_COLUMNS, STUDY_TABLE, Base
 
 if TYPE_CHECKING:
     import optuna
@@ -179,9 +179,10 @@ def upgrade(engine: Engine) -> None:
     Databases written before Optuna shared them called the study table "studies", the name
     Optuna's own table needs: rename it (keeping every row) before the tables are created.
     Databases written before arms get an ``arm`` column on runs and tuning jobs, filled with
-    their model (what an arm named after its model is), keeping every row. Databases written
-    before per-seed splits get an empty ``y_true`` column on predictions (their runs share
-    ``y_test``)."""
+    their model (what an arm named after its model is), keeping every row; those written before
+    runs recorded how they stopped get the empty columns of ``RUN_ADDED_COLUMNS``. Databases
+    written before per-seed splits get an empty ``y_true`` column on predictions (their runs
+    share ``y_test``)."""
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     if "studies" in tables and STUDY_TABLE not in tables:
@@ -193,6 +194,13 @@ def upgrade(engine: Engine) -> None:
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN arm VARCHAR(200)")
                 conn.exec_driver_sql(f"UPDATE {table} SET arm = model WHERE arm IS NULL")
+    # Databases written before runs recorded how they stopped and their control: empty columns.
+    if "runs" in tables:
+        have = {c["name"] for c in inspector.get_columns("runs")}
+        for column, kind in RUN_ADDED_COLUMNS.items():
+            if column not in have:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
     if "predictions" in tables and "y_true" not in {c["name"] for c in inspector.get_columns("predictions")}:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN y_true {_blob(engine)}")

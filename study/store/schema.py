@@ -129,6 +129,29 @@ class RunRow(Claimed, Base):
     peak_memory_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     device: Mapped[str | None] = mapped_column(String(100), nullable=True)
     environment: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # How the run ended (STOPS) and its optimiser steps; then the convergence control, where the
+    # run carried it (trained as many steps again: what it would have reported then).
+    stop: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    steps_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    control_val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    control_test_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    control_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    control_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# RunRow.stop: plateau (validation stopped improving), capped (reached max_steps: not converged),
+# epochs (a fixed budget's epochs all trained), patience (a fixed budget stopped early).
+PLATEAU, CAPPED = "plateau", "capped"
+STOPS = (PLATEAU, CAPPED, "epochs", "patience")
+# Columns added to ``runs`` after databases were first written (``engine.upgrade`` adds them).
+RUN_ADDED_COLUMNS = {
+    "stop": "VARCHAR(16)",
+    "steps_run": "INTEGER",
+    "control_val_acc": "FLOAT",
+    "control_test_acc": "FLOAT",
+    "control_steps": "INTEGER",
+    "control_seconds": "FLOAT",
+}
 
 
 class EpochRow(Base):
