@@ -84,7 +84,8 @@ def test_tiny_study_with_split_per_seed_reports_its_design(tmp_path):
     from tests.conftest import run_subprocess
 
     out = tmp_path / "o"
-    small = ["--models", f"{FAST_MODEL},test_efficientnet", "--image-size", "16", "--epochs", "1", "--min-steps", "2"]
+    small = ["--models", f"{FAST_MODEL},test_efficientnet", "--image-size", "16", "--budget", "fixed"]
+    small += ["--no-budget-control", "--epochs", "1", "--min-steps", "2"]
     proc = run_subprocess(
         "run", "--out", out, *small, "--threads", "1", "--quiet", "--fractions", "0.5,1.0", "--seeds", "3",
         "--split-per-seed", "--no-deploy", "--no-costs",
