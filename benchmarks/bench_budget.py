@@ -77,6 +77,10 @@ def main(argv=None) -> None:
     # control, and its cell counts as not converged).
     ends = cells.groupby("model")["n_train"].transform(lambda n: n.isin([n.min(), n.max()]))
     controlled = cells[ends]
+    # The cheap per-run signal (no run capped) against the control's verdict, cell by cell.
+    by_runs = controlled["capped"] == 0
+    by_control = controlled["control_gain"] <= controlled["threshold"]
+    print(f"per-run stops agree with the control on {int((by_runs == by_control).sum())} of {len(controlled)} cells")
     print(f"cells not converged (all {len(cells)}): {int((~cells['converged']).sum())}")
     print(
         f"converged_cells={int(controlled['converged'].sum())}/{len(controlled)} time_ratio={plateau_s / fixed_s:.2f}"

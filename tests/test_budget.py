@@ -6,6 +6,7 @@ Real timm models on scikit-learn's digits at 16 px."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -221,3 +222,29 @@ def test_the_plateau_stop_does_not_depend_on_the_worker_or_on_a_kill_and_resume(
     columns += ["control_test_acc"]
     first, second = (pd.read_csv(p / "results.csv")[columns] for p in (tmp_path / "a", b))
     pd.testing.assert_frame_equal(first, second)
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_tuning_trials_stop_on_their_plateau_and_the_pruner_takes_trials_of_different_lengths(digits, tmp_path, pruner):
+    import optuna
+
+    from study.config import TuneConfig
+    from study.tune import optuna_storage, tune_cell
+
+    data, idx, val, _ = digits
+    storage = optuna_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    tune = TuneConfig(trials=4, lr=[1e-4, 3e-2], weight_decay=[], augment=[], augment_strength=[], normalization=[])
+    tune = dataclasses.replace(tune, pruner=pruner, startup_trials=1, warmup_epochs=1)
+
+    def train(hp, on_epoch):
+        from study.train import train_run
+
+        return train_run(data, idx, val, val, FAST_MODEL, hp, 0, torch.device("cpu"), on_epoch=on_epoch)
+
+    base = TrainConfig(max_steps=160, patience=2, augment="none").resolved(FAST_MODEL)
+    study = tune_cell("cell", storage, train, base, tune, {"study": "s"})
+    trials = study.get_trials()
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(trials) == 4 and all(t.state in finished for t in trials)
+    for t in trials:  # each trial reported every epoch it trained, at most the cap's 8
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"] <= 160 // 20
