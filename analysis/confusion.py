@@ -14,7 +14,7 @@ def confusion_matrices(data: StudyData, n_train: int | None = None) -> pd.DataFr
     """Test confusion counts per model at one size (default: the largest, i.e. full data),
     summed over that size's finished runs (CONFUSION_COLUMNS; one row per (true, predicted)
     class pair). ``share`` is the count over the true class's total: the diagonal holds each
-    class's recall."""
+    class's recall. With per-seed splits each run is counted against its own test labels."""
     done = data.done
     if done.empty:
         return pd.DataFrame(columns=CONFUSION_COLUMNS)
@@ -29,7 +29,7 @@ def confusion_matrices(data: StudyData, n_train: int | None = None) -> pd.DataFr
         # One bincount per run: sklearn's confusion_matrix gives the same counts, but importing
         # sklearn.metrics takes seconds, which every report would pay for one line.
         counts = sum(
-            np.bincount(k * data.y_test.astype(np.int64) + data.predictions[r], minlength=k * k).reshape(k, k)
+            np.bincount(k * data.labels_of(r).astype(np.int64) + data.predictions[r], minlength=k * k).reshape(k, k)
             for r in ids
         )
         totals = counts.sum(axis=1, keepdims=True)

@@ -104,7 +104,9 @@ class StudyData:
     epochs: one row per epoch of a finished run: run_id, epoch, train_loss, train_acc,
         val_loss, val_acc, lr, seconds, images_seen.
     predictions: run_id -> predicted class per test image (int32), for finished runs.
-    y_test: the true test labels, in the predictions' order.
+    y_test: the true test labels, in the predictions' order (with per-seed splits: seed 0's).
+    y_true: run_id -> the true labels of that run's own test split, for runs of a study with
+        per-seed splits (``data.split_per_seed``); ``labels_of`` picks the right one.
     costs: one row per model whose costs were measured (``COST_COLUMNS``, from the
         ``model_costs`` table); no rows when none were.
     storage_url: where the study was read from (the tuning tables live in the same database).
@@ -124,6 +126,17 @@ class StudyData:
     costs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COST_COLUMNS))
     storage_url: str = ""
     sequential: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEQUENTIAL_COLUMNS))
+    y_true: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def labels_of(self, run_id: int) -> np.ndarray:
+        """The true labels of the test images run ``run_id`` predicted (its seed's own split, or
+        the study's one test set)."""
+        return self.y_true.get(run_id, self.y_test)
+
+    @property
+    def split_per_seed(self) -> bool:
+        """Whether each seed drew its own test and validation split."""
+        return bool((self.splits or {}).get("split_per_seed"))
 
     @property
     def done(self) -> pd.DataFrame:
@@ -191,6 +204,7 @@ def load_study(url: str, name: str | None = None) -> StudyData:
         epochs=epoch_frame.sort_values(["run_id", "epoch"]).reset_index(drop=True),
         y_test=np.frombuffer(study.y_test, dtype=np.int32),
         predictions={p.run_id: np.frombuffer(p.y_pred, dtype=np.int32) for p in preds},
+        y_true={p.run_id: np.frombuffer(p.y_true, dtype=np.int32) for p in preds if p.y_true is not None},
         costs=pd.DataFrame(costs, columns=COST_COLUMNS).sort_values("model").reset_index(drop=True),
         storage_url=url,
         sequential=pd.DataFrame(_sequential_rows(engine, study.id), columns=SEQUENTIAL_COLUMNS),

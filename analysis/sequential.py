@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
 
+from analysis import group_sequential as gs
 from analysis.curves import summarize
-from analysis.stats import paired_comparisons
+from analysis.stats import difference_floor
 
 MORE, MET, CAP, BUDGET = "more seeds", "target width met", "seed cap", "time budget"
 CELL = ["arm", "size_kind", "size_value"]
@@ -39,6 +41,22 @@ INTERVAL_COLUMNS = [
     "target",  # the half-width it must reach, in the same unit
     "short",  # wider than the target
     "capped",  # short, but a cell it needs is at the seed cap
+    "decided",  # a difference whose group-sequential test crossed its boundary: it asks for nothing
+]
+PAIR_COLUMNS = [
+    "size_kind",
+    "size_value",
+    "n_train",
+    "model_a",
+    "model_b",
+    "n_pairs",
+    "diff",
+    "level",  # the nominal two-sided level of the latest look (alpha spent over the looks)
+    "p_t",  # the paired t-test's p-value at the latest look
+    "decided",
+    "decided_at",  # the seeds of the look that crossed the boundary (0: not decided)
+    "ci_low",  # the repeated confidence interval of the latest look
+    "ci_high",
 ]
 
 
@@ -47,7 +65,9 @@ class Target:
     """What a sequential study aims at: ``width`` the half-width of accuracies and differences
     (accuracy as a fraction: 0.02 = 2 points), ``max_seeds`` per cell, ``budget_hours`` of
     training (0 = none), ``needed_width`` the relative half-width of images needed (0 = not a
-    target), ``targets`` the accuracies of images needed (None: the report's default)."""
+    target), ``targets`` the accuracies of images needed (None: the report's default).
+    Differences are tested group-sequentially from ``first_seeds`` (the study's initial seeds)
+    to ``max_seeds`` with the ``spending`` function (``analysis.group_sequential``)."""
 
     width: float
     max_seeds: int = 10
@@ -55,6 +75,8 @@ class Target:
     needed_width: float = 0.0
     confidence: float = 0.95
     targets: tuple[float, ...] | None = None
+    first_seeds: int = 3
+    spending: str = gs.POCOCK
 
     @classmethod
     def from_config(cls, config: dict) -> Target:
@@ -65,6 +87,7 @@ class Target:
             max_seeds=int(seq.get("max_seeds", 10)),
             budget_hours=float(seq.get("budget_hours", 0.0)),
             needed_width=float(seq.get("needed_width", 0.0)),
+            first_seeds=int(config.get("seeds", 3)),
         )
 
 
@@ -103,16 +126,53 @@ def answer_intervals(runs: pd.DataFrame, target: Target, n_test: int | None = No
         cell = sizes.loc[(r["model"], r["n_train"])]
         half = (r["ci_high"] - r["ci_low"]) / 2 if r["n_seeds"] > 1 else np.inf
         rows.append(_row("accuracy", r["model"], "", cell, r["n_train"], r["n_seeds"], half, target.width))
-    pairs = paired_comparisons(done, alpha=1 - target.confidence, confidence=target.confidence, n_test=n_test)
-    for _, r in pairs.pairwise.iterrows():
+    decided = []
+    for _, r in group_sequential_pairs(runs, target, n_test).iterrows():
         half = (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_high"] - r["ci_low"]) else np.inf
         rows.append(_row("difference", r["model_a"], r["model_b"], r, r["n_train"], r["n_pairs"], half, target.width))
+        decided.append(bool(r["decided"]))
     if target.needed_width > 0:
         rows += _needed_rows(done, target)
     frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
-    frame["short"] = frame["half_width"] > frame["target"]
+    frame["decided"] = False
+    if decided:
+        frame.loc[frame["kind"] == "difference", "decided"] = decided
+    frame["short"] = (frame["half_width"] > frame["target"]) & ~frame["decided"]
     frame["capped"] = False
     return frame
+
+
+def group_sequential_pairs(runs: pd.DataFrame, target: Target, n_test: int | None = None) -> pd.DataFrame:
+    """Every pair of arms at every size, tested group-sequentially over its paired seeds in seed
+    order (PAIR_COLUMNS): whether the boundary was crossed, at which look, and the repeated
+    confidence interval of the latest look. ``runs``: the loader's runs (every status)."""
+    done = finished(runs)
+    floor = difference_floor(n_test)
+    rows = []
+    for (kind, value), group in done.groupby(["size_kind", "size_value"], sort=True):
+        table = group.drop_duplicates(["seed", "arm"]).pivot(index="seed", columns="arm", values="test_acc")
+        table = table.sort_index()
+        for a, b in combinations(sorted(table.columns), 2):
+            d = (table[a] - table[b]).dropna().to_numpy(float)
+            t = gs.look(d, target.first_seeds, target.max_seeds, 1 - target.confidence, target.spending, floor)
+            rows.append(
+                {
+                    "size_kind": kind,
+                    "size_value": float(value),
+                    "n_train": int(group["n_train"].iloc[0]),
+                    "model_a": a,
+                    "model_b": b,
+                    "n_pairs": t["n"],
+                    "diff": t["mean"],
+                    "level": t["level"],
+                    "p_t": t["p"],
+                    "decided": t["decided"],
+                    "decided_at": t["decided_at"],
+                    "ci_low": t["ci_low"],
+                    "ci_high": t["ci_high"],
+                }
+            )
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
 def _row(

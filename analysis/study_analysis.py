@@ -128,6 +128,16 @@ class StudyAnalysis:
         }
 
 
+def mcnemar_inputs(data: StudyData) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Predictions and labels for McNemar's test. With per-seed splits the two runs of a pair
+    share a seed, hence a test split, but seeds do not: each run's prediction is then given as
+    right (1) or wrong (0) against its own labels, scored against a label of 1 for every item."""
+    if not data.y_true:
+        return data.predictions, data.y_test
+    right = {r: (p == data.labels_of(r)).astype(np.int32) for r, p in data.predictions.items()}
+    return right, np.ones(len(data.y_test), np.int32)
+
+
 def analyse(
     data: StudyData,
     targets: list[float] | None = None,
@@ -153,9 +163,8 @@ def analyse(
     n_test = len(data.y_test) if data.y_test is not None and len(data.y_test) else None
     curves = fit_learning_curves(done, select=select, confidence=confidence, alpha=alpha, n_test=n_test)
     target_frame = targets_table(curves.summary, targets)
-    comparisons = paired_comparisons(
-        done, data.predictions, data.y_test, alpha=alpha, confidence=confidence, n_test=n_test
-    )
+    predictions, y_test = mcnemar_inputs(data)
+    comparisons = paired_comparisons(done, predictions, y_test, alpha=alpha, confidence=confidence, n_test=n_test)
     training = training_costs(done)
     costs = model_costs(data.costs, data.runs)
     scores = efficiency_scores(curves)

@@ -20,7 +20,9 @@ interval's coverage of that truth is ``info_seed_only_population_cov``), the pri
 at the default study's measured noise (``t1_primary_*``, ``pw_primary_2.5pp`` / ``5pp``, against
 ``pw_per_size_holm_*``, the per-size tests the headline rested on; ``cov_primary_diff``) and the
 lack-of-fit warning's false alarms on data from the fitted family (``t1_lack_of_fit_at_0.01``,
-nominal 0.01). Every number comes from the same functions the report calls (analysis.stats,
+nominal 0.01). Per-seed splits (``data.split_per_seed``): rows cov_split_* / t1_split_* simulate
+studies whose every seed draws its own test set from an item population, judged against the
+population truth. Every number comes from the same functions the report calls (analysis.stats,
 analysis.curves, analysis.efficiency). The last line is
 ``worst_coverage=C worst_type1=T``: C over the coverage rows at 5 and 10 seeds, T over every
 type-I row. Monte Carlo standard errors are printed with each row.
@@ -29,6 +31,7 @@ type-I row. Monte Carlo standard errors are printed with each row.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -36,11 +39,13 @@ import time
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from scipy import stats
 from scipy.stats import norm
 
 from analysis.curves import DEFAULT_SELECTION, FAMILIES, fit_learning_curves, monotonicity_problem, predict
 from analysis.efficiency import crossovers, data_needed, efficiency_scores, score_differences
 from analysis.population import population_interval
+from analysis.split_variance import share_interval
 from analysis.stats import paired_comparisons, rank_tests, t_summary
 
 SIZES = np.array([250, 500, 1000, 2000])
@@ -411,6 +416,91 @@ def _crossover_rep(seed: int, n_seeds: int) -> dict[str, float]:
     return out
 
 
+# -- per-seed splits (data.split_per_seed): every seed its own test set ------------------------------
+
+POPULATION = DIFFICULTY_SD * stats.norm.ppf((np.arange(2000) + 0.5) / 2000)  # the items test sets are drawn from
+
+
+def _split_rep(seed: int, n_seeds: int) -> dict[str, list]:
+    """A study with per-seed splits: each seed draws its own test set of N_TEST items from the
+    item population (and its own training pool: part of the seed's subset luck), shared by the
+    models of that seed. 'a' and 'c' share the truth, 'b' is 'a' shifted by EFFECT_LOGIT. The truth
+    an interval must cover is the accuracy on the POPULATION of items (over training runs): with
+    one split per seed, the spread between seeds carries the test set's sampling too."""
+    rng = np.random.default_rng(seed)
+    base = _logit_for(np.asarray(SHAPES["pow3"](SIZES.astype(float))), POPULATION)
+    shifts = {"a": 0.0, "b": EFFECT_LOGIT, "c": 0.0}
+    subset = rng.normal(0, SUBSET_SD, n_seeds)
+    tests = rng.normal(0, DIFFICULTY_SD, (n_seeds, N_TEST))  # seed s's test items
+    rows, shares = [], []
+    for model, shift in shifts.items():
+        ability = base[None, :] + shift + (subset + rng.normal(0, LUCK_SD, n_seeds))[:, None]
+        ability = ability + rng.normal(0, CELL_SD, (n_seeds, len(SIZES)))
+        correct = rng.random((n_seeds, len(SIZES), N_TEST)) < _sigmoid(ability[..., None] - tests[:, None, :])
+        for s in range(n_seeds):
+            for k, n in enumerate(SIZES):
+                rows.append({"model": model, "seed": s, "n_train": int(n), "test_acc": correct[s, k].mean()})
+        if model == "a":
+            acc = correct.mean(axis=2)
+            item_var = correct.var(axis=2, ddof=1) / N_TEST  # what analysis.split_variance computes per run
+            for k in range(len(SIZES)):
+                shares.append(share_interval(item_var[:, k].mean(), acc[:, k].var(ddof=1), n_seeds - 1))
+    runs = pd.DataFrame(rows)
+    truth = {m: _truth(base + shift, POPULATION, TOTAL_SD) for m, shift in shifts.items()}
+    out: dict[str, list] = {"cov_split_accuracy": [], "cov_split_difference": []}
+    summary = fit_learning_curves(runs, families=()).summary
+    for _, r in summary.iterrows():
+        k = int(np.flatnonzero(SIZES == r["n_train"])[0])
+        out["cov_split_accuracy"].append(bool(r["ci_low"] <= truth[r["model"]][k] <= r["ci_high"]))
+    pairs = paired_comparisons(runs, alpha=ALPHA, n_test=N_TEST).pairwise
+    for _, r in pairs.iterrows():
+        k = int(np.flatnonzero(SIZES == r["n_train"])[0])
+        true = truth[r["model_a"]][k] - truth[r["model_b"]][k]
+        out["cov_split_difference"].append(bool(r["ci_low"] <= true <= r["ci_high"]))
+    null = pairs[(pairs["model_a"] == "a") & (pairs["model_b"] == "c")]
+    out["t1_split_paired_t"] = list(null["p_t"] < ALPHA)
+    true_share = _split_truth_share()
+    out["cov_split_share"] = [bool(lo <= true_share[k] <= hi) for k, (_, lo, hi) in enumerate(shares)]
+    out["share_estimated"] = [share for share, _, _ in shares]
+    return out
+
+
+@functools.cache
+def _split_truth_share() -> np.ndarray:
+    """Per size, the test set's true share of the between-seed variance of 'a' in the simulation
+    above: E[m (1 - m)] / N_TEST over the total, m a run's population accuracy."""
+    rng = np.random.default_rng(5)
+    base = _logit_for(np.asarray(SHAPES["pow3"](SIZES.astype(float))), POPULATION)
+    out = []
+    for logit in base:
+        m = _sigmoid(logit + rng.normal(0, TOTAL_SD, 4000)[:, None] - POPULATION).mean(axis=1)
+        test = float(np.mean(m * (1 - m)) / N_TEST)
+        out.append(test / (test + float(m.var())))
+    return np.array(out)
+
+
+def split_per_seed_rows(par: Parallel, reps: int) -> tuple[list[dict], str]:
+    """The per-seed split rows (coverage of the report's accuracy and difference intervals of
+    the population truth, the paired t-test's type-I error) at every seed count, and a line on
+    the variance decomposition: the mean estimated test-sampling share against the true one."""
+    rows, shares = [], {}
+    for n_seeds in SEED_COUNTS:
+        merged = _merge(par(delayed(_split_rep)(3_000_000 * n_seeds + i, n_seeds) for i in range(reps)))
+        for key in ("cov_split_accuracy", "cov_split_difference", "cov_split_share", "t1_split_paired_t"):
+            rate, se, count = _rate(merged[key])
+            rows.append({"seeds": n_seeds, "row": key, "rate": rate, "mc_se": se, "n": count})
+        shares[n_seeds] = float(np.median(merged["share_estimated"]))
+    truth = ", ".join(f"{v:.2f}" for v in _split_truth_share())
+    sizes = ", ".join(map(str, SIZES))
+    estimates = ", ".join(f"median estimate at {s} seeds {v:.2f}" for s, v in shares.items())
+    line = (
+        f"Per-seed splits, the test set's share of the between-seed variance of 'a' (sizes {sizes}): true {truth}; "
+        f"{estimates} (a ratio of variances on S - 1 degrees of freedom: its mean is biased upward at few seeds; "
+        "cov_split_share is the coverage of its 95% interval)"
+    )
+    return rows, line
+
+
 # -- running and tabulating ------------------------------------------------------------------------
 
 
@@ -480,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"seeds": n_seeds, "rule": key[9:], "mae_2x_pts": 100 * float(np.nanmean(np.abs(v))), "n": len(v)}
                 )
         print(f"[{n_seeds} seeds done after {time.time() - start:.0f} s]", file=sys.stderr, flush=True)
+    split_rows, split_line = split_per_seed_rows(par, 60 if args.quick else 300)
+    rows += split_rows
     table = pd.DataFrame(rows)
     wide = table.pivot_table(index="row", columns="seeds", values="rate").round(3)
     se = table.pivot_table(index="row", columns="seeds", values="mc_se").max(axis=1).round(3)
@@ -496,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pd.DataFrame(shape_rows).round(3).to_string(index=False))
     print("\nMean absolute error at 2x the largest size, in accuracy points, per selection rule:")
     print(pd.DataFrame(rule_rows).pivot_table(index="rule", columns="seeds", values="mae_2x_pts").round(2).to_string())
+    print("\n" + split_line)
     elapsed = time.time() - start
     print(f"\n{elapsed:.0f} s with {args.jobs} jobs; load average {os.getloadavg()[0]:.1f}")
     cov = table[table["row"].str.startswith("cov_") & table["seeds"].isin([5, 10])]

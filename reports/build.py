@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from analysis.confusion import confusion_matrices
 from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
 from analysis.load import StudyData, load_control, load_tuning
+from analysis.split_variance import split_variance
 from analysis.study_analysis import StudyAnalysis, analyse
 from reports import deployment, figure_style, figures, run_figures
 from reports import format as fmt
@@ -241,6 +242,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "name": data.name,
         "dataset": data.dataset,
         "splits": data.splits,
+        "split_variance": _records(split_variance(data)),  # data.split_per_seed only
         "config": data.config,
         "counts": counts,
         "total": len(runs),

@@ -12,7 +12,18 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment
 
-from analysis.sequential import BUDGET, CAP, MET, MORE, compute_saved, interval_words, seeds_per_cell
+from analysis.group_sequential import POCOCK
+from analysis.sequential import (
+    BUDGET,
+    CAP,
+    MET,
+    MORE,
+    Target,
+    compute_saved,
+    group_sequential_pairs,
+    interval_words,
+    seeds_per_cell,
+)
 from analysis.study_analysis import StudyAnalysis
 
 
@@ -68,6 +79,10 @@ def render_sequential(a: StudyAnalysis, env: Environment, folder: Path) -> tuple
         folder / "sequential_rounds.csv", index=False
     )
     cost = compute_saved(a.data.runs)
+    target = Target.from_config(a.data.config)
+    n_test = len(a.data.y_test) or None
+    pairs = group_sequential_pairs(a.data.runs, target, n_test)
+    pairs.to_csv(folder / "sequential_pairs.csv", index=False)
     context = {
         "width": seq.get("until_ci", 0),
         "start_seeds": a.data.config.get("seeds", 0),
@@ -80,6 +95,9 @@ def render_sequential(a: StudyAnalysis, env: Environment, folder: Path) -> tuple
         "arms": [c for c in wide.columns if c != "n_train"],
         "seeds": _records(wide),
         "cost": cost,
+        "spending": "Pocock" if target.spending == POCOCK else "O'Brien–Fleming",
+        "pairs": _records(pairs),
+        "n_decided": int(pairs["decided"].sum()) if len(pairs) else 0,
     }
     return env.get_template("sequential.md.j2").render(**context), env.get_template("sequential.html.j2").render(
         **context

@@ -396,6 +396,11 @@ class StudyConfig:
         self.tune.validate()
         self.deploy.validate()
         self.sequential.validate(self.seeds)
+        _check(
+            not (self.data.split_per_seed and self.tune.trials),
+            f"data.split_per_seed=true with tune.trials={self.tune.trials} is not supported: hyper-parameters tuned on "
+            "one seed's validation images would be tested on by other seeds; set tune.trials=0 or split_per_seed=false",
+        )
         self.tracking.validate()
         return self
 

@@ -83,6 +83,15 @@ class DataConfig:
         methods=True,
     )
     cache_dir: str = setting("", "where decoded arrays are cached", "study", zero="<out>/cache", example='""')
+    split_per_seed: bool = setting(
+        False,
+        "each seed draws its own stratified test and validation split, so the report measures the split's share of "
+        "the variance (default: one split for every seed; docs/statistics.md)",
+        "study",
+        flag="--split-per-seed",
+        kind="bool",
+        methods=True,
+    )
 
     def validate(self) -> None:
         check_declared(self, "data.")

@@ -468,7 +468,7 @@ def _deploy_run(ctx, run: RunRow, seconds: float | None) -> list[dict[str, Any]]
         batch = images.index_select(0, torch.as_tensor(np.asarray(indices), dtype=torch.long))
         return to_model_input(batch, input_size, mean, std).numpy()
 
-    test = np.asarray(ctx.splits.test)
+    test = np.asarray(ctx.splits_for(run.seed).test)
     test_inputs = inputs(test)
     with torch.inference_mode():
         reference = torch.cat(

@@ -140,12 +140,13 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
             if epoch_queue is not None:
                 epoch_queue.put((cell.key, stats.epoch, stats.val_acc))
 
+        split = ctx.splits_for(cell.seed)  # the study's fixed split, or the seed's own
         with Heartbeat(ctx.store, run.id, me, interval=cfg.heartbeat):
             result = train_run(
                 state.data,
                 train_idx,
-                ctx.splits.val,
-                ctx.splits.test,
+                split.val,
+                split.test,
                 cell.model,
                 hp,
                 cell.seed,
@@ -174,7 +175,9 @@ def _do_run(cfg: StudyConfig, state: WorkerState, run: RunRow, me: str, show_epo
             **control_fields(result.control),
         }
         epochs = [vars(e) for e in result.history]
-        if ctx.store.finish(run.id, me, fields, epochs, result.predictions):
+        # A seed's own split: its test labels are stored with the predictions they score.
+        y_true = ctx.dataset.labels[split.test] if cfg.data.split_per_seed else None
+        if ctx.store.finish(run.id, me, fields, epochs, result.predictions, y_true):
             outcome.status, outcome.test_acc = "done", result.test_acc
             tracked.end("FINISHED", "done", tracking.final_metrics(result), stop=result.stop)
             _keep_weights(cfg, ctx.store, run, result.weights)

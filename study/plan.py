@@ -46,13 +46,24 @@ class StudyContext:
     cells: list[Cell]
     warnings: list[str] = field(default_factory=list)
     lists: list[np.ndarray] = field(default_factory=list)  # dataset indices of each of cfg.subset_lists
+    hashes: np.ndarray | None = None  # content hashes: each seed's split is leak-checked with them
+    seed_splits: dict[int, splitting.Splits] = field(default_factory=dict)  # data.split_per_seed, drawn once
+
+    def splits_for(self, seed: int) -> splitting.Splits:
+        """The split a run of ``seed`` trains, validates and tests on: the study's fixed split, or
+        with ``data.split_per_seed`` the seed's own (drawn once, leak-checked)."""
+        if not self.cfg.data.split_per_seed:
+            return self.splits
+        if seed not in self.seed_splits:
+            self.seed_splits[seed] = seed_split(self.cfg, self.dataset, self.hashes, self.lists, seed)
+        return self.seed_splits[seed]
 
     def train_indices(self, cell: Cell) -> np.ndarray:
         """Dataset indices of the training subset of ``cell``."""
         if cell.size_kind == subsets.KIND:
             return self.lists[int(cell.size_value)]
         return splitting.training_subset(
-            self.splits,
+            self.splits_for(cell.seed),
             self.dataset.labels,
             cell.size_kind,
             cell.size_value,
@@ -140,16 +151,7 @@ def load_data_and_lists(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np
     hashes = cached_hashes(dataset)  # kept beside the cache: a worker does not read every image for them
     train_side = np.flatnonzero(~dataset.test_mask) if dataset.test_mask is not None else np.arange(len(dataset))
     lists = [subsets.resolve(path, dataset.names, train_side) for path in cfg.subset_lists]
-    splits = splitting.make_splits(
-        dataset.labels,
-        dataset.class_names,
-        cfg.data.test_fraction,
-        cfg.data.val_fraction,
-        cfg.data.min_per_class,
-        dataset.test_mask,
-        hashes,
-        reserved=np.concatenate(lists) if lists else None,
-    )
+    splits = _split(cfg, dataset, hashes, lists, None)
     kept = []
     for path, indices in zip(cfg.subset_lists, lists):
         in_pool = np.intersect1d(indices, splits.pool)
@@ -162,6 +164,39 @@ def load_data_and_lists(cfg: StudyConfig) -> tuple[Dataset, splitting.Splits, np
     return dataset, splits, hashes, kept
 
 
+def _split(
+    cfg: StudyConfig, dataset: Dataset, hashes: np.ndarray, lists: list[np.ndarray], seed: int | None
+) -> splitting.Splits:
+    """The leak-checked split of the data: the fixed one (``seed`` None) or a seed's own."""
+    return splitting.make_splits(
+        dataset.labels,
+        dataset.class_names,
+        cfg.data.test_fraction,
+        cfg.data.val_fraction,
+        cfg.data.min_per_class,
+        dataset.test_mask,
+        hashes,
+        reserved=np.concatenate(lists) if lists else None,
+        split_seed=seed,
+    )
+
+
+def seed_split(
+    cfg: StudyConfig, dataset: Dataset, hashes: np.ndarray, lists: list[np.ndarray], seed: int
+) -> splitting.Splits:
+    """Seed ``seed``'s own split (``data.split_per_seed``): stratified test and validation drawn
+    with the seed, subset lists kept in its pool (the images of a list that copy its held-out
+    images left out, as for the fixed split)."""
+    splits = _split(cfg, dataset, hashes, lists, seed)
+    for indices in lists:
+        if len(np.intersect1d(indices, splits.pool)) < len(indices):
+            raise UserError(
+                f"with data.split_per_seed, seed {seed}'s test or validation split holds exact copies of subset-list "
+                "images; use one split for every seed (data.split_per_seed = false)"
+            )
+    return splits
+
+
 def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     """The settings every run of one study must share: results under other settings would not
     be comparable. Models, sizes and seeds are not among them: they only add cells. ``arms``
@@ -170,6 +205,8 @@ def study_settings(cfg: StudyConfig, content_digest: str) -> dict:
     data = to_dict(cfg.data)
     for local_only in ("root", "test_root", "cache_dir"):  # where the data lies is not what it is
         data.pop(local_only)
+    if not data["split_per_seed"]:  # studies with one fixed split keep their fingerprint
+        data.pop("split_per_seed")
     from study.transfer import file_digest
 
     train = to_dict(cfg.train)
@@ -245,7 +282,9 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         )
     cells = plan_cells(cfg)
     store = Store(cfg.storage_url)
-    ctx = StudyContext(cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings, lists=lists)
+    ctx = StudyContext(
+        cfg, dataset, splits, store, study_id=-1, cells=cells, warnings=warnings, lists=lists, hashes=hashes
+    )
     # Sizes do not depend on the seed; computing seed 0's subsets checks every size up front.
     sizes = {}
     for kind, value in cfg.sizes:
@@ -255,6 +294,7 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         ctx.study_id = store.study(cfg.name).id
         return ctx
     digest = hashlib.sha256(hashes.tobytes() + dataset.labels.astype(np.int64).tobytes()).hexdigest()[:32]
+    first = ctx.splits_for(0)  # the fixed split, or seed 0's: the store's y_test and sizes describe it
     settings = study_settings(cfg, digest)
     if mode == JOIN:
         ctx.study_id = store.join_study(cfg.name, study_fingerprint(settings), settings)
@@ -265,8 +305,8 @@ def open_context(cfg: StudyConfig, mode: str = CREATE) -> StudyContext:
         settings,
         stored_config(cfg),
         dataset_summary(dataset),
-        {**splits.summary(), "warnings": warnings},
-        dataset.labels[splits.test],
+        {**first.summary(), "warnings": warnings, "split_per_seed": bool(cfg.data.split_per_seed)},
+        dataset.labels[first.test],
     )
     store.add_cells(ctx.study_id, [(c, *sizes[(c.size_kind, c.size_value)]) for c in cells])
     if cfg.tune.trials:

@@ -31,7 +31,7 @@ def extend(cfg: StudyConfig, store: Store, study_id: int) -> bool:
         if counts["pending"] or counts["running"]:
             return True
         data = load_study(cfg.storage_url, cfg.name)
-        target = Target.from_config({"sequential": dataclasses.asdict(cfg.sequential)})
+        target = Target.from_config({"sequential": dataclasses.asdict(cfg.sequential), "seeds": cfg.seeds})
         plan = plan_next(data.runs, target, len(data.y_test) or None)
         sizes = data.runs.drop_duplicates(["arm", "size_kind", "size_value"]).set_index(
             ["arm", "size_kind", "size_value"]

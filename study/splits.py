@@ -5,7 +5,9 @@
 - pool: the rest; each seed draws nested subsets from it.
 
 Test and validation depend on the data alone (a fixed seed), never on the run's seed, so
-every run of a study is scored on the same images. Exact duplicate images across splits are
+every run of a study is scored on the same images; with ``data.split_per_seed`` each seed draws
+its own stratified test and validation split instead (``split_seed``), its subsets nested
+within its own pool, and the leak check runs on each seed's split. Exact duplicate images across splits are
 found by content hash and dropped from the training side, so a test image never leaks.
 
 The allocation is per class, written here rather than taken from scikit-learn's
@@ -76,16 +78,20 @@ def make_splits(
     test_mask: np.ndarray | None = None,
     hashes: np.ndarray | None = None,
     reserved: np.ndarray | None = None,
+    split_seed: int | None = None,
 ) -> Splits:
     """Fixed test / validation / pool split of a dataset, checked for leakage. ``reserved``
     (dataset indices, e.g. the images of subset lists) stay in the pool: test and validation
     are drawn from the other images (with none reserved, the draws are the same as ever).
+    ``split_seed``: a run seed's own split (``data.split_per_seed``; seed 0's is the fixed one);
+    None: the fixed split.
+    An official test split (``test_mask``) stays the test set; only validation moves then.
 
     Raises UserError when a class has too few images to appear in all three parts with at
     least ``min_per_class`` images left for training.
     """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(SPLIT_SEED)
+    rng = np.random.default_rng(SPLIT_SEED if split_seed is None else [SPLIT_SEED, int(split_seed)])
     all_idx = np.arange(len(labels))
     keep = np.zeros(len(labels), dtype=bool)
     if reserved is not None:

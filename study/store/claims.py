@@ -184,8 +184,17 @@ class RunClaims:
             )
             return res.rowcount == 1
 
-    def finish(self, run_id: int, worker: str, fields: dict[str, Any], epochs: list[dict], y_pred: np.ndarray) -> bool:
-        """Record a finished run, its epochs and predictions in one transaction.
+    def finish(
+        self,
+        run_id: int,
+        worker: str,
+        fields: dict[str, Any],
+        epochs: list[dict],
+        y_pred: np.ndarray,
+        y_true: np.ndarray | None = None,
+    ) -> bool:
+        """Record a finished run, its epochs and predictions in one transaction. ``y_true``: the
+        true labels of the run's own test split (``data.split_per_seed``); None: ``y_test``'s.
 
         Only the worker holding the claim may finish it, so a run retaken from a presumed-dead
         worker is never recorded twice. Returns whether it was recorded.
@@ -199,7 +208,8 @@ class RunClaims:
             if res.rowcount != 1:
                 return False
             s.add_all(EpochRow(run_id=run_id, **e) for e in epochs)
-            s.add(PredictionRow(run_id=run_id, y_pred=np.asarray(y_pred, np.int32).tobytes()))
+            truth = None if y_true is None else np.asarray(y_true, np.int32).tobytes()
+            s.add(PredictionRow(run_id=run_id, y_pred=np.asarray(y_pred, np.int32).tobytes(), y_true=truth))
             study_id = select(RunRow.study_id).where(RunRow.id == run_id).scalar_subquery()
             s.execute(
                 update(WorkerRow)

@@ -180,7 +180,9 @@ def upgrade(engine: Engine) -> None:
     Optuna's own table needs: rename it (keeping every row) before the tables are created.
     Databases written before arms get an ``arm`` column on runs and tuning jobs, filled with
     their model (what an arm named after its model is), keeping every row; those written before
-    runs recorded how they stopped get the empty columns of ``RUN_ADDED_COLUMNS``."""
+    runs recorded how they stopped get the empty columns of ``RUN_ADDED_COLUMNS``. Databases
+    written before per-seed splits get an empty ``y_true`` column on predictions (their runs
+    share ``y_test``)."""
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     if "studies" in tables and STUDY_TABLE not in tables:
@@ -199,6 +201,14 @@ def upgrade(engine: Engine) -> None:
             if column not in have:
                 with engine.begin() as conn:
                     conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+    if "predictions" in tables and "y_true" not in {c["name"] for c in inspector.get_columns("predictions")}:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN y_true {_blob(engine)}")
+
+
+def _blob(engine: Engine) -> str:
+    """The column type of binary data in this database's SQL."""
+    return "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
 
 
 @functools.lru_cache(maxsize=8)

@@ -170,11 +170,13 @@ class EpochRow(Base):
 
 
 class PredictionRow(Base):
-    """A run's predicted class for each test image (int32, in the order of ``studies.y_test``)."""
+    """A run's predicted class for each test image (int32, in the order of ``studies.y_test``, or
+    with ``data.split_per_seed`` of ``y_true``: the true labels of the run's own test split)."""
 
     __tablename__ = "predictions"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     y_pred: Mapped[bytes] = mapped_column(LargeBinary)
+    y_true: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # None: the labels are y_test
 
 
 class ModelCostRow(Base):
