@@ -26,6 +26,7 @@ TINY_STUDY = [
     "16",
     "--budget",
     "fixed",
+    "--no-budget-control",
     "--epochs",
     "2",
     "--min-steps",
