@@ -10,24 +10,9 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_MODEL, ROOT, run_subprocess, write_imagefolder
+from tests.conftest import FAST_MODEL, ROOT, TINY_STUDY, run_subprocess, write_imagefolder
 
-SMALL = [
-    "--models",
-    FAST_MODEL,
-    "--image-size",
-    "16",
-    "--budget",
-    "fixed",
-    "--no-budget-control",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "4",
-    "--threads",
-    "1",
-    "--quiet",
-]
+SMALL = [*TINY_STUDY, "--quiet"]
 
 
 def _refused(result, fragment):

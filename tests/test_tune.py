@@ -21,24 +21,9 @@ from study.config import DataConfig, StudyConfig, TrainConfig, TuneConfig
 from study.errors import UserError
 from study.store import DONE, PENDING, RUNNING, Cell, Store, TuningJobRow, tuning_study_name
 from study.tune import make_sampler, optuna_storage, suggest, tune_cell
-from tests.conftest import FAST_MODEL, ROOT, run_subprocess, silence
+from tests.conftest import FAST_MODEL, ROOT, TINY_STUDY, run_subprocess, silence
 
-SMALL = [
-    "--models",
-    FAST_MODEL,
-    "--image-size",
-    "16",
-    "--budget",
-    "fixed",
-    "--no-budget-control",
-    "--epochs",
-    "2",
-    "--min-steps",
-    "4",
-    "--threads",
-    "1",
-    "--quiet",
-]
+SMALL = [*TINY_STUDY, "--quiet"]
 
 
 def _toml(tmp_path, text: str):
