@@ -35,6 +35,10 @@ TINY_STUDY = [
     "1",
 ]
 
+# Runs of eight fixed epochs of 40 steps, each the same length whatever it learns: long enough for a
+# test to see a run start and act on it mid-way (a signal, a kill, a second worker).
+LONG_RUNS = ["--budget", "fixed", "--no-budget-control", "--patience", "0", "--epochs", "8", "--min-steps", "320"]
+
 
 @pytest.fixture(autouse=True)
 def short_latency_budget(monkeypatch):

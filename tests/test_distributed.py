@@ -13,7 +13,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import FAST_MODEL, ROOT, TINY_STUDY, run_subprocess
+from tests.conftest import FAST_MODEL, LONG_RUNS, ROOT, TINY_STUDY, run_subprocess
 
 # Heartbeats every half second, taken over after 3 s of silence: a kill is noticed quickly.
 SMALL = [
@@ -132,7 +132,6 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
     heartbeats have been silent for the grace period, A's run too."""
     # Eight epochs of 40 steps a run: killed once its first epoch is reported, the run has seven
     # epochs left, many times longer than the store's poll, so the kill lands inside it on any machine.
-    slow_runs = ["--budget", "fixed", "--no-budget-control", "--patience", "0", "--epochs", "8", "--min-steps", "320"]
     a = _start(
         "run",
         "--storage",
@@ -140,7 +139,7 @@ def test_a_worker_killed_midway_leaves_its_run_to_a_worker_on_another_machine(po
         "--out",
         tmp_path / "a",
         *SMALL,
-        *slow_runs,
+        *LONG_RUNS,
         *CELLS,
         "--jobs",
         "1",

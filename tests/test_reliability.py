@@ -20,7 +20,7 @@ import torch
 from sqlalchemy.engine import make_url
 
 from study.masking import mask_urls, masked_url
-from tests.conftest import ROOT, TINY_STUDY, run_subprocess
+from tests.conftest import LONG_RUNS, ROOT, TINY_STUDY, run_subprocess
 
 TINY = [*TINY_STUDY, "--quiet"]
 PASSWORD = "s3cret-Pw"
@@ -162,15 +162,7 @@ def test_a_full_disk_while_writing_the_outputs_is_one_line_and_leaves_store_and_
 # longer than it takes the test to see it and send the signal, on any machine.
 SLOW = [
     *TINY,
-    "--budget",
-    "fixed",
-    "--no-budget-control",
-    "--patience",
-    "0",
-    "--epochs",
-    "8",
-    "--min-steps",
-    "320",
+    *LONG_RUNS,
     "--heartbeat",
     "0.5",
     "--grace-period",
@@ -258,15 +250,7 @@ def test_a_stopped_study_worker_hands_its_run_to_the_command_still_running_at_on
     the grace period here is longer than the test allows)."""
     long_grace = [
         *TINY,
-        "--budget",
-        "fixed",
-        "--no-budget-control",
-        "--patience",
-        "0",
-        "--epochs",
-        "8",
-        "--min-steps",
-        "320",
+        *LONG_RUNS,
         "--heartbeat",
         "1",
         "--grace-period",

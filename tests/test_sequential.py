@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from analysis.sequential import BUDGET, CAP, MET, MORE, Target, compute_saved, plan_next
-from tests.conftest import TINY_STUDY, run_subprocess
+from tests.conftest import LONG_RUNS, TINY_STUDY, run_subprocess
 from tests.test_reliability import _poll, _start
 
 N_TEST = 500
@@ -177,15 +177,7 @@ def test_a_sequential_study_adds_seeds_in_rounds_and_says_why_it_stopped(cli, tm
 @pytest.mark.slow
 def test_a_kill_in_the_sequential_phase_resumes_the_same_plan_without_repeating_a_run(tmp_path):
     slow = [
-        "--budget",
-        "fixed",
-        "--no-budget-control",
-        "--patience",
-        "0",
-        "--epochs",
-        "8",
-        "--min-steps",
-        "320",
+        *LONG_RUNS,
         "--heartbeat",
         "0.5",
         "--grace-period",

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from study.masking import masked_url
-from tests.conftest import ROOT, TINY_STUDY, run_subprocess
+from tests.conftest import LONG_RUNS, ROOT, TINY_STUDY, run_subprocess
 
 if os.environ.get("STUDY_REQUIRE_MLFLOW") == "1":  # CI installed the extra: these tests must run, not skip
     import mlflow
@@ -252,7 +252,7 @@ def test_runs_stopped_by_ctrl_c_are_not_left_running(tmp_path):
     """Ctrl-C while both pool workers train: their runs go back to the store, and the tracker
     records them ended (KILLED), the study's parent too."""
     folder, out = tmp_path / "mlruns", tmp_path / "o"
-    slow = [*TINY, "--epochs", "8", "--min-steps", "320", "--heartbeat", "0.5", "--grace-period", "3"]
+    slow = [*TINY, *LONG_RUNS, "--heartbeat", "0.5", "--grace-period", "3"]
     proc = _start(
         "run", "--out", out, *slow, "--fractions", "0.5,1.0", "--seeds", "2", "--jobs", "2", "--mlflow", folder
     )
