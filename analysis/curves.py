@@ -336,6 +336,8 @@ class Curve:
     misfit_sd: float = 0.0  # spread of the measured means about the curve beyond seed noise
     extrapolation_sd: float = EXTRAPOLATION_SD_PER_DOUBLING  # per doubling beyond the measured sizes
     jackknife_seeds: tuple = ()
+    # (n_train, seeds measured there) per measured size: under sequential seeds the counts differ
+    seed_counts: tuple = ()
 
     @property
     def family(self) -> Family:
@@ -372,6 +374,20 @@ class Curve:
         n = np.atleast_1d(np.asarray(n, dtype=float))
         return np.array([self.predict(n, m) for m in self.jackknife]).reshape(len(self.jackknife), len(n))
 
+    def seed_df(self, n) -> np.ndarray:
+        """Student t degrees of freedom of the seed term at ``n``: the seeds measured at the
+        nearest measured size (on a log scale) less one, at most the jackknife's S - 1. Under
+        sequential seeds (``--until-ci``) sizes carry different seed counts, and a size measured
+        with 3 seeds has the uncertainty of 3 seeds however many other sizes have."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        whole = max(len(self.jackknife) - 1, 1)
+        if not self.seed_counts:
+            return np.full(len(n), whole)
+        sizes = np.array([c[0] for c in self.seed_counts], float)
+        counts = np.array([c[1] for c in self.seed_counts], int)
+        nearest = np.abs(np.log(n)[:, None] - np.log(sizes)[None, :]).argmin(axis=1)
+        return np.clip(counts[nearest] - 1, 1, whole)
+
     def extrapolation_factor(self, n) -> np.ndarray:
         """n / n_max beyond the largest measured size, n_min / n below the smallest, else 1."""
         n = np.atleast_1d(np.asarray(n, dtype=float))
@@ -382,7 +398,7 @@ class Curve:
         curve has no interval (``has_interval``)."""
         n = np.atleast_1d(np.asarray(n, dtype=float))
         fit = self.predict(n)
-        half = jackknife_half_width(fit - self.jackknife_predictions(n), confidence)
+        half = jackknife_half_width(fit - self.jackknife_predictions(n), confidence, self.seed_df(n))
         z = stats.norm.ppf(0.5 + confidence / 2)
         doublings = np.log2(self.extrapolation_factor(n))
         half = np.sqrt(half**2 + (z * self.misfit_sd) ** 2 + (z * self.extrapolation_sd * doublings) ** 2)
@@ -409,16 +425,19 @@ class Curve:
 SEARCH_LIMIT = 1e4  # images-needed searches up to this multiple of the largest measured size
 
 
-def jackknife_half_width(deviations: np.ndarray, confidence: float) -> np.ndarray:
+def jackknife_half_width(deviations: np.ndarray, confidence: float, df=None) -> np.ndarray:
     """Student t half-width from leave-one-out deviations (S, m): jackknife variance
-    (S - 1) / S * sum(dev - mean dev)^2, S - 1 degrees of freedom. NaN with fewer than 2: the
-    seed noise is then unknown, and an interval without it would not have its coverage."""
+    (S - 1) / S * sum(dev - mean dev)^2, on ``df`` degrees of freedom (a scalar or one per
+    column: the seeds measured there less one, ``Curve.seed_df``), S - 1 when None. NaN with
+    fewer than 2: the seed noise is then unknown, and an interval without it would not have its
+    coverage."""
     s = len(deviations)
     if s < 2:
         return np.full(deviations.shape[1] if deviations.ndim == 2 else 0, np.nan)
     centred = deviations - deviations.mean(axis=0)
     se = np.sqrt((s - 1) / s * np.sum(centred**2, axis=0))
-    return stats.t.ppf(0.5 + confidence / 2, s - 1) * se
+    df = s - 1 if df is None else np.clip(np.asarray(df, float), 1, s - 1)
+    return stats.t.ppf(0.5 + confidence / 2, df) * se
 
 
 @dataclass
@@ -599,7 +618,18 @@ def fit_learning_curves(
             r["selected"] = r["family"] in weights
         members = {f: fitted[f] for f in weights}
         jack, jack_seeds = _jackknife(members, pts, n_scale)
-        curve = Curve(model, members, weights, jack, n_scale, float(x_n.min()), n_scale, jackknife_seeds=jack_seeds)
+        counts = pts.groupby("n_train")["seed"].nunique()
+        curve = Curve(
+            model,
+            members,
+            weights,
+            jack,
+            n_scale,
+            float(x_n.min()),
+            n_scale,
+            jackknife_seeds=jack_seeds,
+            seed_counts=tuple((float(k), int(v)) for k, v in counts.items()),
+        )
         lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows, n_test)
         curve.misfit_sd = lof["misfit_sd"]
         curve.extrapolation_sd = max(extrapolation_sd, _lolo_per_doubling(model_rows, weights, sizes))

@@ -414,7 +414,8 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         ja = {s: ca.predict(grid, m) for s, m in zip(ca.jackknife_seeds, ca.jackknife)}
         jb = {s: cb.predict(grid, m) for s, m in zip(cb.jackknife_seeds, cb.jackknife)}
         dev = np.array([ja[s] - jb[s] - diff for s in common]).reshape(len(common), len(grid))
-        half = jackknife_half_width(dev, confidence)
+        # paired seeds at each point: the fewer of the two curves' seeds measured there
+        half = jackknife_half_width(dev, confidence, np.minimum(ca.seed_df(grid), cb.seed_df(grid)))
         extra = sum(
             (c.misfit_sd**2 + (c.extrapolation_sd * np.log2(c.extrapolation_factor(grid))) ** 2) for c in (ca, cb)
         )
