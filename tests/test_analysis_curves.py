@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis.curves import (
     FAMILIES,
@@ -221,3 +222,24 @@ def test_efficiency_score_interval_covers_the_true_score_at_close_to_the_nominal
         row = efficiency_scores(fit_learning_curves(runs, families=())).iloc[0]
         hits += row["ci_low"] <= true_score <= row["ci_high"]
     assert 0.90 <= hits / trials <= 0.99, hits / trials
+
+
+def test_band_seed_term_uses_the_seeds_measured_at_each_size():
+    """Under sequential seeds sizes carry different seed counts: the band's seed term takes t on
+    the seeds measured at that size less one (2 seeds: t(1); 5 seeds: t(4)), not one df for all."""
+    runs = _runs({"a": _power}, seeds=5, noise=0.01)
+    few = {50, 100, 200}  # these sizes were stopped at 2 seeds, the others reached 5
+    runs = runs[~(runs["n_train"].isin(few) & (runs["seed"] >= 2))]
+    curves = fit_learning_curves(runs, select="pow3")
+    curve = dataclasses.replace(curves.curves["a"], misfit_sd=0.0)  # isolate the seed term
+    assert list(curve.seed_df(SIZES)) == [1, 1, 1, 4, 4, 4]
+    fit, low, high = curve.interval(SIZES)
+    dev = fit - curve.jackknife_predictions(SIZES)
+    s = len(dev)
+    assert s == 5
+    se = np.sqrt((s - 1) / s * np.sum((dev - dev.mean(axis=0)) ** 2, axis=0))
+    half = (high - low) / 2
+    assert np.allclose(half[:3], stats.t.ppf(0.975, 1) * se[:3])
+    assert np.allclose(half[3:], stats.t.ppf(0.975, 4) * se[3:])
+    # one df for the whole curve (S - 1 = 4) would make the 2-seed sizes 3.3 times too narrow
+    assert np.all(half[:3] > 3 * stats.t.ppf(0.975, 4) * se[:3])
