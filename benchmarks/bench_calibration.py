@@ -421,12 +421,14 @@ def _crossover_rep(seed: int, n_seeds: int) -> dict[str, float]:
 POPULATION = DIFFICULTY_SD * stats.norm.ppf((np.arange(2000) + 0.5) / 2000)  # the items test sets are drawn from
 
 
-def _split_rep(seed: int, n_seeds: int) -> dict[str, list]:
+def _split_rep(seed: int, n_seeds: int, true_share: np.ndarray) -> dict[str, list]:
     """A study with per-seed splits: each seed draws its own test set of N_TEST items from the
     item population (and its own training pool: part of the seed's subset luck), shared by the
     models of that seed. 'a' and 'c' share the truth, 'b' is 'a' shifted by EFFECT_LOGIT. The truth
     an interval must cover is the accuracy on the POPULATION of items (over training runs): with
-    one split per seed, the spread between seeds carries the test set's sampling too."""
+    one split per seed, the spread between seeds carries the test set's sampling too.
+    ``true_share``: ``_split_truth_share()``, computed once in the parent (a worker process has
+    its own empty cache and would redo it)."""
     rng = np.random.default_rng(seed)
     base = _logit_for(np.asarray(SHAPES["pow3"](SIZES.astype(float))), POPULATION)
     shifts = {"a": 0.0, "b": EFFECT_LOGIT, "c": 0.0}
@@ -459,7 +461,6 @@ def _split_rep(seed: int, n_seeds: int) -> dict[str, list]:
         out["cov_split_difference"].append(bool(r["ci_low"] <= true <= r["ci_high"]))
     null = pairs[(pairs["model_a"] == "a") & (pairs["model_b"] == "c")]
     out["t1_split_paired_t"] = list(null["p_t"] < ALPHA)
-    true_share = _split_truth_share()
     out["cov_split_share"] = [bool(lo <= true_share[k] <= hi) for k, (_, lo, hi) in enumerate(shares)]
     out["share_estimated"] = [share for share, _, _ in shares]
     return out
@@ -484,13 +485,14 @@ def split_per_seed_rows(par: Parallel, reps: int) -> tuple[list[dict], str]:
     the population truth, the paired t-test's type-I error) at every seed count, and a line on
     the variance decomposition: the mean estimated test-sampling share against the true one."""
     rows, shares = [], {}
+    true_share = _split_truth_share()
     for n_seeds in SEED_COUNTS:
-        merged = _merge(par(delayed(_split_rep)(3_000_000 * n_seeds + i, n_seeds) for i in range(reps)))
+        merged = _merge(par(delayed(_split_rep)(3_000_000 * n_seeds + i, n_seeds, true_share) for i in range(reps)))
         for key in ("cov_split_accuracy", "cov_split_difference", "cov_split_share", "t1_split_paired_t"):
             rate, se, count = _rate(merged[key])
             rows.append({"seeds": n_seeds, "row": key, "rate": rate, "mc_se": se, "n": count})
         shares[n_seeds] = float(np.median(merged["share_estimated"]))
-    truth = ", ".join(f"{v:.2f}" for v in _split_truth_share())
+    truth = ", ".join(f"{v:.2f}" for v in true_share)
     sizes = ", ".join(map(str, SIZES))
     estimates = ", ".join(f"median estimate at {s} seeds {v:.2f}" for s, v in shares.items())
     line = (
