@@ -166,11 +166,14 @@ def _curve_coverage(runs: pd.DataFrame, st: Study) -> dict:
 def _null_pair_significant(runs: pd.DataFrame) -> np.ndarray:
     """Per size, whether the paired t-test of the null pair a - c is significant at this look
     (what a rule that stopped a pair once significant would report as its answer)."""
+    # one pivot per look, not one per size: this runs at every round of every simulated study
+    pair = runs[runs["arm"].isin(("a", "c"))]
+    at = pair.pivot_table(index="seed", columns=["n_train", "arm"], values="test_acc")
+    floor = difference_floor(N_TEST)
     out = []
     for n in SIZES:
-        at = runs[runs["n_train"] == n].pivot_table(index="seed", columns="arm", values="test_acc")
-        d = (at["a"] - at["c"]).dropna().to_numpy()
-        out.append(t_summary(d, floor=difference_floor(N_TEST))["p"] < ALPHA)
+        d = (at[(n, "a")] - at[(n, "c")]).dropna().to_numpy()
+        out.append(t_summary(d, floor=floor)["p"] < ALPHA)
     return np.array(out)
 
 
