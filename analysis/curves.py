@@ -3,34 +3,62 @@
 - ``summarize``: mean and confidence interval over seeds at each measured size (the data).
 - ``fit_learning_curves``: parametric families fitted by least squares to every finished run;
   per model one family or an AICc-weighted average of the families that fit comparably (the
-  ``select`` rule), with a prediction interval at any size (``predict``) that adds up three
-  errors: seed noise (leave-one-seed-out jackknife, Student t with S - 1 df), lack of fit (the
-  spread of the measured means about the curve beyond seed noise) and, beyond the measured
-  sizes, the error of extrapolating itself (grows with log2(n / n_max), calibrated from
-  leave-last-out errors and on simulated curves of shapes outside the families, see
-  docs/statistics.md). Its ``LearningCurves`` answer is what ``analysis.efficiency`` inverts
-  into images-needed estimates.
+  ``select`` rule), with a prediction interval at any size (``predict``): seed noise, lack of
+  fit and, beyond the measured sizes, a per-doubling term and the disagreement between two
+  predictors (``analysis.bands``, calibrated on real learning curves, docs/statistics.md).
+  Its ``LearningCurves`` answer is what ``analysis.efficiency`` inverts into images-needed
+  estimates (from the families' curve, ``Curve.predict``).
 
-Every family is written for accuracy that rises with n and is fitted on x = n / n_scale, where
-n_scale is the largest measured size: parameters then have comparable magnitudes (b is the
-gap below the asymptote at the largest size for pow3), which keeps the optimiser well
-conditioned. A curve whose means fall with n beyond noise is reported as not monotone and not
-fitted: no family here can describe it, and drawing one would mislead.
+The families and their fitting live in ``analysis.families``; the band's terms and the point
+beyond the largest measured size in ``analysis.bands``. A curve whose means fall with n beyond
+noise is reported as not monotone and not fitted: no family here can describe it, and drawing
+one would mislead.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import product
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.optimize import brentq, least_squares
+from scipy.optimize import brentq
 
+from analysis.bands import (
+    DISAGREEMENT_SD,
+    DOUBLING_DAMPING,
+    EXTRAPOLATION_POINT,
+    PER_DOUBLING_SD,
+    band_half_width,
+    damped_gain,
+    jackknife_half_width,
+    last_doubling_gain,
+    point_beyond,
+)
+from analysis.families import DEFAULT_FAMILIES, FAMILIES, Family, aicc, fit_family
 from analysis.stats import accuracy_floor, holm, t_summary
+
+__all__ = [
+    "DEFAULT_FAMILIES",
+    "DEFAULT_SELECTION",
+    "DISAGREEMENT_SD",
+    "DOUBLING_DAMPING",
+    "EXTRAPOLATION_POINT",
+    "FAMILIES",
+    "PER_DOUBLING_SD",
+    "SEARCH_LIMIT",
+    "Curve",
+    "Family",
+    "LearningCurves",
+    "aicc",
+    "curve_bands",
+    "fit_family",
+    "fit_learning_curves",
+    "jackknife_half_width",
+    "monotonicity_problem",
+    "predict",
+    "summarize",
+]
 
 SUMMARY_COLUMNS = ["model", "n_train", "fraction", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 FIT_COLUMNS = [
@@ -60,10 +88,9 @@ LACK_OF_FIT_COLUMNS = ["model", "family", "n_sizes", "f_stat", "df", "df_error",
 SELECTION_RULES = ("average", "aicc", "extrapolation")
 DEFAULT_SELECTION = "average"
 MAX_DELTA_AICC = 6.0
-# Error of extrapolating, in accuracy per doubling of n beyond the largest measured size: the
-# floor under the study's own leave-last-out estimate. Calibrated by benchmarks/bench_calibration.py
-# on simulated curves of the families and of other shapes (docs/statistics.md).
-EXTRAPOLATION_SD_PER_DOUBLING = 0.01
+# Error of extrapolating, in accuracy per doubling of n beyond the largest measured size
+# (analysis.bands, calibrated on real learning curves: docs/statistics.md).
+EXTRAPOLATION_SD_PER_DOUBLING = PER_DOUBLING_SD
 LACK_OF_FIT_ALPHA = 0.01
 # A drop in mean accuracy between consecutive sizes counts as real when it is larger than
 # both twice its standard error and one percentage point.
@@ -109,215 +136,6 @@ def summarize(
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-# -- families ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Family:
-    """A parametric learning-curve family acc = f(x; theta), x = n / n_scale, rising in x."""
-
-    name: str
-    formula: str
-    params: tuple[str, ...]
-    func: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
-    starts: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
-    asymptote: str = ""  # the parameter that is the accuracy as n grows without bound
-    exponent: str = ""  # the parameter that sets how fast the gap closes ('' where none is a power)
-    jac: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (len(x), n_params) derivatives
-
-    def __call__(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            return self.func(np.asarray(x, dtype=float), np.asarray(theta, dtype=float))
-
-
-# Analytic derivatives: least squares then needs no finite differences (about twice as fast).
-def _pow3_jac(x, t):
-    p = x ** -t[2]
-    return np.column_stack([np.ones_like(x), -p, t[1] * p * np.log(x)])
-
-
-def _pow4_jac(x, t):
-    p = (x + t[3]) ** -t[2]
-    return np.column_stack([np.ones_like(x), -p, t[1] * p * np.log(x + t[3]), t[1] * t[2] * (x + t[3]) ** (-t[2] - 1)])
-
-
-def _exp3_jac(x, t):
-    e = np.exp(-t[1] * x)
-    return np.column_stack([-e, t[0] * x * e, np.ones_like(x)])
-
-
-def _mmf4_jac(x, t):
-    a, b, c, d = t
-    u = x**d
-    q = (b + u) ** 2
-    return np.column_stack([b / (b + u), u * (a - c) / q, u / (b + u), b * (c - a) * u * np.log(x) / q])
-
-
-def _wbl4_jac(x, t):
-    a, b, _, d = t
-    u = x**d
-    e = np.exp(-a * u)
-    return np.column_stack([b * u * e, -e, np.ones_like(x), b * e * a * u * np.log(x)])
-
-
-def _linear_pair(basis: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares (p, q) in y = p - q * basis: starting values for the two linear parameters
-    of a family, given its nonlinear ones (variable projection)."""
-    design = np.column_stack([np.ones_like(basis), -basis])
-    (p, q), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(p), float(q)
-
-
-def _pow3_starts(x, y):
-    out = []
-    for c in (0.1, 0.3, 0.7, 1.5):
-        a, b = _linear_pair(x**-c, y)
-        out.append(np.array([a, b, c]))
-    return out
-
-
-def _pow4_starts(x, y):
-    out = []
-    for c, d in product((0.3, 1.0), (0.02, 0.3)):
-        a, b = _linear_pair((x + d) ** -c, y)
-        out.append(np.array([a, b, c, d]))
-    return out
-
-
-def _exp3_starts(x, y):
-    out = []
-    for b in (1.0, 5.0, 20.0):
-        c, a = _linear_pair(np.exp(-b * x), y)
-        out.append(np.array([a, b, c]))
-    return out
-
-
-def _mmf4_starts(x, y):
-    return [np.array([0.0, b, float(y.max()), d]) for b, d in product((0.05, 0.5), (0.7, 1.5))]
-
-
-def _wbl4_starts(x, y):
-    out = []
-    for a, d in product((2.0, 10.0), (0.5, 1.0)):
-        c, b = _linear_pair(np.exp(-a * x**d), y)
-        out.append(np.array([a, b, c, d]))
-    return out
-
-
-# LCDB's families (Mohr & van Rijn, 2022), written for a rising accuracy.
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "pow3",
-            "a - b * x^(-c)",
-            ("a", "b", "c"),
-            lambda x, t: t[0] - t[1] * x ** -t[2],
-            (0.0, 0.0, 1e-3),
-            (1.0, 2.0, 5.0),
-            _pow3_starts,
-            "a",
-            "c",
-            _pow3_jac,
-        ),
-        Family(
-            "pow4",
-            "a - b * (x + d)^(-c)",
-            ("a", "b", "c", "d"),
-            lambda x, t: t[0] - t[1] * (x + t[3]) ** -t[2],
-            (0.0, 0.0, 1e-3, 0.0),
-            (1.0, 50.0, 5.0, 10.0),
-            _pow4_starts,
-            "a",
-            "c",
-            _pow4_jac,
-        ),
-        Family(
-            "exp3",
-            "c - a * exp(-b * x)",
-            ("a", "b", "c"),
-            lambda x, t: t[2] - t[0] * np.exp(-t[1] * x),
-            (0.0, 1e-3, 0.0),
-            (2.0, 1e3, 1.0),
-            _exp3_starts,
-            "c",
-            "",
-            _exp3_jac,
-        ),
-        Family(
-            "mmf4",
-            "(a * b + c * x^d) / (b + x^d)",
-            ("a", "b", "c", "d"),
-            lambda x, t: (t[0] * t[1] + t[2] * x ** t[3]) / (t[1] + x ** t[3]),
-            (0.0, 1e-6, 0.0, 0.05),
-            (1.0, 1e3, 1.0, 5.0),
-            _mmf4_starts,
-            "c",
-            "d",
-            _mmf4_jac,
-        ),
-        Family(
-            "wbl4",
-            "c - b * exp(-a * x^d)",
-            ("a", "b", "c", "d"),
-            lambda x, t: t[2] - t[1] * np.exp(-t[0] * x ** t[3]),
-            (1e-3, 0.0, 0.0, 0.05),
-            (1e3, 2.0, 1.0, 5.0),
-            _wbl4_starts,
-            "c",
-            "d",
-            _wbl4_jac,
-        ),
-    )
-}
-DEFAULT_FAMILIES = ("pow3", "exp3", "pow4", "mmf4", "wbl4")  # simplest first: ties go to the first
-
-
-def _monotone_and_finite(family: Family, theta: np.ndarray, x_min: float) -> bool:
-    """A usable fit is finite and never falls, from well below the data to far beyond it."""
-    grid = np.geomspace(x_min / 10, 1e4, 400)
-    values = family(grid, theta)
-    return bool(np.all(np.isfinite(values)) and np.all(np.diff(values) >= -1e-9))
-
-
-def fit_family(
-    family: Family, x: np.ndarray, y: np.ndarray, starts: list[np.ndarray] | None = None
-) -> np.ndarray | None:
-    """Least-squares parameters of ``family`` for points (x, y), from several starting points
-    (the family's own, or ``starts``); the best finite, rising fit, or None."""
-    lower, upper = np.array(family.lower), np.array(family.upper)
-    span = upper - lower
-    best, best_cost = None, np.inf
-    for theta0 in starts if starts is not None else family.starts(x, y):
-        theta0 = np.clip(np.where(np.isfinite(theta0), theta0, lower), lower + 1e-6 * span, upper - 1e-6 * span)
-        try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                jac = (lambda t: family.jac(x, t)) if family.jac is not None else "2-point"
-                res = least_squares(lambda t: family(x, t) - y, theta0, jac=jac, bounds=(lower, upper), method="trf")
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-        if (
-            np.all(np.isfinite(res.x))
-            and np.isfinite(res.cost)
-            and res.cost < best_cost
-            and _monotone_and_finite(family, res.x, x.min())
-        ):
-            best, best_cost = res.x, res.cost
-    return best
-
-
-def aicc(rss: float, n_points: int, n_params: int) -> float:
-    """Corrected Akaike criterion of a least-squares fit (the noise variance counts as a
-    parameter); infinite where there are too few points for the correction."""
-    k = n_params + 1
-    if n_points - k - 1 <= 0:
-        return np.inf
-    return float(n_points * np.log(max(rss, 1e-12) / n_points) + 2 * k + 2 * k * (k + 1) / (n_points - k - 1))
-
-
 # -- fitting per model -----------------------------------------------------------------------
 
 
@@ -338,6 +156,10 @@ class Curve:
     jackknife_seeds: tuple = ()
     # (n_train, seeds measured there) per measured size: under sequential seeds the counts differ
     seed_counts: tuple = ()
+    last_mean: float = np.nan  # mean accuracy at n_max (NaN: extrapolate with the curve alone)
+    gain_per_doubling: float = 0.0  # mean accuracy gained over the last doubling of the sizes
+    point_rule: str = EXTRAPOLATION_POINT  # the point beyond n_max (analysis.bands.POINT_RULES)
+    disagreement_weight: float = DISAGREEMENT_SD
 
     @property
     def family(self) -> Family:
@@ -393,15 +215,46 @@ class Curve:
         n = np.atleast_1d(np.asarray(n, dtype=float))
         return np.maximum(np.maximum(n / self.n_max, self.n_min / n), 1.0)
 
+    def _candidates(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(families' curve, damped last-doubling gain) at ``n``; the gain equals the curve at and
+        below n_max, and wherever the last mean is unknown."""
+        curve = self.predict(n)
+        if not np.isfinite(self.last_mean):
+            return curve, curve
+        beyond = n > self.n_max
+        gain = damped_gain(self.last_mean, self.gain_per_doubling, np.log2(np.maximum(n / self.n_max, 1.0)))
+        return curve, np.where(beyond, gain, curve)
+
+    def point(self, n) -> np.ndarray:
+        """The reported accuracy at ``n``: the curve within the measured sizes; beyond n_max the
+        prediction chosen by ``point_rule`` (analysis.bands.point_beyond)."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        curve, gain = self._candidates(n)
+        return np.where(n > self.n_max, point_beyond(curve, gain, self.point_rule), curve)
+
+    def disagreement_sd(self, n) -> np.ndarray:
+        """Spread between the candidate predictors at ``n`` (half the difference between the
+        families' curve and the damped gain); 0 within the measured sizes."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        curve, gain = self._candidates(n)
+        return np.abs(curve - gain) / 2
+
     def interval(self, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fit, low, high) at ``n``: see ``fit_learning_curves``; low and high are NaN when the
+        """(point, low, high) at ``n``: see ``fit_learning_curves``; low and high are NaN when the
         curve has no interval (``has_interval``)."""
         n = np.atleast_1d(np.asarray(n, dtype=float))
-        fit = self.predict(n)
-        half = jackknife_half_width(fit - self.jackknife_predictions(n), confidence, self.seed_df(n))
-        z = stats.norm.ppf(0.5 + confidence / 2)
+        fit = self.point(n)
+        seed = jackknife_half_width(self.predict(n) - self.jackknife_predictions(n), confidence, self.seed_df(n))
         doublings = np.log2(self.extrapolation_factor(n))
-        half = np.sqrt(half**2 + (z * self.misfit_sd) ** 2 + (z * self.extrapolation_sd * doublings) ** 2)
+        half = band_half_width(
+            seed,
+            self.misfit_sd,
+            doublings,
+            self.disagreement_sd(n),
+            confidence,
+            self.extrapolation_sd,
+            self.disagreement_weight,
+        )
         return fit, np.clip(fit - half, 0.0, 1.0), np.clip(fit + half, 0.0, 1.0)
 
     def plateau(self) -> float:
@@ -423,21 +276,6 @@ class Curve:
 
 
 SEARCH_LIMIT = 1e4  # images-needed searches up to this multiple of the largest measured size
-
-
-def jackknife_half_width(deviations: np.ndarray, confidence: float, df=None) -> np.ndarray:
-    """Student t half-width from leave-one-out deviations (S, m): jackknife variance
-    (S - 1) / S * sum(dev - mean dev)^2, on ``df`` degrees of freedom (a scalar or one per
-    column: the seeds measured there less one, ``Curve.seed_df``), S - 1 when None. NaN with
-    fewer than 2: the seed noise is then unknown, and an interval without it would not have its
-    coverage."""
-    s = len(deviations)
-    if s < 2:
-        return np.full(deviations.shape[1] if deviations.ndim == 2 else 0, np.nan)
-    centred = deviations - deviations.mean(axis=0)
-    se = np.sqrt((s - 1) / s * np.sum(centred**2, axis=0))
-    df = s - 1 if df is None else np.clip(np.asarray(df, float), 1, s - 1)
-    return stats.t.ppf(0.5 + confidence / 2, df) * se
 
 
 @dataclass
@@ -540,12 +378,14 @@ def fit_learning_curves(
     nothing else). A family needs at least as many distinct sizes as parameters and one residual
     degree of freedom.
 
-    Interval at any n (``Curve.interval``, ``predict``): fit ± sqrt((t_{S-1} se_seed)^2 +
-    (z misfit)^2 + (z sd_ext log2(n / n_max))^2), where se_seed is the leave-one-seed-out
-    jackknife of the prediction (seeds are the replicates; a seed's luck carries across sizes),
-    misfit the lack of fit of the means beyond seed noise, and sd_ext the extrapolation error
-    per doubling: the larger of ``extrapolation_sd`` and the model's own leave-last-out error
-    per doubling. ``n_test``: the test set's size, whose rounding floors the seed spread in the
+    Interval at any n (``Curve.interval``, ``predict``): point ± sqrt((t_{S-1} se_seed)^2 +
+    (z misfit)^2 + (z sd_ext d)^2 + (z DISAGREEMENT_SD spread)^2), where se_seed is the
+    leave-one-seed-out jackknife of the families' curve (seeds are the replicates; a seed's luck
+    carries across sizes), misfit the lack of fit of the means beyond seed noise, d the doublings
+    beyond the measured sizes, sd_ext = ``extrapolation_sd`` per doubling, and spread half the
+    difference between the families' curve and the damped last-doubling gain (beyond n_max
+    only, ``Curve.disagreement_sd``). Beyond n_max the point is ``Curve.point`` (see
+    ``analysis.bands``). ``n_test``: the test set's size, whose rounding floors the seed spread in the
     lack-of-fit test (``stats.accuracy_floor``).
     """
     if select not in SELECTION_RULES and select not in FAMILIES:
@@ -632,7 +472,10 @@ def fit_learning_curves(
         )
         lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows, n_test)
         curve.misfit_sd = lof["misfit_sd"]
-        curve.extrapolation_sd = max(extrapolation_sd, _lolo_per_doubling(model_rows, weights, sizes))
+        curve.extrapolation_sd = extrapolation_sd
+        means = summary[summary["model"] == model].sort_values("n_train")
+        curve.last_mean = float(means["mean"].iloc[-1])
+        curve.gain_per_doubling = last_doubling_gain(means["n_train"].to_numpy(float), means["mean"].to_numpy(float))
         curves[model] = curve
         lofs.append({"model": model, **lof})
         params.extend(_parameter_rows(curve, confidence))
@@ -755,20 +598,6 @@ def _excess_sd(resid: np.ndarray, var: np.ndarray, df: int) -> float:
     if excess(0.0) <= 0:
         return 0.0
     return float(np.sqrt(brentq(excess, 0.0, float(np.sum(resid**2)) / df)))
-
-
-def _lolo_per_doubling(rows: list[dict], weights: dict[str, float], sizes: np.ndarray) -> float:
-    """The model's own leave-last-out error per doubling: the weighted error of its families
-    predicting the largest size from the smaller ones, over log2 of the last step; 0 where no
-    member can be checked (too few sizes)."""
-    if len(sizes) < 2:
-        return 0.0
-    step = np.log2(sizes[-1] / sizes[-2])
-    errors = {r["family"]: r["lolo_error"] for r in rows if r["family"] in weights and np.isfinite(r["lolo_error"])}
-    if not errors:
-        return 0.0
-    total = sum(weights[f] for f in errors)
-    return float(sum(weights[f] * e for f, e in errors.items()) / total / step)
 
 
 def _parameter_rows(curve: Curve, confidence: float) -> list[dict]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.bands import DISAGREEMENT_SD, DOUBLING_DAMPING, EXTRAPOLATION_POINT, PER_DOUBLING_SD
 from analysis.load import StudyData
 from analysis.study_analysis import StudyAnalysis
 from study.config import StudyConfig
@@ -42,10 +43,23 @@ def curve_method_text(selection: str) -> str:
         "aicc": "the family with the lowest AICc",
         "extrapolation": "the family with the lowest leave-last-out extrapolation error",
     }.get(selection, f"the {selection} family alone")
+    point = {
+        "blend": "the mean of the curve and the last measured mean carried on by the last doubling's gain "
+        f"(damped {DOUBLING_DAMPING:g}× per further doubling)",
+        "gain": f"the last measured mean carried on by the last doubling's gain (damped {DOUBLING_DAMPING:g}× per "
+        "further doubling)",
+        "curve": "the curve itself",
+    }[EXTRAPOLATION_POINT]
+    disagreement = (
+        f" and {DISAGREEMENT_SD:g}× the spread between the curve and the carried-on gain" if DISAGREEMENT_SD > 0 else ""
+    )
     return (
         f"Each model's curve is {rule}, fitted by least squares to every run on x = n / n_max; its 95% interval "
-        "adds seed noise (leave-one-seed-out jackknife, Student t), the curve's lack of fit and, beyond the measured "
-        "sizes, an extrapolation error that grows with log2(n / n_max) (calibrated in docs/statistics.md)"
+        "adds seed noise (leave-one-seed-out jackknife, Student t) and the curve's lack of fit. Beyond the largest "
+        f"measured size the reported accuracy is {point}, and the interval adds {100 * PER_DOUBLING_SD:.2f} points "
+        f"per doubling outside the measured sizes{disagreement}: terms calibrated on real scikit-learn learning "
+        "curves, not on this study's (docs/statistics.md). Every number beyond the measured sizes rests on that "
+        "extrapolation and is marked extrapolated; images needed are read from the fitted curve"
     )
 
 
