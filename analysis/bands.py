@@ -1,7 +1,8 @@
 """The band around a learning curve, and its point beyond the largest measured size.
 
 Inside the measured sizes the band is seed noise (leave-one-seed-out jackknife, Student t with
-S - 1 df) and lack of fit. Beyond the largest measured size n_max it adds, in quadrature:
+S_n - 1 df, S_n the seeds measured at that size) and lack of fit. Beyond the largest measured
+size n_max it adds, in quadrature:
 
 - a per-doubling term, PER_DOUBLING_SD x log2(n / n_max) (also below the smallest size);
 - a disagreement term, DISAGREEMENT_SD x the spread between the two candidate predictors (the

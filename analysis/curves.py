@@ -243,14 +243,16 @@ class Curve:
         """(point, low, high) at ``n``: see ``fit_learning_curves``; low and high are NaN when the
         curve has no interval (``has_interval``)."""
         n = np.atleast_1d(np.asarray(n, dtype=float))
-        fit = self.point(n)
-        seed = jackknife_half_width(self.predict(n) - self.jackknife_predictions(n), confidence, self.seed_df(n))
+        # the two candidates once: point() and disagreement_sd() would each refit the families' curve
+        curve, gain = self._candidates(n)
+        fit = np.where(n > self.n_max, point_beyond(curve, gain, self.point_rule), curve)
+        seed = jackknife_half_width(curve - self.jackknife_predictions(n), confidence, self.seed_df(n))
         doublings = np.log2(self.extrapolation_factor(n))
         half = band_half_width(
             seed,
             self.misfit_sd,
             doublings,
-            self.disagreement_sd(n),
+            np.abs(curve - gain) / 2,
             confidence,
             self.extrapolation_sd,
             self.disagreement_weight,
