@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from study.config import TrainConfig
     from study.models import create_model
-    from study.train import make_optimizer
+    from study.optim import make_optimizer
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -42,12 +42,14 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from study.augment import BatchAugment, to_model_input
-from study.config import WARMUP_DIVISOR, TrainConfig
+from study.config import TrainConfig
 from study.errors import DivergedError
 from study.images import BatchStream, ImageSource, RunData
 from study.images import TrainData as TrainData  # where tests and benchmarks have always found it
 from study.machine import PeakMemory
 from study.models import count_parameters, create_model, input_size_for, normalization
+from study.optim import is_schedule_free, make_optimizer, schedule
+from study.plateau import Best, Plateau
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
@@ -128,61 +130,6 @@ class BatchOrder:
         if device.type == "cuda":
             return order.pin_memory().to(device, non_blocking=True)
         return order.to(device)
-
-
-def make_optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
-    """The optimiser of a run: ``hp.optimizer`` at ``hp.lr``, weight decay on weights only.
-    ``fused=False`` gives torch's default implementation (``benchmarks/bench_optimizer.py``)."""
-    # No weight decay on biases and normalisation parameters (the usual timm practice).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernels update every parameter in one pass (a few launches on CUDA). On the CPU
-    # that cut AdamW's step on ResNet-18 from about 30-60 ms to 6 ms: the loop over parameter
-    # tensors is memory-bound, and it was a third of a training step at 32 px.
-    kernel = {"fused": True} if fused else {}
-    if hp.budget == "plateau":
-        return _schedule_free(groups, hp)
-    if hp.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=hp.lr, **kernel)
-    if hp.optimizer == "adam":
-        # Adam's weight decay is L2 in the gradient, as the reference notebook used it.
-        return torch.optim.Adam(groups, lr=hp.lr, **kernel)
-    return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
-
-
-def _schedule_free(groups: list[dict], hp: TrainConfig) -> torch.optim.Optimizer:
-    """The plateau budget's optimiser: schedule-free AdamW (``adam`` only without weight decay,
-    where the two agree) or SGD with momentum 0.9, warmed up over ``warmup_steps``."""
-    import schedulefree
-
-    if hp.optimizer == "sgd":
-        optimizer = schedulefree.SGDScheduleFree(groups, lr=hp.lr, momentum=0.9, warmup_steps=hp.warmup_steps)
-    else:
-        optimizer = schedulefree.AdamWScheduleFree(groups, lr=hp.lr, warmup_steps=hp.warmup_steps)
-    optimizer.train()  # it starts in evaluation mode
-    return optimizer
-
-
-def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` keeps averaged weights to evaluate (``.eval()`` / ``.train()``)."""
-    return "train_mode" in optimizer.defaults
-
-
-def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over the first 10% of steps (``WARMUP_DIVISOR``), then cosine decay to zero;
-    constant for a schedule-free optimiser (it warms up by itself and has no planned end)."""
-    if is_schedule_free(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    warmup = max(1, total_steps // WARMUP_DIVISOR)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.inference_mode()
@@ -380,7 +327,7 @@ def build_loop(
         model=model,
         plain=plain,
         optimizer=optimizer,
-        scheduler=_schedule(optimizer, steps_per_epoch * epochs),
+        scheduler=schedule(optimizer, steps_per_epoch * epochs),
         data=data,
         train_idx=torch.as_tensor(np.asarray(train_idx), dtype=torch.long).to(device),
         order=order,
@@ -447,7 +394,7 @@ def _train(
         channels_last=loop.channels_last,
     )
     history: list[EpochStats] = []
-    best = _Best()
+    best = Best()
     plateau = Plateau(hp.patience, hp.min_gain / 100)
     step_seconds, images_seen = 0.0, 0
     run_start = time.perf_counter()
@@ -519,39 +466,7 @@ def _train(
     )
 
 
-class _Best:
-    """The epoch with the best validation accuracy so far, and a copy of its weights."""
-
-    def __init__(self) -> None:
-        self.epoch, self.acc, self.state = 0, -1.0, None
-
-    def offer(self, epoch: int, acc: float, model: nn.Module) -> None:
-        if acc > self.acc:
-            self.epoch, self.acc = epoch, acc
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def snapshot(self) -> tuple[int, float, dict | None]:
-        return self.epoch, self.acc, self.state
-
-
-class Plateau:
-    """The stopping rule: stop once ``patience`` epochs have passed since validation accuracy
-    last rose by at least ``min_gain`` (a fraction) above the level it had then. A slow climb
-    keeps a run going as long as it adds ``min_gain`` within any ``patience`` epochs."""
-
-    def __init__(self, patience: int, min_gain: float) -> None:
-        self.patience, self.min_gain = patience, min_gain
-        self.level, self.since = -math.inf, 0
-
-    def stopped(self, epoch: int, val_acc: float) -> bool:
-        """Whether the run stops after ``epoch``, whose validation accuracy was ``val_acc``."""
-        # A small tolerance: accuracies are counts over the validation set, min_gain a round number.
-        if val_acc >= self.level + self.min_gain - 1e-9:
-            self.level, self.since = val_acc, epoch
-        return epoch - self.since >= self.patience
-
-
-def _control(loop: TrainLoop, best: _Best, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
+def _control(loop: TrainLoop, best: Best, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
     """The convergence control: train ``epochs`` more epochs (as many steps again), then the
     validation and test accuracy of the epoch the run would have selected over all of them."""
     start = time.perf_counter()

@@ -24,9 +24,9 @@ from synthetic import make_study
 from analysis.convergence import cell_convergence, in_run_control, run_convergence
 from analysis.load import load_study
 from study.config import DataConfig, StudyConfig, TrainConfig
+from study.plateau import Plateau
 from study.store import Store
 from study.store.schema import RunRow, StudyRow
-from study.train import Plateau
 from tests.conftest import FAST_MODEL, ROOT, run_subprocess
 
 TINY = ["--models", FAST_MODEL, "--image-size", "16", "--threads", "1", "--quiet", "--no-costs", "--no-deploy"]
