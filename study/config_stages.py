@@ -394,6 +394,6 @@ class TrackingConfig:
     def validate(self) -> None:
         check_declared(self, "tracking.")
         if self.mlflow:
-            from study.tracking import check_uri
+            from study.tracking_uri import check_uri
 
             check_uri(self.mlflow)

@@ -19,8 +19,9 @@ def run_study(cfg, retry_failed: bool, quiet: bool, report: bool) -> int:
     from study.execute import execute
     from study.outputs import budgets, write_outputs
     from study.plan import check_classes, open_context
+    from study.tracking_uri import require_mlflow
 
-    tracking.require_mlflow(cfg)
+    require_mlflow(cfg)
     # A study of several datasets is one study per dataset, every one checked before any trains.
     studies = cfg.dataset_studies() or [cfg]
     for study in studies:  # before the first is recorded: a later dataset's one class refuses them all
@@ -69,9 +70,10 @@ def join_study(local, name: str | None, wait: float, overrides: dict, retry_fail
     from study.execute import execute
     from study.plan import JOIN, open_context
     from study.store import missing_sqlite_file, study_to_join
+    from study.tracking_uri import require_mlflow
 
     check_out(local.out)
-    tracking.require_mlflow(local)
+    require_mlflow(local)
     url = local.storage_url
     what = f"study {name!r}" if name else "a study"
     store, found, names = study_to_join(
