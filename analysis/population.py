@@ -45,6 +45,7 @@ POPULATION_COLUMNS = [
 ]
 ITEMS = "seeds and test items (variance components)"
 BINOMIAL = "seeds and a binomial test-set term (no per-item predictions)"
+NESTED = "seeds, each scored on its own test split (their spread carries the test-set sampling)"
 
 
 def _satterthwaite(coefs: np.ndarray, mean_squares: np.ndarray, dfs: np.ndarray) -> float:
@@ -109,6 +110,26 @@ def binomial_population_interval(accuracies: np.ndarray, n_test: int, confidence
     return {**out, **_interval(p, v_seed + v_item, df, n_test, s * n_test, confidence)}
 
 
+def nested_population_interval(accuracies: np.ndarray, n_test: int, confidence: float = 0.95) -> dict[str, float]:
+    """The population interval when every seed drew its own test split (``data.split_per_seed``):
+    items are nested in seeds, so each seed's accuracy is the procedure's population accuracy
+    plus its seed's luck plus its own test set's sampling, and the spread of the accuracies over
+    seeds carries both: Var = s^2 / S on S - 1 degrees of freedom. Its floor is the binomial
+    p (1 - p) / (S n_test), the sampling variance no spread can be below, so that seeds which
+    happen to agree do not give a zero-width interval. The crossed seeds x items layout of
+    ``population_interval`` would be wrong here: seed s's item i is not seed t's."""
+    a = np.asarray(accuracies, dtype=float)
+    s = len(a)
+    p = float(a.mean())
+    out = {"mean": p, "se_seed": np.nan, "se_item": np.nan, "se": np.nan, "df": np.nan}
+    out.update(ci_low=np.nan, ci_high=np.nan)
+    if s < 2 or not n_test:
+        return out
+    var = max(float(a.var(ddof=1)) / s, p * (1 - p) / (s * n_test))
+    out["se_item"] = float(np.sqrt(p * (1 - p) / (s * n_test)))
+    return {**out, **_interval(p, var, float(s - 1), n_test, s * n_test, confidence)}
+
+
 def _interval(p: float, var: float, df: float, n_items: int, n_cap: int, confidence: float) -> dict[str, float]:
     if var > 0 and 0 < p < 1:
         n_eff = min(p * (1 - p) / var, float(n_cap))
@@ -126,19 +147,24 @@ def population_accuracy(
     y_test: np.ndarray | None,
     confidence: float = 0.95,
     metric: str = "test_acc",
+    split_per_seed: bool = False,
 ) -> pd.DataFrame:
     """Per (model, n_train) the mean accuracy with its population interval (POPULATION_COLUMNS):
     from the seeds x items table of the runs' stored test predictions where every run has
     them (``population_interval``), else from the accuracies with the binomial bound
-    (``binomial_population_interval``); no interval without a known test-set size or with one
-    seed. ``runs``: finished runs (model, n_train, seed, ``metric``, run_id)."""
+    (``binomial_population_interval``); with ``split_per_seed`` (each seed its own test split of
+    ``len(y_test)`` images) from the accuracies over seeds (``nested_population_interval``). No
+    interval without a known test-set size or with one seed. ``runs``: finished runs (model,
+    n_train, seed, ``metric``, run_id)."""
     n_test = len(y_test) if y_test is not None and len(y_test) else None
     rows = []
     for (model, n_train), group in runs.groupby(["model", "n_train"], sort=True):
         group = group.drop_duplicates("seed")
         ids = group["run_id"].tolist() if "run_id" in group else []
         have = predictions is not None and n_test and ids and all(i in predictions for i in ids)
-        if have:
+        if split_per_seed and n_test:
+            r, method = nested_population_interval(group[metric].to_numpy(float), n_test, confidence), NESTED
+        elif have:
             correct = np.array([predictions[i] == y_test for i in ids])
             r, method = population_interval(correct, confidence), ITEMS
         else:

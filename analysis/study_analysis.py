@@ -186,7 +186,9 @@ def analyse(
         confusion=confusion_matrices(data),
         warnings=sanity_checks(data, curves, comparisons),
         answer=pd.DataFrame(),
-        population=population_accuracy(done, data.predictions, data.y_test, confidence),
+        population=population_accuracy(
+            done, data.predictions, data.y_test, confidence, split_per_seed=data.split_per_seed
+        ),
     )
     analysis.answer = answer_table(analysis)
     analysis.control = control

@@ -128,9 +128,17 @@ def write_report(
     return folder
 
 
+def on_test_words(split_per_seed: bool) -> str:
+    """What a seed-only interval is over: one test set for every seed, or each seed's own split
+    (then the spread over seeds carries the test-set sampling too)."""
+    return "each seed on its own test split" if split_per_seed else "on this test set"
+
+
 def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.DataFrame, str, list[str]]]:
     """The paper tables: name -> (table, caption, notes on columns left out)."""
     level = f"{100 * a.curves.confidence:g}%"
+    on_test = on_test_words(a.data.split_per_seed)
+    shared = "each seed's own test split" if a.data.split_per_seed else "the shared test set"
     rows = unit(a)  # what the first column names: arms or models
     pairs, pair_notes = paper.pairs_table(a, names)
     return {
@@ -142,8 +150,8 @@ def _main_tables(a: StudyAnalysis, names: dict[str, str]) -> dict[str, tuple[pd.
         ),
         "table_pairs": (
             pairs,
-            f"Paired differences in test accuracy (better {rows} first), paired by seed on the shared test set ("
-            f"{level} CI over seeds on this test set); secondary to the primary comparison; significant: paired "
+            f"Paired differences in test accuracy (better {rows} first), paired by seed on {shared} ("
+            f"{level} CI over seeds {on_test}); secondary to the primary comparison; significant: paired "
             f"t-test, Holm-adjusted at {a.comparisons.alpha:g}; tie: not significant and the difference's 95% CI "
             f"within {MARGIN}.",
             pair_notes,
@@ -243,6 +251,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
         "dataset": data.dataset,
         "splits": data.splits,
         "split_variance": _records(split_variance(data)),  # data.split_per_seed only
+        "on_test": on_test_words(data.split_per_seed),
         "config": data.config,
         "counts": counts,
         "total": len(runs),

@@ -11,7 +11,9 @@ from scipy import stats
 from analysis.population import (
     BINOMIAL,
     ITEMS,
+    NESTED,
     binomial_population_interval,
+    nested_population_interval,
     population_accuracy,
     population_interval,
     wilson_interval,
@@ -102,3 +104,25 @@ def test_population_accuracy_uses_predictions_where_every_run_has_them():
     assert np.isnan(out.loc["b", "ci_low"]) and "one seed" in out.loc["b", "method"]
     no_preds = population_accuracy(runs, {}, y_test).set_index("model")
     assert no_preds.loc["a", "method"] == BINOMIAL and no_preds.loc["a", "n_test"] == 8
+
+
+def test_with_a_split_per_seed_the_spread_over_seeds_carries_the_test_sampling():
+    # by hand: mean 0.9, sample variance 0.0004 over 3 seeds -> Var 0.0004 / 3 on 2 df
+    r = nested_population_interval(np.array([0.88, 0.90, 0.92]), 400)
+    assert r["se"] == pytest.approx(np.sqrt(0.0004 / 3)) and r["df"] == 2
+    lo, hi = wilson_interval(0.9, 0.9 * 0.1 / (0.0004 / 3), 2)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi))
+    # seeds that agree: the floor is the test sampling of S splits of 400 images, never zero width
+    tie = nested_population_interval(np.array([0.9, 0.9, 0.9]), 400)
+    assert tie["se"] == pytest.approx(np.sqrt(0.9 * 0.1 / 1200)) and tie["ci_low"] < 0.9 < tie["ci_high"]
+
+
+def test_population_accuracy_with_a_split_per_seed_does_not_read_seed_0s_labels():
+    # seed 1's predictions are right on its own split; against seed 0's labels they would be all wrong
+    y_test = np.array([0, 1, 0, 1])
+    preds = {1: y_test.copy(), 2: 1 - y_test}
+    runs = pd.DataFrame({"run_id": [1, 2], "model": "a", "seed": [0, 1], "n_train": 10, "test_acc": [1.0, 1.0]})
+    out = population_accuracy(runs, preds, y_test, split_per_seed=True).iloc[0]
+    assert out["method"] == NESTED and out["mean"] == 1.0 and 0.0 < out["ci_low"] < 1.0 == out["ci_high"]
+    crossed = population_accuracy(runs, preds, y_test).iloc[0]
+    assert crossed["mean"] == 0.5  # what reading seed 0's labels for every run gave

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from analysis.load import load_study
+from analysis.population import NESTED
 from analysis.split_variance import item_sampling_variance, split_variance
+from analysis.study_analysis import analyse
 from study.config import StudyConfig, from_dict
 from study.errors import UserError
 from study.splits import check_disjoint, content_hashes, make_splits, training_subset
@@ -102,3 +104,7 @@ def test_tiny_study_with_split_per_seed_reports_its_design(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert "Splits (design: one split per seed)" in report
     assert "How much of the variance the split explains" in report
+    # the main table's interval: items nested in seeds, each run scored on its own split's labels
+    pop = analyse(data).population
+    assert (pop["method"] == NESTED).all() and (pop["ci_low"] < pop["ci_high"]).all()
+    assert "over seeds each seed on its own test split" in report and "on this test set" not in report
