@@ -113,11 +113,15 @@ def binomial_population_interval(accuracies: np.ndarray, n_test: int, confidence
 def nested_population_interval(accuracies: np.ndarray, n_test: int, confidence: float = 0.95) -> dict[str, float]:
     """The population interval when every seed drew its own test split (``data.split_per_seed``):
     items are nested in seeds, so each seed's accuracy is the procedure's population accuracy
-    plus its seed's luck plus its own test set's sampling, and the spread of the accuracies over
-    seeds carries both: Var = s^2 / S on S - 1 degrees of freedom. Its floor is the binomial
-    p (1 - p) / (S n_test), the sampling variance no spread can be below, so that seeds which
-    happen to agree do not give a zero-width interval. The crossed seeds x items layout of
-    ``population_interval`` would be wrong here: seed s's item i is not seed t's."""
+    plus its seed's luck plus its own test set's sampling, and their spread over seeds carries
+    both: Var = s^2 / S on S - 1 degrees of freedom (Student t, in Wilson's form so that it stays
+    inside [0, 1]). When every seed scored the same (s = 0) the interval is Wilson's with the test
+    sampling alone, p (1 - p) / (S n_test) and z: never of zero width. Measured against the
+    alternatives in bench_calibration (cov_split_population, 60 studies x 12 cells per seed count
+    at 3 / 5 / 10 seeds): this 0.96 / 0.95 / 0.94; never narrower than the test sampling alone
+    0.98 / 0.97 / 0.95; Satterthwaite's df on max(0, s^2 / S - v_item) + v_item 0.93 / 0.94 /
+    0.94. The crossed seeds x items layout of ``population_interval`` would be wrong here: seed
+    s's item i is not seed t's."""
     a = np.asarray(accuracies, dtype=float)
     s = len(a)
     p = float(a.mean())
@@ -125,9 +129,13 @@ def nested_population_interval(accuracies: np.ndarray, n_test: int, confidence: 
     out.update(ci_low=np.nan, ci_high=np.nan)
     if s < 2 or not n_test:
         return out
-    var = max(float(a.var(ddof=1)) / s, p * (1 - p) / (s * n_test))
-    out["se_item"] = float(np.sqrt(p * (1 - p) / (s * n_test)))
-    return {**out, **_interval(p, var, float(s - 1), n_test, s * n_test, confidence)}
+    var, v_item = float(a.var(ddof=1)) / s, p * (1 - p) / (s * n_test)
+    out.update(se_seed=float(np.sqrt(max(var - v_item, 0.0))), se_item=float(np.sqrt(v_item)))
+    if var > 0 and 0 < p < 1:
+        lo, hi = wilson_interval(p, p * (1 - p) / var, s - 1, confidence)
+        return {**out, "se": float(np.sqrt(var)), "df": float(s - 1), "ci_low": lo, "ci_high": hi}
+    lo, hi = wilson_interval(p, float(s * n_test), np.inf, confidence)  # the test sampling alone
+    return {**out, "se": float(np.sqrt(v_item)), "df": np.inf, "ci_low": lo, "ci_high": hi}
 
 
 def _interval(p: float, var: float, df: float, n_items: int, n_cap: int, confidence: float) -> dict[str, float]:

@@ -44,7 +44,7 @@ from scipy.stats import norm
 
 from analysis.curves import DEFAULT_SELECTION, FAMILIES, fit_learning_curves, monotonicity_problem, predict
 from analysis.efficiency import crossovers, data_needed, efficiency_scores, score_differences
-from analysis.population import population_interval
+from analysis.population import population_accuracy, population_interval
 from analysis.split_variance import share_interval
 from analysis.stats import paired_comparisons, rank_tests, t_summary
 
@@ -449,11 +449,16 @@ def _split_rep(seed: int, n_seeds: int, true_share: np.ndarray) -> dict[str, lis
                 shares.append(share_interval(item_var[:, k].mean(), acc[:, k].var(ddof=1), n_seeds - 1))
     runs = pd.DataFrame(rows)
     truth = {m: _truth(base + shift, POPULATION, TOTAL_SD) for m, shift in shifts.items()}
-    out: dict[str, list] = {"cov_split_accuracy": [], "cov_split_difference": []}
+    out: dict[str, list] = {"cov_split_accuracy": [], "cov_split_difference": [], "cov_split_population": []}
     summary = fit_learning_curves(runs, families=()).summary
     for _, r in summary.iterrows():
         k = int(np.flatnonzero(SIZES == r["n_train"])[0])
         out["cov_split_accuracy"].append(bool(r["ci_low"] <= truth[r["model"]][k] <= r["ci_high"]))
+    # the main table's interval under this design (analysis.population, items nested in seeds)
+    population = population_accuracy(runs, None, np.zeros(N_TEST), split_per_seed=True)
+    for _, r in population.iterrows():
+        k = int(np.flatnonzero(SIZES == r["n_train"])[0])
+        out["cov_split_population"].append(bool(r["ci_low"] <= truth[r["model"]][k] <= r["ci_high"]))
     pairs = paired_comparisons(runs, alpha=ALPHA, n_test=N_TEST).pairwise
     for _, r in pairs.iterrows():
         k = int(np.flatnonzero(SIZES == r["n_train"])[0])
@@ -488,7 +493,13 @@ def split_per_seed_rows(par: Parallel, reps: int) -> tuple[list[dict], str]:
     true_share = _split_truth_share()
     for n_seeds in SEED_COUNTS:
         merged = _merge(par(delayed(_split_rep)(3_000_000 * n_seeds + i, n_seeds, true_share) for i in range(reps)))
-        for key in ("cov_split_accuracy", "cov_split_difference", "cov_split_share", "t1_split_paired_t"):
+        for key in (
+            "cov_split_accuracy",
+            "cov_split_population",
+            "cov_split_difference",
+            "cov_split_share",
+            "t1_split_paired_t",
+        ):
             rate, se, count = _rate(merged[key])
             rows.append({"seeds": n_seeds, "row": key, "rate": rate, "mc_se": se, "n": count})
         shares[n_seeds] = float(np.median(merged["share_estimated"]))
