@@ -263,14 +263,16 @@ class Curve:
         """The accuracy the curve approaches as n grows without bound (read at 1e9 x n_max)."""
         return float(self.predict(np.array([self.n_scale * 1e9]))[0])
 
-    def images_needed(self, target: float, members: dict[str, np.ndarray] | None = None) -> float:
-        """The n at which the fitted curve reaches ``target``: inf when it never does (the
-        plateau lies below), NaN when it does only beyond SEARCH_LIMIT x n_max, 1 when even one
-        image would."""
+    def images_needed(self, target: float) -> float:
+        """The n at which the reported accuracy (``point``: the families' curve within the
+        measured sizes, beyond them the same point as the band's) reaches ``target``: inf when it
+        never does (its limit lies below), NaN when it does only beyond SEARCH_LIMIT x n_max, 1
+        when even one image would. Reading the families' curve alone beyond n_max, as before,
+        could put n* outside its own interval, which is built around the point."""
         lo, hi = 1.0, self.n_scale * SEARCH_LIMIT
-        f = lambda log_n: float(self.predict(np.array([np.exp(log_n)]), members)[0]) - target  # noqa: E731
+        f = lambda log_n: float(self.point(np.array([np.exp(log_n)]))[0]) - target  # noqa: E731
         if f(np.log(hi)) < 0:
-            far = float(self.predict(np.array([self.n_scale * 1e9]), members)[0])
+            far = float(self.point(np.array([self.n_scale * 1e9]))[0])
             return np.inf if far < target else np.nan
         if f(np.log(lo)) >= 0:
             return lo

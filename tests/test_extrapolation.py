@@ -85,3 +85,19 @@ def test_band_never_leaves_the_accuracy_range():
     out = predict(curves, "m", np.geomspace(50, 1600 * 16, 30))
     assert out["ci_low"].min() >= 0.0 and out["ci_high"].max() <= 1.0
     assert np.all(out["ci_low"] <= out["fit"]) and np.all(out["fit"] <= out["ci_high"])
+
+
+def test_images_needed_beyond_the_data_is_read_off_the_reported_point_inside_its_interval():
+    from analysis.efficiency import data_needed
+
+    # still gaining 3 points per doubling at 1,600 images: a target the point reaches at about 2x
+    curves = fit_learning_curves(_runs(lambda n: 0.6 + 0.03 * np.log2(n / 100)))
+    curve = curves.curves["m"]
+    target = float(curve.point(np.array([3000.0]))[0])
+    row = data_needed(curves, [target]).iloc[0]
+    assert row["n_star"] == pytest.approx(3000, rel=0.01) and row["extrapolated"]
+    assert row["ci_low"] < row["n_star"] < row["ci_high"]
+    # where the families' curve and the reported point differ beyond the data, n* follows the point
+    assert abs(curve.predict(np.array([row["n_star"]]))[0] - target) > abs(
+        curve.point(np.array([row["n_star"]]))[0] - target
+    )
