@@ -58,8 +58,9 @@ def curve_method_text(selection: str) -> str:
         "adds seed noise (leave-one-seed-out jackknife, Student t) and the curve's lack of fit. Beyond the largest "
         f"measured size the reported accuracy is {point}, and the interval adds {100 * PER_DOUBLING_SD:.2f} points "
         f"per doubling outside the measured sizes{disagreement}: terms calibrated on real scikit-learn learning "
-        "curves, not on this study's (docs/statistics.md). Every number beyond the measured sizes rests on that "
-        "extrapolation and is marked extrapolated; images needed are read from the fitted curve"
+        "curves and simulated ones, not on this study's (docs/statistics.md). Every number beyond the measured "
+        "sizes rests on that extrapolation and is marked extrapolated; images needed are read from the reported "
+        "accuracy (the curve, and beyond the measured sizes the same point as the interval)"
     )
 
 
