@@ -7,12 +7,13 @@
   fit and, beyond the measured sizes, a per-doubling term and the disagreement between two
   predictors (``analysis.bands``, calibrated on real learning curves, docs/statistics.md).
   Its ``LearningCurves`` answer is what ``analysis.efficiency`` inverts into images-needed
-  estimates (from the families' curve, ``Curve.predict``).
+  estimates (from the reported point, ``Curve.images_needed``).
 
 The families and their fitting live in ``analysis.families``; the band's terms and the point
-beyond the largest measured size in ``analysis.bands``. A curve whose means fall with n beyond
-noise is reported as not monotone and not fitted: no family here can describe it, and drawing
-one would mislead.
+beyond the largest measured size in ``analysis.bands``; the lack-of-fit test in
+``analysis.lack_of_fit``; the check that means do not fall in ``analysis.monotonicity``. A
+curve whose means fall with n beyond noise is reported as not monotone and not fitted: no family
+here can describe it, and drawing one would mislead.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from analysis.bands import (
     point_beyond,
 )
 from analysis.families import DEFAULT_FAMILIES, FAMILIES, Family, aicc, fit_family
-from analysis.stats import accuracy_floor, holm, t_summary
+from analysis.lack_of_fit import LACK_OF_FIT_COLUMNS, lack_of_fit
+from analysis.monotonicity import monotonicity_problem
 
 __all__ = [
     "DEFAULT_FAMILIES",
@@ -82,7 +84,6 @@ FIT_COLUMNS = [
 ]
 BAND_COLUMNS = ["model", "family", "n_train", "fit", "ci_low", "ci_high", "extrapolated", "extrapolation_factor"]
 PARAMETER_COLUMNS = ["model", "family", "weight", "parameter", "estimate", "ci_low", "ci_high", "n_seeds", "note"]
-LACK_OF_FIT_COLUMNS = ["model", "family", "n_sizes", "f_stat", "df", "df_error", "p_value", "misfit_sd", "warning"]
 # Selection rules: 'average' (AICc weights over the families within MAX_DELTA_AICC of the best),
 # 'aicc' (the best alone), 'extrapolation' (lowest leave-last-out error), or one family's name.
 SELECTION_RULES = ("average", "aicc", "extrapolation")
@@ -91,10 +92,6 @@ MAX_DELTA_AICC = 6.0
 # Error of extrapolating, in accuracy per doubling of n beyond the largest measured size
 # (analysis.bands, calibrated on real learning curves: docs/statistics.md).
 EXTRAPOLATION_SD_PER_DOUBLING = PER_DOUBLING_SD
-LACK_OF_FIT_ALPHA = 0.01
-# A drop in mean accuracy between consecutive sizes counts as real when it is larger than
-# both twice its standard error and one percentage point.
-DROP_TOLERANCE = 0.01
 
 
 def summarize(
@@ -313,55 +310,6 @@ class LearningCurves:
     lack_of_fit: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LACK_OF_FIT_COLUMNS))
 
 
-def monotonicity_problem(points_of_model: pd.DataFrame, alpha: float = 0.05) -> str:
-    """'' unless mean accuracy falls between consecutive sizes both by more than DROP_TOLERANCE
-    and significantly; else a sentence naming the largest such drop.
-
-    ``points_of_model``: one model's runs (seed, n_train, acc). Each drop is tested by a
-    one-sided paired t-test over seeds (nested subsets pair a seed's runs), and the K - 1 tests
-    of successive drops are Holm-adjusted, so the check's false-alarm rate stays below alpha.
-    A summary table (n_train, mean, std, n_seeds) is accepted too, then tested unpaired (Welch).
-    """
-    if "mean" in points_of_model:
-        return _monotonicity_from_summary(points_of_model, alpha)
-    table = points_of_model.pivot_table(index="seed", columns="n_train", values="acc", aggfunc="mean")
-    sizes = list(table.columns)
-    drops, p_values = [], []
-    for small, large in zip(sizes[:-1], sizes[1:]):
-        d = (table[small] - table[large]).dropna().to_numpy(float)
-        drop = float(table[small].mean() - table[large].mean())
-        p = t_summary(d, floor=1e-4, alternative="greater")["p"] if len(d) >= 2 else np.nan
-        drops.append((small, large, drop, table[small].mean(), table[large].mean()))
-        p_values.append(p)
-    return _worst_drop(drops, holm(p_values), alpha)
-
-
-def _monotonicity_from_summary(s: pd.DataFrame, alpha: float) -> str:
-    s = s.sort_values("n_train")
-    mean, se = s["mean"].to_numpy(), (s["std"] / np.sqrt(s["n_seeds"])).to_numpy()
-    n, k = s["n_train"].to_numpy(), s["n_seeds"].to_numpy()
-    drops, p_values = [], []
-    for i in range(len(s) - 1):
-        se_d = np.hypot(se[i], se[i + 1])
-        df = max(int(min(k[i], k[i + 1])) - 1, 1)
-        p = float(stats.t.sf((mean[i] - mean[i + 1]) / se_d, df)) if se_d > 0 else np.nan
-        drops.append((n[i], n[i + 1], mean[i] - mean[i + 1], mean[i], mean[i + 1]))
-        p_values.append(p)
-    return _worst_drop(drops, holm(p_values), alpha)
-
-
-def _worst_drop(drops: list[tuple], adjusted: np.ndarray, alpha: float) -> str:
-    worst, text = 0.0, ""
-    for (small, large, drop, m_small, m_large), p in zip(drops, adjusted):
-        if drop > DROP_TOLERANCE and p < alpha and drop > worst:
-            worst = drop
-            text = (
-                f"mean accuracy falls from {m_small:.3f} at {int(small)} images to {m_large:.3f} at {int(large)} "
-                f"(one-sided paired test over seeds, Holm-adjusted p = {p:.2g})"
-            )
-    return text
-
-
 def fit_learning_curves(
     runs: pd.DataFrame,
     metric: str = "test_acc",
@@ -474,7 +422,11 @@ def fit_learning_curves(
             jackknife_seeds=jack_seeds,
             seed_counts=tuple((float(k), int(v)) for k, v in counts.items()),
         )
-        lof = _lack_of_fit(curve, summary[summary["model"] == model], model_rows, n_test)
+        of_model = summary[summary["model"] == model].sort_values("n_train")
+        n_par = max(len(FAMILIES[f].params) for f in curve.weights)
+        fitted = curve.predict(of_model["n_train"].to_numpy(float))
+        lof = lack_of_fit(of_model, fitted, n_par, f"{model}: the {curve.rule} curve", n_test)
+        lof = {"family": curve.rule, **lof}
         curve.misfit_sd = lof["misfit_sd"]
         curve.extrapolation_sd = extrapolation_sd
         means = summary[summary["model"] == model].sort_values("n_train")
@@ -549,59 +501,6 @@ def _jackknife(members: dict[str, np.ndarray], pts: pd.DataFrame, n_scale: float
             out.append(refit)
             used.append(s)
     return out, tuple(used)
-
-
-def _lack_of_fit(curve: Curve, summary_of_model: pd.DataFrame, rows: list[dict], n_test: int | None = None) -> dict:
-    """Measured means against the curve: the lack-of-fit F test with pure error from the seeds,
-    F = [sum_k S_k r_k^2 / (K - p)] / s2_pooled on (K - p, sum_k (S_k - 1)) df, where r_k =
-    mean_k - fit_k, p the parameters of the largest member and s2_pooled the seeds' variance
-    pooled over the sizes (each sd at least the test set's rounding, ``accuracy_floor``).
-    Reading sum r_k^2 / (sd_k^2 / S_k) against chi2, as before, ignored that each sd_k rests on
-    S_k - 1 degrees of freedom: on data from the fitted family it warned in 32-36% of studies at
-    3 seeds and 10% at 5 (nominal 1%); the F test, 0-1.3% (docs/statistics.md). misfit_sd, the
-    residual spread beyond seed noise that widens the band: sqrt(max(0, mean r^2 - mean
-    sd^2 / S)), and when the test warns the larger of that and the Paule-Mandel estimate
-    (``_excess_sd``) on the pooled variance, so a chance excess does not widen the band. A
-    warning when p < LACK_OF_FIT_ALPHA: the family does not describe the measured sizes."""
-    s = summary_of_model.sort_values("n_train")
-    resid = s["mean"].to_numpy() - curve.predict(s["n_train"].to_numpy(float))
-    sd = np.maximum(s["std"].to_numpy(float), accuracy_floor(n_test))
-    seeds = s["n_seeds"].to_numpy(float)
-    n_par = max(len(FAMILIES[f].params) for f in curve.weights)
-    df = len(s) - n_par
-    df_error = int(np.sum(seeds - 1))
-    misfit = float(np.sqrt(max(0.0, np.mean(resid**2) - np.mean(sd**2 / seeds))))
-    out = {"family": curve.rule, "n_sizes": len(s), "f_stat": np.nan, "df": df, "df_error": df_error}
-    out.update(p_value=np.nan, misfit_sd=misfit, warning="")
-    pooled = float(np.sum((seeds - 1) * sd**2) / df_error) if df_error > 0 else 0.0
-    # without a floor, equal seeds leave only float noise to divide by
-    if df >= 1 and pooled > 1e-20:
-        f_stat = float(np.sum(seeds * resid**2) / df / pooled)
-        p = float(stats.f.sf(f_stat, df, df_error))
-        out.update(f_stat=f_stat, p_value=p)
-        if p < LACK_OF_FIT_ALPHA:
-            misfit = max(misfit, _excess_sd(resid, pooled / seeds, df))
-            out["misfit_sd"] = misfit
-            out["warning"] = (
-                f"{curve.model}: the {curve.rule} curve misses the measured means by more than seed noise explains "
-                f"(lack-of-fit F = {f_stat:.3g} on {df} and {df_error} df, p = {p:.2g}); "
-                + (
-                    f"its band is widened by the misfit ({100 * misfit:.1f} points)"
-                    if misfit >= 0.0005
-                    else "the misfit beyond seed noise is under 0.05 points, so its band is not widened"
-                )
-                + ", but read the fitted curve with care"
-            )
-    return out
-
-
-def _excess_sd(resid: np.ndarray, var: np.ndarray, df: int) -> float:
-    """The spread tau beyond seed noise that brings the lack-of-fit statistic down to its degrees
-    of freedom, sum r^2 / (var + tau^2) = df (the Paule-Mandel estimate); 0 when chi2 <= df."""
-    excess = lambda tau2: float(np.sum(resid**2 / (var + tau2))) - df  # noqa: E731
-    if excess(0.0) <= 0:
-        return 0.0
-    return float(np.sqrt(brentq(excess, 0.0, float(np.sum(resid**2)) / df)))
 
 
 def _parameter_rows(curve: Curve, confidence: float) -> list[dict]:
