@@ -54,6 +54,19 @@ def _satterthwaite(coefs: np.ndarray, mean_squares: np.ndarray, dfs: np.ndarray)
     return float(np.sum(terms) ** 2 / denominator) if denominator > 0 else np.nan
 
 
+def _no_interval(p: float) -> dict[str, float]:
+    """The mean ``p`` with every other column of an interval row NaN (what too few seeds give)."""
+    return {
+        "mean": p,
+        "se_seed": np.nan,
+        "se_item": np.nan,
+        "se": np.nan,
+        "df": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+    }
+
+
 def wilson_interval(p: float, n_eff: float, df: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson's score interval for a proportion ``p`` with an effective sample size ``n_eff``
     and Student t at ``df`` degrees of freedom in place of z (a design-based proportion's
@@ -72,8 +85,7 @@ def population_interval(correct: np.ndarray, confidence: float = 0.95) -> dict[s
     y = np.asarray(correct, dtype=float)
     s, n = y.shape
     p = float(y.mean())
-    out = {"mean": p, "se_seed": np.nan, "se_item": np.nan, "se": np.nan, "df": np.nan}
-    out.update(ci_low=np.nan, ci_high=np.nan)
+    out = _no_interval(p)
     if s < 2 or n < 2:
         return out
     seed_means, item_means = y.mean(axis=1), y.mean(axis=0)
@@ -100,8 +112,7 @@ def binomial_population_interval(accuracies: np.ndarray, n_test: int, confidence
     a = np.asarray(accuracies, dtype=float)
     s = len(a)
     p = float(a.mean())
-    out = {"mean": p, "se_seed": np.nan, "se_item": np.nan, "se": np.nan, "df": np.nan}
-    out.update(ci_low=np.nan, ci_high=np.nan)
+    out = _no_interval(p)
     if s < 2 or not n_test:
         return out
     v_seed, v_item = float(a.var(ddof=1)) / s, p * (1 - p) / n_test
@@ -125,8 +136,7 @@ def nested_population_interval(accuracies: np.ndarray, n_test: int, confidence: 
     a = np.asarray(accuracies, dtype=float)
     s = len(a)
     p = float(a.mean())
-    out = {"mean": p, "se_seed": np.nan, "se_item": np.nan, "se": np.nan, "df": np.nan}
-    out.update(ci_low=np.nan, ci_high=np.nan)
+    out = _no_interval(p)
     if s < 2 or not n_test:
         return out
     var, v_item = float(a.var(ddof=1)) / s, p * (1 - p) / (s * n_test)
