@@ -121,11 +121,13 @@ class Study:
     def truth(self, shape, n, shift: float = 0.0) -> np.ndarray:
         return _truth(self.logit(shape, n) + shift, self.difficulty, TOTAL_SD)
 
-    def correct(self, shape: str, shift: float = 0.0, luck: np.ndarray | None = None, cell=None) -> np.ndarray:
-        """(seeds, sizes, items) correctness of one model."""
-        base = self.logit(shape, SIZES) + shift
+    def correct(
+        self, shape: str, shift: float = 0.0, luck: np.ndarray | None = None, cell=None, sizes: np.ndarray = SIZES
+    ) -> np.ndarray:
+        """(seeds, sizes, items) correctness of one model at ``sizes``."""
+        base = self.logit(shape, sizes) + shift
         luck = self.rng.normal(0, LUCK_SD, self.n_seeds) if luck is None else luck
-        cell = self.rng.normal(0, CELL_SD, (self.n_seeds, len(SIZES))) if cell is None else cell
+        cell = self.rng.normal(0, CELL_SD, (self.n_seeds, len(sizes))) if cell is None else cell
         ability = base[None, :] + (self.subset + luck)[:, None] + cell
         p = _sigmoid(ability[..., None] - self.difficulty)
         return self.rng.random(p.shape) < p

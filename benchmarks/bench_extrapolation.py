@@ -117,12 +117,8 @@ def simulated_components(n_seeds: int = 5, reps: int = 24) -> pd.DataFrame:
     rows, truth = [], {}
     for j, shape in enumerate(bc.SHAPES):
         for i in range(reps):
-            rng = np.random.default_rng(8_000_000 + 10_000 * j + i)
-            st = bc.Study(rng, n_seeds)
-            ability = st.logit(shape, sizes)[None, :] + (st.subset + rng.normal(0, bc.LUCK_SD, n_seeds))[:, None]
-            ability = ability + rng.normal(0, bc.CELL_SD, (n_seeds, len(sizes)))
-            correct = rng.random((n_seeds, len(sizes), bc.N_TEST)) < bc._sigmoid(ability[..., None] - st.difficulty)
-            acc = correct.mean(axis=2)
+            st = bc.Study(np.random.default_rng(8_000_000 + 10_000 * j + i), n_seeds)
+            acc = st.correct(shape, sizes=sizes).mean(axis=2)
             truth[f"simulated/{shape}_{i}"] = float(st.truth(shape, sizes[-1:])[0])
             for seed in range(n_seeds):
                 for k, n in enumerate(sizes):
