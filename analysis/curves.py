@@ -425,13 +425,13 @@ def fit_learning_curves(
         of_model = summary[summary["model"] == model].sort_values("n_train")
         n_par = max(len(FAMILIES[f].params) for f in curve.weights)
         fitted = curve.predict(of_model["n_train"].to_numpy(float))
-        lof = lack_of_fit(of_model, fitted, n_par, f"{model}: the {curve.rule} curve", n_test)
-        lof = {"family": curve.rule, **lof}
+        lof = {"family": curve.rule, **lack_of_fit(of_model, fitted, n_par, f"{model}: the {curve.rule} curve", n_test)}
         curve.misfit_sd = lof["misfit_sd"]
         curve.extrapolation_sd = extrapolation_sd
-        means = summary[summary["model"] == model].sort_values("n_train")
-        curve.last_mean = float(means["mean"].iloc[-1])
-        curve.gain_per_doubling = last_doubling_gain(means["n_train"].to_numpy(float), means["mean"].to_numpy(float))
+        curve.last_mean = float(of_model["mean"].iloc[-1])
+        curve.gain_per_doubling = last_doubling_gain(
+            of_model["n_train"].to_numpy(float), of_model["mean"].to_numpy(float)
+        )
         curves[model] = curve
         lofs.append({"model": model, **lof})
         params.extend(_parameter_rows(curve, confidence))
