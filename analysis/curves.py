@@ -229,6 +229,16 @@ class Curve:
         curve, gain = self._candidates(n)
         return np.where(n > self.n_max, point_beyond(curve, gain, self.point_rule), curve)
 
+    def between_sd(self, n) -> np.ndarray:
+        """Weighted spread of the member families about their average, sqrt(sum_f w_f (f(n) -
+        avg(n))^2) (Buckland et al. 1997's between-model term), read at n clipped to the measured
+        sizes: beyond them the families diverge by construction, and the calibrated extrapolation
+        terms carry that error instead; 0 for a single family."""
+        x = np.clip(np.atleast_1d(np.asarray(n, dtype=float)), self.n_min, self.n_max)
+        avg = self.predict(x)
+        spread = sum(w * (FAMILIES[f](x / self.n_scale, self.members[f]) - avg) ** 2 for f, w in self.weights.items())
+        return np.sqrt(spread)
+
     def disagreement_sd(self, n) -> np.ndarray:
         """Spread between the candidate predictors at ``n`` (half the difference between the
         families' curve and the damped gain); 0 within the measured sizes."""
@@ -253,6 +263,7 @@ class Curve:
             confidence,
             self.extrapolation_sd,
             self.disagreement_weight,
+            self.between_sd(n),
         )
         return fit, np.clip(fit - half, 0.0, 1.0), np.clip(fit + half, 0.0, 1.0)
 

@@ -100,6 +100,7 @@ def components(runs: pd.DataFrame) -> pd.DataFrame:
                     "gain": curve.gain_per_doubling,
                     "seed_half": seed,
                     "misfit": curve.misfit_sd,
+                    "between": float(curve.between_sd(n)[0]),
                     "doublings": float(np.log2(n / curve.n_max)),
                     "lolo_per_doubling": lolo_pd,
                 }
@@ -135,14 +136,14 @@ def evaluate(c: pd.DataFrame, rule: str, damping: float, per_doubling: float, di
     point = point_beyond(curve, gain, rule)
     half = band_half_width(
         c["seed_half"].to_numpy(),
-        0.0,
+        c["misfit"].to_numpy(),
         c["doublings"].to_numpy(),
         np.abs(curve - gain) / 2,
         CONFIDENCE,
         per_doubling,
         disagreement,
+        c["between"].to_numpy(),
     )
-    half = np.sqrt(half**2 + (stats.norm.ppf(0.975) * c["misfit"].to_numpy()) ** 2)
     return summarise(c, point, half)
 
 
