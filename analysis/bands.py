@@ -4,7 +4,8 @@ Inside the measured sizes the band is seed noise (leave-one-seed-out jackknife, 
 S_n - 1 df, S_n the seeds measured at that size), lack of fit and the spread between the averaged
 families (Buckland et al. 1997: the jackknife refits each family with its weight held fixed, so
 it misses that the families themselves disagree between the measured sizes; at 10 seeds the band
-covered 0.93 without it). Beyond the largest measured size n_max it adds, in quadrature:
+covered 0.93 without it; it fades out over the first doubling beyond the data). Beyond the
+largest measured size n_max it adds, in quadrature:
 
 - a per-doubling term, PER_DOUBLING_SD x log2(n / n_max) (also below the smallest size);
 - a disagreement term, DISAGREEMENT_SD x the spread between the two candidate predictors (the

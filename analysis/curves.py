@@ -231,13 +231,16 @@ class Curve:
 
     def between_sd(self, n) -> np.ndarray:
         """Weighted spread of the member families about their average, sqrt(sum_f w_f (f(n) -
-        avg(n))^2) (Buckland et al. 1997's between-model term), read at n clipped to the measured
-        sizes: beyond them the families diverge by construction, and the calibrated extrapolation
-        terms carry that error instead; 0 for a single family."""
-        x = np.clip(np.atleast_1d(np.asarray(n, dtype=float)), self.n_min, self.n_max)
+        avg(n))^2) (Buckland et al. 1997's between-model term); 0 for a single family. Outside the
+        measured sizes it is the spread at the nearest one, fading linearly to 0 over the first
+        doubling: beyond that the calibrated extrapolation terms carry the families' uncertainty
+        (they were calibrated without it; kept at its n_max value, it made the real dev curves'
+        band cover 0.986 at 2x)."""
+        n = np.atleast_1d(np.asarray(n, dtype=float))
+        x = np.clip(n, self.n_min, self.n_max)
         avg = self.predict(x)
         spread = sum(w * (FAMILIES[f](x / self.n_scale, self.members[f]) - avg) ** 2 for f, w in self.weights.items())
-        return np.sqrt(spread)
+        return np.sqrt(spread) * np.clip(1.0 - np.log2(self.extrapolation_factor(n)), 0.0, 1.0)
 
     def disagreement_sd(self, n) -> np.ndarray:
         """Spread between the candidate predictors at ``n`` (half the difference between the

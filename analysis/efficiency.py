@@ -398,7 +398,8 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
     n_cross: the last sign change of fit_A - fit_B on that range (after it the order holds).
     Interval: from the first to the last size where the interval of the difference contains 0; the
     difference's interval combines the paired leave-one-seed-out jackknife (same seeds left out
-    of both fits), both curves' lack of fit and their extrapolation error; 0 or inf where it
+    of both fits), both curves' lack of fit, the spread of their averaged families and their
+    extrapolation error; 0 or inf where it
     runs off the searched range. status: 'within the measured range', 'beyond the measured
     range' (extrapolated) or 'no crossover' (then ci_low / ci_high, where present, bound the
     sizes at which the curves are within each other's interval, so a crossing is not ruled out)."""
@@ -417,7 +418,8 @@ def crossovers(curves: LearningCurves, extend: float = 4.0, confidence: float | 
         # paired seeds at each point: the fewer of the two curves' seeds measured there
         half = jackknife_half_width(dev, confidence, np.minimum(ca.seed_df(grid), cb.seed_df(grid)))
         extra = sum(
-            (c.misfit_sd**2 + (c.extrapolation_sd * np.log2(c.extrapolation_factor(grid))) ** 2) for c in (ca, cb)
+            c.misfit_sd**2 + c.between_sd(grid) ** 2 + (c.extrapolation_sd * np.log2(c.extrapolation_factor(grid))) ** 2
+            for c in (ca, cb)
         )
         half = np.sqrt(half**2 + z**2 * extra)
         sign = np.sign(diff)
