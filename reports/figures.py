@@ -39,9 +39,9 @@ def learning_curves(
     """Mean test accuracy against training-set size (log axis) with its 95% CI over seeds (error
     bars), one colour and marker per model; the fitted curve (``analysis.curves.curve_bands``)
     solid over the measured sizes and dashed beyond them, up to ``x_range`` times the largest
-    measured size, with its 95% interval (seed noise, lack of fit, extrapolation); target accuracies
-    as dotted lines labelled outside
-    the axes, where they hide no data. A model without a fit has its means joined by a thin line."""
+    measured size, with its 95% interval (seed noise, lack of fit, spread of the families,
+    extrapolation); target accuracies as dotted lines labelled outside the axes, where they hide
+    no data. A model without a fit has its means joined by a thin line."""
     colours = _colours(summary["model"].unique(), colours)
     markers = model_markers(list(colours))
     fig, ax = plt.subplots(figsize=(7.0, 4.4))

@@ -55,7 +55,8 @@ def curve_method_text(selection: str) -> str:
     )
     return (
         f"Each model's curve is {rule}, fitted by least squares to every run on x = n / n_max; its 95% interval "
-        "adds seed noise (leave-one-seed-out jackknife, Student t) and the curve's lack of fit. Beyond the largest "
+        "adds seed noise (leave-one-seed-out jackknife, Student t), the curve's lack of fit and the spread of the "
+        "averaged families about their average. Beyond the largest "
         f"measured size the reported accuracy is {point}, and the interval adds {100 * PER_DOUBLING_SD:.2f} points "
         f"per doubling outside the measured sizes{disagreement}: terms calibrated on real scikit-learn learning "
         "curves and simulated ones, not on this study's (docs/statistics.md). Every number beyond the measured "
