@@ -543,10 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reps_tests = 60 if args.quick else 250
     reps_family = 120 if args.quick else 600  # one entry per study: SE <= 0.009 at 0.05 and at 0.95
-    # per shape: 9 shapes x 100 = 900 curves per seed count. At 30 (210 images-needed intervals,
-    # Monte Carlo SE 0.015) a true 0.95 fell below the 0.93 floor by chance: 0.924 at 10 seeds in
-    # the full run, 0.963 over 1,050 intervals with other random seeds.
-    reps_shape = 25 if args.quick else 100
+    # per shape: 9 shapes x 250 = 2,250 curves per seed count (1,750 images-needed intervals,
+    # Monte Carlo SE 0.0055 at 0.945). At 30 and at 100 a true 0.94-0.95 fell below the 0.93
+    # floor by chance: 0.924 (210 intervals) and 0.926 (698) at 10 seeds, where 2,100 intervals
+    # with other random seeds gave 0.943.
+    reps_shape = 25 if args.quick else 250
     reps_cross = 60 if args.quick else 240
     start = time.time()
     par = Parallel(n_jobs=args.jobs, batch_size=4)
