@@ -62,8 +62,8 @@ FIRST_LEARNERS = (
     "boosting",
 )
 HORIZONS = (2, 4)
-# bench_calibration's floor is worst_coverage >= 0.93; its band rows rest on about 270 curves per
-# seed count (Monte Carlo SE about 0.013), so the constants keep a margin on the simulated shapes.
+# bench_calibration's floor is worst_coverage >= 0.93; its band rows rest on about 2,200 curves per
+# seed count (Monte Carlo SE about 0.005), and the constants keep a margin on the simulated shapes.
 SIMULATED_FLOOR = 0.94
 CONFIDENCE = 0.95
 
