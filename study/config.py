@@ -191,7 +191,8 @@ class StudyConfig:
     )
     threads: int = setting(
         0,
-        "torch threads per worker (0 = the cores shared out among the workers)",
+        "torch threads per run (0 = 1 on CPU, where the count changes a run's rounding and so its result; the "
+        "cores shared out among the workers on a GPU)",
         "machine",
         flag="--threads",
         metavar="N",

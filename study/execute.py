@@ -282,9 +282,7 @@ def _work(
                 with closing(_parallel(Parallel, delayed, cfg, cfg.jobs or -1, 0, None, reports)) as results:
                     reports.consume(results)
         else:
-            workers, threads = plan_workers(cfg.jobs, device, tasks)
-            if cfg.threads:
-                threads = cfg.threads
+            workers, threads = plan_workers(cfg.jobs, device, tasks, cfg.threads)
             if workers == 1:
                 reports.consume(iter(lambda: run_next(cfg, threads, show_epochs=progress), None))
             else:

@@ -120,19 +120,21 @@ def test_the_loop_trains_what_it_is_given_and_counts_correct_predictions():
 
 
 @pytest.mark.parametrize(
-    "cores, jobs, device, pending, expected",
+    "cores, jobs, threads, device, pending, expected",
     [
-        (2, 0, "cpu", 10, (2, 1)),  # auto: one single-thread worker per core
-        (2, 1, "cpu", 10, (1, 2)),  # one worker gets every core
-        (16, 0, "cpu", 3, (3, 5)),  # fewer runs than cores: the cores are shared out
-        (8, 4, "cpu", 10, (4, 2)),
-        (2, 4, "cpu", 10, (4, 1)),  # asked for more workers than cores: never below one thread
-        (16, 0, "cuda", 10, (1, 16)),  # one worker owns the GPU
-        (4, 0, "cpu", 0, (1, 4)),
+        (2, 0, 0, "cpu", 10, (2, 1)),  # auto: one single-thread worker per core
+        (2, 1, 0, "cpu", 10, (1, 1)),  # one worker still trains on one thread: same results
+        (16, 0, 0, "cpu", 3, (3, 1)),  # fewer runs than cores: idle cores, not other rounding
+        (8, 0, 2, "cpu", 10, (4, 2)),  # --threads 2: as many workers as the cores hold
+        (2, 4, 0, "cpu", 10, (4, 1)),  # asked for more workers than cores: never below one thread
+        (16, 0, 0, "cuda", 10, (1, 16)),  # one worker owns the GPU
+        (4, 0, 0, "cpu", 0, (1, 1)),
     ],
 )
-def test_workers_and_threads_never_oversubscribe_the_cores(monkeypatch, cores, jobs, device, pending, expected):
+def test_workers_and_threads_never_oversubscribe_the_cores(
+    monkeypatch, cores, jobs, threads, device, pending, expected
+):  # noqa: E501
     monkeypatch.setattr(machine, "available_cores", lambda: cores)
-    workers, threads = machine.plan_workers(jobs, device, pending)
+    workers, threads = machine.plan_workers(jobs, device, pending, threads)
     assert (workers, threads) == expected
     assert workers * threads <= max(cores, workers)
