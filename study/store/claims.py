@@ -131,7 +131,10 @@ class RunClaims:
         )
         if models is not None:
             query = query.where(RunRow.model.in_(models))
-        return self._claim_next(RunRow, query.order_by(RunRow.size_value, RunRow.seed, RunRow.id), worker)
+        # Longest first: the largest size, and seed 0 (which carries the budget control) before its
+        # other seeds, so that the workers end together instead of one finishing a long run alone.
+        order = (RunRow.size_value.desc(), RunRow.seed, RunRow.id)
+        return self._claim_next(RunRow, query.order_by(*order), worker)
 
     def _claim_next(self, table: type[RunRow], candidates, worker: str) -> RunRow | None:
         # PostgreSQL: the candidate row is locked and rows other workers are claiming are skipped,
