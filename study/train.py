@@ -11,14 +11,15 @@ device an epoch at a time and metrics stay on the device until the epoch ends.
 
 Budget policy (``TrainConfig.budget``). An epoch is one pass over the run's subset, or as many
 passes as give at least ``min_steps / epochs`` optimiser steps when the subset is small, so tiny
-fractions are not starved of updates. Validation follows each epoch; the weights of the best epoch
-are the ones tested.
+fractions are not starved of updates. Validation follows each epoch; the weights tested are the
+last epoch's under the plateau budget and the best validation epoch's under the fixed one.
 
 - ``plateau`` (the default): schedule-free AdamW (Defazio et al. 2024, the ``schedulefree``
   package) after a linear warm-up, with no schedule that depends on a planned end, so the run can
   stop whenever it has converged: once validation accuracy has not gained ``min_gain`` points for
-  ``patience`` epochs. Validation evaluates the optimiser's averaged weights, with batch-norm
-  statistics recomputed for them. A run that reaches ``max_steps`` first stops there as *capped*.
+  ``patience`` epochs, nor for as many epochs as it took to reach its last gain (``Plateau``).
+  Validation evaluates the optimiser's averaged weights, with batch-norm statistics recomputed for
+  them. A run that reaches ``max_steps`` first stops there as *capped*.
 - ``fixed``: ``epochs`` epochs of AdamW on a warm-up + cosine schedule (``patience`` > 0 may stop
   it early).
 
@@ -49,7 +50,7 @@ from study.images import TrainData as TrainData  # where tests and benchmarks ha
 from study.machine import PeakMemory
 from study.models import count_parameters, create_model, input_size_for, normalization
 from study.optim import is_schedule_free, make_optimizer, schedule
-from study.plateau import Best, Plateau
+from study.plateau import Kept, Plateau
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
 
 EVAL_BATCH = 256
@@ -394,7 +395,7 @@ def _train(
         channels_last=loop.channels_last,
     )
     history: list[EpochStats] = []
-    best = Best()
+    best = Kept(last=hp.budget == "plateau")
     plateau = Plateau(hp.patience, hp.min_gain / 100)
     step_seconds, images_seen = 0.0, 0
     run_start = time.perf_counter()
@@ -466,13 +467,13 @@ def _train(
     )
 
 
-def _control(loop: TrainLoop, best: Best, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
+def _control(loop: TrainLoop, best: Kept, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
     """The convergence control: train ``epochs`` more epochs (as many steps again), then the
-    validation and test accuracy of the epoch the run would have selected over all of them."""
+    validation and test accuracy of the epoch the run would have kept over all of them."""
     start = time.perf_counter()
     for number in range(epochs + 1, 2 * epochs + 1):
         epoch(number)
-    if best.epoch != run_best[0]:  # a later epoch validated better: test what it would have reported
+    if best.epoch != run_best[0]:  # it would have kept another epoch: test what it would have reported
         loop.plain.load_state_dict(best.state)
         test_acc = evaluate(loop.plain, indices=test_t, **evaluation)[1]
     return {
