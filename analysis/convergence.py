@@ -3,7 +3,8 @@
 Evidence, each with a stated definition:
 
 - Per run, how it stopped (``runs.stop``, plateau budget): a run that stopped on its plateau
-  (validation accuracy gained less than ``min_gain`` points in ``patience`` epochs) converged by
+  (validation accuracy gained less than ``min_gain`` points in ``patience`` epochs and in as many
+  epochs as its last gain took, ``study.plateau.Plateau``) converged by
   its own rule; one that reached the cap of optimiser steps is *capped*, and a capped run counts
   as not converged everywhere.
 - Per run, from its validation curve: ``best_is_last`` (the selected epoch is the final one)

@@ -78,8 +78,9 @@ def training_curves(
     loss_max: float | None = None,
 ) -> Path | None:
     """Training (solid) and validation (dashed) loss and accuracy per epoch for every finished
-    run of ``model``: one column per size, one line per seed, with the epoch each run selected
-    (best validation accuracy) marked by a dot on its validation accuracy. Axes are shared
+    run of ``model``: one column per size, one line per seed, with the epoch each run kept (best
+    validation accuracy, or the last under the plateau budget) marked by a dot on its validation
+    accuracy. Axes are shared
     across columns, and across models when the caller passes the same ``sizes`` (the columns)
     and ``loss_max`` (the top of the loss axis). None when no epoch is stored."""
     runs = runs[runs["model"] == model]

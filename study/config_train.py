@@ -41,7 +41,7 @@ class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
     # plateau: a run trains until validation accuracy has not gained ``min_gain`` points for
-    # ``patience`` epochs, under a cap of ``max_steps`` (study/train.py; measured in docs/report.md,
+    # ``patience`` epochs nor for as long again as its last gain took, under a cap of ``max_steps`` (study/train.py; measured in docs/report.md,
     # "The default budget"). fixed: ``epochs`` epochs on a warm-up + cosine schedule.
     budget: str = setting(
         "plateau",
@@ -75,7 +75,8 @@ class TrainConfig:
     )
     patience: int = setting(
         4,
-        "epochs without a validation gain of min_gain points before a run stops (fixed budget: 0 = never)",
+        "epochs without a validation gain of min_gain points before a run stops, and plateau budget: at least as "
+        "many as its last gain took (fixed budget: 0 = never)",
         "arm",
         flag="--patience",
         metavar="N",

@@ -361,8 +361,8 @@ def train_run(
     speed: Speed | None = None,
     control: bool = False,
 ) -> RunResult:
-    """Train ``model_name`` on ``data[train_idx]``, select the best epoch on ``val_idx`` and
-    evaluate it on ``test_idx``. ``data`` is the run's images, or a worker's ``ImageSource``
+    """Train ``model_name`` on ``data[train_idx]``, validate every epoch on ``val_idx`` and test
+    the epoch it keeps (``Kept``) on ``test_idx``. ``data`` is the run's images, or a worker's ``ImageSource``
     that picks them (resident when they fit its memory budget, else streamed).
 
     ``seed`` fixes the initialisation, the batch order and the augmentation stream. ``on_epoch``
