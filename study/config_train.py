@@ -41,8 +41,9 @@ class TrainConfig:
     """How one run trains: the defaults of the hyper-parameters and the budget policy."""
 
     # plateau: a run trains until validation accuracy has not gained ``min_gain`` points for
-    # ``patience`` epochs nor for as long again as its last gain took, under a cap of ``max_steps`` (study/train.py; measured in docs/report.md,
-    # "The default budget"). fixed: ``epochs`` epochs on a warm-up + cosine schedule.
+    # ``patience`` epochs nor for as long again as its last gain took, under a cap of ``max_steps``
+    # (study/plateau.py; measured in docs/report.md, "The default budget"). fixed: ``epochs``
+    # epochs on a warm-up + cosine schedule.
     budget: str = setting(
         "plateau",
         "how long a run trains: plateau (until validation stops improving, under max_steps) | fixed (epochs "
