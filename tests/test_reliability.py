@@ -122,6 +122,7 @@ def test_device_cuda_without_cuda_is_refused_and_leaves_no_study_behind(cli, tmp
     assert code == 0 and "1 done, 0 failed, 0 left" in out, err
 
 
+@pytest.mark.slow  # a study and three reports (~15 s on 2 cores)
 def test_a_full_disk_while_writing_the_outputs_is_one_line_and_leaves_store_and_results_intact(
     cli, tmp_path, monkeypatch
 ):

@@ -154,6 +154,7 @@ SEQUENTIAL = [*TINY_STUDY, "--quiet", "--no-costs", "--no-deploy", "--jobs", "1"
 SEQUENTIAL += ["--fractions", "0.5,1.0", "--seeds", "3"]
 
 
+@pytest.mark.slow  # three rounds of runs and reports (~10 s on 2 cores)
 def test_a_sequential_study_adds_seeds_in_rounds_and_says_why_it_stopped(cli, tmp_path):
     """One arm, two sizes, a target no 3-seed interval meets: each round adds one seed to both
     sizes until the cap; the report and status say so."""

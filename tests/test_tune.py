@@ -60,6 +60,7 @@ def _train_fn(digits):
     )
 
 
+@pytest.mark.slow  # a tuning study and its final runs (~11 s on 2 cores)
 def test_tuning_beats_a_bad_default_and_final_runs_use_the_best_trial(cli, digits, tmp_path):
     """A study whose [train] learning rate is deliberately bad, tuned with 3 trials per cell over
     two fractions by two parallel workers."""
