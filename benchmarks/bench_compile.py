@@ -23,22 +23,13 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-
-def timed_step(model, optimizer, images, labels) -> float:
-    """Seconds of one forward, backward and optimiser step."""
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(images), labels).backward()
-    optimizer.step()
-    return time.perf_counter() - start
+from benchmarks.bench_optimizer import seconds_per_step  # noqa: E402
 
 
 def measure(name: str, steps: int, batch: int, size: int) -> tuple[float, float, float]:
@@ -59,14 +50,14 @@ def measure(name: str, steps: int, batch: int, size: int) -> tuple[float, float,
     eager, _ = prepare_model(create_model(name, 10), (name, "eager"), device, layout, Speed())
     compiled, _ = prepare_model(create_model(name, 10), (name, "bench"), device, layout, Speed(compile=True))
     eager_opt, compiled_opt = make_optimizer(eager, hp), make_optimizer(compiled, hp)
-    compile_s = timed_step(compiled, compiled_opt, images, labels)
+    compile_s = seconds_per_step(compiled, compiled_opt, images, labels, 1)
     for _ in range(3):  # warm-up of both (allocator, caches, the compiled graph's first calls)
-        timed_step(eager, eager_opt, images, labels)
-        timed_step(compiled, compiled_opt, images, labels)
+        seconds_per_step(eager, eager_opt, images, labels, 1)
+        seconds_per_step(compiled, compiled_opt, images, labels, 1)
     eager_s, compiled_s = [], []
     for _ in range(steps):
-        eager_s.append(timed_step(eager, eager_opt, images, labels))
-        compiled_s.append(timed_step(compiled, compiled_opt, images, labels))
+        eager_s.append(seconds_per_step(eager, eager_opt, images, labels, 1))
+        compiled_s.append(seconds_per_step(compiled, compiled_opt, images, labels, 1))
     return compile_s, statistics.median(eager_s), statistics.median(compiled_s)
 
 
