@@ -1,7 +1,7 @@
 """How many training images each model needs: the fitted learning curves inverted at target
 accuracies, ratios between models, and one data-efficiency score per model.
 
-Intervals come from the curves' intervals (``analysis.curves.Curve.interval``: seed noise,
+Intervals come from the curves' intervals (``analysis.curve.Curve.interval``: seed noise,
 lack of fit and extrapolation error): n*'s interval is the set of sizes where the curve's
 interval contains the target (the inversion of the band, so it covers n* as often as the band
 covers the curve there). A ratio's interval divides the two models' intervals at 1 - (1 - c) / 2
@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.curves import SEARCH_LIMIT, Curve, LearningCurves, jackknife_half_width
+from analysis.bands import jackknife_half_width
+from analysis.curve import SEARCH_LIMIT, Curve
+from analysis.curves import LearningCurves
 from analysis.stats import difference_floor, holm, t_summary
 
 TARGET_COLUMNS = ["target", "label", "relative_to", "reference_model", "reference_accuracy"]
