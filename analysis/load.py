@@ -61,6 +61,8 @@ RUN_COLUMNS = [
     "steps_run",
     "control_val_acc",
     "control_test_acc",
+    "control_gained",
+    "control_lost",
     "control_steps",
     "control_seconds",
 ]

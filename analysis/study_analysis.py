@@ -30,6 +30,7 @@ from analysis.load import StudyData, results_table
 from analysis.population import population_accuracy
 from analysis.sanity import sanity_checks
 from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
+from study.budget_control import flips
 
 ANSWER_COLUMNS = [
     "model",
@@ -193,10 +194,26 @@ def analyse(
     analysis.answer = answer_table(analysis)
     analysis.control = control
     analysis.convergence_runs = run_convergence(done, data.epochs)
-    control_done = control.done[control.done["test_acc"].notna()] if control is not None else in_run_control(done)
-    analysis.convergence = cell_convergence(done, analysis.convergence_runs, control_done)
+    control_done = _companion_control(data, control) if control is not None else in_run_control(done)
+    analysis.convergence = cell_convergence(done, analysis.convergence_runs, control_done, len(data.y_test))
     analysis.warnings = _with_convergence(analysis.warnings, analysis.convergence, data.config)
     return analysis
+
+
+def _companion_control(data: StudyData, control: StudyData) -> pd.DataFrame:
+    """A companion control study's finished runs, each with the test images it gained and lost
+    against the study's run of the same model, size and seed (``cell_convergence``'s columns)."""
+    runs = control.done[control.done["test_acc"].notna()]
+    keys = ["model", "n_train", "seed"]
+    own = data.done.drop_duplicates(keys).set_index(keys)["run_id"]
+    counts = []
+    for r in runs.itertuples():
+        before = data.predictions.get(own.get((r.model, r.n_train, r.seed)))
+        after = control.predictions.get(r.run_id)
+        same = before is not None and after is not None and len(before) == len(after) == len(data.y_test)
+        counts.append(flips(before, after, data.y_test) if same else (np.nan, np.nan))
+    gained, lost = zip(*counts) if counts else ((), ())
+    return runs.assign(gained=list(gained), lost=list(lost))
 
 
 def _with_convergence(warnings: pd.DataFrame, cells: pd.DataFrame, config: dict) -> pd.DataFrame:

@@ -516,6 +516,63 @@ def split_per_seed_rows(par: Parallel, reps: int) -> tuple[list[dict], str]:
     return rows, line
 
 
+# -- the budget control: one seed's test accuracy after twice the steps against after its stop ---------
+
+CONTROL_TEST = 359  # the default study's test set (digits)
+CONTROL_THRESHOLD = 0.01  # the control's floor (analysis.convergence.GAIN_FLOOR): the boundary of "converged"
+# (accuracy at the stop, checkpoint noise sd on the margin scale, a true gain for the power row) of the default
+# study's control cells: at 116 images about 93% with 18-20 of 359 test images changing between the stop and
+# twice its steps, at 1,151 about 98.5% with 5 (docs/report.md, "The default budget"). A checkpoint-wide shift
+# (sd ``tau``) adds noise that the images do not average out, which the paired standard error does not see.
+CONTROL_CELLS = {"116": (0.93, 0.40, 0.03), "1151": (0.985, 0.35, 0.012)}
+
+
+def _control_rates(acc: float, sigma: float, gain: float, tau: float, reps: int, seed: int) -> dict[str, list]:
+    """``reps`` simulated controls of one cell whose doubled steps truly gain ``gain`` in expected accuracy:
+    items ~ N(a, 1) on a margin scale, a checkpoint gets an item right when its margin plus its own noise
+    (sd ``sigma`` per item, ``tau`` shared by all items) is positive. Per control: whether the new rule
+    (the gain's one-sided bound above the threshold) and the old one (the gain itself above it) call the
+    cell not converged, and how many test images changed."""
+    from analysis.convergence import gain_bound
+
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(1 + sigma**2 + tau**2)
+    a = norm.ppf(acc) * scale
+    shift = norm.ppf(acc + gain) * scale - a  # the later checkpoint's margin shift that gains ``gain`` on average
+    out: dict[str, list] = {"new": [], "old": [], "moved": []}
+    for _ in range(reps):
+        item = a + rng.normal(0, 1, CONTROL_TEST)
+        before = item + sigma * rng.normal(0, 1, CONTROL_TEST) + tau * rng.normal() > 0
+        after = item + shift + sigma * rng.normal(0, 1, CONTROL_TEST) + tau * rng.normal() > 0
+        gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+        out["new"].append(float(gain_bound(gained, lost, CONTROL_TEST) > CONTROL_THRESHOLD))
+        out["old"].append(float((gained - lost) / CONTROL_TEST > CONTROL_THRESHOLD))
+        out["moved"].append(gained + lost)
+    return out
+
+
+def control_rows(reps: int) -> tuple[list[dict], str]:
+    """The budget control's rows: its false "not converged" rate when the doubled steps gain exactly the
+    1-point threshold (t1_control_*, nominal 0.05; the old rule, the gain alone, as info_*), its power
+    when they gain more (pw_control_*: 3 points at 116 images, 1.2 at 1,151, where accuracy is near 100%),
+    and with a checkpoint-wide noise of a third of the per-image one (info_control_shared_noise_*)."""
+    rows, moved = [], []
+    for i, (cell, (acc, sigma, more)) in enumerate(CONTROL_CELLS.items()):
+        at = _control_rates(acc, sigma, CONTROL_THRESHOLD, 0.0, reps, 9_000_000 + i)
+        power = _control_rates(acc, sigma, more, 0.0, reps, 9_100_000 + i)
+        shared = _control_rates(acc, sigma, CONTROL_THRESHOLD, sigma / 3, reps, 9_200_000 + i)
+        for row, values in (
+            (f"t1_control_{cell}", at["new"]),
+            (f"info_control_old_rule_{cell}", at["old"]),
+            (f"pw_control_{100 * more:g}pp_{cell}", power["new"]),
+            (f"info_control_shared_noise_{cell}", shared["new"]),
+        ):
+            rate, se, count = _rate(values)
+            rows.append({"seeds": 1, "row": row, "rate": rate, "mc_se": se, "n": count})
+        moved.append(f"{cell} images: {np.mean(at['moved']):.1f} of {CONTROL_TEST} test images changed")
+    return rows, "Budget control (one seed, twice the steps): " + "; ".join(moved)
+
+
 # -- running and tabulating ------------------------------------------------------------------------
 
 
@@ -540,7 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a quarter of the repetitions (a smoke run)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--control", action="store_true", help="only the budget control's rows (seconds)")
     args = parser.parse_args(argv)
+    if args.control:
+        rows, line = control_rows(500 if args.quick else 4000)
+        print(pd.DataFrame(rows).round(3).to_string(index=False) + "\n" + line)
+        return 0
     reps_tests = 60 if args.quick else 250
     reps_family = 120 if args.quick else 600  # one entry per study: SE <= 0.009 at 0.05 and at 0.95
     # per shape: 9 shapes x 250 = 2,250 curves per seed count (1,750 images-needed intervals,
@@ -591,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{n_seeds} seeds done after {time.time() - start:.0f} s]", file=sys.stderr, flush=True)
     split_rows, split_line = split_per_seed_rows(par, 60 if args.quick else 300)
     rows += split_rows
+    control, control_line = control_rows(500 if args.quick else 4000)
+    rows += control
+    split_line += "\n" + control_line
     table = pd.DataFrame(rows)
     wide = table.pivot_table(index="row", columns="seeds", values="rate").round(3)
     se = table.pivot_table(index="row", columns="seeds", values="mc_se").max(axis=1).round(3)

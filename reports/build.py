@@ -19,7 +19,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from analysis.confusion import confusion_matrices
-from analysis.convergence import GAIN_FLOOR, NOISE_MULTIPLE, RISE_TOLERANCE
+from analysis.convergence import GAIN_FLOOR, LEVEL, NOISE_MULTIPLE, RISE_TOLERANCE
 from analysis.load import StudyData, load_control, load_tuning
 from analysis.split_variance import split_variance
 from analysis.study_analysis import StudyAnalysis, analyse
@@ -190,7 +190,7 @@ def _draw_figures(a: StudyAnalysis, tuning, fig_dir: Path, names: dict[str, str]
         )
     if a.convergence_runs is not None and a.convergence is not None and len(a.convergence_runs):
         figs["convergence"] = run_figures.convergence(
-            a.convergence_runs, a.convergence, fig_dir / "convergence.png", RISE_TOLERANCE, colours, names
+            a.convergence_runs, a.convergence, fig_dir / "convergence.png", RISE_TOLERANCE, colours, names, LEVEL
         )
     if tuning is not None and len(tuning.trials):
         figs["tuning_history"] = run_figures.tuning_history(
@@ -268,6 +268,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "rise": 100 * RISE_TOLERANCE,
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
+            "level": 100 * LEVEL,
             "control": a.control is not None or carried,
             "plateau": paper.plateau_budget(a),
             "train": (data.config or {}).get("train") or {},

@@ -174,13 +174,15 @@ def convergence(
     rise_tolerance: float,
     colours: dict[str, str] | None = None,
     names: dict[str, str] | None = None,
+    level: float = 0.95,
 ) -> Path | None:
     """Convergence per model and size (``analysis.convergence``). Top: each run's final-epoch
     validation gain (its last epoch's validation accuracy minus the best of its earlier ones,
     ``run_convergence``'s ``late_gain``), filled ▲ when above ``rise_tolerance`` (still rising),
     hollow ○ otherwise, with that tolerance dotted. Bottom, only where the budget control ran:
-    the control's test-accuracy gain over the same seed's run (◆ filled: above the cell's
-    threshold, not converged; ◇ hollow: within it) and the threshold as a bar. Sizes are
+    the control's test-accuracy gain over the same seed's run, a line down to its one-sided lower
+    bound at ``level`` where known (◆ filled: that bound above the cell's threshold, not converged;
+    ◇ hollow: not), and the threshold as a bar. Sizes are
     categories, models side by side within each. None when no run has an epoch history."""
     runs = runs.dropna(subset=["late_gain"])
     if runs.empty:
@@ -224,6 +226,8 @@ def convergence(
             bottom.plot(
                 [x - width * 0.4, x + width * 0.4], [100 * r.threshold] * 2, color="#333333", linewidth=2, zorder=2
             )
+            if np.isfinite(r.control_bound):
+                bottom.plot([x, x], [100 * r.control_bound, 100 * r.control_gain], color=c, linewidth=1.2, zorder=3)
             bottom.plot(
                 x,
                 100 * r.control_gain,
@@ -250,8 +254,9 @@ def convergence(
     ]
     if panels == 2:
         handles += [
-            _key("2× budget: above threshold", "D"),
-            _key("2× budget: within threshold", "D", hollow=True),
+            _key("2× budget: not converged", "D"),
+            _key("2× budget: converged", "D", hollow=True),
+            plt.Line2D([], [], color="#666666", linewidth=1.2, label=f"gain's {100 * level:.0f}% lower bound"),
             plt.Line2D([], [], color="#333333", linewidth=2, label="cell's threshold"),
         ]
     fig.legend(handles=handles, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.convergence import LEVEL
 from analysis.stats import equivalent
 from analysis.study_analysis import StudyAnalysis
 from reports.arms import unit
@@ -168,7 +169,7 @@ def costs_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
 
 def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     """Per (model, size): runs whose best epoch was the last, runs still rising, runs capped (plateau
-    budget), the budget control's gain against its threshold, and the verdict."""
+    budget), the budget control's gain and its lower bound against its threshold, and the verdict."""
     c = a.convergence
     if c is None or c.empty:
         return pd.DataFrame()
@@ -181,6 +182,7 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
             "Capped (runs)": [f"{b} of {r}" for b, r in zip(c["capped"], c["runs"])],
             "Seed std (pp)": ["—" if is_missing(v) else f"{100 * float(v):.1f}" for v in c["seed_std"]],
             "2× steps gain (pp)": [_pp(v) for v in c["control_gain"]],
+            f"Its {100 * LEVEL:.0f}% lower bound (pp)": [_pp(v) for v in c["control_bound"]],
             "Threshold (pp)": [f"{100 * float(v):.1f}" for v in c["threshold"]],
             "Converged": ["yes" if v else "no" for v in c["converged"]],
             "Evidence": list(c["evidence"]),
@@ -188,6 +190,8 @@ def convergence_table(a: StudyAnalysis, names: dict[str, str]) -> pd.DataFrame:
     )
     if c["control_gain"].isna().all():  # no budget control: its columns would be empty
         table = table.drop(columns=["2× steps gain (pp)", "Threshold (pp)"])
+    if c["control_bound"].isna().all():  # no control, or one stored before its changed images were
+        table = table.drop(columns=[f"Its {100 * LEVEL:.0f}% lower bound (pp)"])
     if not plateau_budget(a):  # a fixed budget has no cap
         table = table.drop(columns=["Capped (runs)"])
     if c["evidence"].nunique() == 1:  # the section's text names the one kind of evidence

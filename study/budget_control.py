@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from study.config import SequentialConfig, StudyConfig, TrainConfig
 from study.store.schema import BUDGET_CONTROL_FACTOR as FACTOR
 from study.store.schema import control_name, is_control
@@ -30,6 +32,7 @@ __all__ = [
     "control_config",
     "control_fields",
     "control_name",
+    "flips",
     "is_control",
 ]
 
@@ -46,11 +49,18 @@ def carries_control(cfg: StudyConfig, hp: TrainConfig, size_value: float, seed: 
     return cfg.budget_control and hp.budget == "plateau" and seed == 0 and size_value in _ends(cfg)
 
 
+def flips(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(gained, lost): test images wrong in ``before``'s predictions and right in ``after``'s, and
+    the reverse (the control's changed images, ``analysis.convergence.gain_bound``)."""
+    right_before, right_after = before == labels, after == labels
+    return int((~right_before & right_after).sum()), int((right_before & ~right_after).sum())
+
+
 def control_fields(control: dict | None) -> dict:
     """A run's in-run control (``RunResult.control``) as the store's ``control_*`` columns."""
     if control is None:
         return {}
-    keys = ("val_acc", "test_acc", "steps", "seconds")
+    keys = ("val_acc", "test_acc", "gained", "lost", "steps", "seconds")
     return {f"control_{key}": control[key] for key in keys}
 
 

@@ -43,6 +43,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from study.augment import BatchAugment, to_model_input
+from study.budget_control import flips
 from study.config import TrainConfig
 from study.errors import DivergedError
 from study.images import BatchStream, ImageSource, RunData
@@ -88,7 +89,7 @@ class RunResult:
     epochs_run: int = 0
     stop: str = "epochs"  # plateau | capped (plateau budget), epochs | patience (fixed budget)
     steps: int = 0  # optimiser steps the run took
-    control: dict | None = None  # the convergence control: val_acc, test_acc, steps, best_epoch, seconds
+    control: dict | None = None  # the convergence control: val_acc, test_acc, gained, lost, steps, best_epoch, seconds
     extra: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # the tested (best round's) state dict, kept for export
 
@@ -444,7 +445,7 @@ def _train(
     check = None
     if control:  # train on from where the run stopped, not from its best epoch
         loop.plain.load_state_dict(trained)
-        check = _control(loop, best, run_best, len(history), epoch, test_acc, test_t, evaluation)
+        check = _control(loop, best, run_best, len(history), epoch, predictions, test_labels, test_t, evaluation)
     return RunResult(
         history=history,
         best_epoch=run_best[0],
@@ -467,18 +468,25 @@ def _train(
     )
 
 
-def _control(loop: TrainLoop, best: Kept, run_best, epochs: int, epoch, test_acc: float, test_t, evaluation) -> dict:
+def _control(
+    loop: TrainLoop, best: Kept, run_best, epochs: int, epoch, predictions, labels, test_t, evaluation
+) -> dict:
     """The convergence control: train ``epochs`` more epochs (as many steps again), then the
-    validation and test accuracy of the epoch the run would have kept over all of them."""
+    validation and test accuracy of the epoch the run would have kept over all of them, and the
+    test images that changed from the run's ``predictions`` (``analysis.convergence.gain_bound``)."""
     start = time.perf_counter()
     for number in range(epochs + 1, 2 * epochs + 1):
         epoch(number)
+    after = predictions
     if best.epoch != run_best[0]:  # it would have kept another epoch: test what it would have reported
         loop.plain.load_state_dict(best.state)
-        test_acc = evaluate(loop.plain, indices=test_t, **evaluation)[1]
+        after = evaluate(loop.plain, indices=test_t, **evaluation)[2]
+    gained, lost = flips(predictions, after, labels)
     return {
         "val_acc": best.acc,
-        "test_acc": test_acc,
+        "test_acc": float((after == labels).mean()),
+        "gained": gained,
+        "lost": lost,
         "steps": 2 * epochs * loop.steps_per_epoch,
         "best_epoch": best.epoch,
         "seconds": time.perf_counter() - start,

@@ -98,6 +98,10 @@ def test_the_stop_is_the_same_on_every_attempt_and_the_control_leaves_the_run_as
     control = again.control
     assert control["steps"] == 2 * first.steps  # as many steps again
     assert control["best_epoch"] == 2 * first.epochs_run  # what it would have kept: the last epoch
+    # the test images its extra steps changed account for its gain, image for image
+    n = len(first.predictions)
+    assert control["gained"] + control["lost"] <= n
+    assert control["test_acc"] - first.test_acc == pytest.approx((control["gained"] - control["lost"]) / n)
 
 
 def _plateau_study(tmp_path, gains: dict[str, float], capped=()):

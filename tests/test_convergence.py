@@ -57,7 +57,7 @@ def test_a_study_cut_short_gets_the_warning_in_the_banner_rows_and_the_headline(
 def test_the_budget_control_decides_its_cells_by_the_gain_over_the_seed_noise(tmp_path):
     # The study plateaus (its curves alone would pass); the control, trained longer, is far
     # better for MobileNetV2 and the same for ResNet-18.
-    better = {"mobilenetv2_100": (0.93 + 0.06, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
+    better = {"mobilenetv2_100": (0.93 + 0.12, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
     make_study(
         tmp_path / "study.db", curves=better, fractions=(0.1, 1.0), seeds=1, name=control_name("synthetic"), noise=0.0
     )
@@ -67,6 +67,9 @@ def test_the_budget_control_decides_its_cells_by_the_gain_over_the_seed_noise(tm
     assert len(controlled) == 4  # 2 models at the smallest and the largest size
     assert not controlled.loc["mobilenetv2_100", "converged"].any()
     assert (controlled.loc["mobilenetv2_100", "control_gain"] > controlled.loc["mobilenetv2_100", "threshold"]).all()
+    # the companion's changed test images come from the two studies' predictions: its gain has a bound
+    mnv2 = controlled.loc["mobilenetv2_100"]
+    assert (mnv2["control_bound"] > mnv2["threshold"]).all() and (mnv2["control_bound"] < mnv2["control_gain"]).all()
     assert controlled.loc["resnet18", "converged"].all()
     assert (cells[cells["evidence"] == "validation curves"]["converged"]).all()
     assert "MobileNetV2 had not converged" in verdict(a, names).headline
@@ -80,7 +83,7 @@ def test_the_convergence_figure_is_written_in_three_formats_with_the_control_whe
     from analysis.convergence import RISE_TOLERANCE
     from reports import figure_style, run_figures, write_report
 
-    better = {"mobilenetv2_100": (0.93 + 0.06, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
+    better = {"mobilenetv2_100": (0.93 + 0.12, 4.0, 0.55), "resnet18": CURVES["resnet18"]}
     make_study(
         tmp_path / "study.db", curves=better, fractions=(0.1, 1.0), seeds=1, name=control_name("synthetic"), noise=0.0
     )
@@ -161,3 +164,60 @@ def test_run_with_budget_control_trains_the_control_and_the_report_uses_it(tmp_p
     assert "Budget control: seed 0 of each model" in html and "budget control</td>" in html
     code, stdout, err = cli("report", "--out", out)  # the control is no second study to choose from
     assert code == 0, err
+
+
+def test_the_controls_bound_is_the_gain_less_its_paired_noise_and_decides_the_cell():
+    import numpy as np
+    import pandas as pd
+
+    from analysis.convergence import cell_convergence, gain_bound
+
+    # 20 test images gained and 5 lost of 359: gain 15/359 = 4.18 pp, paired standard error
+    # sqrt(25 - 15**2 / 359) / 359 = 1.375 pp, one-sided 95% bound 4.18 - 1.645 x 1.375 = 1.92 pp.
+    assert gain_bound(20, 5, 359) == pytest.approx(0.01916, abs=5e-5)
+    assert gain_bound(0, 0, 359) == 0.0  # nothing changed: no gain, no noise
+    assert np.isnan(gain_bound(np.nan, np.nan, 359))  # a control stored without its changed images
+
+    # Three cells of three seeds with a seed spread of 0.5 pp (threshold: the 1 pp floor), each
+    # with a control gaining 12 images more than it lost on 359.
+    seeds = [0.90, 0.905, 0.91]
+    done = pd.DataFrame(
+        [{"model": m, "n_train": 100, "seed": s, "test_acc": a} for m in "abc" for s, a in enumerate(seeds)]
+    )
+    runs = done.assign(capped=False, rising=False, best_is_last=False)
+    gain = 12 / 359
+    control = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "n_train": 100,
+                "seed": 0,
+                "test_acc": 0.90 + gain,
+                "epochs_run": 400,
+                "gained": g,
+                "lost": lost,
+            }
+            for m, g, lost in [("a", 12, 0), ("b", 24, 12), ("c", np.nan, np.nan)]
+        ]
+    )
+    cells = cell_convergence(done, runs, control, n_test=359).set_index("model")
+    assert np.allclose(cells["control_gain"], gain) and np.allclose(cells["threshold"], 0.01)
+    # a: 12 images gained and none lost is a gain clear of its noise (bound 1.8 pp): not converged;
+    # b: the same gain out of 36 changed images is within it (bound 0.6 pp): converged;
+    # c: without the changed images, the gain alone decides (3.3 pp > 1 pp): not converged.
+    assert cells.loc["a", "control_bound"] > 0.01 and not cells.loc["a", "converged"]
+    assert cells.loc["b", "control_bound"] < 0.01 and cells.loc["b", "converged"]
+    assert np.isnan(cells.loc["c", "control_bound"]) and not cells.loc["c", "converged"]
+
+
+def test_the_controls_bound_has_its_level_on_simulated_test_sets_with_a_known_gain():
+    import numpy as np
+
+    from analysis.convergence import LEVEL, gain_bound
+
+    # Two checkpoints on 359 images: each image is gained with probability 4%, lost with 2%, so
+    # the true gain is 2 points. The bound must fall below it in LEVEL of the test sets.
+    rng = np.random.default_rng(0)
+    draws = rng.multinomial(359, [0.04, 0.02, 0.94], size=4000)
+    covered = np.mean([gain_bound(g, lost, 359) <= 0.02 for g, lost, _ in draws])
+    assert abs(covered - LEVEL) < 0.015  # Monte Carlo SE 0.0034

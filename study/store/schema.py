@@ -135,6 +135,9 @@ class RunRow(Claimed, Base):
     steps_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
     control_val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
     control_test_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # test images the control's extra steps got right that the run got wrong, and the reverse
+    control_gained: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    control_lost: Mapped[int | None] = mapped_column(Integer, nullable=True)
     control_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     control_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -149,6 +152,8 @@ RUN_ADDED_COLUMNS = {
     "steps_run": "INTEGER",
     "control_val_acc": "FLOAT",
     "control_test_acc": "FLOAT",
+    "control_gained": "INTEGER",
+    "control_lost": "INTEGER",
     "control_steps": "INTEGER",
     "control_seconds": "FLOAT",
 }
