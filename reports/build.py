@@ -269,6 +269,7 @@ def _context(a: StudyAnalysis, tuning, names: dict[str, str], main: dict) -> dic
             "floor": 100 * GAIN_FLOOR,
             "multiple": NOISE_MULTIPLE,
             "level": 100 * LEVEL,
+            "gain_rule": _gain_rule(a),
             "control": a.control is not None or carried,
             "plateau": paper.plateau_budget(a),
             "train": (data.config or {}).get("train") or {},
@@ -324,6 +325,21 @@ def _unconverged(a: StudyAnalysis, names: dict[str, str]) -> list[str]:
             f"{names[model]} at {'every size' if everywhere and len(g) > 1 else fmt.join_words(sizes) + ' images'}"
         )
     return out
+
+
+def _gain_rule(a: StudyAnalysis) -> str:
+    """What the budget control's gain had to exceed for 'not converged', in words."""
+    rule = (
+        f"higher by more than {NOISE_MULTIPLE:g} × the cell's seed standard deviation (and at least "
+        f"{100 * GAIN_FLOOR:g} pp)"
+    )
+    c = a.convergence
+    if c is not None and "control_bound" in c and c["control_bound"].notna().any():
+        rule += (
+            f" beyond its own noise: its one-sided {100 * LEVEL:g}% lower bound, paired over the test images the "
+            "extra steps changed, above that"
+        )
+    return rule
 
 
 def _convergence_counts(a: StudyAnalysis) -> dict[str, int]:

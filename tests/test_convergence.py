@@ -99,6 +99,9 @@ def test_the_convergence_figure_is_written_in_three_formats_with_the_control_whe
     report = (folder / "report.md").read_text(encoding="utf-8")
     assert "](figures/convergence.png)" in report
     assert "Top: the final-epoch validation gain of each finished run" in report and "seed 0 with twice" in report
+    # the verdict's rule in words: the gain's bound, since the changed test images were counted
+    assert "beyond its own noise: its one-sided 95% lower bound, paired over the test images" in report
+    assert "gain's 95% lower bound" in svg
 
     # Without a control (and with runs still rising): one panel, the rising runs drawn as such.
     b, names = _analysed(tmp_path / "rising", val_curve="rising")
