@@ -61,9 +61,19 @@ def main(argv=None) -> None:
     plateau = load_study(f"sqlite:///{folder / 'plateau' / 'study.db'}")
     fixed = load_study(f"sqlite:///{folder / 'fixed' / 'study.db'}")
     done = plateau.done
-    cells = cell_convergence(done, run_convergence(done, plateau.epochs), in_run_control(done))
+    cells = cell_convergence(done, run_convergence(done, plateau.epochs), in_run_control(done), len(plateau.y_test))
     steps = done.groupby(["model", "n_train"])["steps_run"].agg(["min", "max"])
-    cols = ["model", "n_train", "capped", "seed_std", "control_gain", "threshold", "converged", "evidence"]
+    cols = [
+        "model",
+        "n_train",
+        "capped",
+        "seed_std",
+        "control_gain",
+        "control_bound",
+        "threshold",
+        "converged",
+        "evidence",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(cells[cols].join(steps, on=["model", "n_train"]).to_string(index=False))
         accuracy = pd.DataFrame(
@@ -79,7 +89,7 @@ def main(argv=None) -> None:
     controlled = cells[ends]
     # The cheap per-run signal (no run capped) against the control's verdict, cell by cell.
     by_runs = controlled["capped"] == 0
-    by_control = controlled["control_gain"] <= controlled["threshold"]
+    by_control = controlled["control_bound"].fillna(controlled["control_gain"]) <= controlled["threshold"]
     print(f"per-run stops agree with the control on {int((by_runs == by_control).sum())} of {len(controlled)} cells")
     print(f"cells not converged (all {len(cells)}): {int((~cells['converged']).sum())}")
     print(
