@@ -95,6 +95,8 @@ RESULTS_CSV_COLUMNS = [
     "stop",
     "steps_run",
     "control_test_acc",
+    "control_gained",
+    "control_lost",
 ]
 
 

@@ -178,7 +178,20 @@ def test_bad_budget_settings_are_refused_in_one_line_before_anything_is_written(
 
 def test_a_study_under_the_plateau_budget_records_stops_and_its_control_end_to_end(cli, tmp_path):
     out = tmp_path / "o"
-    args = [*TINY, "--fractions", "0.25,1.0", "--seeds", "2", "--max-steps", "120", "--patience", "2", "--jobs", "1"]
+    args = [
+        *TINY,
+        "--fractions",
+        "0.25,1.0",
+        "--seeds",
+        "2",
+        "--max-steps",
+        "120",
+        "--patience",
+        "2",
+        "--min-gain",
+        "0.5",
+    ]
+    args += ["--jobs", "1"]
     code, stdout, err = cli("run", "--out", out, *args)
     assert code == 0, err
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -187,6 +200,7 @@ def test_a_study_under_the_plateau_budget_records_stops_and_its_control_end_to_e
         assert int(r["steps_run"]) <= 120
         # seed 0 at both ends carries the control when it stopped on its plateau, no other run does
         assert (r["control_test_acc"] != "") == (r["seed"] == "0" and r["stop"] == "plateau")
+        assert (r["control_gained"] != "") == (r["control_lost"] != "") == (r["control_test_acc"] != "")
     md = (out / "report" / "report.md").read_text(encoding="utf-8")
     assert "runs trained under the plateau budget" in md and "| train.budget | plateau |" in md
     assert "a plateau budget of 2 epochs' patience, a 0.5-point minimum gain and a 120-step cap" in md
@@ -234,7 +248,7 @@ def test_the_plateau_stop_does_not_depend_on_the_worker_or_on_a_kill_and_resume(
     resumed = run_subprocess("run", "--out", b, *tiny, *cells, "--jobs", "2")  # other workers finish it
     assert resumed.returncode == 0, resumed.stderr
     columns = ["model", "n_train", "seed", "stop", "epochs_run", "best_epoch", "steps_run", "test_acc"]
-    columns += ["control_test_acc"]
+    columns += ["control_test_acc", "control_gained", "control_lost"]
     first, second = (pd.read_csv(p / "results.csv")[columns] for p in (tmp_path / "a", b))
     pd.testing.assert_frame_equal(first, second)
 
