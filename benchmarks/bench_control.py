@@ -6,7 +6,7 @@ averaged weights' validation accuracy and test predictions are recorded after ev
 are the study's own: the same subsets, initialisation and batch streams). Then, replayed on them:
 
 1. **The control's false alarms and power** (``analysis.convergence.gain_bound``): for every epoch
-   k at or after the rule's stop, the control from k to 2k, called unconverged by the gain alone
+   k at or after the default rule's stop, the control from k to 2k, called unconverged by the gain alone
    (the rule before 2026-12-06) and by its one-sided 95% bound, both against the 1-point floor;
    the spread of the gain across seeds at equal k against the paired standard error; and, before
    the stop, how often the bound calls pairs that gained 3 points or more unconverged.
@@ -113,10 +113,13 @@ def control(t: dict, k: int) -> tuple[float, float]:
 
 
 def control_table(runs: list[dict]) -> pd.DataFrame:
-    """Part 1: every control pair (k, 2k) of every run, past its stop (default rule) or before it."""
+    """Part 1: every control pair (k, 2k) of every run, past its stop (the default rule) or before it."""
+    from study.config import TrainConfig
+
+    default = TrainConfig()
     rows = []
     for t in runs:
-        stop = stop_epoch(t, 4, 0.5) or min(len(t["val"]), CAP // t["spe"])
+        stop = stop_epoch(t, default.patience, default.min_gain) or min(len(t["val"]), CAP // t["spe"])
         for k in range(1, len(t["val"]) // 2 + 1):
             gain, bound = control(t, k)
             se = (gain - bound) / 1.6449 if np.isfinite(bound) else np.nan
