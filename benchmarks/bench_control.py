@@ -2,8 +2,11 @@
 
 Each model of the default study trains seeds 0-4 on 116 digits (10%) and seeds 0-2 on 1,151
 (100%), by the plateau budget's recipe, on one thread, well past where the stopping rule stops; the
-averaged weights' validation accuracy and test predictions are recorded after every epoch (the runs
-are the study's own: the same subsets, initialisation and batch streams). Then, replayed on them:
+averaged weights' validation accuracy and test predictions are recorded after every epoch. The runs
+are the study's own (the same subsets, initialisation and batch streams) but for the memory layout,
+which each process picks by timing (``--channels-last auto``) as a study does once: where the two
+pick differently the rounding differs (on 2026-12-06 ResNet-18 at 1,151 images stopped at 288-432
+steps here and at 396-576 in the study). Then, replayed on them:
 
 1. **The control's false alarms and power** (``analysis.convergence.gain_bound``): for every epoch
    k at or after the default rule's stop, the control from k to 2k, called unconverged by the gain alone
