@@ -30,7 +30,7 @@ from analysis.load import StudyData, results_table
 from analysis.population import population_accuracy
 from analysis.sanity import sanity_checks
 from analysis.stats import Comparisons, RankTests, paired_comparisons, rank_tests
-from study.budget_control import flips
+from study.store.schema import flips
 
 ANSWER_COLUMNS = [
     "model",

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from study.config import SequentialConfig, StudyConfig, TrainConfig
 from study.store.schema import BUDGET_CONTROL_FACTOR as FACTOR
 from study.store.schema import control_name, is_control
@@ -32,7 +30,6 @@ __all__ = [
     "control_config",
     "control_fields",
     "control_name",
-    "flips",
     "is_control",
 ]
 
@@ -47,13 +44,6 @@ def carries_control(cfg: StudyConfig, hp: TrainConfig, size_value: float, seed: 
     """Whether a run of ``cfg`` trained with ``hp`` carries the in-run control (plateau budget):
     seed 0 at the smallest or the largest size, with the control switched on."""
     return cfg.budget_control and hp.budget == "plateau" and seed == 0 and size_value in _ends(cfg)
-
-
-def flips(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
-    """(gained, lost): test images wrong in ``before``'s predictions and right in ``after``'s, and
-    the reverse (the control's changed images, ``analysis.convergence.gain_bound``)."""
-    right_before, right_after = before == labels, after == labels
-    return int((~right_before & right_after).sum()), int((right_before & ~right_after).sum())
 
 
 def control_fields(control: dict | None) -> dict:

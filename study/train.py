@@ -43,7 +43,6 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from study.augment import BatchAugment, to_model_input
-from study.budget_control import flips
 from study.config import TrainConfig
 from study.errors import DivergedError
 from study.images import BatchStream, ImageSource, RunData
@@ -53,6 +52,7 @@ from study.models import count_parameters, create_model, input_size_for, normali
 from study.optim import is_schedule_free, make_optimizer, schedule
 from study.plateau import Kept, Plateau
 from study.speed import Speed, autocast, configure_device, prepare_model, use_channels_last
+from study.store.schema import flips
 
 EVAL_BATCH = 256
 # Images whose batch-norm statistics averaged weights are evaluated with: recomputed every epoch, so

@@ -343,6 +343,14 @@ def is_control(study: str) -> bool:
     return study.endswith(_CONTROL_SUFFIX)
 
 
+def flips(before, after, labels) -> tuple[int, int]:
+    """(gained, lost), what ``runs.control_gained`` and ``control_lost`` count: test images wrong
+    in ``before``'s predictions and right in ``after``'s, and the reverse (numpy arrays). Shared by
+    the in-run control (``study.train``) and the companion one (``analysis.study_analysis``)."""
+    right_before, right_after = before == labels, after == labels
+    return int((~right_before & right_after).sum()), int((right_before & ~right_after).sum())
+
+
 @dataclass(frozen=True)
 class Cell:
     """One unit of work: an arm (a model and how it trains) on one subset size with one seed.
