@@ -253,7 +253,7 @@ def test_the_plateau_stop_does_not_depend_on_the_worker_or_on_a_kill_and_resume(
     pd.testing.assert_frame_equal(first, second)
 
 
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+@pytest.mark.parametrize("pruner", ["median", pytest.param("hyperband", marks=pytest.mark.slow)])  # ~8 s
 def test_tuning_trials_stop_on_their_plateau_and_the_pruner_takes_trials_of_different_lengths(digits, tmp_path, pruner):
     import optuna
 

@@ -123,6 +123,7 @@ def test_init_writes_a_config_that_runs(cli, tmp_path):
     _refused(cli("init", path), "already exists")
 
 
+@pytest.mark.slow  # a whole study on decoded files (~11 s); test_datasets covers the skip itself
 def test_imagefolder_study_end_to_end_skips_a_corrupt_file(cli, tmp_path):
     root = write_imagefolder(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
     (root / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
