@@ -102,16 +102,25 @@ def run_convergence(done: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def paired_se(gained: float, lost: float, n_test: int) -> float:
+    """Standard error of the accuracy gain between two sets of predictions on the same ``n_test``
+    images, ``gained`` of which only the second gets right and ``lost`` only the first (the test
+    images are the sample; the images both get right or both wrong do not move the difference)."""
+    return float(np.sqrt(max(gained + lost - (gained - lost) ** 2 / n_test, 0.0)) / n_test)
+
+
 def gain_bound(gained: float, lost: float, n_test: int, level: float = LEVEL) -> float:
-    """The one-sided ``level`` lower bound of the accuracy gain between two sets of predictions on
-    the same ``n_test`` images, ``gained`` of which only the second gets right and ``lost`` only
-    the first: the gain minus z times its paired standard error (the test images are the sample;
-    the images both get right or both wrong do not move the difference). NaN without the counts."""
+    """The one-sided ``level`` lower bound of that gain: the gain minus z times ``paired_se``.
+    NaN without the counts."""
     if not (np.isfinite(gained) and np.isfinite(lost)) or n_test <= 0:
         return np.nan
-    moved = gained + lost
-    se = np.sqrt(max(moved - (gained - lost) ** 2 / n_test, 0.0)) / n_test
-    return float((gained - lost) / n_test - norm.ppf(level) * se)
+    return float((gained - lost) / n_test - norm.ppf(level) * paired_se(gained, lost, n_test))
+
+
+def judged_gain(gain, bound):
+    """What the control compares with its threshold: the gain's lower bound where the changed
+    test images are known, else the gain itself (scalars or Series alike)."""
+    return np.where(np.isfinite(bound), bound, gain)
 
 
 def in_run_control(done: pd.DataFrame) -> pd.DataFrame:
@@ -120,12 +129,11 @@ def in_run_control(done: pd.DataFrame) -> pd.DataFrame:
     if "control_test_acc" not in done:
         return pd.DataFrame(columns=done.columns)
     carried = done[done["control_test_acc"].notna()]
-    counts = {k: carried.get(f"control_{k}", pd.Series(np.nan, index=carried.index)) for k in ("gained", "lost")}
-    return carried.assign(
+    return carried.assign(  # stores written before the counts existed have neither column
         test_acc=carried["control_test_acc"],
         epochs_run=carried["control_steps"],
-        gained=counts["gained"],
-        lost=counts["lost"],
+        gained=carried.get("control_gained", np.nan),
+        lost=carried.get("control_lost", np.nan),
     )
 
 
@@ -157,8 +165,8 @@ def cell_convergence(
         capped = int(cr["capped"].sum())
         if capped:  # a capped run never counts as converged, whatever else says
             converged, evidence = False, "cap"
-        elif np.isfinite(gain):  # the gain's lower bound where the changed images are known, else the gain
-            converged, evidence = bool((bound if np.isfinite(bound) else gain) <= threshold), "budget control"
+        elif np.isfinite(gain):
+            converged, evidence = bool(judged_gain(gain, bound) <= threshold), "budget control"
         elif plateau:
             converged, evidence = True, "plateau stops"
         else:

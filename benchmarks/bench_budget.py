@@ -49,7 +49,7 @@ def main(argv=None) -> None:
 
     import pandas as pd
 
-    from analysis.convergence import cell_convergence, in_run_control, run_convergence
+    from analysis.convergence import cell_convergence, in_run_control, judged_gain, run_convergence
     from analysis.load import load_study
 
     folder = Path(args.out or tempfile.mkdtemp(prefix="bench-budget-"))
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     controlled = cells[ends]
     # The cheap per-run signal (no run capped) against the control's verdict, cell by cell.
     by_runs = controlled["capped"] == 0
-    by_control = controlled["control_bound"].fillna(controlled["control_gain"]) <= controlled["threshold"]
+    by_control = judged_gain(controlled["control_gain"], controlled["control_bound"]) <= controlled["threshold"]
     print(f"per-run stops agree with the control on {int((by_runs == by_control).sum())} of {len(controlled)} cells")
     print(f"cells not converged (all {len(cells)}): {int((~cells['converged']).sum())}")
     print(

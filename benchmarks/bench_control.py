@@ -38,8 +38,9 @@ from joblib import Parallel, delayed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from analysis.convergence import GAIN_FLOOR, gain_bound  # noqa: E402
+from analysis.convergence import GAIN_FLOOR, gain_bound, paired_se  # noqa: E402
 from study.plateau import Plateau  # noqa: E402
+from study.store.schema import flips  # noqa: E402
 
 MODELS = ("mobilenetv2_100", "mobilevit_xxs", "resnet18")
 # (fraction, seeds, steps recorded per model): past every stop of the default study and its doubling.
@@ -107,12 +108,11 @@ def stop_epoch(t: dict, patience: int, gain: float) -> int | None:
     return next((e for e in range(1, cap + 1) if rule.stopped(e, t["val"][e - 1])), None)
 
 
-def control(t: dict, k: int) -> tuple[float, float]:
-    """(gain, its one-sided 95% bound) of the control from epoch k to 2k."""
-    before, after, labels = t["pred"][k - 1], t["pred"][2 * k - 1], t["labels"]
-    gained = int(((before != labels) & (after == labels)).sum())
-    lost = int(((before == labels) & (after != labels)).sum())
-    return (gained - lost) / len(labels), gain_bound(gained, lost, len(labels))
+def control(t: dict, k: int) -> tuple[float, float, float]:
+    """(gain, its one-sided 95% bound, its paired standard error) of the control from epoch k to 2k."""
+    n = len(t["labels"])
+    gained, lost = flips(t["pred"][k - 1], t["pred"][2 * k - 1], t["labels"])
+    return (gained - lost) / n, gain_bound(gained, lost, n), paired_se(gained, lost, n)
 
 
 def control_table(runs: list[dict]) -> pd.DataFrame:
@@ -124,8 +124,7 @@ def control_table(runs: list[dict]) -> pd.DataFrame:
     for t in runs:
         stop = stop_epoch(t, default.patience, default.min_gain) or min(len(t["val"]), CAP // t["spe"])
         for k in range(1, len(t["val"]) // 2 + 1):
-            gain, bound = control(t, k)
-            se = (gain - bound) / 1.6449 if np.isfinite(bound) else np.nan
+            gain, bound, se = control(t, k)
             rows.append((t["model"], t["n"], t["seed"], k, k >= stop, gain, bound, se))
     return pd.DataFrame(rows, columns=["model", "n", "seed", "k", "past_stop", "gain", "bound", "se"])
 
