@@ -242,9 +242,13 @@ class StudyConfig:
         flag="--compile",
         kind="on",
     )
+    # "on" rather than the measured "auto": layouts round differently and a plateau stop amplifies
+    # it, so a choice made by timing made a rerun of the default study differ (ResNet-18, whose two
+    # layouts are within 10% on a CPU, flipped between studies: docs/performance.md).
     channels_last: str = setting(
-        "auto",
-        "channels-last memory layout: auto (measured once per study, model and kind of device), on or off",
+        "on",
+        "channels-last memory layout: on, off, or auto (the faster, timed once per study, model and kind of "
+        "device: a study may then not repeat another's results exactly)",
         "study",
         flag="--channels-last",
         metavar="MODE",

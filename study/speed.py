@@ -1,14 +1,16 @@
-"""How a run uses its device: choices that change speed, not results.
+"""How a run uses its device: choices that change speed, and results only by rounding.
 
-- Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs but not
-  for every model, and on a CPU it depends on the model and the CPU (on this project's 2-core
-  machine at 64 px it made MobileNetV2 about 1.5 times and MobileViT-XXS about 1.1 times faster,
-  and ResNet-18 about 10% slower: ``benchmarks/bench_layout.py``, docs/performance.md). So
-  ``auto`` decides per model and device by measurement: a few forward/backward passes in each
-  layout at the run's batch and input size, once per study where the worker has one (the first
-  worker to need it measures and stores the choice; layouts round differently, so every worker
-  must train in the same one for a run's result not to depend on the worker), else once per
-  process.
+- Memory format: channels-last helps convolutions on a GPU's tensor cores for most CNNs, and on
+  this project's 2-core CPU at 32 px it made 10 of 11 timm models faster (MobileNetV2 1.8-1.9
+  times, EfficientNet-B0 2.2, MobileViT-XXS 1.1-1.2, ResNet-50 1.05) and ResNet-18 about 10% slower
+  (``benchmarks/bench_layout.py``, docs/performance.md). ``on`` (the default) trains every model
+  channels-last. ``auto`` decides per model and device by measurement: a few forward/backward
+  passes in each layout at the run's batch and input size, once per study where the worker has
+  one (the first worker to need it measures and stores the choice; layouts round differently,
+  so every worker must train in the same one for a run's result not to depend on the worker),
+  else once per process. Rounding is not nothing: a plateau stop can turn it into other epochs
+  and accuracies, and a timed choice between two close layouts can differ from one study to the
+  next, so the default does not time.
 - Compilation: ``torch.compile`` costs seconds to minutes per model, so a worker compiles each
   model once and reuses the compiled module for every later run of that model, loading each
   run's freshly initialised weights into it (same parameter objects, so no recompilation).
@@ -43,7 +45,7 @@ class Speed:
     """Speed settings of a worker (not hyper-parameters: results do not depend on them beyond
     floating-point rounding, so they are not part of a study's fingerprint)."""
 
-    channels_last: str = "auto"  # auto | on | off
+    channels_last: str = StudyConfig.channels_last  # on | off | auto
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile backend; tests use "eager"
     layout_choices: LayoutChoices | None = None  # the study's shared choices; None: this process's
