@@ -71,8 +71,8 @@ def test_the_default_layout_is_fixed_not_timed_so_a_study_repeats_its_results():
     def never():
         raise AssertionError("the default layout must not be measured")
 
-    for speed in (Speed(), Speed.from_config(StudyConfig())):
-        assert use_channels_last(speed.channels_last, FAST_MODEL, never, 16, 8, torch.device("cpu"))
+    for chosen in (Speed(), Speed.from_config(StudyConfig())):
+        assert use_channels_last(chosen.channels_last, FAST_MODEL, never, 16, 8, torch.device("cpu"))
 
 
 def test_layout_measurement_leaves_the_seeded_random_stream_alone():
