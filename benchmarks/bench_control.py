@@ -3,10 +3,10 @@
 Each model of the default study trains seeds 0-4 on 116 digits (10%) and seeds 0-2 on 1,151
 (100%), by the plateau budget's recipe, on one thread, well past where the stopping rule stops; the
 averaged weights' validation accuracy and test predictions are recorded after every epoch. The runs
-are the study's own (the same subsets, initialisation and batch streams) but for the memory layout,
-which each process picks by timing (``--channels-last auto``) as a study does once: where the two
-pick differently the rounding differs (on 2026-12-06 ResNet-18 at 1,151 images stopped at 288-432
-steps here and at 396-576 in the study). Then, replayed on them:
+are the study's own: the same subsets, initialisation, batch streams and memory layout (channels-last,
+the default since 2026-12-06; before, each process timed the layouts as a study did once, and where
+the two picked differently the rounding differed: ResNet-18 at 1,151 images stopped at 288-432 steps
+here and at 396-576 in the study of 2026-12-06, docs/performance.md). Then, replayed on them:
 
 1. **The control's false alarms and power** (``analysis.convergence.gain_bound``): for every epoch
    k at or after the default rule's stop, the control from k to 2k, called unconverged by the gain alone
@@ -73,7 +73,12 @@ def record(model: str, fraction: float, seed: int, steps: int, path: Path) -> No
     data = image_source(dataset, device, 1 << 34).for_run(train, splits.val, splits.test)
     loop = build_loop(data, train, model, cfg.train.resolved(model), seed, device)
     kwargs = dict(
-        data=data, input_size=loop.input_size, mean=loop.mean, std=loop.std, device=device, channels_last=False
+        data=data,
+        input_size=loop.input_size,
+        mean=loop.mean,
+        std=loop.std,
+        device=device,
+        channels_last=loop.channels_last,  # evaluated in the layout it trained in, as in a study
     )
     epochs = []
     for _ in range(steps // loop.steps_per_epoch):
