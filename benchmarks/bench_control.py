@@ -18,6 +18,10 @@ here and at 396-576 in the study of 2026-12-06, docs/performance.md). Then, repl
    at the stop and the mean gain from twice the steps (the control's question, averaged over seeds).
 
     python benchmarks/bench_control.py [--out DIR] [--reuse]
+    python benchmarks/bench_control.py --lr 0.02 --models mobilenetv2_100 --fractions 0.1 --out DIR
+
+The second form asks whether another recipe for every model (a learning rate, a batch size) would
+stop the slowest model sooner: it records those runs under it, and part 2 gives their stops.
 
 About 35 minutes on two cores (``--reuse`` analyses what ``--out`` already holds). The last line
 is ``false_alarms_gain=A false_alarms_bound=B`` (the share of the pairs past the stop called
@@ -52,9 +56,12 @@ CAP = 2000  # the plateau budget's max_steps
 RULES = [(patience, gain) for patience in (4, 6, 8) for gain in (0.5, 1.0)]
 
 
-def record(model: str, fraction: float, seed: int, steps: int, path: Path) -> None:
-    """Train one run of the default study past its stop; write every epoch's validation accuracy
-    and test predictions (of the averaged weights, as the study evaluates them) to ``path``."""
+def record(model: str, fraction: float, seed: int, steps: int, path: Path, recipe: dict) -> None:
+    """Train one run of the default study past its stop, its ``[train]`` settings changed by
+    ``recipe``; write every epoch's validation accuracy and test predictions (of the averaged
+    weights, as the study evaluates them) to ``path``."""
+    import dataclasses
+
     import torch
 
     from study import splits as splitting
@@ -71,7 +78,7 @@ def record(model: str, fraction: float, seed: int, steps: int, path: Path) -> No
     )
     device = torch.device("cpu")
     data = image_source(dataset, device, 1 << 34).for_run(train, splits.val, splits.test)
-    loop = build_loop(data, train, model, cfg.train.resolved(model), seed, device)
+    loop = build_loop(data, train, model, dataclasses.replace(cfg.train, **recipe).resolved(model), seed, device)
     kwargs = dict(
         data=data,
         input_size=loop.input_size,
@@ -159,15 +166,22 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="", help="folder for the trajectories (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="analyse the trajectories already in --out")
+    p.add_argument("--models", default=",".join(MODELS), help="which of the default study's models to record")
+    p.add_argument("--fractions", default="0.1,1.0", help="which of the two sizes to record: 0.1, 1.0 or both")
+    p.add_argument("--lr", type=float, default=0.0, help="another recipe: this learning rate (default: the study's)")
+    p.add_argument("--batch-size", type=int, default=0, help="another recipe: this batch size (default: the study's)")
     args = p.parse_args(argv)
+    recipe = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v}
+    models, fractions = args.models.split(","), {float(f) for f in args.fractions.split(",")}
     folder = Path(args.out or tempfile.mkdtemp(prefix="bench-control-"))
     folder.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
         jobs = [
-            (model, fraction, seed, steps[model], folder / f"{model}_{fraction}_{seed}.json")
+            (model, fraction, seed, steps[model], folder / f"{model}_{fraction}_{seed}.json", recipe)
             for fraction, seeds, steps in PLAN
+            if fraction in fractions
             for seed in seeds
-            for model in MODELS
+            for model in models
         ]
         Parallel(n_jobs=2)(delayed(record)(*job) for job in jobs)
     runs = load(folder)
